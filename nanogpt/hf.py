@@ -1,0 +1,533 @@
+"""Conversion between the reference nanoGPT and Hugging Face GPT-2 checkpoints, in both directions.
+
+Hugging Face stores GPT-2's projections as `Conv1D` modules whose weights are (in_features, out_features),
+the transpose of `nn.Linear`; its checkpoints may carry attention-mask buffers (`attn.bias`,
+`attn.masked_bias`) that are not parameters; tied checkpoints store the token embedding once and no
+`lm_head.weight`. This module is the one place that knows all of that. It validates a checkpoint (its
+config, its key set, every shape) before any weight is materialized, so a bad checkpoint fails fast with
+a message that names the problem and the fix, and never loads partially.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanogpt.model import GPT, GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
+
+# Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
+HUB_REPOS: dict[str, tuple[str, ...]] = {name: (f"openai-community/{name}", name) for name in GPT2_SIZES}
+
+# Weights HF keeps as Conv1D, (in, out): transposed with respect to nn.Linear.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Causal-mask buffers that some transformers versions save; they are not weights.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+HF_CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PYTORCH_BIN_FILE = "pytorch_model.bin"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as GPT-2; the message names the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configs
+
+
+def config_from_hf(
+    hf_config: Mapping[str, Any], *, vocab_size: int | None = None, dropout: float = 0.0
+) -> GPTConfig:
+    """The GPTConfig for a Hugging Face GPT-2 config dict, refusing anything that is not GPT-2."""
+    where = "config.json"
+    model_type = hf_config.get("model_type")
+    if model_type != "gpt2":
+        raise CheckpointError(
+            f"{where}: model_type is {model_type!r}, not 'gpt2'; this loader only reads GPT-2 checkpoints "
+            "(point it at a GPT-2 checkpoint directory)"
+        )
+    checks = {
+        "activation_function": ("gelu_new", hf_config.get("activation_function", "gelu_new")),
+        "layer_norm_epsilon": (LAYER_NORM_EPS, hf_config.get("layer_norm_epsilon", LAYER_NORM_EPS)),
+        "scale_attn_weights": (True, hf_config.get("scale_attn_weights", True)),
+        "scale_attn_by_inverse_layer_idx": (False, hf_config.get("scale_attn_by_inverse_layer_idx", False)),
+        "add_cross_attention": (False, hf_config.get("add_cross_attention", False)),
+    }
+    n_embd = hf_config.get("n_embd")
+    n_inner = hf_config.get("n_inner")
+    if n_inner is not None and n_embd is not None and n_inner != 4 * n_embd:
+        checks["n_inner"] = (4 * n_embd, n_inner)
+    bad = [f"{k}={got!r} (GPT-2 has {want!r})" for k, (want, got) in checks.items() if got != want]
+    if bad:
+        raise CheckpointError(
+            f"{where}: not the GPT-2 architecture: {'; '.join(bad)}. The reference model implements GPT-2 "
+            "exactly; convert or retrain the checkpoint with GPT-2's settings"
+        )
+    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in hf_config]
+    block_size = hf_config.get("n_positions", hf_config.get("n_ctx"))
+    if block_size is None:
+        missing.append("n_positions")
+    if missing:
+        raise CheckpointError(
+            f"{where}: missing field(s) {', '.join(missing)}; it is not a complete GPT-2 config"
+        )
+    hf_vocab = int(hf_config["vocab_size"])
+    if vocab_size is not None and vocab_size < hf_vocab:
+        raise CheckpointError(f"vocab_size={vocab_size} is smaller than the checkpoint's {hf_vocab} tokens")
+    padded = vocab_size is not None and vocab_size > hf_vocab
+    try:
+        return GPTConfig(
+            block_size=int(block_size),
+            vocab_size=vocab_size if padded else hf_vocab,
+            n_layer=int(hf_config["n_layer"]),
+            n_head=int(hf_config["n_head"]),
+            n_embd=int(hf_config["n_embd"]),
+            dropout=dropout,
+            bias=True,
+            logical_vocab_size=hf_vocab if padded else None,
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from e
+
+
+def hf_config_from_gpt(config: GPTConfig) -> dict[str, Any]:
+    """A Hugging Face GPT-2 config dict (tie_word_embeddings=True) for a tied, biased GPTConfig."""
+    if not config.bias:
+        raise CheckpointError("Hugging Face GPT-2 always has biases; a bias=False model cannot be exported")
+    vocab = config.output_vocab_size
+    eot = 50256 if vocab > 50256 else None
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": vocab,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # read by transformers 4.x code paths that predate n_positions
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "tie_word_embeddings": True,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# locating and reading checkpoints
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
+    """The directory of an HF GPT-2 checkpoint: a local path, or a size name found in the local HF cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if name in HUB_REPOS:
+        found = find_cached_snapshot(name)
+        if found is None:
+            raise CheckpointError(
+                f"{name}: the pretrained checkpoint is not in the local Hugging Face cache "
+                f"({hf_cache_dir()}) and cannot be downloaded here. Download it where the network allows "
+                f"(`huggingface-cli download {HUB_REPOS[name][0]}`) or use synthetic weights"
+            )
+        return found
+    if path.exists():
+        raise CheckpointError(f"{path}: is a file; pass the checkpoint directory that holds config.json")
+    raise CheckpointError(
+        f"{name!r} is neither a GPT-2 size ({', '.join(HUB_REPOS)}) nor an existing checkpoint directory"
+    )
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache directory (honours HF_HUB_CACHE and HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    return home / "hub"
+
+
+def find_cached_snapshot(name: str) -> Path | None:
+    """The cached snapshot directory of a GPT-2 size with a config and weights, or None; never downloads."""
+    for repo in HUB_REPOS[name]:
+        snapshots = hf_cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            if (snap / HF_CONFIG_FILE).is_file() and weight_files(snap, required=False):
+                return snap
+    return None
+
+
+def weight_files(directory: Path, required: bool = True) -> list[Path]:
+    """The weight files of a checkpoint directory: safetensors (single or sharded) preferred, else .bin."""
+    if (directory / SAFETENSORS_FILE).is_file():
+        return [directory / SAFETENSORS_FILE]
+    index = directory / SAFETENSORS_INDEX_FILE
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable shard index ({e}); re-download the checkpoint") from e
+        paths = [directory / s for s in shards]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{directory}: shard(s) {', '.join(missing)} listed in the index are missing"
+            )
+        return paths
+    if (directory / PYTORCH_BIN_FILE).is_file():
+        return [directory / PYTORCH_BIN_FILE]
+    if required:
+        raise CheckpointError(
+            f"{directory}: no weights found (expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or "
+            f"{PYTORCH_BIN_FILE}); is this a complete Hugging Face checkpoint directory?"
+        )
+    return []
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint directory."""
+    path = directory / HF_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {HF_CONFIG_FILE}; pass a Hugging Face checkpoint directory")
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-create or re-download the checkpoint") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return cfg
+
+
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """Read-only mapping of tensor name -> tensor over checkpoint files; safetensors are read on access."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self._where: dict[str, Any] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for f in files:
+            if f.suffix == ".safetensors":
+                self._index_safetensors(f)
+            else:
+                self._index_bin(f)
+
+    def _index_safetensors(self, f: Path) -> None:
+        from safetensors import safe_open
+
+        try:
+            handle = safe_open(str(f), framework="pt")
+            keys = list(handle.keys())
+            for k in keys:
+                self._shapes[k] = tuple(handle.get_slice(k).get_shape())
+                self._where[k] = handle
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(
+                f"{f}: corrupt or truncated safetensors file ({e}); delete it and re-create or re-download it"
+            ) from e
+        # A truncated file can have an intact header; its data must still be as long as the header says.
+        header_len = int.from_bytes(f.open("rb").read(8), "little")
+        with f.open("rb") as fh:
+            fh.seek(8)
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if f.stat().st_size < 8 + header_len + end:
+            raise CheckpointError(
+                f"{f}: truncated safetensors file ({f.stat().st_size} bytes, header promises "
+                f"{8 + header_len + end}); delete it and re-create or re-download it"
+            )
+
+    def _index_bin(self, f: Path) -> None:
+        try:
+            sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"{f}: unreadable PyTorch checkpoint ({e}); re-create or re-download it"
+            ) from e
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{f}: expected a state dict, got {type(sd).__name__}")
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor):
+                self._shapes[k] = tuple(v.shape)
+                self._where[k] = v
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Shape of a stored tensor, without reading it."""
+        return self._shapes[key]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        src = self._where[key]
+        return src if isinstance(src, torch.Tensor) else src.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# state-dict conversion
+
+
+def _strip_prefix(key: str) -> str:
+    """HF checkpoints saved from GPT2Model lack the `transformer.` prefix of GPT2LMHeadModel; normalize."""
+    return key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+
+
+def expected_nanogpt_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of a tied nanoGPT model with its shape (lm_head.weight omitted: it is wte)."""
+    C, V = config.n_embd, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "transformer.wte.weight": (V, C),
+        "transformer.wpe.weight": (config.block_size, C),
+        "transformer.ln_f.weight": (C,),
+        "transformer.ln_f.bias": (C,),
+    }
+    for i in range(config.n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update(
+            {
+                p + "ln_1.weight": (C,),
+                p + "ln_1.bias": (C,),
+                p + "attn.c_attn.weight": (3 * C, C),
+                p + "attn.c_attn.bias": (3 * C,),
+                p + "attn.c_proj.weight": (C, C),
+                p + "attn.c_proj.bias": (C,),
+                p + "ln_2.weight": (C,),
+                p + "ln_2.bias": (C,),
+                p + "mlp.c_fc.weight": (4 * C, C),
+                p + "mlp.c_fc.bias": (4 * C,),
+                p + "mlp.c_proj.weight": (C, 4 * C),
+                p + "mlp.c_proj.bias": (C,),
+            }
+        )
+    return shapes
+
+
+def _hf_shape(key: str, shape: tuple[int, ...], config: GPTConfig) -> tuple[int, ...]:
+    """The nanoGPT shape of an HF tensor (Conv1D transposed, vocabulary padded)."""
+    if key.endswith(CONV1D_SUFFIXES) and len(shape) == 2:
+        shape = (shape[1], shape[0])
+    if key in ("transformer.wte.weight", "lm_head.weight") and len(shape) == 2:
+        shape = (config.vocab_size, shape[1])
+    return shape
+
+
+def hf_to_nanogpt_state_dict(
+    weights: Mapping[str, torch.Tensor],
+    config: GPTConfig,
+    *,
+    allow_untied: bool = False,
+    dtype: torch.dtype | None = None,
+    source: str = "checkpoint",
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Convert HF GPT-2 weights to nanoGPT names and layouts; return (state_dict, tied).
+
+    Validates the complete key set and every shape before reading any tensor. A stored lm_head that
+    differs from wte (an untied checkpoint) is refused unless allow_untied=True.
+    """
+    names = {_strip_prefix(k): k for k in weights if not k.endswith(IGNORED_SUFFIXES)}
+    expected = expected_nanogpt_shapes(config)
+    has_head = "lm_head.weight" in names
+    missing = sorted(set(expected) - set(names))
+    unexpected = sorted(set(names) - set(expected) - {"lm_head.weight"})
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {', '.join(unexpected[:3])}")
+        raise CheckpointError(
+            f"{source}: weights do not match a GPT-2 with n_layer={config.n_layer}: {'; '.join(parts)}. "
+            "Is config.json from the same checkpoint as the weights?"
+        )
+    shape_of = weights.shape if isinstance(weights, LazyWeights) else (lambda k: tuple(weights[k].shape))
+    wrong = []
+    for key, want in list(expected.items()) + (
+        [("lm_head.weight", expected["transformer.wte.weight"])] if has_head else []
+    ):
+        raw = tuple(shape_of(names[key]))
+        got = _hf_shape(key, raw, config)
+        vocab_ok = key in ("transformer.wte.weight", "lm_head.weight") and raw[0] == config.output_vocab_size
+        if got != want or (key in ("transformer.wte.weight", "lm_head.weight") and not vocab_ok):
+            wrong.append(f"{names[key]}: stored {raw}, expected HF layout of {want}")
+    if wrong:
+        raise CheckpointError(
+            f"{source}: shape mismatch in {len(wrong)} tensor(s): {'; '.join(wrong[:3])}. "
+            "The weights belong to another GPT-2 size or another architecture"
+        )
+
+    def convert(key: str) -> torch.Tensor:
+        t = weights[names[key]]
+        if dtype is not None:
+            t = t.to(dtype)
+        if key.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        if key in ("transformer.wte.weight", "lm_head.weight") and config.vocab_size > t.size(0):
+            pad = t.new_zeros(config.vocab_size - t.size(0), t.size(1))
+            t = torch.cat([t, pad])  # padding rows: never read as logits (cropped), zero by convention
+        return t.contiguous()
+
+    sd = {key: convert(key) for key in expected}
+    tied = True
+    if has_head:
+        head = convert("lm_head.weight")
+        if head.data_ptr() != sd["transformer.wte.weight"].data_ptr() and not torch.equal(
+            head, sd["transformer.wte.weight"]
+        ):
+            if not allow_untied:
+                raise CheckpointError(
+                    f"{source}: untied checkpoint: the stored lm_head.weight differs from transformer.wte.weight, "
+                    "so it is not a tied GPT-2. Pass allow_untied=True to load it as an untied model, or fix "
+                    "the export (save with tie_word_embeddings=True)"
+                )
+            tied = False
+            sd["lm_head.weight"] = head
+    return sd, tied
+
+
+def nanogpt_to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """HF GPT2LMHeadModel weights of a tied nanoGPT model: Conv1D layout, padding cropped, wte stored once."""
+    if not model.is_tied():
+        raise CheckpointError(
+            "only tied models export to a tie_word_embeddings=True checkpoint; tie it first"
+        )
+    vocab = model.config.output_vocab_size
+    out: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue  # the tie: HF rebuilds it from transformer.wte.weight
+        t = t.detach()
+        if key.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        if key == "transformer.wte.weight":
+            t = t[:vocab]
+        out[key] = t.contiguous()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading and exporting
+
+
+def load_gpt(
+    source: Any,
+    *,
+    model_cls: type[GPT] = GPT,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    allow_untied: bool = False,
+    vocab_size: int | None = None,
+    dropout: float = 0.0,
+) -> GPT:
+    """Build a nanoGPT from HF GPT-2 weights: a size name (local cache), a checkpoint dir, or a GPT2LMHeadModel.
+
+    dtype: convert the weights (default: as stored). vocab_size: pad the vocabulary (e.g. 50304).
+    allow_untied: accept a checkpoint whose lm_head differs from wte, returning an untied model.
+    """
+    if (
+        hasattr(source, "state_dict")
+        and hasattr(source, "config")
+        and not isinstance(source, (str, os.PathLike))
+    ):
+        hf_cfg = source.config.to_dict()
+        weights: Mapping[str, torch.Tensor] = source.state_dict()
+        label = type(source).__name__
+    else:
+        directory = resolve_checkpoint_dir(source)
+        hf_cfg = read_hf_config(directory)
+        config_from_hf(hf_cfg)  # refuse another architecture before touching the weights
+        weights = LazyWeights(weight_files(directory))
+        label = str(directory)
+    config = config_from_hf(hf_cfg, vocab_size=vocab_size, dropout=dropout)
+    sd, tied = hf_to_nanogpt_state_dict(weights, config, allow_untied=allow_untied, dtype=dtype, source=label)
+    config.tie_weights = tied
+    with torch.device("meta"):
+        model = model_cls(config)  # no memory, no init: every tensor comes from the checkpoint
+    if tied:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd, strict=True, assign=True)
+    if tied:
+        model.tie_weights()  # assign=True wraps each entry in its own Parameter: share one again
+    return model.to(device)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_hf_checkpoint(
+    out_dir: str | os.PathLike[str], hf_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]
+) -> Path:
+    """Atomically write config.json + model.safetensors: a temporary sibling directory, then a rename.
+
+    A reader never sees a half-written checkpoint: the final name appears only when both files are
+    complete and flushed. An existing checkpoint at out_dir is replaced only after the new one is done.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / HF_CONFIG_FILE).write_text(json.dumps(dict(hf_config), indent=2, sort_keys=True) + "\n")
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()},
+            str(tmp / SAFETENSORS_FILE),
+            metadata={"format": "pt"},
+        )
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export_hf_checkpoint(
+    model: GPT, out_dir: str | os.PathLike[str], dtype: torch.dtype | None = None
+) -> Path:
+    """Write a tied nanoGPT model as an HF GPT-2 checkpoint directory (tie_word_embeddings=True)."""
+    weights = nanogpt_to_hf_state_dict(model)
+    if dtype is not None:
+        weights = {k: v.to(dtype) for k, v in weights.items()}
+    cfg = hf_config_from_gpt(model.config)
+    cfg["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    return write_hf_checkpoint(out_dir, cfg, weights)
