@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["benchmarks.plugin"]
 
 
 @pytest.fixture(autouse=True)
