@@ -244,9 +244,8 @@ class LazyWeights(Mapping[str, torch.Tensor]):
                 f"{f}: corrupt or truncated safetensors file ({e}); delete it and re-create or re-download it"
             ) from e
         # A truncated file can have an intact header; its data must still be as long as the header says.
-        header_len = int.from_bytes(f.open("rb").read(8), "little")
         with f.open("rb") as fh:
-            fh.seek(8)
+            header_len = int.from_bytes(fh.read(8), "little")
             header = json.loads(fh.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if f.stat().st_size < 8 + header_len + end:
@@ -377,15 +376,20 @@ def hf_to_nanogpt_state_dict(
         )
 
     def convert(key: str) -> torch.Tensor:
-        t = weights[names[key]]
-        if dtype is not None:
-            t = t.to(dtype)
+        stored = weights[names[key]]
+        t = stored if dtype is None else stored.to(dtype)
         if key.endswith(CONV1D_SUFFIXES):
             t = t.t()
         if key in ("transformer.wte.weight", "lm_head.weight") and config.vocab_size > t.size(0):
             pad = t.new_zeros(config.vocab_size - t.size(0), t.size(1))
             t = torch.cat([t, pad])  # padding rows: never read as logits (cropped), zero by convention
-        return t.contiguous()
+        t = t.contiguous()
+        if not isinstance(weights, LazyWeights) and t.data_ptr() == stored.data_ptr():
+            # An in-memory source (a live GPT2LMHeadModel) must not share storage with the new model:
+            # training one would silently change the other. Files already give fresh tensors (safetensors)
+            # or private copy-on-write maps (.bin).
+            t = t.clone()
+        return t
 
     sd = {key: convert(key) for key in expected}
     tied = True

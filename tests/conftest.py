@@ -1,0 +1,75 @@
+"""Fixtures for the unit tests: a tiny nanoGPT config and model, and a tiny Hugging Face GPT-2 factory.
+
+Everything is small enough to run in milliseconds on a CPU (2 layers, 2 heads, 16 channels, a 97-token
+vocabulary, a 32-token context) and in float64, so comparisons between implementations are limited by
+float64 rounding rather than by float32 noise. Models are seeded, so every test sees the same weights
+whatever the order the tests run in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from nanogpt.model import GPT, GPTConfig
+
+TINY = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture
+def tiny_config() -> GPTConfig:
+    """A fresh tiny GPTConfig (tests may mutate it)."""
+    return GPTConfig(**TINY)
+
+
+@pytest.fixture
+def make_gpt() -> Callable[..., GPT]:
+    """Factory: a seeded float64 nanoGPT in eval mode, TINY with keyword overrides."""
+
+    def make(seed: int = 0, **overrides: object) -> GPT:
+        torch.manual_seed(seed)
+        return GPT(GPTConfig(**{**TINY, **overrides})).double().eval()
+
+    return make
+
+
+@pytest.fixture
+def tiny_gpt(make_gpt: Callable[..., GPT]) -> GPT:
+    """A seeded tiny float64 nanoGPT in eval mode."""
+    return make_gpt()
+
+
+@pytest.fixture
+def make_hf_gpt2() -> Callable[..., GPT2LMHeadModel]:
+    """Factory: a seeded, randomly initialised float64 GPT2LMHeadModel without dropout, in eval mode."""
+
+    def make(seed: int = 0, tie_word_embeddings: bool = True, **overrides: object) -> GPT2LMHeadModel:
+        args = dict(
+            vocab_size=TINY["vocab_size"],
+            n_positions=TINY["block_size"],
+            n_embd=TINY["n_embd"],
+            n_layer=TINY["n_layer"],
+            n_head=TINY["n_head"],
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            # GPT-2's defaults (50256) lie outside a 97-token vocabulary; transformers warns about them.
+            bos_token_id=None,
+            eos_token_id=None,
+            tie_word_embeddings=tie_word_embeddings,
+        )
+        args.update(overrides)
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(GPT2Config(**args)).double().eval()
+
+    return make
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    """A (2, 32) batch of token ids over the tiny vocabulary, filling the whole context."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=g)
