@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest_plugins = ["benchmarks.plugin"]
+pytest_plugins = ["benchmarks.plugin", "parity.plugin"]
 
 
 @pytest.fixture(autouse=True)

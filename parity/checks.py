@@ -1,0 +1,182 @@
+"""The parity checks as plain functions: the tests in parity/ and the bisect command both call these.
+
+Each check takes the two loaded implementations (the reference nanoGPT-style model and transformers'
+GPT2LMHeadModel), runs one comparison, and either returns its `Comparison` records or raises
+`ParityFailure` with a diagnosis. The reference model is called through `reference_logits`, which
+accepts the `(logits, loss)` convention of nanoGPT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from parity.compare import Comparison, ParityFailure, compare_gradients, compare_tensors
+from parity.diagnose import first_divergence
+from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
+
+
+def reference_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """Full-sequence logits of a nanoGPT-style model whose forward returns (logits, loss) or logits."""
+    out = model(idx)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
+    """Logits of a transformers causal LM."""
+    return model(idx, use_cache=False).logits
+
+
+def check_logits(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, n_layer: int, label: str
+) -> Comparison:
+    """Same logits for idx, or ParityFailure naming the first diverging module."""
+    with torch.no_grad():
+        ours, theirs = reference_logits(reference, idx), hf_logits(hf_model, idx)
+    tol = logits_tolerance(ours.dtype)
+    rec = compare_tensors("logits", f"logits[{label}]", ours, theirs, tol)
+    if not rec.passed:
+        where, _ = first_divergence(reference, hf_model, idx, n_layer, tol)
+        raise ParityFailure(f"[logits] {rec.summary()}\n  {where}")
+    return rec
+
+
+def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, computed the same way for both sides."""
+    flat = logits.reshape(-1, logits.size(-1))
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()  # softmax over 50k classes in half precision loses the loss's low bits
+    return F.cross_entropy(flat, targets.reshape(-1))
+
+
+def check_loss(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor
+) -> Comparison:
+    """The reference's own loss (forward with targets) equals HF's loss for the same labels."""
+    with torch.no_grad():
+        out = reference(idx, targets)
+        ours = out[1] if isinstance(out, tuple) else loss_of(out, targets)
+        theirs = loss_of(hf_logits(hf_model, idx), targets)
+    rec = compare_tensors("loss", "loss", ours, theirs, logits_tolerance(theirs.dtype))
+    if not rec.passed:
+        raise ParityFailure(f"[loss] {rec.summary()}")
+    return rec
+
+
+def backward_both(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor
+) -> None:
+    """Backward of the same loss in both models (gradients accumulate into .grad)."""
+    loss_of(reference_logits(reference, idx), targets).backward()
+    loss_of(hf_logits(hf_model, idx), targets).backward()
+
+
+def check_gradients(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
+) -> list[Comparison]:
+    """Every parameter's gradient matches its HF counterpart (Conv1D transposes accounted for)."""
+    backward_both(reference, hf_model, idx, targets)
+    dtype = get_tensor(hf_model, EMBEDDING).dtype
+    return compare_gradients(reference, hf_model, vocab, gradients_tolerance(dtype))
+
+
+@contextlib.contextmanager
+def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The same model with lm_head given its own copy of the tied matrix; re-tied on exit.
+
+    Every other parameter stays shared, so the twin costs one V x C matrix, not a second model.
+    """
+    head_module = model.lm_head
+    tied = head_module.weight
+    if not same_storage(tied, get_tensor(model, EMBEDDING)):
+        raise ParityFailure(
+            f"[grads] the model is not tied, so it has no untied twin to compare with ({HEAD})"
+        )
+    head_module.weight = torch.nn.Parameter(tied.detach().clone())
+    try:
+        yield model
+    finally:
+        head_module.weight = tied
+
+
+def check_gradient_decomposition(
+    reference: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
+) -> Comparison:
+    """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin."""
+    reference.zero_grad(set_to_none=True)
+    loss_of(reference_logits(reference, idx), targets).backward()
+    tied_grad = get_tensor(reference, EMBEDDING).grad.detach().clone()
+    reference.zero_grad(set_to_none=True)
+    with untied_twin(reference) as twin:
+        loss_of(reference_logits(twin, idx), targets).backward()
+        emb_grad = get_tensor(twin, EMBEDDING).grad
+        head_grad = get_tensor(twin, HEAD).grad
+        if emb_grad is None or head_grad is None:
+            raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
+        summed = emb_grad + head_grad
+        head_only = head_grad.detach().clone()
+    reference.zero_grad(set_to_none=True)
+    rec = compare_tensors("grads", "tied = embedding path + head path", tied_grad, summed,
+                          decomposition_tolerance(tied_grad.dtype))  # fmt: skip
+    if not rec.passed:
+        raise ParityFailure(
+            f"[grads] the tied gradient is not the sum of its two paths: {rec.summary()}. "
+            + (
+                "It equals the head path alone: the embedding path is lost (the tie is broken during forward)."
+                if torch.allclose(tied_grad, head_only)
+                else ""
+            )  # fmt: skip
+        )
+    return rec
+
+
+def parameter_count_problem(reference: torch.nn.Module, hf_model: Any, golden: int | None) -> str | None:
+    """Counts: parameters() total equals the golden for the size and HF's num_parameters()."""
+    ours = sum(p.numel() for p in reference.parameters())
+    theirs = int(hf_model.num_parameters())
+    problems = []
+    if golden is not None and ours != golden:
+        problems.append(f"reference has {ours:,} parameters, the golden for this size is {golden:,}")
+    if ours != theirs:
+        problems.append(f"reference has {ours:,} parameters, HF num_parameters() says {theirs:,}")
+    if problems:
+        extra = ours - (golden if golden is not None else theirs)
+        emb = get_tensor(reference, EMBEDDING).numel()
+        if extra == emb:
+            problems.append(
+                f"the difference is exactly one {tuple(get_tensor(reference, EMBEDDING).shape)} matrix: the head is untied"
+            )
+        return "[param-count] " + "; ".join(problems)
+    return None
+
+
+def decay_membership(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, list[float]]:
+    """For every parameter name, the weight decays of the optimizer groups that hold it."""
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), name)
+    membership: dict[str, list[float]] = {name: [] for name in names.values()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            membership.setdefault(names.get(id(p), f"<unnamed {tuple(p.shape)}>"), []).append(
+                group["weight_decay"]
+            )
+    return membership
+
+
+def optimizer_membership_problem(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> str | None:
+    """Every parameter in exactly one group (the tied one once); a table of offenders otherwise."""
+    membership = decay_membership(optimizer, model)
+    bad = {n: wds for n, wds in membership.items() if len(wds) != 1}
+    if not bad:
+        return None
+    rows = "\n".join(f"  {n:<40} groups with weight_decay {wds}" for n, wds in sorted(bad.items()))
+    return (
+        f"[decay-groups] {len(bad)} parameter(s) are not in exactly one optimizer group "
+        f"(a tied matrix in two groups is decayed and updated twice per step):\n{rows}"
+    )

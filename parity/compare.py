@@ -1,0 +1,193 @@
+"""Numeric comparison of two implementations: tensors, logits, gradients, with diagnosing messages.
+
+Every comparison produces a `Comparison` record (what, shape, max absolute and relative error, tolerance,
+verdict) that the JSON report stores, and a failure raises `ParityFailure` whose message says which
+check, which tensor, how far off, against what tolerance and, where it can tell, the likely cause. NaN or
+Inf in either tensor is reported as such and never passes as "close".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from nanogpt.hf import CONV1D_SUFFIXES
+from parity.tolerances import Tolerance
+
+
+class ParityFailure(AssertionError):
+    """The implementations differ; the message diagnoses how."""
+
+
+@dataclass
+class Comparison:
+    """The outcome of comparing one tensor pair."""
+
+    check: str
+    tensor: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    mismatched: int
+    total: int
+    nonfinite: str | None = None
+    passed: bool = True
+    where: tuple[int, ...] | None = None
+
+    def summary(self) -> str:
+        """One line: which tensor, how far off, against what tolerance."""
+        if self.nonfinite:
+            return f"{self.tensor}: {self.nonfinite}"
+        loc = f" at index {self.where}" if self.where is not None else ""
+        return (
+            f"{self.tensor}: {self.mismatched}/{self.total} elements differ; max abs diff {self.max_abs:.3e}{loc}, "
+            f"max rel diff {self.max_rel:.3e} (rtol={self.rtol:g}, atol={self.atol:g})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serializable dict of this record."""
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["where"] = list(self.where) if self.where is not None else None
+        return d
+
+
+def _nonfinite(t: torch.Tensor, label: str) -> str | None:
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(torch.isinf(t).sum())
+        return f"{label} contains {n_nan} NaN and {n_inf} Inf values (non-finite values never count as close)"
+    return None
+
+
+def compare_tensors(
+    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance
+) -> Comparison:
+    """Compare actual (reference nanoGPT) with expected (Hugging Face) element-wise, assert_close style."""
+    if actual.shape != expected.shape:
+        raise ParityFailure(
+            f"[{check}] {name}: shape {tuple(actual.shape)} (reference) vs {tuple(expected.shape)} (Hugging Face)"
+        )
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    bad = _nonfinite(a, "reference nanoGPT") or _nonfinite(e, "Hugging Face")
+    if bad:
+        return Comparison(check, name, tuple(a.shape), float("nan"), float("nan"), tol.rtol, tol.atol,
+                          a.numel(), a.numel(), nonfinite=bad, passed=False)  # fmt: skip
+    diff = (a - e).abs()
+    allowed = tol.atol + tol.rtol * e.abs()
+    mismatch = diff > allowed
+    rel = diff / e.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    where = None
+    if diff.numel():
+        flat = int(torch.argmax(diff))
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    return Comparison(
+        check=check,
+        tensor=name,
+        shape=tuple(a.shape),
+        max_abs=max_abs,
+        max_rel=float(rel.max()) if rel.numel() else 0.0,
+        rtol=tol.rtol,
+        atol=tol.atol,
+        mismatched=int(mismatch.sum()),
+        total=a.numel(),
+        passed=not bool(mismatch.any()),
+        where=where,
+    )
+
+
+def hf_counterpart(hf_params: dict[str, torch.Tensor], name: str, vocab: int) -> torch.Tensor | None:
+    """The HF tensor for a reference parameter name, in nanoGPT layout (Conv1D transposed), or None."""
+    t = hf_params.get(name)
+    if t is None:
+        return None
+    if name.endswith(CONV1D_SUFFIXES):
+        t = t.t()
+    return t
+
+
+def reference_layout(name: str, t: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A reference tensor cropped to the real vocabulary (padding rows are not HF's)."""
+    if name in ("transformer.wte.weight", "lm_head.weight") and t.size(0) > vocab:
+        return t[:vocab]
+    return t
+
+
+def compare_gradients(
+    reference: torch.nn.Module, hf_model: torch.nn.Module, vocab: int, tol: Tolerance
+) -> list[Comparison]:
+    """Compare every parameter's .grad with its HF counterpart; raise ParityFailure with the worst ones."""
+    ref = dict(reference.named_parameters())
+    hf = dict(hf_model.named_parameters())
+    problems: list[str] = []
+    missing = sorted(set(ref) - set(hf))
+    extra = sorted(set(hf) - set(ref))
+    if missing or extra:
+        problems.append(
+            f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
+            "(an lm_head.weight on one side only means one model is untied)"
+        )
+    records = []
+    for name in sorted(set(ref) & set(hf)):
+        g_ref, g_hf = ref[name].grad, hf[name].grad
+        if g_ref is None or g_hf is None:
+            problems.append(f"{name}: no gradient on the {'reference' if g_ref is None else 'HF'} side")
+            continue
+        if name.endswith(CONV1D_SUFFIXES):
+            g_hf = g_hf.t()
+        g_ref_cropped = reference_layout(name, g_ref, vocab)
+        records.append(compare_tensors("grads", name, g_ref_cropped, g_hf, tol))
+        if g_ref.size(0) > g_ref_cropped.size(0) and g_ref[vocab:].abs().max() != 0:
+            problems.append(f"{name}: padding rows (>= {vocab}) received gradient; padded vocabulary leaks")
+    failed = [r for r in records if not r.passed]
+    if failed or problems:
+        raise ParityFailure(gradient_failure_message(records, problems))
+    return records
+
+
+def gradient_failure_message(records: Iterable[Comparison], problems: list[str], top: int = 8) -> str:
+    """A table of the worst-matching parameters, worst first."""
+    records = list(records)
+    failed = sorted(
+        (r for r in records if not r.passed),
+        key=lambda r: (r.nonfinite is None, -r.max_abs / (r.atol + 1e-300)),
+    )
+    lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ"]
+    lines += [f"  - {p}" for p in problems]
+    if failed:
+        lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'mismatch':>14}")
+        for r in failed[:top]:
+            if r.nonfinite:
+                lines.append(f"  {r.tensor:<40} {r.nonfinite}")
+            else:
+                lines.append(
+                    f"  {r.tensor:<40} {r.max_abs:>10.3e} {r.max_rel:>10.3e} {r.mismatched:>7}/{r.total:<7}"
+                )
+        if len(failed) > top:
+            lines.append(f"  ... and {len(failed) - top} more")
+        lines.append(f"  tolerance: rtol={failed[0].rtol:g}, atol={failed[0].atol:g}")
+        lines.append("  " + gradient_hint([r.tensor for r in failed]))
+    return "\n".join(lines)
+
+
+def gradient_hint(names: list[str]) -> str:
+    """The likely cause of a set of mismatching gradients."""
+    if names == ["transformer.wte.weight"] or names == ["lm_head.weight"]:
+        return (
+            "likely cause: only the tied matrix differs, so one side is missing one of its two gradient "
+            "paths (embedding or output head): the tie is broken or points at another tensor"
+        )
+    if all(n.endswith(CONV1D_SUFFIXES) for n in names):
+        return (
+            "likely cause: only Conv1D weights differ: a transpose (in, out) vs (out, in) is missing or extra"
+        )
+    return (
+        "likely cause: the forward pass already differs upstream of these parameters (see the logits check)"
+    )

@@ -1,0 +1,106 @@
+"""Localize where two GPT-2 implementations first diverge in the forward pass.
+
+Both implementations use the same module names (`transformer.drop`, `transformer.h.{i}.ln_1`, `.attn`,
+`.ln_2`, `.mlp`, `transformer.h.{i}`, `transformer.ln_f`), so forward hooks on the same names capture
+comparable activations. Walking them in execution order, the first that differs beyond tolerance names the
+first diverging block or sub-module; which of its inputs still matched says what to suspect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from parity.compare import Comparison, compare_tensors
+from parity.tolerances import Tolerance
+
+# What to suspect when a module's output is the first to differ while its inputs matched.
+SUSPECTS = {
+    "drop": "the embeddings: token (wte) or position (wpe) embeddings, or position embeddings not added",
+    "ln_1": "LayerNorm ln_1 (epsilon must be 1e-5; weight/bias loaded?)",
+    "attn": "attention: the 1/sqrt(head_dim) scale, the causal mask, the q/k/v split order, or a c_attn/c_proj "
+    "weight not transposed from HF's Conv1D layout",
+    "ln_2": "LayerNorm ln_2 (epsilon must be 1e-5), or the residual connection around attention",
+    "mlp": "the MLP: GELU must be the tanh approximation (gelu_new), a c_fc/c_proj weight not transposed "
+    "from Conv1D, or a dropped bias",
+    "block": "the residual connection around the MLP",
+    "ln_f": "the final LayerNorm ln_f (missing, or epsilon not 1e-5)",
+    "lm_head": "the output head: lm_head not tied to transformer.wte.weight (load HF with "
+    "tie_word_embeddings=True), tied to another tensor, a bias added, or padded vocabulary rows in the logits",
+}
+
+
+def probe_points(n_layer: int) -> list[tuple[str, str]]:
+    """(module name, kind) in forward execution order."""
+    points = [("transformer.drop", "drop")]
+    for i in range(n_layer):
+        p = f"transformer.h.{i}"
+        points += [
+            (f"{p}.ln_1", "ln_1"),
+            (f"{p}.attn", "attn"),
+            (f"{p}.ln_2", "ln_2"),
+            (f"{p}.mlp", "mlp"),
+            (p, "block"),
+        ]
+    points.append(("transformer.ln_f", "ln_f"))
+    return points
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def capture_activations(model: torch.nn.Module, names: list[str], run: Any) -> dict[str, torch.Tensor]:
+    """Run run() with forward hooks on the named modules; return their (first) outputs, detached."""
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        module = modules.get(name)
+        if module is None:
+            continue
+
+        def hook(_m: torch.nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+            t = _first_tensor(out)
+            if t is not None:
+                captured[name] = t.detach().clone()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def first_divergence(
+    reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
+) -> tuple[str, list[Comparison]]:
+    """A diagnosis naming the first module whose output differs, and all per-module comparisons."""
+    points = probe_points(n_layer)
+    names = [n for n, _ in points]
+    ref_acts = capture_activations(reference, names, lambda: reference(idx))
+    hf_acts = capture_activations(hf_model, names, lambda: hf_model(idx))
+    records: list[Comparison] = []
+    for name, kind in points:
+        if name not in ref_acts or name not in hf_acts:
+            continue
+        if ref_acts[name].shape != hf_acts[name].shape:
+            return (
+                f"{name}: output shapes differ {tuple(ref_acts[name].shape)} vs {tuple(hf_acts[name].shape)}",
+                records,
+            )
+        rec = compare_tensors("hidden", name, ref_acts[name], hf_acts[name], tol)
+        records.append(rec)
+        if not rec.passed:
+            return f"first divergence at {name}: {rec.summary()}; suspect {SUSPECTS[kind]}", records
+    if not records:
+        return "no comparable modules found (module names differ from GPT-2's); cannot localize", records
+    return f"all hidden states up to ln_f match; suspect {SUSPECTS['lm_head']}", records

@@ -1,0 +1,104 @@
+"""pytest plugin of the parity harness: command-line options, validation, header, parametrization, report.
+
+Loaded from the root conftest.py, so `pytest parity/ --model gpt2-large` works from the repository root.
+Options are validated in `pytest_configure`, before collection and before any model is built; a bad
+choice is a one-line usage error that lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from parity.loading import versions
+from parity.report import ParityReport
+from parity.targets import (
+    DEVICE_CHOICES,
+    DTYPES,
+    MODEL_CHOICES,
+    ParityTarget,
+    UsageError,
+    resolve_targets,
+)
+from parity.tolerances import gradients_tolerance, logits_tolerance
+
+TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
+REPORT_KEY = pytest.StashKey[ParityReport]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nanogpt-parity", "GPT-2 parity harness")
+    group.addoption(
+        "--model",
+        default="gpt2",
+        help=f"model to check: {' | '.join(MODEL_CHOICES)} | PATH to a local HF GPT-2 checkpoint (default gpt2)",
+    )
+    group.addoption(
+        "--weights",
+        default="auto",
+        help="auto (pretrained when in the local HF cache, else synthetic) | pretrained | synthetic",
+    )
+    group.addoption(
+        "--device", default=None, help=f"{' | '.join(DEVICE_CHOICES)} (default: cuda when available)"
+    )
+    group.addoption(
+        "--dtype",
+        default=None,
+        help=f"{' | '.join(DTYPES)} (default: float64 on CPU up to gpt2-medium, float32 above and on CUDA)",
+    )
+    group.addoption(
+        "--parity-report", default=None, metavar="PATH", help="write a JSON report of every comparison"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        targets = resolve_targets(
+            config.getoption("--model"),
+            config.getoption("--weights"),
+            config.getoption("--device"),
+            config.getoption("--dtype"),
+        )
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[TARGETS_KEY] = targets
+    config.stash[REPORT_KEY] = ParityReport(
+        {
+            **versions(),
+            "device": targets[0].device,
+            "models": [
+                {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name}
+                for t in targets
+            ],
+        }
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for t in config.stash[TARGETS_KEY]:
+        lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
+        lines.append(
+            f"parity device: {t.device}; dtype: {t.dtype_name}; tolerances: logits {logits_tolerance(t.dtype)}, "
+            f"gradients {gradients_tolerance(t.dtype)}"
+        )
+    v = versions()
+    lines.append(f"parity versions: torch {v['torch']}, transformers {v['transformers']}")
+    return lines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "parity_target" in metafunc.fixturenames:
+        targets = metafunc.config.stash[TARGETS_KEY]
+        metafunc.parametrize("parity_target", targets, ids=[t.name for t in targets], scope="session")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--parity-report")
+    if path and REPORT_KEY in session.config.stash:
+        report = session.config.stash[REPORT_KEY]
+        for t in session.config.stash[TARGETS_KEY]:
+            if t.generation_seconds is not None:
+                report.timing[f"{t.name}: synthetic checkpoint generation (s)"] = round(
+                    t.generation_seconds, 3
+                )
+        report.write(path)

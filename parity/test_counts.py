@@ -1,0 +1,70 @@
+"""Check 4: the tied matrix is counted once: parameters, optimizer state, checkpoint bytes, memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nanogpt.model import GPT2_SIZES
+from parity.checks import optimizer_membership_problem, parameter_count_problem, untied_twin
+from parity.goldens import TOTAL_PARAMS, expected_total_params
+from parity.tie import EMBEDDING, get_tensor, unique_parameter_bytes
+
+
+class _ByteCounter:
+    """A write-only file that counts bytes: measures a checkpoint's size without writing it to disk."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.n += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_parameter_counts_match_goldens_and_hf(
+    parity_target: Any, reference_model: Any, hf_model: Any
+) -> None:
+    golden = TOTAL_PARAMS.get(parity_target.name) if parity_target.name in GPT2_SIZES else None
+    golden = golden if golden is not None else expected_total_params(parity_target.config)
+    problem = parameter_count_problem(reference_model, hf_model, golden)
+    assert problem is None, problem
+
+
+def test_optimizer_holds_tied_tensor_once(reference_model: Any) -> None:
+    opt = reference_model.configure_optimizers(
+        weight_decay=0.1, learning_rate=1e-4, betas=(0.9, 0.95), device_type="cpu"
+    )
+    problem = optimizer_membership_problem(opt, reference_model)
+    assert problem is None, problem
+    tied = get_tensor(reference_model, EMBEDDING)
+    holders = sum(1 for g in opt.param_groups for p in g["params"] if p is tied)
+    assert holders == 1, (
+        f"the tied tensor is held {holders} times by the optimizer; AdamW would keep {holders} states"
+    )
+
+
+def test_checkpoint_stores_tied_tensor_once(reference_model: Any) -> None:
+    counter = _ByteCounter()
+    torch.save(reference_model.state_dict(), counter)
+    param_bytes = unique_parameter_bytes(reference_model)
+    tied_bytes = (
+        get_tensor(reference_model, EMBEDDING).numel() * get_tensor(reference_model, EMBEDDING).element_size()
+    )
+    overhead = counter.n - param_bytes
+    assert 0 <= overhead < tied_bytes // 2, (
+        f"state_dict checkpoint is {counter.n:,} bytes for {param_bytes:,} bytes of unique parameters: "
+        f"the {tied_bytes:,}-byte tied matrix is stored {'twice' if overhead >= tied_bytes else 'oddly'}"
+    )
+
+
+def test_tied_model_occupies_one_matrix_less_than_untied(reference_model: Any) -> None:
+    tied_bytes = unique_parameter_bytes(reference_model)
+    emb = get_tensor(reference_model, EMBEDDING)
+    with untied_twin(reference_model) as twin:
+        untied_bytes = unique_parameter_bytes(twin)
+    assert untied_bytes - tied_bytes == emb.numel() * emb.element_size()

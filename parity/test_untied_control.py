@@ -1,0 +1,27 @@
+"""Check 5: the control. HF loaded with tie_word_embeddings=False from a checkpoint that stores only wte.
+
+This is exactly the regression seen when nanoGPT first tied its weights and users' HF references were
+loaded untied: transformers 5 then initializes lm_head randomly. The harness must detect it and name
+`tie_word_embeddings` in the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from parity.batches import token_batch
+from parity.checks import check_logits
+from parity.compare import ParityFailure
+from parity.loading import load_hf
+from parity.tie import tie_problem
+
+
+def test_untied_hf_reference_is_detected(parity_target: Any, checkpoint: Any, reference_model: Any) -> None:
+    untied = load_hf(checkpoint, parity_target.dtype, parity_target.device, tie_word_embeddings=False)
+    problem = tie_problem(untied, "Hugging Face", is_hf=True)
+    assert problem is not None and "tie_word_embeddings" in problem, problem
+    idx = token_batch("several_sequences", parity_target.config).to(parity_target.device)
+    with pytest.raises(ParityFailure, match="tie_word_embeddings=True"):
+        check_logits(reference_model, untied, idx, parity_target.config.n_layer, "untied control")

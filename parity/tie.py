@@ -1,0 +1,144 @@
+"""Is the tie real? Storage identity of lm_head.weight and transformer.wte.weight, and its survival.
+
+A tie "by value" (two tensors that happen to hold equal numbers) passes a logits comparison but breaks
+the first time an optimizer moves one of them; a tie to the wrong tensor, or no tie at all, is the
+regression this project exists for. These checks look at storage, not values, and return a message
+naming the problem (None when the tie is real), so the tests and the bisect command share them.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import torch
+
+HEAD = "lm_head.weight"
+EMBEDDING = "transformer.wte.weight"
+
+
+def get_tensor(model: torch.nn.Module, dotted: str) -> torch.Tensor:
+    """A parameter by its dotted name, looked up through attributes (tied names included)."""
+    obj: Any = model
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when a and b are the same memory: same storage, offset, shape and strides."""
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
+
+
+def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str | None:
+    """Why lm_head.weight and transformer.wte.weight of model are not one tensor, or None if they are."""
+    head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
+    fix = (
+        "load it with tie_word_embeddings=True (GPT2LMHeadModel.from_pretrained(..., tie_word_embeddings=True))"
+        if is_hf
+        else "assign one Parameter to both names (self.transformer.wte.weight = self.lm_head.weight)"
+    )
+    if same_storage(head, emb):
+        return None
+    for name, t in model.named_parameters(remove_duplicate=False):
+        if name != HEAD and same_storage(head, t):
+            return f"{label}: lm_head.weight is tied to {name}, not to {EMBEDDING}; {fix}"
+    if head.shape == emb.shape and torch.equal(head.detach().cpu(), emb.detach().cpu()):
+        return (
+            f"{label}: lm_head.weight equals {EMBEDDING} by value but is a separate tensor (a copy, not a tie): "
+            f"the first optimizer step will untie them; {fix}"
+        )
+    hint = " (tie_word_embeddings=False: lm_head was initialized, not loaded)" if is_hf else ""
+    return f"{label}: lm_head.weight is not tied to {EMBEDDING}{hint}; {fix}"
+
+
+def inplace_update_problem(model: torch.nn.Module, label: str) -> str | None:
+    """Write through one name and read through the other; restore the element afterwards."""
+    head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
+    with torch.no_grad():
+        saved = head[0, 0].clone()
+        try:
+            head[0, 0] = saved + 1.0
+            seen = emb[0, 0].clone()
+        finally:
+            head[0, 0] = saved
+    if seen != saved + 1.0:
+        return f"{label}: an in-place write to lm_head.weight is not visible through {EMBEDDING}"
+    return None
+
+
+def optimizer_step_problem(model: torch.nn.Module, label: str) -> str | None:
+    """One SGD step on the tied tensor must move both names identically; the model is restored after."""
+    head = get_tensor(model, HEAD)
+    emb = get_tensor(model, EMBEDDING)
+    before_head = head.detach().clone()
+    before_emb = emb.detach().clone()
+    params = [head] if same_storage(head, emb) else [head, emb]
+    opt = torch.optim.SGD(params, lr=0.1)
+    saved_grads = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        moved_head = not torch.equal(head.detach(), before_head)
+        moved_emb = not torch.equal(emb.detach(), before_emb)
+        same = torch.equal(head.detach(), emb.detach())
+    finally:
+        with torch.no_grad():
+            head.copy_(before_head)
+            if not same_storage(head, emb):
+                emb.copy_(before_emb)
+        for p, g in zip(params, saved_grads, strict=True):
+            p.grad = g
+    if not (moved_head and moved_emb and same):
+        return (
+            f"{label}: one optimizer step did not move lm_head.weight and {EMBEDDING} identically "
+            f"(head moved: {moved_head}, embedding moved: {moved_emb}, equal after: {same})"
+        )
+    return None
+
+
+def survival_problems(model: torch.nn.Module, label: str, rebuild: Any, is_hf: bool = False) -> list[str]:
+    """Does the tie survive .to(dtype), copy.deepcopy and a state_dict save/load round trip?
+
+    rebuild() must return a fresh model of the same class and config, which the saved state is loaded into.
+    """
+    problems = []
+    other = torch.float32 if get_tensor(model, HEAD).dtype == torch.float64 else torch.float64
+    for what, transform in (
+        (f".to({other})", lambda m: m.to(other)),
+        ("copy.deepcopy", copy.deepcopy),
+    ):
+        p = tie_problem(transform(copy.deepcopy(model) if what.startswith(".to") else model), label, is_hf)
+        if p:
+            problems.append(f"after {what}: {p}")
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = rebuild()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    p = tie_problem(fresh, label, is_hf)
+    if p:
+        problems.append(f"after a state_dict save/load round trip: {p}")
+    p = inplace_update_problem(fresh, label)
+    if p:
+        problems.append(f"after a state_dict save/load round trip: {p}")
+    return problems
+
+
+def unique_parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameter storage, each shared tensor counted once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        ptr = p.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += p.untyped_storage().nbytes()
+    return total
