@@ -1,0 +1,577 @@
+"""The reference trainer: `python -m nanogpt.train [CONFIG.json|.toml] [--key=value ...]`.
+
+One optimizer step lives in `train_step` (micro-batches with gradient accumulation, autocast, GradScaler,
+clipping, AdamW), so the parity tests run the very function training runs. Around it, `train` builds the
+model (from scratch, from our checkpoint, or from an HF GPT-2), schedules the learning rate (linear warmup,
+then cosine decay), evaluates train/val loss every `eval_interval` steps, logs loss, learning rate, tokens/s
+and MFU, and checkpoints atomically. Under `torchrun` it trains data-parallel with DDP or FSDP2 (see
+`nanogpt.distributed`). Every input is validated before the model is built: a bad flag, dataset or
+checkpoint is one line on stderr and exit status 2, and nothing on disk is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanogpt.checkpoint import (
+    CHECKPOINT_FILE,
+    build_model,
+    capture_rng_state,
+    load_checkpoint,
+    load_optimizer_state,
+    model_config_of,
+    restore_rng_state,
+    save_checkpoint,
+    training_payload,
+)
+from nanogpt.config import ConfigError, TrainConfig, parse_config, run_cli
+from nanogpt.data import BatchSampler, TokenDataset, get_batch
+from nanogpt.distributed import (
+    DistContext,
+    init_distributed,
+    set_gradient_sync,
+    shard_fsdp,
+    unwrap_model,
+    wrap_ddp,
+)
+from nanogpt.flops import peak_flops
+from nanogpt.hf import CheckpointError
+from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one optimization step
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What train_step needs besides the model, optimizer and data."""
+
+    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables clipping
+    autocast_dtype: torch.dtype | None = None  # bfloat16/float16 autocast on CUDA; None: run in param dtype
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cfg: StepConfig,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """One AdamW step over len(batches) micro-batches; returns their mean loss (a detached tensor).
+
+    Each micro-batch's loss is divided by the number of micro-batches before backward, so the accumulated
+    gradient equals that of one batch holding all of them (micro-batches are equal in size). Under DDP or
+    FSDP2 the gradient reduction runs only on the last micro-batch. The loss comes back as a tensor so
+    the caller decides when to pay for a device sync (`.item()`).
+    """
+    if not batches:
+        raise ValueError("train_step needs at least one micro-batch")
+    k = len(batches)
+    device_type = batches[0][0].device.type
+    autocast = (
+        torch.autocast(device_type=device_type, dtype=cfg.autocast_dtype)
+        if cfg.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    total = torch.zeros((), device=batches[0][0].device)
+    for i, (x, y) in enumerate(batches):
+        set_gradient_sync(model, i == k - 1)
+        with autocast:
+            _, loss = model(x, y)
+            loss = loss / k
+        total += loss.detach().float()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+    if cfg.grad_clip > 0.0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # frees the gradient memory until the next backward
+    return total
+
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """Learning rate at step it: linear warmup, cosine decay to min_lr, then min_lr (or constant)."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.decay_iters:
+        return cfg.final_lr
+    ratio = (it - cfg.warmup_iters) / (cfg.decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.final_lr + coeff * (cfg.learning_rate - cfg.final_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: nn.Module,
+    dataset: TokenDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    ctx: DistContext,
+) -> dict[str, float]:
+    """Mean loss over eval_iters batches per split, the same batches at every evaluation.
+
+    The batches come from a generator seeded afresh each time, so successive estimates are comparable and
+    evaluating never moves the training sampler's or dropout's random state (resumes stay exact).
+    """
+    out = {}
+    model.eval()
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
+    for i, split in enumerate(("train", "val")):
+        generator = torch.Generator().manual_seed(cfg.seed + 1 + i)
+        losses = torch.zeros(cfg.eval_iters, device=device)
+        for k in range(cfg.eval_iters):
+            x, y = get_batch(
+                dataset.split(split), cfg.batch_size, cfg.block_size, generator, ctx.rank, ctx.world_size
+            )
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            losses[k] = loss.float()
+        out[split] = ctx.all_reduce_mean(losses.mean()).item()
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# setup: device, model, optimizer
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """The device for this process: cuda:LOCAL_RANK under torchrun on GPUs."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use --device=cpu")
+        if name == "cuda":
+            name = f"cuda:{ctx.local_rank}"
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The training dtype: autocast bfloat16 (or float16) on CUDA, float32 on CPU, unless given."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = DTYPES[name]
+    if dtype in (torch.bfloat16, torch.float16) and device.type != "cuda":
+        raise ConfigError(
+            f"dtype: {name} autocast is for CUDA; on {device.type} use --dtype=float32 (or float64)"
+        )
+    return dtype
+
+
+def check_against_model(cfg: TrainConfig, explicit: set[str], model_cfg: GPTConfig, source: str) -> None:
+    """Refuse explicit architecture overrides that contradict a checkpoint's or pretrained model's config."""
+    conflicts = []
+    for key in TrainConfig.MODEL_KEYS:
+        if key not in explicit:
+            continue
+        want, have = getattr(cfg, key), getattr(model_cfg, key)
+        if key == "block_size":
+            continue  # checked separately: a smaller block crops a pretrained model
+        if key == "vocab_size" and want is None:
+            continue
+        if want != have:
+            conflicts.append(f"{key}={want} (it has {have})")
+    if conflicts:
+        raise ConfigError(
+            f"{source} has another architecture than the config asks for: {', '.join(conflicts)}; drop these "
+            "overrides, or use another --out_dir / --init_from"
+        )
+
+
+def is_pretrained_source(init_from: str) -> bool:
+    """True for a GPT-2 size name or a directory holding an HF checkpoint."""
+    return init_from in GPT2_SIZES or Path(init_from).expanduser().is_dir()
+
+
+def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
+    """vocab_size rounded up to a multiple (50257 -> 50304, the faster GPU shape upstream uses)."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+# Keys a resumed run takes from its checkpoint unless given explicitly: the run's semantics. The others
+# describe this machine or this launch (where to run, how to wrap), not the run.
+NOT_INHERITED_ON_RESUME = ("init_from", "device", "compile", "progress", "parallel", "backend", "eval_only")
+
+
+def inherit_from_checkpoint(
+    cfg: TrainConfig, explicit: set[str], ckpt: dict[str, Any], path: Path
+) -> TrainConfig:
+    """The config of a resumed run: the checkpoint's settings, overridden only by explicitly given keys.
+
+    An explicit architecture key that contradicts the checkpoint is an error: the weights cannot change
+    shape. Continuing with the checkpoint's batch size, schedule and dtype is what makes a resumed run
+    continue the interrupted one exactly.
+    """
+    model_cfg = model_config_of(ckpt, path)
+    check_against_model(cfg, explicit, model_cfg, f"checkpoint {path}")
+    saved = ckpt["train_config"]
+    if "block_size" in explicit and cfg.block_size != saved.get("block_size", model_cfg.block_size):
+        raise ConfigError(
+            f"block_size: {cfg.block_size}, but {path} was trained with {saved.get('block_size')}; "
+            "a resumed run keeps its block size"
+        )
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    inherited = {
+        k: v
+        for k, v in saved.items()
+        if k in known and k not in explicit and k not in NOT_INHERITED_ON_RESUME
+    }
+    cfg = dataclasses.replace(cfg, **inherited)
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class Setup:
+    """The model to train and where it came from."""
+
+    model_config: GPTConfig
+    model: GPT
+    source: str = "scratch"
+
+
+def build_initial_model(
+    cfg: TrainConfig, explicit: set[str], dataset: TokenDataset, ckpt: dict[str, Any] | None = None
+) -> Setup:
+    """The model to train, validated against the config and the data (nothing is written)."""
+    if cfg.init_from == "scratch":
+        vocab = cfg.vocab_size if cfg.vocab_size is not None else padded_vocab(dataset.vocab_size)
+        if vocab < dataset.vocab_size:
+            raise ConfigError(
+                f"vocab_size: {vocab} is smaller than the dataset's vocabulary ({dataset.vocab_size})"
+            )
+        model_cfg = GPTConfig(
+            block_size=cfg.block_size,
+            vocab_size=vocab,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_embd=cfg.n_embd,
+            dropout=cfg.dropout,
+            bias=cfg.bias,
+            logical_vocab_size=dataset.vocab_size if vocab > dataset.vocab_size else None,
+        )
+        torch.manual_seed(cfg.seed)  # the same init on every rank (FSDP2 does not broadcast it)
+        return Setup(model_cfg, GPT(model_cfg), "scratch")
+    if cfg.init_from == "resume":
+        if ckpt is None:
+            raise ValueError("init_from=resume needs the loaded checkpoint")
+        # dropout is a training setting, not part of the weights: the (possibly inherited) config decides
+        ckpt["model_config"] = dict(ckpt["model_config"], dropout=cfg.dropout)
+        model = build_model(ckpt)
+        return Setup(model.config, model, str(Path(cfg.out_dir) / CHECKPOINT_FILE))
+    if is_pretrained_source(cfg.init_from):
+        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        check_against_model(cfg, explicit, model.config, cfg.init_from)
+        return Setup(model.config, model, cfg.init_from)
+    raise ConfigError(
+        f"init_from: {cfg.init_from!r} is not scratch, resume, a GPT-2 size ({', '.join(GPT2_SIZES)}) or an "
+        "existing Hugging Face checkpoint directory"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# logging
+
+
+class Progress:
+    """A one-line progress display on stderr (iteration, loss, rate, ETA), redrawn at most 4x a second."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.total, self.start, self.enabled = total, start, enabled
+        self.t0 = time.time()
+        self.last_draw = 0.0
+
+    def update(self, it: int, loss: float | None) -> None:
+        """Redraw for iteration it (1-based count of finished steps)."""
+        now = time.time()
+        if not self.enabled or (now - self.last_draw < 0.25 and it < self.total):
+            return
+        self.last_draw = now
+        done = it - self.start
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - it) / rate if rate > 0 else float("inf")
+        width = 30
+        filled = int(width * it / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        loss_text = f" loss {loss:.4f}" if loss is not None else ""
+        sys.stderr.write(
+            f"\r[{bar}] {it}/{self.total}{loss_text} {rate:.2f} it/s ETA {format_seconds(eta)}   "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3s, 4m05s, 1h02m."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_log_line(
+    it: int, loss: float, lr: float, dt: float, tokens_per_s: float, mfu: float | None
+) -> str:
+    """The per-iteration log line: loss, learning rate, step time, tokens/s, MFU (n/a without a peak)."""
+    mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a"
+    return (
+        f"iter {it}: loss {loss:.4f}, lr {lr:.3e}, time {dt * 1000:.1f}ms, "
+        f"{tokens_per_s:,.0f} tok/s, mfu {mfu_text}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the training loop
+
+
+@dataclass
+class TrainResult:
+    """What a run did: final iteration, logged train losses by iteration, evaluations, the trained model."""
+
+    iter_num: int
+    best_val_loss: float
+    losses: dict[int, float] = field(default_factory=dict)
+    evals: dict[int, dict[str, float]] = field(default_factory=dict)
+    model: GPT | None = None
+    checkpoints: list[int] = field(default_factory=list)
+
+
+def train(
+    cfg: TrainConfig, explicit: set[str] | None = None, log: Callable[[str], None] = print
+) -> TrainResult:
+    """Run training as configured; explicit: the keys the user set (checked against checkpoints).
+
+    A resumed run takes its settings from the checkpoint, so its config is validated after the merge.
+    """
+    cfg.validate(only=NOT_INHERITED_ON_RESUME if cfg.init_from == "resume" else None)
+    explicit = set() if explicit is None else explicit
+    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    ctx = init_distributed(cfg.backend, use_cuda=use_cuda)
+    try:
+        return _train(cfg, explicit, ctx, log if ctx.is_main else (lambda _: None))
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable[[str], None]) -> TrainResult:
+    # --- validate everything that can fail before any heavy work or any write
+    device = resolve_device(cfg.device, ctx)
+    ckpt = None
+    if cfg.init_from == "resume":
+        path = Path(cfg.out_dir) / CHECKPOINT_FILE
+        ckpt = load_checkpoint(path)
+        cfg = inherit_from_checkpoint(cfg, explicit, ckpt, path)
+    dtype = resolve_dtype(cfg.dtype, device)
+    dataset = TokenDataset.open(cfg.data_dir)
+    setup = build_initial_model(cfg, explicit, dataset, ckpt)
+    model_cfg = setup.model_config
+    if cfg.block_size > model_cfg.block_size:
+        raise ConfigError(
+            f"block_size: {cfg.block_size} exceeds the model's context of {model_cfg.block_size} "
+            f"({setup.source}); use --block_size<={model_cfg.block_size}"
+        )
+    dataset.check_block_size(cfg.block_size)
+    if dataset.vocab_size > model_cfg.output_vocab_size:
+        raise ConfigError(
+            f"the dataset's vocabulary ({dataset.vocab_size} tokens) does not fit the model's "
+            f"{model_cfg.output_vocab_size} output tokens ({setup.source})"
+        )
+    autocast_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else None
+
+    # --- model, optimizer, scaler
+    model = setup.model
+    if cfg.block_size < model_cfg.block_size:
+        model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) at 256
+    model.to(device)
+    if dtype == torch.float64:
+        model.double()
+    if not model.is_tied():
+        raise CheckpointError(f"{setup.source}: lm_head.weight is not transformer.wte.weight after loading")
+    raw_model = model
+    if ctx.enabled and cfg.parallel == "fsdp":
+        model = shard_fsdp(model, device, ctx.world_size)
+    elif ctx.enabled:
+        model = wrap_ddp(model, device)
+    betas = (cfg.beta1, cfg.beta2)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device.type)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    # --- training state: fresh or restored
+    iter_num, best_val_loss = 0, float("inf")
+    torch.manual_seed(cfg.seed + ctx.rank)  # dropout differs per rank; the data stream is shared
+    sampler = BatchSampler(
+        dataset.train,
+        cfg.batch_size,
+        cfg.block_size,
+        cfg.seed,
+        device,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    if ckpt is not None:
+        load_optimizer_state(model, optimizer, ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+        sampler.load_state_dict(ckpt["sampler"])
+        if len(ckpt["rng"]) == ctx.world_size:
+            restore_rng_state(ckpt["rng"][ctx.rank])
+        else:
+            log(
+                f"note: the checkpoint holds the random states of {len(ckpt['rng'])} process(es), this run has "
+                f"{ctx.world_size}; dropout is re-seeded"
+            )
+            torch.manual_seed(cfg.seed + ctx.rank + iter_num)
+        log(f"resumed from {setup.source} at iter {iter_num} (best val loss {best_val_loss:.4f})")
+        del ckpt  # free the CPU copy of the weights
+    if cfg.compile:
+        log("compiling the model (the first step takes a while)")
+        model = torch.compile(model)
+    if ctx.is_main:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+
+    # --- the loop
+    step_cfg = StepConfig(grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype)
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * ctx.world_size
+    peak = peak_flops(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
+    parallel = f", {cfg.parallel} x{ctx.world_size}" if ctx.enabled else ""
+    log(
+        f"training {raw_model.get_num_params() / 1e6:.2f}M parameters on {device} "
+        f"({str(dtype).removeprefix('torch.')}{parallel}), {tokens_per_iter:,} tokens per iteration"
+    )
+    result = TrainResult(iter_num=iter_num, best_val_loss=best_val_loss, model=raw_model)
+    show_progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    progress = Progress(cfg.max_iters, iter_num, show_progress and ctx.is_main)
+    start_iter, running_mfu, last_loss = iter_num, None, None
+    window_start, window_iter = time.time(), iter_num  # the timing window since the last log line
+    while True:
+        lr = get_lr(iter_num, cfg)
+        set_lr(optimizer, lr)
+        due = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
+        already_done = iter_num == start_iter and iter_num > 0  # a resumed run was evaluated when saved
+        if cfg.eval_only or (due and not already_done):
+            losses = estimate_loss(model, dataset, cfg, device, autocast_dtype, ctx)
+            result.evals[iter_num] = losses
+            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
+                write_checkpoint(cfg, ctx, model, optimizer, scaler, sampler, iter_num, best_val_loss, log)
+                result.checkpoints.append(iter_num)
+            window_start, window_iter = time.time(), iter_num  # evaluation time is not step time
+        if cfg.eval_only or iter_num >= cfg.max_iters:
+            break
+
+        batches = [sampler.next_batch() for _ in range(cfg.gradient_accumulation_steps)]
+        loss = train_step(model, optimizer, batches, step_cfg, scaler)
+
+        if iter_num % cfg.log_interval == 0:
+            last_loss = ctx.all_reduce_mean(loss).item()  # the global mean; .item() waits for the device
+            now = time.time()
+            dt = (now - window_start) / (iter_num + 1 - window_iter)  # mean step time over the window
+            result.losses[iter_num] = last_loss
+            mfu = None
+            if peak is not None and iter_num - start_iter >= 5:  # the first steps include warm-up costs
+                step_mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt, peak)
+                running_mfu = step_mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * step_mfu
+                mfu = running_mfu
+            log(format_log_line(iter_num, last_loss, lr, dt, tokens_per_iter / dt, mfu))
+            window_start, window_iter = now, iter_num + 1
+        iter_num += 1
+        progress.update(iter_num, last_loss)
+    progress.close()
+    result.iter_num, result.best_val_loss = iter_num, best_val_loss
+    return result
+
+
+def write_checkpoint(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    sampler: BatchSampler,
+    iter_num: int,
+    best_val_loss: float,
+    log: Callable[[str], None],
+) -> None:
+    """Gather the full training state (collective) and write out_dir/ckpt.pt atomically on rank 0."""
+    if not unwrap_model(model).is_tied():
+        raise RuntimeError("lm_head.weight and transformer.wte.weight came apart during training")
+    rng = ctx.gather_objects(capture_rng_state())
+    payload = training_payload(
+        model,
+        optimizer,
+        iter_num=iter_num,
+        best_val_loss=best_val_loss,
+        train_config=cfg,
+        rng=rng,
+        sampler_state=sampler.state_dict(),
+        scaler=scaler,
+    )
+    if ctx.is_main:
+        path = save_checkpoint(payload, Path(cfg.out_dir) / CHECKPOINT_FILE)
+        log(f"saved checkpoint {path} (iter {iter_num})")
+    ctx.barrier()
+
+
+def main(argv: list[str]) -> None:
+    """`python -m nanogpt.train`: parse the config, train."""
+    cfg, explicit = parse_config(TrainConfig, argv, prog="nanogpt.train", validate=False)
+    train(cfg, explicit)
+
+
+if __name__ == "__main__":
+    run_cli(main, None, "nanogpt.train")
