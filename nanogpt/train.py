@@ -92,13 +92,13 @@ def train_step(
         if cfg.autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    total = torch.zeros((), device=batches[0][0].device)
+    micro_losses = []
     for i, (x, y) in enumerate(batches):
         set_gradient_sync(model, i == k - 1)
         with autocast:
             _, loss = model(x, y)
             loss = loss / k
-        total += loss.detach().float()
+        micro_losses.append(loss.detach())
         if scaler is not None:
             scaler.scale(loss).backward()
         else:
@@ -113,7 +113,7 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # frees the gradient memory until the next backward
-    return total
+    return torch.stack(micro_losses).sum()  # in the loss's own dtype: float64 runs keep float64
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
