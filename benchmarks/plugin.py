@@ -1,14 +1,26 @@
-"""pytest plugin for device requirements: the `gpu` marker and `--require-gpu`.
+"""pytest plugin for device requirements, benchmark options and the torch.compile report.
 
 A test marked `@pytest.mark.gpu` needs CUDA. On a machine without it the test is skipped with a reason
 that says so, unless `--require-gpu` is given: then it fails, so a misconfigured GPU CI runner (no driver,
-CPU-only torch) cannot pass by skipping everything. Loaded from the root conftest.py.
+CPU-only torch) cannot pass by skipping everything. The plugin also carries the session-level report of
+the torch.compile suite: the speed-up of compiled over eager (eager median / compiled median, both
+measured in this session), printed in the terminal summary and saved with `--benchmark-autosave` under
+"compile_speedups"; and the non-failing warnings the compile gates saw, listed so nobody has to rerun with
+-s to read them. Loaded from the root conftest.py.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 import torch
+
+# (case, mode) -> {"eager": median seconds, "compiled": median seconds}, filled by the speed benchmarks.
+SPEED_MEDIANS = pytest.StashKey[dict[tuple[str, str], dict[str, float]]]()
+# label -> the warnings a compile gate saw that did not fail it.
+COMPILE_WARNINGS = pytest.StashKey[dict[str, list[str]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -19,6 +31,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="fail, instead of skip, tests marked gpu when CUDA is not available (for GPU CI runners)",
     )
+    bench = parser.getgroup("nanogpt-parity benchmarks")
+    bench.addoption(
+        "--speed-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed rounds per eager/compiled speed benchmark (default: 20 on CPU, 10 on GPU)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SPEED_MEDIANS] = {}
+    config.stash[COMPILE_WARNINGS] = {}
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -42,3 +67,65 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.config.getoption("--require-gpu"):
         pytest.fail(f"--require-gpu: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def reproducibility_settings() -> dict[str, Any]:
+    """The settings that decide whether GPU numbers are reproducible, for a benchmark's extra_info.
+
+    CI sets them in .github/workflows/gpu.yml: NVIDIA_TF32_OVERRIDE=0 turns TF32 off below torch (the
+    parity tolerances assume true float32 matmuls), and CUBLAS_WORKSPACE_CONFIG=:4096:8 makes cuBLAS
+    deterministic. Recorded here so a saved benchmark says what it ran under.
+    """
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def record_speed_median(config: pytest.Config, case: str, mode: str, impl: str, median_s: float) -> None:
+    """Remember one benchmark's median so the session can report compiled-vs-eager speed-ups."""
+    config.stash[SPEED_MEDIANS].setdefault((case, mode), {})[impl] = median_s
+
+
+def compile_speedups(config: pytest.Config) -> dict[str, float]:
+    """ "case/mode" -> eager median / compiled median, for every pair measured in this session."""
+    return {
+        f"{case}/{mode}": medians["eager"] / medians["compiled"]
+        for (case, mode), medians in sorted(config.stash[SPEED_MEDIANS].items())
+        if "eager" in medians and "compiled" in medians and medians["compiled"] > 0
+    }
+
+
+def report_compile_warnings(config: pytest.Config, label: str, messages: list[str]) -> None:
+    """List warnings that a compile gate saw but does not fail on, for the terminal summary."""
+    config.stash[COMPILE_WARNINGS][label] = messages
+
+
+# tryfirst: pytest-benchmark's own summary raises on a --benchmark-compare-fail regression, and the
+# speed-ups are most wanted exactly then.
+@pytest.hookimpl(tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    seen = config.stash.get(COMPILE_WARNINGS, {})
+    if seen:
+        terminalreporter.section("torch.compile warnings (listed, not failing)")
+        for label, messages in seen.items():
+            terminalreporter.write_line(f"{label}: {len(messages)} warning(s)")
+            for message in messages:
+                terminalreporter.write_line(f"  {message}")
+    if config.stash.get(SPEED_MEDIANS, None):
+        speedups = compile_speedups(config)
+        terminalreporter.section("torch.compile speed-up (eager median / compiled median)")
+        for key, ratio in speedups.items():
+            terminalreporter.write_line(f"{key}: {ratio:.2f}x")
+        if not speedups:
+            terminalreporter.write_line("no eager/compiled pair was measured in this session")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    output_json["compile_speedups"] = compile_speedups(config)
