@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from nanogpt.model import GPT
+from parity.impl import load_implementation
 from parity.loading import load_hf, load_reference
-from parity.plugin import REPORT_KEY
+from parity.plugin import IMPL_KEY, REPORT_KEY
 from parity.report import ParityReport
 from parity.targets import ParityTarget
 
@@ -33,10 +34,17 @@ def checkpoint(parity_target: ParityTarget) -> Any:
 
 
 @pytest.fixture(scope="session")
-def reference_model(parity_target: ParityTarget, checkpoint: Any) -> Iterator[GPT]:
-    """The reference nanoGPT, loaded through GPT.from_pretrained."""
+def reference_model(
+    request: pytest.FixtureRequest, parity_target: ParityTarget, checkpoint: Any
+) -> Iterator[GPT | torch.nn.Module]:
+    """The implementation under test: the reference nanoGPT through GPT.from_pretrained, or --impl's model
+    (built by its own __init__, weights loaded by our converter, see parity/impl.py)."""
     _deterministic(parity_target.device)
-    model = load_reference(checkpoint, parity_target.dtype, parity_target.device)
+    if IMPL_KEY in request.config.stash:
+        impl = request.config.stash[IMPL_KEY]
+        model, _ = load_implementation(impl, checkpoint, parity_target.dtype, parity_target.device)
+    else:
+        model = load_reference(checkpoint, parity_target.dtype, parity_target.device)
     yield model
     del model
 

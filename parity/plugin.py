@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from parity.impl import Implementation, ImplementationError, import_implementation
 from parity.loading import versions
 from parity.report import ParityReport
 from parity.targets import (
@@ -23,6 +24,7 @@ from parity.tolerances import gradients_tolerance, logits_tolerance
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
+IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--parity-report", default=None, metavar="PATH", help="write a JSON report of every comparison"
     )
+    group.addoption(
+        "--impl",
+        default=None,
+        metavar="PATH",
+        help="implementation under test: a model.py or package exposing GPT and GPTConfig (default: nanogpt)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
+    if config.getoption("--impl"):
+        try:
+            config.stash[IMPL_KEY] = import_implementation(config.getoption("--impl"))
+        except ImplementationError as e:
+            raise pytest.UsageError(f"--impl: {e}") from None
     config.stash[TARGETS_KEY] = targets
     config.stash[REPORT_KEY] = ParityReport(
         {
@@ -75,6 +88,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
+    if IMPL_KEY in config.stash:
+        impl = config.stash[IMPL_KEY]
+        lines.append(f"parity implementation: {impl.label} ({impl.source}), loaded by the nanoGPT converter")
     for t in config.stash[TARGETS_KEY]:
         lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
         lines.append(

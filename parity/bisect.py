@@ -1,0 +1,214 @@
+"""`python -m parity.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
+
+Runs the named checks of parity/verdicts.py on an implementation (`--impl path/to/model.py`, default the
+reference nanoGPT), prints one line per check, and exits with what `git bisect run` understands: 0 good,
+1 bad, 125 "cannot test this commit" (import error, no GPT/GPTConfig, a crash before a check could give
+its verdict), and 129 for a usage error of this command, which aborts the bisection instead of marking
+commits bad (argparse's own exit status 2 would read as bad). Good means every selected check passes,
+unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
+or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
+float64 on CPU: seconds per commit); `--model` takes a GPT-2 size or a checkpoint directory.
+
+    git bisect start BAD GOOD
+    git bisect run python -m parity.bisect --impl model.py --checks tied-storage
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import NoReturn
+
+import transformers
+
+from nanogpt.hf import CheckpointError
+from nanogpt.model import GPT2_SIZES, GPTConfig
+from parity.impl import ImplementationError, import_implementation, reference_implementation
+from parity.targets import (
+    DEVICE_CHOICES,
+    DTYPES,
+    ParityTarget,
+    UsageError,
+    resolve_device,
+    resolve_dtype,
+    resolve_targets,
+)
+from parity.verdicts import CHECKS, DESCRIPTIONS, Status, Subject, Verdict, run_checks
+
+EXIT_GOOD = 0
+EXIT_BAD = 1
+EXIT_SKIP = 125  # git bisect run: this commit cannot be tested
+EXIT_ABORT = 129  # git bisect run: anything above 127 stops the bisection
+
+# The default model: the GPT-2 architecture at a size where every check takes well under a second.
+SMALL = "small"
+SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+
+
+class BisectArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error exits with EXIT_ABORT (argparse's 2 would mark the commit bad)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ABORT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the bisect command."""
+    checks_help = "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in CHECKS)
+    p = BisectArgumentParser(
+        prog="python -m parity.bisect",
+        description="Run named parity checks on a nanoGPT-style implementation; exit 0 good, 1 bad, "
+        "125 untestable (git bisect skip), 129 usage error (aborts git bisect run).",
+    )
+    p.add_argument(
+        "--impl",
+        metavar="PATH",
+        help="a model.py file or a package directory exposing GPT and GPTConfig (default: the reference nanogpt)",
+    )
+    p.add_argument(
+        "--model",
+        default=SMALL,
+        help=f"{SMALL} (default: a synthetic 2-layer model) | {' | '.join(GPT2_SIZES)} | PATH to an HF GPT-2 "
+        "checkpoint directory",
+    )
+    p.add_argument("--checks", default=None, help=f"comma-separated, or all (the default). {checks_help}")
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="CHECK=pass|fail",
+        help="what counts as good for CHECK (repeatable; selects CHECK). Default: every selected check passes",
+    )
+    p.add_argument(
+        "--tied-decay",
+        choices=("yes", "no"),
+        default="yes",
+        help="should the tied matrix be weight-decayed (decay-groups, train-steps)? default yes, the reference's policy",
+    )
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="default: cuda when available")
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help="default: float64 on CPU for small models"
+    )
+    p.add_argument("-v", "--details", action="store_true", help="print each check's details")
+    return p
+
+
+def parse_checks(text: str | None) -> list[str]:
+    """The checks named by --checks (comma-separated, or all)."""
+    if text is None or text.strip() == "all":
+        return list(CHECKS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown or not names:
+        raise UsageError(
+            f"--checks {text!r}: unknown check(s) {unknown}; choose from {', '.join(CHECKS)} or all"
+        )
+    return names
+
+
+def parse_expectations(items: list[str]) -> dict[str, bool]:
+    """--expect CHECK=pass|fail, as {check: should pass}."""
+    out = {}
+    for item in items:
+        check, _, want = item.partition("=")
+        if check not in CHECKS or want not in ("pass", "fail"):
+            raise UsageError(
+                f"--expect {item!r}: write CHECK=pass or CHECK=fail, CHECK one of {', '.join(CHECKS)}"
+            )
+        out[check] = want == "pass"
+    return out
+
+
+def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
+    """The target of --model: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
+    if model == SMALL:
+        device = resolve_device(device)
+        c = SMALL_CONFIG
+        label = f"small-L{c.n_layer}-H{c.n_head}-C{c.n_embd}-V{c.vocab_size}-T{c.block_size}"
+        return ParityTarget(
+            label, c, "synthetic", "seeded synthetic checkpoint", device, resolve_dtype(dtype, device, SMALL)
+        )
+    if model == "all":
+        raise UsageError("--model all: bisect checks one model; name one size")
+    return resolve_targets(model, "auto", device, dtype)[0]
+
+
+def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
+    """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown."""
+    want = {v.check: expect.get(v.check, True) for v in verdicts}
+    contradicted = [
+        v for v in verdicts if v.status != Status.CANNOT_TEST and (v.status == Status.PASS) != want[v.check]
+    ]
+    unknown = [v for v in verdicts if v.status == Status.CANNOT_TEST]
+    if contradicted:
+        parts = []
+        for got, expected in ((Status.FAIL, "PASS"), (Status.PASS, "FAIL")):
+            names = [v.check for v in contradicted if v.status == got]
+            if names:
+                parts.append(f"{', '.join(names)} {got.value} (expected {expected})")
+        return EXIT_BAD, "bad: " + "; ".join(parts)
+    if unknown:
+        return EXIT_SKIP, f"cannot test this commit: {', '.join(v.check for v in unknown)} could not run"
+    return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in verdicts)
+
+
+def format_verdicts(verdicts: list[Verdict], details: bool) -> str:
+    """One line per check (status, name, reason); with details, each check's details indented below it."""
+    width = max(len(c) for c in CHECKS)
+    lines = []
+    for v in verdicts:
+        lines.append(f"{v.status.value:<11}  {v.check:<{width}}  {v.reason}")
+        if details and v.details:
+            lines += [f"    {line}" for line in v.details.rstrip().splitlines()]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse, check, print; returns the exit code for git bisect run."""
+    args = build_parser().parse_args(argv)
+    try:
+        expect = parse_expectations(args.expect)
+        selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
+        selected += [c for c in expect if c not in selected]
+        target = resolve_model(args.model, args.device, args.dtype)
+        target.ensure_checkpoint()
+    except (UsageError, CheckpointError) as e:
+        print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
+        return EXIT_ABORT
+    try:
+        impl = reference_implementation() if args.impl is None else import_implementation(args.impl)
+    except ImplementationError as e:
+        verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in CHECKS if c in selected]
+    else:
+        where = "" if impl.label == str(impl.source) else f" ({impl.source})"
+        print(f"implementation: {impl.label}{where}; model: {target.name} ({target.weights}), "
+              f"{target.dtype_name} on {target.device}")  # fmt: skip
+        transformers.utils.logging.disable_progress_bar()  # one line per check, no loading bars
+        try:
+            verdicts = run_checks(selected, Subject(impl, target, tied_decay=args.tied_decay == "yes"))
+        except CheckpointError as e:
+            print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
+            return EXIT_ABORT
+    print(format_verdicts(verdicts, args.details))
+    code, why = decide(verdicts, expect)
+    print(f"{why} (exit {code})", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; an unexpected error of the command itself aborts the bisection instead of marking bad."""
+    try:
+        return run(argv)
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"python -m parity.bisect: internal error (exit {EXIT_ABORT} aborts git bisect run)",
+            file=sys.stderr,
+        )
+        return EXIT_ABORT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
