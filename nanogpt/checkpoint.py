@@ -139,15 +139,16 @@ def load_checkpoint(path: str | os.PathLike[str], require_training_state: bool =
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
         text = str(e).strip()
+        detail = text.splitlines()[0] if text else type(e).__name__
         if "WeightsUnpickler error:" in text:
-            # readable, but it holds Python objects beyond tensors and plain data: not ours, not safe to load
             detail = text.split("WeightsUnpickler error:")[1].strip().splitlines()[0]
-            raise CheckpointError(
-                f"{path}: not a nanogpt checkpoint ({detail}); only tensors and plain data are loaded"
-            ) from None
-        first_line = text.splitlines()[0] if text else type(e).__name__
+            if detail.startswith("Unsupported global"):
+                # readable, but it holds Python objects beyond tensors and plain data: not ours, not safe
+                raise CheckpointError(
+                    f"{path}: not a nanogpt checkpoint ({detail}); only tensors and plain data are loaded"
+                ) from None
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({first_line}); delete it or restore a good copy"
+            f"{path}: corrupt or truncated checkpoint ({detail}); delete it or restore a good copy"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a nanogpt checkpoint (a {type(ckpt).__name__}, not a dict)")
