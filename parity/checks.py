@@ -38,10 +38,23 @@ def check_logits(
     """Same logits for idx, or ParityFailure naming the first diverging module."""
     with torch.no_grad():
         ours, theirs = reference_logits(reference, idx), hf_logits(hf_model, idx)
+    if ours.shape[:-1] == theirs.shape[:-1] and ours.size(-1) > theirs.size(-1):
+        raise ParityFailure(
+            f"[logits] logits[{label}]: the reference returns {ours.size(-1)} vocabulary columns, Hugging Face "
+            f"{theirs.size(-1)}: padded vocabulary rows leak into the logits and every softmax (crop the logits "
+            "to the real vocabulary, logical_vocab_size)"
+        )
     tol = logits_tolerance(ours.dtype)
     rec = compare_tensors("logits", f"logits[{label}]", ours, theirs, tol)
     if not rec.passed:
         where, _ = first_divergence(reference, hf_model, idx, n_layer, tol)
+        with torch.no_grad():
+            again = reference_logits(reference, idx)
+        if not torch.equal(again, ours):
+            where += (
+                "\n  the reference's logits differ between two identical calls: dropout (or other randomness) "
+                "is active, though the model should be in eval mode"
+            )
         raise ParityFailure(f"[logits] {rec.summary()}\n  {where}")
     return rec
 
@@ -136,23 +149,44 @@ def check_gradient_decomposition(
 
 
 def parameter_count_problem(reference: torch.nn.Module, hf_model: Any, golden: int | None) -> str | None:
-    """Counts: parameters() total equals the golden for the size and HF's num_parameters()."""
-    ours = sum(p.numel() for p in reference.parameters())
+    """Counts: parameters() (and get_num_params(non_embedding=False)) equal the golden and HF's num_parameters().
+
+    The rows of a padded vocabulary are reference parameters that HF does not have; they are allowed for.
+    """
+    emb = get_tensor(reference, EMBEDDING)
+    padding = (emb.size(0) - get_tensor(hf_model, EMBEDDING).size(0)) * emb.size(1)
     theirs = int(hf_model.num_parameters())
+    counts = {"parameters()": sum(p.numel() for p in reference.parameters())}
+    num_params = getattr(reference, "get_num_params", None)
+    if callable(num_params):
+        with contextlib.suppress(TypeError):  # an implementation whose get_num_params has no non_embedding
+            counts["get_num_params(non_embedding=False)"] = int(num_params(non_embedding=False))
+    padded = f" ({padding:,} of them vocabulary padding)" if padding else ""
     problems = []
-    if golden is not None and ours != golden:
-        problems.append(f"reference has {ours:,} parameters, the golden for this size is {golden:,}")
-    if ours != theirs:
-        problems.append(f"reference has {ours:,} parameters, HF num_parameters() says {theirs:,}")
-    if problems:
-        extra = ours - (golden if golden is not None else theirs)
-        emb = get_tensor(reference, EMBEDDING).numel()
-        if extra == emb:
+    for what, ours in counts.items():
+        if golden is not None and ours != golden:
             problems.append(
-                f"the difference is exactly one {tuple(get_tensor(reference, EMBEDDING).shape)} matrix: the head is untied"
+                f"reference {what} counts {ours:,} parameters, the golden for this size is {golden:,}"
             )
-        return "[param-count] " + "; ".join(problems)
-    return None
+        if ours - padding != theirs:
+            problems.append(
+                f"reference {what} counts {ours:,} parameters{padded}, HF num_parameters() says {theirs:,}"
+            )
+    if not problems:
+        return None
+    only_ours = sorted(set(dict(reference.named_parameters())) - set(dict(hf_model.named_parameters())))
+    if only_ours:
+        problems.append(f"parameters Hugging Face does not have: {', '.join(only_ours[:5])}")
+    expected = golden if golden is not None else theirs + padding
+    if any(ours - expected == emb.numel() for ours in counts.values()):
+        if get_tensor(reference, HEAD) is emb:
+            problems.append(
+                f"the difference is exactly one {tuple(emb.shape)} matrix and the head is tied: the tied matrix is "
+                "counted twice (count each shared tensor once, as parameters() and named_parameters() do)"
+            )
+        else:
+            problems.append(f"the difference is exactly one {tuple(emb.shape)} matrix: the head is untied")
+    return "[param-count] " + "; ".join(problems)
 
 
 def decay_membership(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, list[float]]:

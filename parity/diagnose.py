@@ -80,6 +80,17 @@ def capture_activations(model: torch.nn.Module, names: list[str], run: Any) -> d
     return captured
 
 
+def _not_called(name: str, sides: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]]) -> str | None:
+    """Which side has the module but never ran it while the other side did (a step skipped in forward)."""
+    ran = [side for side, (_, acts) in sides.items() if name in acts]
+    skipped = [
+        side for side, (m, acts) in sides.items() if name not in acts and name in dict(m.named_modules())
+    ]
+    if ran and skipped:
+        return f"the {skipped[0]} model has {name} but its forward never calls it (the {ran[0]} model's does)"
+    return None
+
+
 def first_divergence(
     reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
 ) -> tuple[str, list[Comparison]]:
@@ -91,6 +102,11 @@ def first_divergence(
     records: list[Comparison] = []
     for name, kind in points:
         if name not in ref_acts or name not in hf_acts:
+            skipped = _not_called(
+                name, {"reference": (reference, ref_acts), "Hugging Face": (hf_model, hf_acts)}
+            )
+            if skipped:
+                return f"first divergence at {name}: {skipped}; suspect {SUSPECTS[kind]}", records
             continue
         if ref_acts[name].shape != hf_acts[name].shape:
             return (

@@ -45,6 +45,13 @@ def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str 
         else "assign one Parameter to both names (self.transformer.wte.weight = self.lm_head.weight)"
     )
     if same_storage(head, emb):
+        if head is not emb:
+            # e.g. load_state_dict(assign=True) wraps each entry in its own Parameter and nobody re-tied them.
+            return (
+                f"{label}: lm_head.weight and {EMBEDDING} share storage but are two Parameter objects, so they are "
+                "not tied: autograd gives each only its own path's gradient, parameters() counts the matrix "
+                f"twice and an optimizer updates it twice; {fix}"
+            )
         return None
     for name, t in model.named_parameters(remove_duplicate=False):
         if name != HEAD and same_storage(head, t):
