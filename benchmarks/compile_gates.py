@@ -134,11 +134,15 @@ def capture_compile_warnings() -> Iterator[list[CapturedWarning]]:
     try:
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
-            yield captured
-        captured.extend(
-            CapturedWarning("warnings", r.category.__name__, str(r.message), f"{r.filename}:{r.lineno}")
-            for r in records
-        )
+            try:
+                yield captured
+            finally:  # also when the block fails: the warnings before the failure may explain it
+                captured.extend(
+                    CapturedWarning(
+                        "warnings", r.category.__name__, str(r.message), f"{r.filename}:{r.lineno}"
+                    )
+                    for r in records
+                )
     finally:
         for logger in points:
             logger.removeHandler(handler)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-# (case, mode) -> {"eager": median seconds, "compiled": median seconds}, filled by the speed benchmarks.
-SPEED_MEDIANS = pytest.StashKey[dict[tuple[str, str], dict[str, float]]]()
+# (case, mode) -> {"eager": median s, "compiled": median s, "compile_time_s": s}, from the speed benchmarks.
+SPEED_RESULTS = pytest.StashKey[dict[tuple[str, str], dict[str, float]]]()
 # label -> the warnings a compile gate saw that did not fail it.
 COMPILE_WARNINGS = pytest.StashKey[dict[str, list[str]]]()
 
@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SPEED_MEDIANS] = {}
+    config.stash[SPEED_RESULTS] = {}
     config.stash[COMPILE_WARNINGS] = {}
 
 
@@ -87,16 +87,26 @@ def reproducibility_settings() -> dict[str, Any]:
     }
 
 
-def record_speed_median(config: pytest.Config, case: str, mode: str, impl: str, median_s: float) -> None:
-    """Remember one benchmark's median so the session can report compiled-vs-eager speed-ups."""
-    config.stash[SPEED_MEDIANS].setdefault((case, mode), {})[impl] = median_s
+def record_speed_result(
+    config: pytest.Config,
+    case: str,
+    mode: str,
+    impl: str,
+    median_s: float,
+    compile_time_s: float | None = None,
+) -> None:
+    """Remember one benchmark's median (and compile time) so the session can report speed-ups."""
+    entry = config.stash[SPEED_RESULTS].setdefault((case, mode), {})
+    entry[impl] = median_s
+    if compile_time_s is not None:
+        entry["compile_time_s"] = compile_time_s
 
 
 def compile_speedups(config: pytest.Config) -> dict[str, float]:
     """ "case/mode" -> eager median / compiled median, for every pair measured in this session."""
     return {
         f"{case}/{mode}": medians["eager"] / medians["compiled"]
-        for (case, mode), medians in sorted(config.stash[SPEED_MEDIANS].items())
+        for (case, mode), medians in sorted(config.stash[SPEED_RESULTS].items())
         if "eager" in medians and "compiled" in medians and medians["compiled"] > 0
     }
 
@@ -114,14 +124,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if seen:
         terminalreporter.section("torch.compile warnings (listed, not failing)")
         for label, messages in seen.items():
-            terminalreporter.write_line(f"{label}: {len(messages)} warning(s)")
+            terminalreporter.write_line(f"{label}: {len(messages)} distinct warning(s)")
             for message in messages:
                 terminalreporter.write_line(f"  {message}")
-    if config.stash.get(SPEED_MEDIANS, None):
+    if config.stash.get(SPEED_RESULTS, None):
         speedups = compile_speedups(config)
         terminalreporter.section("torch.compile speed-up (eager median / compiled median)")
-        for key, ratio in speedups.items():
-            terminalreporter.write_line(f"{key}: {ratio:.2f}x")
+        for (case, mode), entry in sorted(config.stash[SPEED_RESULTS].items()):
+            key = f"{case}/{mode}"
+            if key in speedups:
+                compile_time = entry.get("compile_time_s")
+                suffix = (
+                    f" (compile {compile_time:.1f} s, not in the medians)" if compile_time is not None else ""
+                )
+                terminalreporter.write_line(f"{key}: {speedups[key]:.2f}x{suffix}")
         if not speedups:
             terminalreporter.write_line("no eager/compiled pair was measured in this session")
 

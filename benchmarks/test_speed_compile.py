@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.compile_gates import compiled_graph_count, fresh_compile
 from benchmarks.conftest import GATE_BATCH_SIZE, GATE_CONFIG
-from benchmarks.plugin import record_speed_median, reproducibility_settings
+from benchmarks.plugin import record_speed_result, reproducibility_settings
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT, GPTConfig, gpt2_config
 
@@ -211,7 +211,7 @@ def test_speed(benchmark: Any, request: pytest.FixtureRequest, case_name: str, m
     if benchmark.stats is None:  # --benchmark-disable: the step ran once, nothing was timed
         return
     median = benchmark.stats.stats.median
-    record_speed_median(request.config, case_name, mode, impl, median)
+    record_speed_result(request.config, case_name, mode, impl, median, info.get("compile_time_s"))
     if case.device == "cuda":
         benchmark.extra_info["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         benchmark.extra_info["mfu"] = mfu(model, case, mode, median)

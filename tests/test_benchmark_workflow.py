@@ -36,14 +36,14 @@ import time
 
 import pytest
 
-from benchmarks.plugin import record_speed_median
+from benchmarks.plugin import record_speed_result
 
 
 @pytest.mark.parametrize("impl", ["eager", "compiled"])
 def test_sleep(benchmark, request, impl):
     seconds = 0.010 if impl == "eager" else 0.005
     benchmark.pedantic(time.sleep, args=(seconds,), rounds=15, warmup_rounds=1)
-    record_speed_median(request.config, "tiny", "sleep", impl, benchmark.stats.stats.median)
+    record_speed_result(request.config, "tiny", "sleep", impl, benchmark.stats.stats.median)
 """
 
 

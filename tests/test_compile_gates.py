@@ -117,8 +117,12 @@ def test_capture_restores_logging_state_even_on_error() -> None:
     try:
         with pytest.raises(RuntimeError), capture_compile_warnings() as captured:
             logging.getLogger("torch.nn").warning("recorded despite the ERROR level")
+            warnings.warn("a Python warning before the error", UserWarning, stacklevel=1)
             raise RuntimeError("boom")
-        assert [w.message for w in captured] == ["recorded despite the ERROR level"]
+        assert sorted(w.message for w in captured) == [
+            "a Python warning before the error",
+            "recorded despite the ERROR level",
+        ]
         assert torch_logger.level == logging.ERROR
     finally:
         torch_logger.setLevel(level)
