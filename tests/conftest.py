@@ -8,10 +8,13 @@ whatever the order the tests run in.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.model import GPT, GPTConfig
@@ -73,3 +76,43 @@ def tokens() -> torch.Tensor:
     """A (2, 32) batch of token ids over the tiny vocabulary, filling the whole context."""
     g = torch.Generator().manual_seed(1234)
     return torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=g)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hypothesis profiles for the property-based tests (tests/test_property_parity.py)
+#
+#   ci  (default): derandomized (the same examples every run, on every machine), a bounded number of
+#                  examples, no deadline (a slow CI machine must not turn timing into failures), and the
+#                  reproduction blob of any failure printed. No example database is written.
+#   dev:           ten times the examples, random each run, with the local example database (.hypothesis/):
+#                  a longer local search for new counterexamples.
+#
+# Select one with HYPOTHESIS_PROFILE=dev pytest tests/test_property_parity.py.
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True, database=None
+)
+settings.register_profile("dev", max_examples=250, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mutant kill rate (tests/test_mutants.py records each mutant and the checks that killed it)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print 'mutant kill rate: N/N (P%)' and any survivors when mutants ran."""
+    killed_by: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", ()) or ())
+            if getattr(report, "when", None) == "call" and "mutant" in props:
+                killed_by[props["mutant"]] = props.get("mutant_killed_by", "")
+    if not killed_by:
+        return
+    survivors = sorted(name for name, checks in killed_by.items() if not checks)
+    n, k = len(killed_by), len(killed_by) - len(survivors)
+    terminalreporter.write_sep("-", "mutants")
+    terminalreporter.write_line(f"mutant kill rate: {k}/{n} ({100 * k // n}%)")
+    if survivors:
+        terminalreporter.write_line(f"surviving mutants: {', '.join(survivors)}")

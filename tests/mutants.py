@@ -1,0 +1,674 @@
+"""A catalog of deliberately wrong GPT-2 implementations ("mutants") and the named checks that must kill them.
+
+Each mutant is one realistic bug: a subclass of a `nanogpt.model` class that overrides the one method with the
+bug, or a variant of the Hugging Face converter in `nanogpt.hf`. It is loaded through the production loader
+(`nanogpt.hf.load_gpt(checkpoint_dir, model_cls=..., dtype=torch.float64)`) from a small synthetic checkpoint
+and compared with transformers' GPT2LMHeadModel loaded from the same directory, through the same functions
+the parity tests call (`parity.checks`, `parity.tie`). `run_checks` returns every named check's verdict, so
+a test can assert *which* check kills a mutant and that its message names the cause, not merely that
+something failed. The catalog is data: `MUTANTS` (each must be killed) and `CONTROLS` (correct variants
+built with the same scaffolding, which must pass every check: they prove the checks have no false alarms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import nanogpt.hf
+from nanogpt.model import GPT, MLP, CausalSelfAttention, GPTConfig, LayerNorm
+from parity.batches import BATCH_KINDS, gradient_batch, targets_for, token_batch
+from parity.checks import (
+    check_gradient_decomposition,
+    check_gradients,
+    check_logits,
+    check_loss,
+    hf_logits,
+    loss_of,
+    optimizer_membership_problem,
+    parameter_count_problem,
+    reference_logits,
+)
+from parity.compare import ParityFailure
+from parity.goldens import expected_total_params
+from parity.tie import inplace_update_problem, optimizer_step_problem, tie_problem
+
+# The named checks, in the order a bisect would run them. "load" is the production loader's own validation.
+CHECKS = ("load", "tied-storage", "param-count", "decay-groups", "logits", "grads", "train-steps")
+
+# The synthetic checkpoints the mutants load. "square" has block_size == vocab_size, so a head tied to the
+# position embedding (block_size x n_embd) has the head's shape and loads without a shape error.
+CONFIGS = {
+    "tiny": GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16),
+    "square": GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16),
+}
+PADDED_VOCAB = 128  # the tiny vocabulary (97) padded, like upstream's 50257 -> 50304
+# Every mutant is loaded with dropout configured, and checked in eval mode, where dropout must be inactive.
+DROPOUT = 0.1
+ADAMW = dict(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95))
+TRAIN_STEPS = 3
+# Loss at init from scratch, reference vs Hugging Face (two different random draws of the same GPT-2 init).
+# With GPT-2's N(0, 0.02) tied matrix the logits at init have std ~0.02 * sqrt(n_embd) = 0.08 for the tiny
+# config, so both losses sit within ~0.01 of ln(vocab) (measured |difference| < 0.01). An init 50x too large
+# (nn.Embedding's default N(0, 1)) puts the loss several nats higher. 0.1 nats is >10x the honest spread.
+INIT_LOSS_ATOL = 0.1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the named checks
+
+
+def tied_storage_problem(model: nn.Module) -> str | None:
+    """The tie is one tensor, an in-place write shows through both names, and an optimizer step moves both."""
+    label = "reference nanoGPT"
+    return (
+        tie_problem(model, label)
+        or inplace_update_problem(model, label)
+        or optimizer_step_problem(model, label)
+    )
+
+
+def decay_groups_problem(model: GPT) -> str | None:
+    """Every parameter in exactly one AdamW group, as built by the model's own configure_optimizers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about duplicates in one group; the check says more
+        try:
+            opt: Any = model.configure_optimizers(**ADAMW, device_type="cpu")
+            refused = ""
+        except ValueError as e:
+            # torch refuses a parameter in two groups before an optimizer exists: analyse the groups it got.
+            opt = SimpleNamespace(param_groups=model.optimizer_groups(ADAMW["weight_decay"]))
+            refused = f" (torch.optim.AdamW refused the groups: {e})"
+    problem = optimizer_membership_problem(opt, model)
+    return problem + refused if problem else None
+
+
+def logits_problem(reference: nn.Module, hf_model: Any, config: GPTConfig) -> str | None:
+    """Logits of every parity batch kind, and the loss, match Hugging Face's."""
+    for kind in BATCH_KINDS:
+        check_logits(reference, hf_model, token_batch(kind, config), config.n_layer, kind)
+    idx = token_batch("several_sequences", config)
+    check_loss(reference, hf_model, idx, targets_for(idx, config.output_vocab_size))
+    return None
+
+
+def grads_problem(reference: nn.Module, hf_model: Any, config: GPTConfig) -> str | None:
+    """Every gradient matches Hugging Face's, and the tied gradient is the sum of its two paths."""
+    idx, targets = gradient_batch(config)
+    try:
+        check_gradients(reference, hf_model, idx, targets, config.output_vocab_size)
+        check_gradient_decomposition(reference, idx, targets)
+    finally:
+        reference.zero_grad(set_to_none=True)
+        hf_model.zero_grad(set_to_none=True)
+    return None
+
+
+def hf_adamw(hf_model: Any) -> torch.optim.AdamW:
+    """AdamW over Hugging Face's parameters with the reference's documented policy: >= 2-D tensors decay."""
+    params = list(hf_model.parameters())  # de-duplicated: the tied matrix once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": ADAMW["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=ADAMW["learning_rate"], betas=ADAMW["betas"])
+
+
+def train_steps_problem(reference: GPT, hf_model: Any, config: GPTConfig) -> str | None:
+    """A few AdamW steps from the loaded weights end at the same model; a model from scratch starts like HF's.
+
+    The first half trains copies of both models on the same batch with the same optimizer settings and
+    compares the logits afterwards. The second half builds each implementation from scratch (its own init)
+    and compares the loss at init, the standard "loss at init is ln(vocab)" sanity check, against HF's.
+    """
+    ours, theirs = copy.deepcopy(reference), copy.deepcopy(hf_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt_ours = ours.configure_optimizers(**ADAMW, device_type="cpu")
+    opt_theirs = hf_adamw(theirs)
+    idx, targets = gradient_batch(config)
+    for _ in range(TRAIN_STEPS):
+        for opt, logits_of in (
+            (opt_ours, lambda: reference_logits(ours, idx)),
+            (opt_theirs, lambda: hf_logits(theirs, idx)),
+        ):
+            opt.zero_grad(set_to_none=True)
+            loss_of(logits_of(), targets).backward()
+            opt.step()
+    check_logits(ours, theirs, idx, config.n_layer, f"after {TRAIN_STEPS} AdamW steps")
+
+    torch.manual_seed(0)
+    fresh = type(reference)(replace(reference.config, dropout=0.0)).to(torch.float64).eval()
+    torch.manual_seed(0)
+    fresh_hf = type(hf_model)(hf_model.config).to(torch.float64).eval()
+    with torch.no_grad():
+        init_ours = float(loss_of(reference_logits(fresh, idx), targets))
+        init_theirs = float(loss_of(hf_logits(fresh_hf, idx), targets))
+    if abs(init_ours - init_theirs) > INIT_LOSS_ATOL:
+        std_ours = float(fresh.transformer.wte.weight.detach().std())
+        std_theirs = float(fresh_hf.transformer.wte.weight.detach().std())
+        raise ParityFailure(
+            f"[train-steps] loss at init from scratch: reference {init_ours:.4f}, Hugging Face {init_theirs:.4f} "
+            f"(ln(vocab) = {math.log(config.output_vocab_size):.4f}, atol={INIT_LOSS_ATOL}); the tied matrix's "
+            f"init std is {std_ours:.4f} vs {std_theirs:.4f}: the reference's init of the shared matrix is "
+            "wrong or was lost (check the tie direction and the order of tying and initialising)"
+        )
+    return None
+
+
+def run_checks(reference: GPT, hf_model: Any, config: GPTConfig) -> dict[str, str | None]:
+    """Every named check's verdict on a loaded reference: None when it passes, else the failure message.
+
+    A check that crashes (an exception other than ParityFailure) fails with the exception as its message.
+    """
+    checks: dict[str, Callable[[], str | None]] = {
+        "tied-storage": lambda: tied_storage_problem(reference),
+        "param-count": lambda: parameter_count_problem(
+            reference, hf_model, expected_total_params(reference.config)
+        ),
+        "decay-groups": lambda: decay_groups_problem(reference),
+        "logits": lambda: logits_problem(reference, hf_model, config),
+        "grads": lambda: grads_problem(reference, hf_model, config),
+        "train-steps": lambda: train_steps_problem(reference, hf_model, config),
+    }
+    verdicts: dict[str, str | None] = {}
+    for name, check in checks.items():
+        torch.manual_seed(0)  # a mutant with randomness (dropout in eval) fails the same way every run
+        try:
+            verdicts[name] = check()
+        except ParityFailure as e:
+            verdicts[name] = str(e)
+        except Exception as e:  # noqa: BLE001 - a crash is a failed check; its message is the verdict
+            verdicts[name] = f"[{name}] crashed: {type(e).__name__}: {e}"
+    return verdicts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the catalog entry
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One bug: how to build it, which named check must kill it, and what the check's message must name."""
+
+    name: str
+    model_cls: type[GPT] = GPT
+    killed_by: str = "logits"
+    cause: str = ""  # a regex the killing check's message must match (re.search)
+    converter: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    config: str = "tiny"
+    vocab_size: int | None = None  # load with the vocabulary padded to this many rows
+
+    @property
+    def bug(self) -> str:
+        """The bug, in one line: the first line of the mutant's docstring."""
+        doc = (self.converter or self.model_cls).__doc__ or ""
+        return doc.strip().splitlines()[0]
+
+
+def load_mutant(mutant: Mutant, checkpoint: Path) -> GPT:
+    """The mutant loaded through the production loader, in float64 and eval mode."""
+    patch = mutant.converter() if mutant.converter else contextlib.nullcontext()
+    with patch:
+        model = nanogpt.hf.load_gpt(
+            checkpoint,
+            model_cls=mutant.model_cls,
+            dtype=torch.float64,
+            dropout=DROPOUT,
+            vocab_size=mutant.vocab_size,
+        )
+    return model.eval()
+
+
+def verdicts_for(mutant: Mutant, checkpoint: Path, hf_model: Any) -> dict[str, str | None]:
+    """Every named check's verdict on the mutant (only "load" when the loader refuses it)."""
+    try:
+        reference = load_mutant(mutant, checkpoint)
+    except nanogpt.hf.CheckpointError as e:
+        return {"load": f"[load] {e}"}
+    return {"load": None, **run_checks(reference, hf_model, CONFIGS[mutant.config])}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mutant building blocks
+
+
+def gpt_with(module_cls: type[nn.Module]) -> type[GPT]:
+    """A GPT whose every instance of module_cls's base class is re-classed as module_cls.
+
+    Mutant sub-modules only override methods, so re-classing keeps every parameter (and its name) as it is:
+    the checkpoint loads unchanged, on the meta device too, and only the overridden method differs.
+    """
+    base = module_cls.__mro__[1]
+
+    def __init__(self: GPT, config: GPTConfig) -> None:
+        GPT.__init__(self, config)
+        for module in self.modules():
+            if type(module) is base:
+                module.__class__ = module_cls
+
+    return type(
+        f"GPTWith{module_cls.__name__}", (GPT,), {"__init__": __init__, "__doc__": module_cls.__doc__}
+    )
+
+
+class ReimplementedGPT(GPT):
+    """GPT.forward re-implemented with switches, so each GPT-level mutant turns exactly one step off.
+
+    With every switch on it is the reference (the control `reimplemented-forward` proves it).
+    """
+
+    add_positions = True
+    final_norm = True
+    crop_padding = True
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx)
+        if self.add_positions:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)
+        if self.final_norm:
+            x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)
+        if self.crop_padding:
+            logits = logits[..., : self.config.output_vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+def attention_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, n_head, T, head_dim)."""
+    B, T, C = x.size()
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, n_head, T, head_dim) -> (B, T, C)."""
+    B, H, T, D = y.size()
+    return y.transpose(1, 2).contiguous().view(B, T, H * D)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tie
+
+
+class HeadNotTied(GPT):
+    """The head is not re-tied after loading: load_state_dict(assign=True) leaves two Parameters.
+
+    They share storage, so logits match, but autograd gives each only its own path's gradient, parameters()
+    counts the matrix twice and an optimizer updates the storage twice with half the gradient each time.
+    """
+
+    def tie_weights(self) -> None:
+        pass
+
+
+class TieWrongDirection(GPT):
+    """Ties lm_head.weight = wte.weight after initialising, so the head's GPT-2 init is lost.
+
+    In the reference the direction cannot matter at construction: reset_parameters runs after the tie and
+    draws the one shared matrix once. Many code bases instead initialise first and tie last, giving the head
+    GPT-2's N(0, 0.02) and leaving the embedding to the tie ("it becomes the head"), which is right only if
+    the head's Parameter survives the tie. This variant does that, and ties the other way: the survivor is the
+    embedding's Parameter with nn.Embedding's default N(0, 1), 50x GPT-2's scale. Loading is unaffected (the
+    checkpoint overwrites the one shared tensor), so every check on loaded weights passes; training from
+    scratch does not: the loss at init is several nats above ln(vocab), which train-steps catches. The control
+    `tie-right-direction-after-init` is the same class with the reference's direction, and passes.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(replace(config, tie_weights=False))  # every Parameter gets GPT-2's init, untied
+        self.transformer.wte.reset_parameters()  # the embedding keeps its module default: the tie covers it
+        self.config.tie_weights = config.tie_weights
+        if config.tie_weights:
+            self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.transformer.wte.weight  # the bug: the embedding's Parameter survives
+
+
+class TieRightDirectionAfterInit(TieWrongDirection):
+    """Control: TieWrongDirection's init-then-tie order with the reference's direction; the head's init survives."""
+
+    def tie_weights(self) -> None:
+        self.transformer.wte.weight = self.lm_head.weight
+
+
+class HeadTiedToPositions(GPT):
+    """lm_head.weight tied to the position embedding wpe instead of the token embedding wte."""
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.transformer.wpe.weight
+
+
+class HeadTiedToCopy(GPT):
+    """lm_head.weight is a copy of wte: equal values, separate tensors; the first optimizer step unties them."""
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = nn.Parameter(self.transformer.wte.weight.detach().clone())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the converter
+
+
+@contextlib.contextmanager
+def c_proj_not_transposed() -> Iterator[None]:
+    """The converter forgets to transpose attn.c_proj from HF's Conv1D (in, out) layout; square, so it loads."""
+    suffixes = tuple(s for s in nanogpt.hf.CONV1D_SUFFIXES if s != "attn.c_proj.weight")
+    with mock.patch.object(nanogpt.hf, "CONV1D_SUFFIXES", suffixes):
+        yield
+
+
+@contextlib.contextmanager
+def c_fc_not_transposed() -> Iterator[None]:
+    """The converter forgets to transpose mlp.c_fc from HF's Conv1D (in, out) layout; not square."""
+    suffixes = tuple(s for s in nanogpt.hf.CONV1D_SUFFIXES if s != "mlp.c_fc.weight")
+    with mock.patch.object(nanogpt.hf, "CONV1D_SUFFIXES", suffixes):
+        yield
+
+
+@contextlib.contextmanager
+def c_attn_reshaped_not_transposed() -> Iterator[None]:
+    """The converter reshapes attn.c_attn from (in, out) to (out, in) instead of transposing it: loads, scrambled."""
+    convert = nanogpt.hf.hf_to_nanogpt_state_dict
+
+    def reshaping(*args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], bool]:
+        sd, tied = convert(*args, **kwargs)
+        for key in sd:
+            if key.endswith("attn.c_attn.weight"):
+                # convert() transposed correctly; undo it to get the stored layout, then view it as (out, in).
+                sd[key] = sd[key].t().contiguous().reshape(sd[key].shape)
+        return sd, tied
+
+    with mock.patch.object(nanogpt.hf, "hf_to_nanogpt_state_dict", reshaping):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attention
+
+
+class QKVWrongOrder(CausalSelfAttention):
+    """The fused c_attn output is split as k, q, v instead of GPT-2's q, k, v."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, q, v = self.c_attn(x).split(self.n_embd, dim=2)
+        y = self.attend(*(attention_heads(t, self.n_head) for t in (q, k, v)))
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+
+class ScaleMissing(CausalSelfAttention):
+    """Attention scores are not scaled by 1/sqrt(head_dim)."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+
+
+class ScaleByHeadDim(CausalSelfAttention):
+    """Attention scores are scaled by 1/head_dim instead of 1/sqrt(head_dim)."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / q.size(-1))
+
+
+class MaskOffByOne(CausalSelfAttention):
+    """The causal mask is off by one: tril(diagonal=1) lets every position see the next token."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T = q.size(-2)
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril(diagonal=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(q.size(-1)))
+
+
+class MaskMissing(CausalSelfAttention):
+    """No causal mask: every position attends to the whole sequence, the future included."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=1.0 / math.sqrt(q.size(-1)))
+
+
+class AttnBiasDropped(CausalSelfAttention):
+    """The attention output projection c_proj drops its bias."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        y = self.attend(*(attention_heads(t, self.n_head) for t in (q, k, v)))
+        return self.resid_dropout(F.linear(merge_heads(y), self.c_proj.weight))
+
+
+class DropoutInEval(CausalSelfAttention):
+    """Attention dropout is applied whatever the mode: `dropout_p=self.dropout` without `if self.training`."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 / math.sqrt(q.size(-1))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout, is_causal=True, scale=scale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MLP and LayerNorm
+
+
+class ExactGelu(MLP):
+    """The exact erf GELU instead of GPT-2's tanh approximation (transformers' "gelu" vs "gelu_new")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class MlpBiasDropped(MLP):
+    """The MLP's first projection c_fc drops its bias."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(F.linear(x, self.c_fc.weight))))
+
+
+class LayerNormEps6(LayerNorm):
+    """LayerNorm with eps=1e-6 (PyTorch/TF habits) instead of GPT-2's 1e-5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the forward pass
+
+
+class PositionsNotAdded(ReimplementedGPT):
+    """Position embeddings are never added to the token embeddings."""
+
+    add_positions = False
+
+
+class FinalNormMissing(ReimplementedGPT):
+    """The final LayerNorm ln_f is skipped before the head."""
+
+    final_norm = False
+
+
+class PaddingNotCropped(ReimplementedGPT):
+    """A padded vocabulary (97 -> 128 rows) whose logits are not cropped: padding columns enter every softmax."""
+
+    crop_padding = False
+
+
+class HeadBias(GPT):
+    """lm_head built with a bias (nn.Linear's default), which GPT-2 does not have.
+
+    The checkpoint has no lm_head.bias, so, like upstream-style loaders that copy only the keys a checkpoint
+    has, this variant leaves it at nn.Linear's default init (seeded here for reproducibility).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        bound = 1.0 / math.sqrt(config.n_embd)  # nn.Linear's default bias init
+        self.lm_head.bias = nn.Parameter(torch.empty(config.vocab_size).uniform_(-bound, bound))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        bound = 1.0 / math.sqrt(self.config.n_embd)
+        g = torch.Generator().manual_seed(0)
+        bias = torch.empty(self.config.vocab_size, dtype=torch.float64).uniform_(-bound, bound, generator=g)
+        return super().load_state_dict({**state_dict, "lm_head.bias": bias}, strict=strict, assign=assign)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# counting and the optimizer
+
+
+class ParametersCountTieTwice(GPT):
+    """parameters() yields named_parameters(remove_duplicate=False): the tied matrix counts twice everywhere."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        for _, p in self.named_parameters(recurse=recurse, remove_duplicate=False):
+            yield p
+
+
+class NumParamsCountTieTwice(GPT):
+    """get_num_params sums named_parameters(remove_duplicate=False): the tied matrix is counted twice."""
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for _, p in self.named_parameters(remove_duplicate=False))
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+
+class TiedInTwoGroups(GPT):
+    """Decay by module type (upstream's old rule): lm_head (Linear) decays, wte (Embedding) does not: one
+    Parameter in two groups."""
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for module in self.modules():
+            for name, p in module.named_parameters(recurse=False):
+                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TiedTwiceInDecayGroup(GPT):
+    """The decay group lists every name, the tied matrix under both: AdamW decays and updates it twice a step."""
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        params = [p for _, p in self.named_parameters(remove_duplicate=False)]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the catalog
+
+MUTANTS: tuple[Mutant, ...] = (
+    # the tie
+    Mutant("head-not-tied", HeadNotTied, "tied-storage", r"not tied|separate Parameter"),
+    Mutant("tie-wrong-direction", TieWrongDirection, "train-steps", r"loss at init.*init .*lost"),
+    Mutant(
+        "head-tied-to-wpe",
+        HeadTiedToPositions,
+        "tied-storage",
+        r"tied to transformer\.wpe\.weight",
+        config="square",
+    ),  # fmt: skip
+    Mutant("head-tied-to-copy", HeadTiedToCopy, "tied-storage", r"a copy, not a tie"),
+    # the converter
+    Mutant(
+        "c_proj-not-transposed",
+        converter=c_proj_not_transposed,
+        cause=r"first divergence at transformer\.h\.0\.attn:",
+    ),
+    Mutant(
+        "c_fc-not-transposed",
+        converter=c_fc_not_transposed,
+        killed_by="load",
+        cause=r"shape mismatch.*mlp\.c_fc\.weight",
+    ),
+    Mutant(
+        "c_attn-reshaped-not-transposed",
+        converter=c_attn_reshaped_not_transposed,
+        cause=r"first divergence at transformer\.h\.0\.attn:",
+    ),  # fmt: skip
+    # attention
+    Mutant("qkv-split-order", gpt_with(QKVWrongOrder), cause=r"first divergence at transformer\.h\.0\.attn:"),
+    Mutant(
+        "attn-scale-missing",
+        gpt_with(ScaleMissing),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*scale",
+    ),
+    Mutant(
+        "attn-scale-1/head_dim",
+        gpt_with(ScaleByHeadDim),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*scale",
+    ),
+    Mutant(
+        "causal-mask-off-by-one",
+        gpt_with(MaskOffByOne),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
+    ),
+    Mutant(
+        "causal-mask-missing",
+        gpt_with(MaskMissing),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
+    ),
+    Mutant(
+        "attn-bias-dropped", gpt_with(AttnBiasDropped), cause=r"first divergence at transformer\.h\.0\.attn:"
+    ),
+    Mutant("dropout-in-eval", gpt_with(DropoutInEval), cause=r"dropout"),
+    # MLP, LayerNorm, the forward pass
+    Mutant("exact-gelu", gpt_with(ExactGelu), cause=r"first divergence at transformer\.h\.0\.mlp:.*GELU"),
+    Mutant(
+        "mlp-bias-dropped",
+        gpt_with(MlpBiasDropped),
+        cause=r"first divergence at transformer\.h\.0\.mlp:.*bias",
+    ),
+    Mutant(
+        "layernorm-eps-1e-6",
+        gpt_with(LayerNormEps6),
+        cause=r"first divergence at transformer\.h\.0\.ln_1:.*eps",
+    ),
+    Mutant(
+        "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
+    ),
+    Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
+    Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", vocab_size=PADDED_VOCAB),
+    Mutant("lm_head-bias", HeadBias, "param-count", r"lm_head\.bias"),
+    # counting and the optimizer
+    Mutant("parameters-count-tie-twice", ParametersCountTieTwice, "param-count", r"counted twice"),
+    Mutant("num-params-count-tie-twice", NumParamsCountTieTwice, "param-count", r"get_num_params"),
+    Mutant(
+        "tied-in-two-groups", TiedInTwoGroups, "decay-groups", r"transformer\.wte\.weight.*\[0\.1, 0\.0\]"
+    ),
+    Mutant(
+        "tied-twice-in-decay-group",
+        TiedTwiceInDecayGroup,
+        "decay-groups",
+        r"transformer\.wte\.weight.*\[0\.1, 0\.1\]",
+    ),  # fmt: skip
+)
+
+# Correct variants built with the mutants' scaffolding: each must pass every check.
+CONTROLS: tuple[Mutant, ...] = (
+    Mutant("reference", GPT),
+    Mutant("reference-square", GPT, config="square"),
+    Mutant("reference-padded", GPT, vocab_size=PADDED_VOCAB),
+    Mutant("reimplemented-forward", ReimplementedGPT),
+    Mutant("reimplemented-forward-padded", ReimplementedGPT, vocab_size=PADDED_VOCAB),
+    Mutant("tie-right-direction-after-init", TieRightDirectionAfterInit),
+)
