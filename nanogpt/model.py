@@ -249,6 +249,16 @@ class GPT(nn.Module):
                 f"cannot forward a sequence of length {t}: block_size is {self.config.block_size} "
                 "(crop the input, or use crop_block_size() on a model with a larger block)"
             )
+        if not torch.compiler.is_compiling() and idx.numel():
+            # An id outside the vocabulary would fail deep inside the embedding with an opaque IndexError
+            # (or a device-side assert on CUDA). One fused min/max reduction; skipped while tracing, so a
+            # compiled graph has no data-dependent branch.
+            lo, hi = torch.aminmax(idx)
+            if lo < 0 or hi >= self.config.output_vocab_size:
+                raise ValueError(
+                    f"token ids must be in [0, {self.config.output_vocab_size}), the vocabulary, got ids from "
+                    f"{int(lo)} to {int(hi)} (was the data tokenized for another vocabulary?)"
+                )
         pos = torch.arange(0, t, dtype=torch.long, device=device)
 
         tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
