@@ -185,7 +185,6 @@ def run(argv: list[str] | None = None) -> int:
         where = "" if impl.label == str(impl.source) else f" ({impl.source})"
         print(f"implementation: {impl.label}{where}; model: {target.name} ({target.weights}), "
               f"{target.dtype_name} on {target.device}")  # fmt: skip
-        transformers.utils.logging.disable_progress_bar()  # one line per check, no loading bars
         try:
             verdicts = run_checks(selected, Subject(impl, target, tied_decay=args.tied_decay == "yes"))
         except CheckpointError as e:
@@ -199,6 +198,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; an unexpected error of the command itself aborts the bisection instead of marking bad."""
+    transformers.utils.logging.disable_progress_bar()  # one line per check, no loading bars
     try:
         return run(argv)
     except Exception:

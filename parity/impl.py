@@ -161,13 +161,13 @@ def _import_classes(path: Path) -> tuple[ModuleType, type[nn.Module], type]:
             if is_package and not hasattr(module, "GPT") and (path / "model.py").is_file():
                 module = importlib.import_module(unique + ".model")
                 where = str(path / "model.py")
+        gpt, config = _take_classes(module, where)
     except ImplementationError:
         _forget(unique)
         raise
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code at import time
+    except (Exception, SystemExit) as e:  # any failure of the user's code at import time
         _forget(unique)
         raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {e}") from e
-    gpt, config = _take_classes(module, where)
     return module, gpt, config
 
 
@@ -203,20 +203,29 @@ def _logits_by(
         return _split_output(forward(model, idx))[0]
     if mode == "dummy-targets":  # upstream computes every position's logits when it needs a loss
         return _split_output(forward(model, idx, torch.zeros_like(idx)))[0]
-    captured: list[torch.Tensor] = []  # "head-hook": whatever lm_head produced
-    handle = model.lm_head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    # "head-hook": lm_head fed the final LayerNorm's output at every position (upstream slices the last
+    # position between the two), and its output taken.
+    hidden: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    final_norm = getattr(getattr(model, "transformer", None), "ln_f", None)
+    handles = [model.lm_head.register_forward_hook(lambda _m, _i, out: logits.append(out))]
+    if isinstance(final_norm, nn.Module):
+        handles.append(final_norm.register_forward_hook(lambda _m, _i, out: hidden.append(out)))
+        handles.append(model.lm_head.register_forward_pre_hook(lambda _m, args: (hidden[-1], *args[1:])))
     try:
         forward(model, idx)
     finally:
-        handle.remove()
-    return captured[-1] if captured else None
+        for h in handles:
+            h.remove()
+    return logits[-1] if logits else None
 
 
 def full_logits(model: nn.Module, forward: Callable[..., Any], idx: torch.Tensor) -> torch.Tensor:
     """(B, T, V) logits of every position, whichever way this implementation gives them.
 
     The way is found on the first call with more than one token (one token cannot tell them apart) and
-    remembered on the adapted class: plain forward, forward with dummy targets, or lm_head's output.
+    remembered on the adapted class: plain forward, forward with dummy targets, or lm_head applied to the
+    final LayerNorm's output at every position.
     """
     cls = type(model)
     known = cls.__dict__.get("_parity_logits_mode")

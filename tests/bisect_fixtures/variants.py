@@ -1,0 +1,95 @@
+"""Variants of the upstream-style model.py template (upstream_model.py), made by exact text edits.
+
+Each edit names one change a real nanoGPT-style history has seen: no tie, the tie in the other direction,
+another weight-decay grouping, a parity-breaking GELU, an import error, last-position-only logits, a
+config without `bias`/`dropout`, an older `configure_optimizers` signature, causal-mask buffers. Every
+edit must apply (its old text must be in the source), so a template change cannot silently disarm a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE = Path(__file__).with_name("upstream_model.py")
+
+TIE = "        self.transformer.wte.weight = self.lm_head.weight  # https://paperswithcode.com/method/weight-tying\n"
+DECAY = "        decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]\n"
+NO_DECAY = "        nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]\n"
+PARAM_DICT = "        param_dict = {pn: p for pn, p in self.named_parameters()}\n"
+CONFIGURE = "    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):\n"
+
+EDITS: dict[str, list[tuple[str, str]]] = {
+    "untied": [(TIE, "")],
+    "reverse-tie": [(TIE, "        self.lm_head.weight = self.transformer.wte.weight\n")],
+    # The tied matrix is listed under its first name, transformer.wte.weight: excluded from decay.
+    "tied-not-decayed": [
+        (DECAY, DECAY.replace("p.dim() >= 2]", 'p.dim() >= 2 and "wte" not in n]')),
+        (NO_DECAY, NO_DECAY.replace("p.dim() < 2]", 'p.dim() < 2 or "wte" in n]')),
+    ],
+    # Both names of the tied matrix are listed: it lands in the decay and the no-decay group.
+    "tied-in-two-groups": [
+        (PARAM_DICT, "        param_dict = dict(self.named_parameters(remove_duplicate=False))\n"),
+        (DECAY, DECAY.replace("p.dim() >= 2]", 'p.dim() >= 2 and n != "transformer.wte.weight"]')),
+        (NO_DECAY, NO_DECAY.replace("p.dim() < 2]", 'p.dim() < 2 or n == "transformer.wte.weight"]')),
+    ],
+    "exact-gelu": [('nn.GELU(approximate="tanh")', "nn.GELU()")],
+    "import-error": [("import inspect\n", "import inspect\nimport a_module_that_does_not_exist\n")],
+    "logits-only": [("        return logits, loss\n", "        return logits\n")],
+    # forward(idx) without targets: only lm_head's output has every position's logits.
+    "no-targets": [
+        (
+            "    def forward(self, idx, targets=None):\n",
+            "    def forward(self, idx):\n        targets = None\n",
+        )
+    ],
+    "config-without-bias-and-dropout": [
+        ("    dropout: float = 0.0\n    bias: bool = True\n", ""),
+        ("config.bias", "True"),
+        ("config.dropout", "0.0"),
+    ],
+    "config-with-extra-field": [
+        ("    bias: bool = True\n", "    bias: bool = True\n    use_rope: bool = False\n")
+    ],
+    "config-with-required-field": [
+        ("    block_size: int = 1024\n", "    rope_theta: float\n    block_size: int = 1024\n")
+    ],
+    "configure-without-device-type": [
+        (CONFIGURE, CONFIGURE.replace(", device_type):", "):")),
+        ('        use_fused = fused_available and device_type == "cuda"\n', "        use_fused = False\n"),
+    ],
+    "no-configure-optimizers": [(CONFIGURE, CONFIGURE.replace("configure_optimizers", "make_adamw"))],
+    # No flash attention: the causal mask is a registered buffer `attn.bias`, plus an HF-style masked_bias.
+    "mask-buffers": [
+        (
+            '        self.flash = hasattr(torch.nn.functional, "scaled_dot_product_attention")\n',
+            '        self.flash = False\n        self.register_buffer("masked_bias", torch.tensor(-1e4))\n',
+        )
+    ],
+    "head-bias": [
+        (
+            "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n",
+            "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)\n",
+        )
+    ],
+}
+
+
+def model_source(*edits: str) -> str:
+    """The template with the named edits applied, in order."""
+    source = TEMPLATE.read_text()
+    for name in edits:
+        for old, new in EDITS[name]:
+            if old not in source:
+                raise ValueError(
+                    f"edit {name!r}: {old!r} is not in the source; update EDITS with the template"
+                )
+            source = source.replace(old, new)
+    return source
+
+
+def write_model(directory: Path, *edits: str, name: str = "model.py") -> Path:
+    """Write a variant as directory/name (directories created); return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(model_source(*edits))
+    return path
