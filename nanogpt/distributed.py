@@ -12,6 +12,7 @@ across groups, and a shared matrix in two groups would be gathered and reduced t
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,9 @@ def shard_fsdp(model: nn.Module, device: torch.device, world_size: int) -> nn.Mo
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # GPT.forward returns cropped logits, a view; FSDP2 warns that an in-place op on such a view would skip
+    # its pre-backward hook. The trainer never modifies the outputs in place, so the warning is noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (world_size,))
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh)

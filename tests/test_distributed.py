@@ -73,7 +73,12 @@ def single_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT,
     (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1500)))
     prepare_dataset(root / "text.txt", root / "data")
     cfg = TrainConfig(**RUN, batch_size=4, data_dir=str(root / "data"), out_dir=str(root / "single"))
-    result = train(cfg, log=lambda _: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one_thread fixture
+    try:
+        result = train(cfg, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
     return root / "data", result.model, result.evals
 
 

@@ -107,6 +107,24 @@ def test_grad_accumulation_equals_one_big_batch() -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_grad_scaler_path_matches_plain_step() -> None:
+    """With a GradScaler (the float16 path), the step equals the plain one: power-of-2 scaling is exact."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    twin = copy.deepcopy(model)
+    opt_a = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+    opt_b = twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = torch.randint(0, 64, (4, 16))
+    for _ in range(2):
+        micro = [(x[:2], x[:2]), (x[2:], x[2:])]
+        train_step(model, opt_a, micro, StepConfig(grad_clip=0.5), scaler=scaler)
+        train_step(twin, opt_b, micro, StepConfig(grad_clip=0.5))
+    assert scaler.get_scale() == 2.0**10  # no overflow, so no step was skipped
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_train_step_needs_a_batch() -> None:
     model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(ValueError, match="at least one micro-batch"):

@@ -46,7 +46,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = random.Random(1)
     (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
     prepare_dataset(root / "text.txt", root / "data")
-    main([*TINY_ARGS, f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", "--max_iters=2"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one_thread fixture
+    try:
+        main([*TINY_ARGS, f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", "--max_iters=2"])
+    finally:
+        torch.set_num_threads(threads)
     assert (root / "out" / "ckpt.pt").is_file()
     return root
 

@@ -8,6 +8,8 @@ below a single wrong update (~lr = 1e-3).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -21,6 +23,13 @@ PARAM_ATOL = 1e-10
 STATE_ATOL = 1e-10
 STEPS = 3
 VOCAB, BLOCK, BATCH = 96, 16, 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
+    torch.set_num_threads(1)  # the root conftest restores the previous count
+    yield
 
 
 def tiny_pair(seed: int = 0) -> tuple[GPT, GPT2LMHeadModel]:
