@@ -7,8 +7,11 @@ choice is a one-line usage error that lists the valid choices.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from nanogpt.hf import CheckpointError
 from parity.impl import Implementation, ImplementationError, import_implementation
 from parity.loading import versions
 from parity.report import ParityReport
@@ -100,6 +103,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     v = versions()
     lines.append(f"parity versions: torch {v['torch']}, transformers {v['transformers']}")
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """A checkpoint the loaders refuse (corrupt, untied, not GPT-2) ends the run with its one-line message.
+
+    It is the user's input, not a parity failure: without this, every test would repeat the loader's
+    traceback. Only the parity fixtures (parity/conftest.py) are concerned.
+    """
+    try:
+        return (yield)
+    except CheckpointError as e:
+        if not getattr(fixturedef.func, "__module__", "").startswith("parity."):
+            raise
+        pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
