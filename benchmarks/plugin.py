@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="timed rounds per eager/compiled speed benchmark (default: 20 on CPU, 10 on GPU)",
+        help="timed rounds per eager/compiled speed benchmark (default: 100 on CPU, 10 on GPU)",
     )
 
 

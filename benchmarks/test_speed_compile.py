@@ -17,7 +17,8 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ class SpeedCase:
     """A benchmark shape: model config, batch, device, precision, and how many rounds to time."""
 
     device: str
-    config: GPTConfig = field(repr=False)
+    config: GPTConfig
     batch_size: int
     autocast_dtype: torch.dtype | None  # None: plain float32
     rounds: int
@@ -56,16 +57,16 @@ class SpeedCase:
 
 
 SPEED_CASES: dict[str, SpeedCase] = {
-    # The gate model and batch (benchmarks/conftest.py): a step takes milliseconds on a 2-core CPU, and
-    # its compiled kernels are already built by the gates, so the compiles cost seconds. bf16 is never
-    # used on CPU: without native support it is two orders of magnitude slower than float32.
+    # The gate model and batch (benchmarks/conftest.py): a step takes milliseconds on a 2-core CPU and a
+    # compile seconds (tens with a cold kernel cache). bf16 is never used on CPU: without native support
+    # it is two orders of magnitude slower than float32.
     "cpu-small": SpeedCase(
         device="cpu",
         config=GPTConfig(**GATE_CONFIG),
         batch_size=GATE_BATCH_SIZE,
         autocast_dtype=None,
-        rounds=20,
-        warmup_rounds=3,
+        rounds=100,  # a round is milliseconds; many rounds steady the median on a shared machine
+        warmup_rounds=5,
         description="nanogpt 2 layers x 64 channels, vocab 256",
         # One thread: on a shared runner, intra-op threads that wait on each other while other processes
         # hold the cores made medians swing by 100x (1.8 ms to 250 ms for the same forward); one thread
@@ -129,9 +130,14 @@ def make_step(
 
 
 def device_name(device: str) -> str:
-    """The accelerator's name (e.g. 'NVIDIA H100 80GB HBM3'), or the CPU's."""
+    """The accelerator's name (e.g. 'NVIDIA H100 80GB HBM3'), or the CPU's model name where Linux tells it."""
     if device == "cuda":
         return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -151,26 +157,20 @@ def mfu(model: GPT, case: SpeedCase, mode: str, seconds: float) -> float | None:
     return utilization / 3 if mode == "forward" else utilization
 
 
-@pytest.mark.parametrize("impl", ["eager", "compiled"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_name", CASE_PARAMS)
-def test_speed(benchmark: Any, request: pytest.FixtureRequest, case_name: str, mode: str, impl: str) -> None:
-    case = SPEED_CASES[case_name]
-    rounds = request.config.getoption("--speed-rounds") or case.rounds
-    if case.threads is not None:
-        torch.set_num_threads(case.threads)  # before compiling: inductor bakes the count into its kernels
+def build(case: SpeedCase) -> tuple[GPT, tuple[torch.Tensor, torch.Tensor]]:
+    """The seeded model and a fixed (idx, targets) batch for a case, on its device."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if case.device == "cuda" else []):
         torch.manual_seed(0)
         model = GPT(case.config).to(case.device)
-    cfg = case.config
     generator = torch.Generator().manual_seed(1)
-    batch = tuple(
-        torch.randint(0, cfg.vocab_size, (case.batch_size, cfg.block_size), generator=generator).to(
-            case.device
-        )
-        for _ in range(2)
-    )
+    shape = (case.batch_size, case.config.block_size)
+    idx, targets = (torch.randint(0, case.config.vocab_size, shape, generator=generator) for _ in range(2))
+    return model, (idx.to(case.device), targets.to(case.device))
 
+
+def describe(case: SpeedCase, mode: str, impl: str) -> dict[str, Any]:
+    """The extra_info every speed benchmark saves: what ran, where, with which software."""
+    cfg = case.config
     info: dict[str, Any] = dict(
         model=case.description,
         config=dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size),
@@ -184,26 +184,47 @@ def test_speed(benchmark: Any, request: pytest.FixtureRequest, case_name: str, m
     )
     if case.device == "cuda":
         info["reproducibility"] = reproducibility_settings()
+    return info
 
-    runner: torch.nn.Module = model
+
+def compile_step(
+    model: GPT, case: SpeedCase, mode: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[Callable[[], None], dict[str, Any]]:
+    """Compile the model afresh and run the step once; return the step and what the compile cost."""
+    with fresh_compile():
+        step = make_step(torch.compile(model), case, mode, batch)
+        before = compiled_graph_count()
+        start = time.perf_counter()
+        step()  # compiles (the forward now, the backward at the first backward), then runs once
+        compile_time = time.perf_counter() - start
+    return step, dict(
+        compile_time_s=compile_time,
+        graphs_compiled=compiled_graph_count() - before,
+        compile_caches="FX-graph and AOT-autograd caches bypassed; kernel cache as found",
+    )
+
+
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case_name", CASE_PARAMS)
+def test_speed(benchmark: Any, request: pytest.FixtureRequest, case_name: str, mode: str, impl: str) -> None:
+    case = SPEED_CASES[case_name]
+    if case.threads is not None:
+        torch.set_num_threads(case.threads)  # before compiling: inductor bakes the count into its kernels
+    model, batch = build(case)
+    info = describe(case, mode, impl)
     if impl == "compiled":
-        with fresh_compile():
-            runner = torch.compile(model)
-            step = make_step(runner, case, mode, batch)
-            before = compiled_graph_count()
-            start = time.perf_counter()
-            step()  # compiles (forward, and backward at the first backward), then runs once
-            info["compile_time_s"] = time.perf_counter() - start
-            info["graphs_compiled"] = compiled_graph_count() - before
-        info["compile_caches"] = "FX-graph and AOT-autograd caches bypassed; kernel cache as found"
+        step, compile_info = compile_step(model, case, mode, batch)
+        info.update(compile_info)
     else:
-        step = make_step(runner, case, mode, batch)
+        step = make_step(model, case, mode, batch)
 
-    if case.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"{case_name} {mode}"
     benchmark.extra_info.update(info)
+    if case.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     graphs = compiled_graph_count()
+    rounds = request.config.getoption("--speed-rounds") or case.rounds
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=case.warmup_rounds, iterations=1)
 
     assert compiled_graph_count() == graphs, "recompiled while being timed: the statistics include a compile"
