@@ -7,6 +7,7 @@ choice is a one-line usage error that lists the valid choices.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,6 +72,16 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
+    report_path = config.getoption("--parity-report")
+    if report_path:
+        # Checked now, not when the report is written after the whole run.
+        where = Path(report_path).expanduser()
+        parent = next((p for p in where.absolute().parents if p.exists()), None)
+        if where.is_dir() or (parent is not None and not parent.is_dir()):
+            raise pytest.UsageError(
+                f"--parity-report {report_path}: cannot write a file there "
+                f"({'it is a directory' if where.is_dir() else f'{parent} is a file'}); give the path of a JSON file"
+            )
     if config.getoption("--impl"):
         try:
             config.stash[IMPL_KEY] = import_implementation(config.getoption("--impl"))
