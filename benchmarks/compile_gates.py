@@ -24,7 +24,11 @@ from typing import Any
 
 import torch
 import torch._dynamo
+import torch._functorch.config as functorch_config
+import torch._inductor.config as inductor_config
 from torch import nn
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
 
 # What fails the warning gate: a warning or log record that mentions tied, shared or duplicate parameters,
 # or functional_call. Each entry is (regex, why); matching is case-insensitive. Patterns name parameters or
@@ -158,9 +162,6 @@ def fresh_compile() -> Iterator[None]:
     run with warm caches could pass without looking. (Compiled C++ kernels stay cached: building them
     emits no warnings of interest and costs most of a cold compile on CPU.)
     """
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
     torch._dynamo.reset()
     with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
         yield
@@ -288,8 +289,10 @@ class GraphBreaks:
 
 
 def count_graph_breaks(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> GraphBreaks:
-    """Trace fn(*args, **kwargs) with torch._dynamo.explain (no compile backend: seconds, not minutes)."""
-    torch._dynamo.reset()
+    """Trace fn(*args, **kwargs) with torch._dynamo.explain (no compile backend: seconds, not minutes).
+
+    explain resets dynamo before and after, so models compiled earlier in the process compile again.
+    """
     explained = torch._dynamo.explain(fn)(*args, **kwargs)
     reasons = [f"{r.reason} at {r.user_stack[-1] if r.user_stack else '?'}" for r in explained.break_reasons]
     return GraphBreaks(explained.graph_count, explained.graph_break_count, reasons)
@@ -304,8 +307,6 @@ class GraphCounter:
     """
 
     def __init__(self) -> None:
-        from torch._dynamo.backends.common import aot_autograd
-
         self.dynamo_graphs = 0
         self.forward_graphs = 0
         self.backward_graphs = 0
@@ -316,13 +317,9 @@ class GraphCounter:
         return self._aot(gm, example_inputs)
 
     def _count_forward(self, gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
-        from torch._functorch.aot_autograd import make_boxed_func
-
         self.forward_graphs += 1
         return make_boxed_func(gm.forward)
 
     def _count_backward(self, gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
-        from torch._functorch.aot_autograd import make_boxed_func
-
         self.backward_graphs += 1
         return make_boxed_func(gm.forward)

@@ -37,10 +37,10 @@ GATE_BATCH_SIZE = 4
 GATE_STEPS = 4
 
 
-def gpt_forward(
+def forward_with_targets(
     model: nn.Module, idx: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a nanoGPT (eager or compiled) with targets: (logits, loss)."""
+    """Run a model that takes (idx, targets) and returns (logits, loss), like nanoGPT, eager or compiled."""
     return model(idx, targets)
 
 
@@ -105,7 +105,7 @@ class ModelFamily:
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
-    "nanogpt": ModelFamily(make_gate_gpt, gpt_forward, gpt_optimizer),
+    "nanogpt": ModelFamily(make_gate_gpt, forward_with_targets, gpt_optimizer),
     "hf-gpt2": ModelFamily(make_gate_hf, hf_forward, hf_optimizer),
 }
 

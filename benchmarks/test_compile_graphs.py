@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.compile_gates import GraphCounter, count_graph_breaks
-from benchmarks.conftest import CompiledCase, gpt_forward, is_tied, make_gate_gpt
+from benchmarks.conftest import CompiledCase, forward_with_targets, is_tied, make_gate_gpt
 
 
 @pytest.mark.parametrize("mode", ["inference", "training"])
@@ -39,7 +39,7 @@ def test_reference_forward_backward_is_one_graph_each_way(
     torch._dynamo.reset()
     # fullgraph=True turns any graph break into an error that names it.
     compiled = torch.compile(make_gate_gpt(), backend=counter, fullgraph=True)
-    _, loss = gpt_forward(compiled, *gate_batch)
+    _, loss = forward_with_targets(compiled, *gate_batch)
     loss.backward()
     graphs = (counter.dynamo_graphs, counter.forward_graphs, counter.backward_graphs)
     assert graphs == (1, 1, 1), (

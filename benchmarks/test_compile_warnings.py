@@ -24,7 +24,7 @@ from benchmarks.compile_gates import (
     summarize_warnings,
     tied_weight_warnings,
 )
-from benchmarks.conftest import CompiledCase
+from benchmarks.conftest import CompiledCase, forward_with_targets
 from benchmarks.plugin import report_compile_warnings
 
 # The warning torch 2.0 printed when nanoGPT compiled its tied model.
@@ -35,7 +35,7 @@ HISTORICAL_WARNING = (
 
 
 def describe_flagged(flagged: list[CapturedWarning]) -> str:
-    """A failure message: each flagged warning and the patterns it matched."""
+    """A failure message: the flagged warnings, the pattern list, and what to check next."""
     patterns = "\n".join(f"  {regex}  ({why})" for regex, why in TIED_WEIGHT_PATTERNS)
     lines = "\n".join(f"  {w}" for w in flagged)
     return (
@@ -74,12 +74,6 @@ class TiedToy(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def toy_forward(
-    model: nn.Module, idx: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return model(idx, targets)
-
-
 def toy_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1)
 
@@ -101,7 +95,12 @@ def aot_eager_logging(message: str) -> Callable:
 
 def test_gate_catches_warning_from_compiled_forward() -> None:
     run = run_compiled_training(
-        TiedToy(HISTORICAL_WARNING), TOY_BATCH, toy_forward, toy_optimizer, steps=2, backend="aot_eager"
+        TiedToy(HISTORICAL_WARNING),
+        TOY_BATCH,
+        forward_with_targets,
+        toy_optimizer,
+        steps=2,
+        backend="aot_eager",
     )
     flagged = tied_weight_warnings(run.warnings)
     assert [w.message for w in flagged] == [HISTORICAL_WARNING] * 2, run.warnings  # once per step
@@ -112,7 +111,7 @@ def test_gate_catches_torch_log_record_at_compile_time() -> None:
     run = run_compiled_training(
         TiedToy(),
         TOY_BATCH,
-        toy_forward,
+        forward_with_targets,
         toy_optimizer,
         steps=2,
         backend=aot_eager_logging(HISTORICAL_WARNING),
@@ -125,7 +124,7 @@ def test_gate_catches_torch_log_record_at_compile_time() -> None:
 def test_gate_lists_unrelated_warnings_without_flagging_them() -> None:
     message = "TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled"
     run = run_compiled_training(
-        TiedToy(message), TOY_BATCH, toy_forward, toy_optimizer, steps=1, backend="aot_eager"
+        TiedToy(message), TOY_BATCH, forward_with_targets, toy_optimizer, steps=1, backend="aot_eager"
     )
     assert message in [w.message for w in run.warnings]  # listed...
     assert tied_weight_warnings(run.warnings) == []  # ...but not flagged
