@@ -3,7 +3,10 @@
 Each check takes the two loaded implementations (the reference nanoGPT-style model and transformers'
 GPT2LMHeadModel), runs one comparison, and either returns its `Comparison` records or raises
 `ParityFailure` with a diagnosis. The reference model is called through `reference_logits`, which
-accepts the `(logits, loss)` convention of nanoGPT.
+accepts the `(logits, loss)` convention of nanoGPT. The checks are written to fit gpt2-xl twice in memory:
+large tensors are compared in chunks (`compare_chunked`: a float64 copy of 50257 x 1600 gradients is
+0.6 GB, and a comparison needs several), and gradients are compared and freed while Hugging Face's backward
+produces them, so a run holds one set of gradients, not two.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from parity.compare import Comparison, ParityFailure, compare_gradients, compare_tensors
+from nanogpt.hf import CONV1D_SUFFIXES
+from parity.compare import (
+    Comparison,
+    ParityFailure,
+    compare_tensors,
+    gradient_failure_message,
+    reference_layout,
+)
 from parity.diagnose import first_divergence
 from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
-from parity.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
+from parity.tolerances import Tolerance, decomposition_tolerance, gradients_tolerance, logits_tolerance
 
 
 def reference_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -30,6 +40,60 @@ def reference_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
 def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
     """Logits of a transformers causal LM."""
     return model(idx, use_cache=False).logits
+
+
+# Elements per chunk of `compare_chunked`: ~0.3 GB of float64 temporaries per chunk.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def compare_chunked(
+    check: str,
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    tol: Tolerance,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Comparison:
+    """`compare_tensors`, row-chunk by row-chunk, merged into the record a single call would return.
+
+    compare_tensors converts both sides to float64 and builds several temporaries of that size; for the
+    full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. Non-finite values take
+    the single-call path, so that their message counts every NaN and Inf.
+    """
+    if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:
+        return compare_tensors(check, name, actual, expected, tol)
+    if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
+        return compare_tensors(check, name, actual, expected, tol)
+    # Rows of the last dimension, whatever the leading dimensions (a (1, 1024, V) logits tensor has one
+    # index in dim 0); reshape is a view for the contiguous logits and for a transposed 2-D gradient.
+    cols = actual.size(-1)
+    rows_a, rows_e = actual.reshape(-1, cols), expected.reshape(-1, cols)
+    step = max(1, chunk_elements // cols)
+    merged: Comparison | None = None
+    for start in range(0, rows_a.size(0), step):
+        part = compare_tensors(check, name, rows_a[start : start + step], rows_e[start : start + step], tol)
+        if part.where is not None:
+            part.where = _unravel((start + part.where[0]) * cols + part.where[1], tuple(actual.shape))
+        if merged is None:
+            merged = part
+            continue
+        if part.max_abs > merged.max_abs:  # strictly greater: the first maximum wins, as in torch.argmax
+            merged.max_abs, merged.where = part.max_abs, part.where
+        merged.max_rel = max(merged.max_rel, part.max_rel)
+        merged.mismatched += part.mismatched
+        merged.passed = merged.passed and part.passed
+    assert merged is not None
+    merged.shape, merged.total = tuple(actual.shape), actual.numel()
+    return merged
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The multi-index of a flat (row-major) index."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
 
 
 def check_logits(
@@ -45,7 +109,7 @@ def check_logits(
             "to the real vocabulary, logical_vocab_size)"
         )
     tol = logits_tolerance(ours.dtype)
-    rec = compare_tensors("logits", f"logits[{label}]", ours, theirs, tol)
+    rec = compare_chunked("logits", f"logits[{label}]", ours, theirs, tol)
     if not rec.passed:
         where, _ = first_divergence(reference, hf_model, idx, n_layer, tol)
         with torch.no_grad():
@@ -92,10 +156,66 @@ def backward_both(
 def check_gradients(
     reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
 ) -> list[Comparison]:
-    """Every parameter's gradient matches its HF counterpart (Conv1D transposes accounted for)."""
-    backward_both(reference, hf_model, idx, targets)
-    dtype = get_tensor(hf_model, EMBEDDING).dtype
-    return compare_gradients(reference, hf_model, vocab, gradients_tolerance(dtype))
+    """Every parameter's gradient matches its HF counterpart (Conv1D transposes accounted for).
+
+    The reference's backward runs first; then each HF parameter's gradient is compared the moment HF's
+    backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at once, so the
+    run never holds two full sets of gradients. A pair that differs keeps both for diagnosis. Same records
+    and the same failure message (`gradient_failure_message`) as comparing after both backward passes.
+    """
+    ref = dict(reference.named_parameters())
+    hf = dict(hf_model.named_parameters())
+    tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
+    problems: list[str] = []
+    missing, extra = sorted(set(ref) - set(hf)), sorted(set(hf) - set(ref))
+    if missing or extra:
+        problems.append(
+            f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
+            "(an lm_head.weight on one side only means one model is untied)"
+        )
+    common = sorted(set(ref) & set(hf))
+    records: dict[str, Comparison] = {}
+    padding_leaks: set[str] = set()
+
+    def compare(name: str) -> None:
+        g_ref, g_hf = ref[name].grad, hf[name].grad
+        if g_ref is None or g_hf is None:
+            return  # reported after backward, with the side that has none
+        if name.endswith(CONV1D_SUFFIXES):
+            g_hf = g_hf.t()
+        g_ref_cropped = reference_layout(name, g_ref, vocab)
+        try:
+            rec = compare_chunked("grads", name, g_ref_cropped, g_hf, tol)
+        except ParityFailure as e:  # a shape mismatch; raising inside autograd's hook would lose the context
+            problems.append(str(e))
+            return
+        records[name] = rec
+        if g_ref.size(0) > g_ref_cropped.size(0) and g_ref[vocab:].abs().max() != 0:
+            padding_leaks.add(name)
+        elif rec.passed:
+            ref[name].grad = None
+            hf[name].grad = None
+
+    loss_of(reference_logits(reference, idx), targets).backward()
+    handles = [hf[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
+    try:
+        loss_of(hf_logits(hf_model, idx), targets).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    for name in common:
+        if name not in records and (ref[name].grad is None or hf[name].grad is None):
+            problems.append(
+                f"{name}: no gradient on the {'reference' if ref[name].grad is None else 'HF'} side"
+            )
+    problems += [
+        f"{name}: padding rows (>= {vocab}) received gradient; padded vocabulary leaks"
+        for name in sorted(padding_leaks)
+    ]
+    ordered = [records[n] for n in common if n in records]
+    if problems or not all(r.passed for r in ordered):
+        raise ParityFailure(gradient_failure_message(ordered, problems))
+    return ordered
 
 
 @contextlib.contextmanager
@@ -117,24 +237,44 @@ def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         head_module.weight = tied
 
 
+@contextlib.contextmanager
+def only_tied_matrix_requires_grad(model: torch.nn.Module) -> Iterator[None]:
+    """Freeze every parameter but the tied matrix (and a twin's head) for the duration; restore after.
+
+    Backward still runs through every block (the embedding path needs it) but computes no weight gradient
+    there: the decomposition check then costs three V x C matrices of memory instead of a set of gradients.
+    """
+    tied = get_tensor(model, EMBEDDING)
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for p in saved:
+        p.requires_grad_(p is tied)
+    try:
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
 def check_gradient_decomposition(
     reference: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
 ) -> Comparison:
     """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin."""
     reference.zero_grad(set_to_none=True)
-    loss_of(reference_logits(reference, idx), targets).backward()
-    tied_grad = get_tensor(reference, EMBEDDING).grad.detach().clone()
+    with only_tied_matrix_requires_grad(reference):
+        loss_of(reference_logits(reference, idx), targets).backward()
+        tied_grad = get_tensor(reference, EMBEDDING).grad.detach().clone()
+        reference.zero_grad(set_to_none=True)
+        with untied_twin(reference) as twin:
+            loss_of(reference_logits(twin, idx), targets).backward()
+            emb_grad = get_tensor(twin, EMBEDDING).grad
+            head_grad = get_tensor(twin, HEAD).grad
+            if emb_grad is None or head_grad is None:
+                raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
+            summed = emb_grad + head_grad
+            head_only = head_grad.detach().clone()
+            del emb_grad, head_grad
     reference.zero_grad(set_to_none=True)
-    with untied_twin(reference) as twin:
-        loss_of(reference_logits(twin, idx), targets).backward()
-        emb_grad = get_tensor(twin, EMBEDDING).grad
-        head_grad = get_tensor(twin, HEAD).grad
-        if emb_grad is None or head_grad is None:
-            raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
-        summed = emb_grad + head_grad
-        head_only = head_grad.detach().clone()
-    reference.zero_grad(set_to_none=True)
-    rec = compare_tensors("grads", "tied = embedding path + head path", tied_grad, summed,
+    rec = compare_chunked("grads", "tied = embedding path + head path", tied_grad, summed,
                           decomposition_tolerance(tied_grad.dtype))  # fmt: skip
     if not rec.passed:
         raise ParityFailure(

@@ -1,7 +1,12 @@
 """Fixtures of the parity suite: the two loaded implementations per target, and the report.
 
 Models are session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); tests that
-modify a model restore it before returning. Options live in parity/plugin.py.
+modify a model restore it before returning. Options live in parity/plugin.py. For sizes whose memory plan
+says so (parity/memory.py: gpt2-large and gpt2-xl on their defaults), the reference's parameters become
+views of Hugging Face's after a bitwise check, so one copy of the weights serves both; a run that would
+not fit in the available memory stops with a usage error once the tests are collected, before any model
+is built. The header shows each target's dtype policy and memory plan; the terminal summary shows what
+the synthetic checkpoints cost.
 """
 
 from __future__ import annotations
@@ -12,12 +17,61 @@ from typing import Any
 import pytest
 import torch
 
+from nanogpt.hf import CONV1D_SUFFIXES
 from nanogpt.model import GPT
 from parity.impl import load_implementation
-from parity.loading import load_hf, load_reference
-from parity.plugin import IMPL_KEY, REPORT_KEY
+from parity.loading import load_hf, load_reference, share_parameters
+from parity.memory import available_memory, format_bytes, ignore_memory_check, memory_problem
+from parity.plugin import IMPL_KEY, REPORT_KEY, TARGETS_KEY
 from parity.report import ParityReport
 from parity.targets import ParityTarget
+
+# Per target name: the reference parameters that kept their own storage although the plan shares weights.
+UNSHARED_KEY = pytest.StashKey[dict[str, list[str]]]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Each target's dtype policy and memory plan (the options' header lines come from parity/plugin.py)."""
+    return [
+        f"parity policy: {t.name}: {t.dtype_name} ({t.dtype_reason}); {t.memory.describe()}"
+        for t in config.stash.get(TARGETS_KEY, [])
+    ]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop with the estimate, before any model is built, when a collected target cannot fit in memory."""
+    config = session.config
+    if config.option.collectonly or ignore_memory_check():
+        return
+    if not any("parity_target" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    available = available_memory()
+    for t in config.stash.get(TARGETS_KEY, []):
+        problem = memory_problem(t.name, t.memory, available) if t.device == "cpu" else None
+        if problem:
+            raise pytest.UsageError(problem)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """What the synthetic checkpoints cost (generated in this run, or reused from the cache)."""
+    for t in config.stash.get(TARGETS_KEY, []):
+        if t.weights != "synthetic" or t.checkpoint is None:
+            continue
+        size = sum(f.stat().st_size for f in t.checkpoint.iterdir() if f.is_file())
+        cost = (
+            f"generated in {t.generation_seconds:.1f} s"
+            if t.generation_seconds is not None
+            else "reused from the cache"
+        )
+        terminalreporter.write_line(
+            f"parity synthetic checkpoint {t.name}: {cost} ({format_bytes(size)} at {t.checkpoint})"
+        )
+    for name, kept in config.stash.get(UNSHARED_KEY, {}).items():
+        if kept:
+            terminalreporter.write_line(
+                f"parity {name}: {len(kept)} reference parameter(s) loaded values that differ from Hugging "
+                f"Face's and kept their own storage: {', '.join(kept[:5])}"
+            )
 
 
 def _deterministic(device: str) -> None:
@@ -45,6 +99,10 @@ def reference_model(
         model, _ = load_implementation(impl, checkpoint, parity_target.dtype, parity_target.device)
     else:
         model = load_reference(checkpoint, parity_target.dtype, parity_target.device)
+    if parity_target.memory.share_weights:
+        hf = request.getfixturevalue("hf_model")
+        kept = share_parameters(model, hf, transposed=CONV1D_SUFFIXES)
+        request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = kept
     yield model
     del model
 

@@ -3,7 +3,8 @@
 Both sides go through their normal public loading path: `GPT.from_pretrained(dir)` for the reference
 nanoGPT, `GPT2LMHeadModel.from_pretrained(dir, tie_word_embeddings=...)` for Hugging Face. This module
 also hides the differences between transformers 4.x and 5.x that matter to the harness (the dtype
-keyword, `_tied_weights_keys` being a list or a dict).
+keyword, `_tied_weights_keys` being a list or a dict), and lets one loaded model share another's weight
+storage (`share_parameters`), which is how gpt2-large and gpt2-xl fit in memory twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,52 @@ def load_hf(checkpoint: Path, dtype: torch.dtype, device: str, tie_word_embeddin
         warnings.simplefilter("ignore")
         model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True, **kwargs)
     return model.to(device).eval()
+
+
+def _parameter_places(model: torch.nn.Module) -> dict[str, list[tuple[torch.nn.Module, str]]]:
+    """Every parameter's (module, attribute) places, keyed by its first name; a tied one has several."""
+    first_name: dict[int, str] = {}
+    places: dict[str, list[tuple[torch.nn.Module, str]]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            name = first_name.setdefault(id(p), f"{module_name}.{attr}" if module_name else attr)
+            places.setdefault(name, []).append((module, attr))
+    return places
+
+
+def share_parameters(
+    model: torch.nn.Module, source: torch.nn.Module, transposed: tuple[str, ...] = ()
+) -> list[str]:
+    """Replace model's parameters by views of source's same-named tensors where they hold the same values.
+
+    Names ending in one of `transposed` are views of the transposed source tensor (nanoGPT's Linear vs
+    HF's Conv1D). Only a bitwise-equal tensor of the same shape, dtype and device is shared, so whatever
+    the model's own loader got wrong keeps its own tensor and still fails the parity checks. A tied
+    parameter gets one new Parameter under all its names, so the tie survives. Returns the names kept.
+    The two models then must not be changed independently: a test that writes a weight restores it.
+    """
+    theirs = dict(source.named_parameters(remove_duplicate=False))
+    places = _parameter_places(model)
+    kept = []
+    # Untransposed tensors first: a float32 loader may return them as views of its own memory map of the
+    # checkpoint, which keeps every page it read resident until the last of them is gone.
+    for name in sorted(places, key=lambda n: n.endswith(transposed)):
+        module, attr = places[name][0]
+        own, other = getattr(module, attr), theirs.get(name)
+        if other is None:
+            kept.append(name)
+            continue
+        view = other.detach().t() if name.endswith(transposed) else other.detach()
+        if (view.shape, view.dtype, view.device) != (own.shape, own.dtype, own.device) or not torch.equal(
+            own.detach(), view
+        ):
+            kept.append(name)
+            continue
+        shared = torch.nn.Parameter(view, requires_grad=own.requires_grad)
+        del own  # the last reference outside the modules: the model's copy is freed as it is replaced
+        for module, attr in places[name]:
+            setattr(module, attr, shared)
+    return kept
 
 
 def tied_weights_keys(hf_model: Any) -> dict[str, str]:

@@ -9,7 +9,10 @@ checkpoint is byte-identical across runs, processes and machines, and independen
 Unlike a fresh init, biases and LayerNorm parameters are random too: a bias that one implementation drops
 would otherwise go unnoticed because it is zero. Writes are atomic (temporary directory, then rename) and
 serialized by a file lock, so an interrupted run never leaves a half-written checkpoint under the final
-name, and parallel workers generate a checkpoint once.
+name, and parallel workers generate a checkpoint once. The safetensors file is streamed: tensors are
+filled in bulk on a few threads (one generator per tensor, so threads cannot change the values) and
+written as they are done, so generating gpt2-xl (6.2 GB) takes seconds and holds a few tensors in memory,
+not the whole model.
 """
 
 from __future__ import annotations
@@ -17,16 +20,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import math
 import os
 import shutil
+import sys
 import time
+import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from nanogpt.hf import hf_config_from_gpt, write_hf_checkpoint
+from nanogpt.hf import HF_CONFIG_FILE, SAFETENSORS_FILE, hf_config_from_gpt
 from nanogpt.model import GPTConfig, gpt2_config
 
 # Bump when the generation recipe changes, so old cached checkpoints are not reused.
@@ -68,8 +77,8 @@ def _init_spec(name: str, n_layer: int) -> tuple[float, float]:
     return 0.0, 0.02
 
 
-def synthetic_hf_weights(config: GPTConfig, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
-    """HF-layout float32 weights of a tied GPT-2 (no lm_head: it is the token embedding), seeded per tensor."""
+def synthetic_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a tied GPT-2 checkpoint in HF layout (no lm_head: it is wte)."""
     C, V, L = config.n_embd, config.vocab_size, config.n_layer
     shapes: dict[str, tuple[int, ...]] = {
         "transformer.wte.weight": (V, C),
@@ -95,12 +104,94 @@ def synthetic_hf_weights(config: GPTConfig, seed: int = DEFAULT_SEED) -> dict[st
         )
     shapes["transformer.ln_f.weight"] = (C,)
     shapes["transformer.ln_f.bias"] = (C,)
-    weights = {}
+    return shapes
+
+
+def synthetic_tensor(
+    name: str, shape: tuple[int, ...], n_layer: int, seed: int = DEFAULT_SEED
+) -> torch.Tensor:
+    """One float32 tensor, filled in bulk by its own generator seeded from (seed, name)."""
+    mean, std = _init_spec(name, n_layer)
+    g = torch.Generator().manual_seed(_tensor_seed(seed, name))
+    return torch.empty(shape, dtype=torch.float32).normal_(mean, std, generator=g)
+
+
+def synthetic_hf_weights(config: GPTConfig, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
+    """HF-layout float32 weights of a tied GPT-2 (no lm_head: it is the token embedding), seeded per tensor."""
+    return {
+        name: synthetic_tensor(name, shape, config.n_layer, seed)
+        for name, shape in synthetic_shapes(config).items()
+    }
+
+
+def write_synthetic_safetensors(path: Path, config: GPTConfig, seed: int = DEFAULT_SEED) -> None:
+    """Stream the synthetic weights into a safetensors file: the same tensors as `synthetic_hf_weights`.
+
+    The format is an 8-byte little-endian header length, a JSON header (dtype, shape and byte range of each
+    tensor), padded with spaces to 8 bytes, then the raw tensors back to back in header order.
+    """
+    if sys.byteorder != "little":
+        raise RuntimeError(
+            "safetensors stores little-endian data; write synthetic checkpoints on such a machine"
+        )
+    shapes = synthetic_shapes(config)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for name, shape in shapes.items():
-        mean, std = _init_spec(name, L)
-        g = torch.Generator().manual_seed(_tensor_seed(seed, name))
-        weights[name] = torch.empty(shape, dtype=torch.float32).normal_(mean, std, generator=g)
-    return weights
+        nbytes = math.prod(shape) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    pending: deque[Future[torch.Tensor]] = deque()
+    names = iter(shapes.items())
+    with path.open("wb") as fh, ThreadPoolExecutor(max_workers=workers) as pool:
+        fh.write(len(blob).to_bytes(8, "little") + blob)
+        # A window of workers + 1 tensors in flight: the threads fill (torch releases the GIL) while this
+        # thread writes, and memory stays a few tensors however large the model.
+        while True:
+            while len(pending) <= workers:
+                item = next(names, None)
+                if item is None:
+                    break
+                pending.append(pool.submit(synthetic_tensor, item[0], item[1], config.n_layer, seed))
+            if not pending:
+                break
+            tensor = pending.popleft().result()
+            fh.write(memoryview(tensor.numpy()).cast("B"))
+            del tensor
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synthetic_checkpoint(out: Path, config: GPTConfig, seed: int = DEFAULT_SEED) -> Path:
+    """Write config.json + model.safetensors into a temporary sibling directory, then rename it to out."""
+    hf_config = hf_config_from_gpt(config)
+    hf_config["nanogpt_parity_synthetic"] = {"seed": seed, "version": SYNTHETIC_FORMAT_VERSION}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        write_synthetic_safetensors(tmp / SAFETENSORS_FILE, config, seed)
+        _fsync_dir(tmp)
+        if out.exists():  # an incomplete directory (a file deleted by hand): move it aside first
+            os.replace(out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 @contextlib.contextmanager
@@ -138,9 +229,8 @@ def ensure_synthetic_checkpoint(
             return out, None  # another process finished it while we waited for the lock
         _remove_stale_temporaries(root, name)
         start = time.perf_counter()
-        hf_config = hf_config_from_gpt(config)
-        hf_config["nanogpt_parity_synthetic"] = {"seed": seed, "version": SYNTHETIC_FORMAT_VERSION}
-        write_hf_checkpoint(out, hf_config, synthetic_hf_weights(config, seed))
+        write_synthetic_checkpoint(out, config, seed)
+        _remove_stale_temporaries(root, name)  # the directory moved aside, if any
         return out, time.perf_counter() - start
 
 

@@ -1,9 +1,10 @@
 """What the harness runs on: the model, where its weights come from, the device and the dtype.
 
 `resolve_targets` turns the command-line choices into a list of `ParityTarget`s and validates everything
-that can be validated cheaply (names, paths, config.json, device, dtype, memory) before any model is built,
-raising `UsageError` with the valid choices. Synthetic checkpoints are generated lazily, by the fixture
-that first needs one.
+that can be validated cheaply (names, paths, config.json, device, dtype) before any model is built,
+raising `UsageError` with the valid choices. Whether a target fits in memory is checked once the parity
+tests are collected (parity/conftest.py, with `ParityTarget.memory`), still before any model is built.
+Synthetic checkpoints are generated lazily, by the fixture that first needs one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from nanogpt.hf import CheckpointError, config_from_hf, find_cached_snapshot, hf_cache_dir, read_hf_config
 from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
+from parity.memory import MemoryPlan, param_bytes, plan_memory
 from parity.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
 
 MODEL_CHOICES = (*GPT2_SIZES, "all")
@@ -31,12 +33,17 @@ DTYPES = {
 # Dtype policy on CPU: float64 where two models and their gradients fit comfortably (it makes the
 # tolerances ~1e-9 and every real bug obvious), float32 above. bf16/fp16 are never CPU defaults: bf16
 # matmul on CPUs without AVX-512-BF16 is ~200x slower than fp32, and fp16 has no fast CPU kernels.
+# Measured on a 2-core, 24 GiB machine (benchmarks/parity_scaling.py): gpt2-medium in float64 peaks at
+# ~7 GB; gpt2-large in float64 would hold 6.2 GB per model, as much as gpt2-xl in float32.
 CPU_DEFAULT_DTYPE = {
     "gpt2": torch.float64,
     "gpt2-medium": torch.float64,
     "gpt2-large": torch.float32,
     "gpt2-xl": torch.float32,
 }
+# A checkpoint of no known size runs in float64 on CPU when its float64 parameters are no larger than
+# gpt2-medium's (2.8 GB), else in float32.
+CPU_FLOAT64_MAX_PARAM_BYTES = 2_900_000_000
 # On GPU, float32 with TF32 disabled: exact enough to be a parity check, fast enough for gpt2-xl.
 CUDA_DEFAULT_DTYPE = torch.float32
 
@@ -58,11 +65,17 @@ class ParityTarget:
     checkpoint: Path | None = None  # None until a synthetic checkpoint is generated
     seed: int = DEFAULT_SEED
     generation_seconds: float | None = field(default=None, compare=False)
+    dtype_reason: str = ""
 
     @property
     def dtype_name(self) -> str:
         """The dtype without the torch. prefix."""
         return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def memory(self) -> MemoryPlan:
+        """How the run stores the weights and how much memory it is expected to need."""
+        return plan_memory(self.config, self.dtype)
 
     def ensure_checkpoint(self) -> Path:
         """The checkpoint directory, generating the synthetic checkpoint on first use."""
@@ -91,12 +104,15 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def resolve_dtype(dtype: str | None, device: str, model: str) -> torch.dtype:
+def resolve_dtype(dtype: str | None, device: str, model: str, config: GPTConfig | None = None) -> torch.dtype:
     """Validate --dtype for the device, or choose the default for the device and size."""
     if dtype is None:
         if device == "cuda":
             return CUDA_DEFAULT_DTYPE
-        return CPU_DEFAULT_DTYPE.get(model, torch.float64)
+        if model in CPU_DEFAULT_DTYPE or config is None:
+            return CPU_DEFAULT_DTYPE.get(model, torch.float64)
+        fits = param_bytes(config, torch.float64) <= CPU_FLOAT64_MAX_PARAM_BYTES
+        return torch.float64 if fits else torch.float32
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if device == "cpu" and dtype == "float16":
@@ -104,6 +120,18 @@ def resolve_dtype(dtype: str | None, device: str, model: str) -> torch.dtype:
             "--dtype float16 is not supported on CPU (no fast fp16 kernels); use float64 or float32"
         )
     return DTYPES[dtype]
+
+
+def dtype_reason(dtype: str | None, device: str, model: str) -> str:
+    """Why a target runs in its dtype, for the header: the option, or the default policy that chose it."""
+    if dtype is not None:
+        return f"--dtype {dtype}"
+    if device == "cuda":
+        return "CUDA default (TF32 off)"
+    rule = "float64 while two models and a set of gradients fit comfortably, float32 above"
+    if model in CPU_DEFAULT_DTYPE:
+        return f"CPU default for {model}: {rule} (float64 up to gpt2-medium)"
+    return f"CPU default for a checkpoint of its size: {rule}"
 
 
 def _local_target(path: Path, device: str, dtype: str | None) -> ParityTarget:
@@ -118,8 +146,9 @@ def _local_target(path: Path, device: str, dtype: str | None) -> ParityTarget:
         weights="local",
         reason=f"local checkpoint directory {path}",
         device=device,
-        dtype=resolve_dtype(dtype, device, size),
+        dtype=resolve_dtype(dtype, device, size, config),
         checkpoint=path,
+        dtype_reason=dtype_reason(dtype, device, size),
     )
 
 
@@ -135,12 +164,13 @@ def _size_target(name: str, weights: str, device: str, dtype: str | None) -> Par
     if cached is not None:
         why = "requested" if weights == "pretrained" else "found in the local Hugging Face cache"
         return ParityTarget(name, config, "pretrained", f"OpenAI weights {why} ({cached})", device,
-                            resolve_dtype(dtype, device, name), checkpoint=cached)  # fmt: skip
+                            resolve_dtype(dtype, device, name), checkpoint=cached,
+                            dtype_reason=dtype_reason(dtype, device, name))  # fmt: skip
     why = "requested" if weights == "synthetic" else "no pretrained weights in the local Hugging Face cache"
     where = cache_root() / checkpoint_name(name, DEFAULT_SEED)
     return ParityTarget(
         name, config, "synthetic", f"{why}; seeded synthetic checkpoint at {where}", device,
-        resolve_dtype(dtype, device, name),
+        resolve_dtype(dtype, device, name), dtype_reason=dtype_reason(dtype, device, name),
     )  # fmt: skip
 
 

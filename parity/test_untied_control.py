@@ -2,7 +2,9 @@
 
 This is exactly the regression seen when nanoGPT first tied its weights and users' HF references were
 loaded untied: transformers 5 then initializes lm_head randomly. The harness must detect it and name
-`tie_word_embeddings` in the message.
+`tie_word_embeddings` in the message. The control differs from the tied HF model only in its head, so
+every tensor it loaded identically is shared with `hf_model` (`share_parameters`): a third gpt2-xl would
+not fit in memory, and the head is what this test is about.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import pytest
 from parity.batches import token_batch
 from parity.checks import check_logits
 from parity.compare import ParityFailure
-from parity.loading import load_hf
+from parity.loading import load_hf, share_parameters
 from parity.tie import tie_problem
 
 
-def test_untied_hf_reference_is_detected(parity_target: Any, checkpoint: Any, reference_model: Any) -> None:
+def test_untied_hf_reference_is_detected(
+    parity_target: Any, checkpoint: Any, reference_model: Any, hf_model: Any
+) -> None:
     untied = load_hf(checkpoint, parity_target.dtype, parity_target.device, tie_word_embeddings=False)
+    kept = share_parameters(untied, hf_model)
+    assert "lm_head.weight" in kept, "the untied control's head equals the tied matrix: it was loaded tied"
     problem = tie_problem(untied, "Hugging Face", is_hf=True)
     assert problem is not None and "tie_word_embeddings" in problem, problem
     idx = token_batch("several_sequences", parity_target.config).to(parity_target.device)

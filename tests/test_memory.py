@@ -1,0 +1,289 @@
+"""Tests of what makes gpt2-large and gpt2-xl fit: the memory plan and fit check, shared weight storage,
+chunked comparisons, gradients compared as they are produced, and the streamed synthetic checkpoint.
+
+Everything runs on a tiny GPT-2 (2 layers, 16 channels, 97 tokens) in milliseconds; available memory is
+read from fake /proc/meminfo and cgroup files under tmp_path, so the fit check is tested without a machine
+of any particular size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.model import GPTConfig, gpt2_config
+from parity import memory
+from parity.batches import gradient_batch
+from parity.checks import check_gradients, check_logits, compare_chunked
+from parity.compare import ParityFailure, compare_gradients, compare_tensors
+from parity.loading import load_hf, load_reference, share_parameters
+from parity.memory import Available, MemoryPlan, available_memory, memory_problem, plan_memory
+from parity.synthetic import ensure_synthetic_checkpoint, synthetic_hf_weights, write_synthetic_safetensors
+from parity.targets import resolve_targets
+from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.tolerances import Tolerance, gradients_tolerance
+
+TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
+GB = 1_000_000_000
+
+
+# ------------------------------------------------------------------------------------------------------
+# the plan and the fit check
+
+
+def test_plan_shares_weights_exactly_above_the_threshold() -> None:
+    for name, dtype in [("gpt2", torch.float64), ("gpt2-medium", torch.float64),
+                        ("gpt2-large", torch.float32), ("gpt2-xl", torch.float32)]:  # fmt: skip
+        plan = plan_memory(gpt2_config(name), dtype)
+        assert plan.share_weights == (plan.param_bytes > memory.SHARE_WEIGHTS_ABOVE_BYTES), name
+    assert not plan_memory(gpt2_config("gpt2"), torch.float64).share_weights
+    assert plan_memory(gpt2_config("gpt2-xl"), torch.float32).share_weights
+
+
+def test_estimate_follows_the_dtype_and_the_storage() -> None:
+    xl = gpt2_config("gpt2-xl")
+    f32, f64 = plan_memory(xl, torch.float32), plan_memory(xl, torch.float64)
+    assert f64.param_bytes == 2 * f32.param_bytes
+    assert f64.estimated_peak_bytes > f32.estimated_peak_bytes
+    # Shared storage: Hugging Face's weights plus one set of gradients, plus transients.
+    assert f32.estimated_peak_bytes >= memory.SHARED_PEAK_FACTOR * f32.param_bytes
+    small = plan_memory(gpt2_config("gpt2"), torch.float64)
+    assert small.estimated_peak_bytes >= memory.INDEPENDENT_PEAK_FACTOR * small.param_bytes
+
+
+def _meminfo(tmp_path: Path, available_kb: int) -> Path:
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal:       24731708 kB\nMemFree:  1000 kB\nMemAvailable:   {available_kb} kB\n")
+    return path
+
+
+def test_available_memory_reads_memavailable(tmp_path: Path) -> None:
+    got = available_memory(_meminfo(tmp_path, 20_000_000), tmp_path / "no-cgroup")
+    assert got == Available(20_000_000 * 1024, "MemAvailable in /proc/meminfo")
+
+
+def test_available_memory_takes_a_smaller_cgroup_v2_limit(tmp_path: Path) -> None:
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{8 * GB}\n")
+    (cgroup / "memory.current").write_text(f"{3 * GB}\n")
+    got = available_memory(_meminfo(tmp_path, 20_000_000), cgroup)
+    assert got is not None and got.bytes == 5 * GB and "memory.max" in got.source
+
+
+def test_available_memory_ignores_unlimited_cgroups(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text(f"{3 * GB}\n")
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{3 * GB}\n")
+    meminfo = _meminfo(tmp_path, 10_000_000)
+    for cgroup in (v2, v1):
+        assert available_memory(meminfo, cgroup) == Available(
+            10_000_000 * 1024, "MemAvailable in /proc/meminfo"
+        )
+
+
+def test_available_memory_is_none_when_unreadable(tmp_path: Path) -> None:
+    assert available_memory(tmp_path / "missing", tmp_path / "missing-cgroup") is None
+
+
+def test_memory_problem_names_the_estimate_the_available_memory_and_the_override() -> None:
+    plan = plan_memory(gpt2_config("gpt2-xl"), torch.float32)
+    short = Available(plan.estimated_peak_bytes - 1, "MemAvailable in /proc/meminfo")
+    problem = memory_problem("gpt2-xl", plan, short)
+    assert problem is not None
+    for part in ("gpt2-xl", memory.format_bytes(plan.estimated_peak_bytes), memory.format_bytes(short.bytes),
+                 "MemAvailable", memory.IGNORE_ENV_VAR, "shared weight storage"):  # fmt: skip
+        assert part in problem, (part, problem)
+    assert memory_problem("gpt2-xl", plan, Available(plan.estimated_peak_bytes, "x")) is None
+    assert memory_problem("gpt2-xl", plan, None) is None  # nothing to compare with: run
+
+
+@pytest.mark.parametrize(("value", "ignored"), [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_override_env_var(monkeypatch: pytest.MonkeyPatch, value: str, ignored: bool) -> None:
+    monkeypatch.setenv(memory.IGNORE_ENV_VAR, value)
+    assert memory.ignore_memory_check() is ignored
+
+
+def _session(targets: list[Any], uses_parity: bool = True) -> Any:
+    from parity.plugin import TARGETS_KEY
+
+    config = SimpleNamespace(option=SimpleNamespace(collectonly=False), stash={TARGETS_KEY: targets})
+    item = SimpleNamespace(fixturenames=["parity_target"] if uses_parity else ["tmp_path"])
+    return SimpleNamespace(config=config, items=[item])
+
+
+def test_collection_stops_a_run_that_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parity.conftest as parity_conftest
+
+    monkeypatch.delenv(memory.IGNORE_ENV_VAR, raising=False)
+    targets = resolve_targets("gpt2-xl", "synthetic", "cpu", None)
+    need = targets[0].memory.estimated_peak_bytes
+    monkeypatch.setattr(parity_conftest, "available_memory", lambda: Available(need // 2, "MemAvailable"))
+    with pytest.raises(pytest.UsageError, match="gpt2-xl: the parity run needs about"):
+        parity_conftest.pytest_collection_finish(_session(targets))
+    parity_conftest.pytest_collection_finish(_session(targets, uses_parity=False))  # no parity test: no check
+    monkeypatch.setenv(memory.IGNORE_ENV_VAR, "1")
+    parity_conftest.pytest_collection_finish(_session(targets))  # forced
+
+
+def test_peak_rss_is_at_least_a_fresh_allocation() -> None:
+    before = memory.peak_rss_bytes()
+    block = torch.ones(64 * 1024 * 1024 // 8, dtype=torch.float64)  # 64 MiB, touched
+    assert memory.peak_rss_bytes() >= before > 0
+    assert memory.peak_rss_bytes() >= block.numel() * 8
+    assert memory.peak_rss_bytes(children=True) >= 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# chunked comparison
+
+
+def _same_record(a: Any, b: Any) -> None:
+    assert a.to_json() == b.to_json()
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 11), (40,), (13, 9)])
+def test_compare_chunked_equals_one_comparison(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    expected = torch.randn(shape, generator=g, dtype=torch.float64)
+    actual = expected + 1e-7 * torch.randn(shape, generator=g, dtype=torch.float64)
+    actual.view(-1)[5] += 1e-3  # one clear mismatch, and the maximum
+    tol = Tolerance(rtol=1e-6, atol=1e-6, reason="test")
+    _same_record(compare_chunked("t", "x", actual, expected, tol, chunk_elements=8),
+                 compare_tensors("t", "x", actual, expected, tol))  # fmt: skip
+    # A transposed (non-contiguous) view, as a Conv1D gradient is compared.
+    if len(shape) == 2:
+        _same_record(compare_chunked("t", "x", actual.t(), expected.t(), tol, chunk_elements=8),
+                     compare_tensors("t", "x", actual.t(), expected.t(), tol))  # fmt: skip
+
+
+def test_compare_chunked_counts_every_nonfinite_value() -> None:
+    expected = torch.zeros(50, dtype=torch.float64)
+    actual = expected.clone()
+    actual[3], actual[40] = float("nan"), float("inf")
+    tol = Tolerance(rtol=1e-6, atol=1e-6, reason="test")
+    rec = compare_chunked("t", "x", actual, expected, tol, chunk_elements=8)
+    assert not rec.passed and "1 NaN and 1 Inf" in (rec.nonfinite or "")
+
+
+# ------------------------------------------------------------------------------------------------------
+# shared storage and gradients compared as they are produced
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    path, _ = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path)
+    return path
+
+
+@pytest.fixture
+def shared_pair(tiny_checkpoint: Path) -> tuple[Any, Any]:
+    """HF and the reference, float32, the reference's parameters views of HF's."""
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    assert share_parameters(ref, hf, transposed=CONV1D_SUFFIXES) == []
+    return ref, hf
+
+
+def test_shared_parameters_are_views_of_hugging_face(shared_pair: tuple[Any, Any]) -> None:
+    ref, hf = shared_pair
+    theirs = dict(hf.named_parameters())
+    for name, p in ref.named_parameters():
+        other = theirs[name].t() if name.endswith(CONV1D_SUFFIXES) else theirs[name]
+        assert same_storage(p, other), name
+    assert ref.is_tied() and get_tensor(ref, HEAD) is get_tensor(ref, EMBEDDING)
+    with torch.no_grad():
+        hf.transformer.h[0].mlp.c_fc.weight[0, 1] += 1.0  # one write is seen through both models
+    assert ref.transformer.h[0].mlp.c_fc.weight[1, 0] == hf.transformer.h[0].mlp.c_fc.weight[0, 1]
+
+
+def test_a_parameter_loaded_wrong_keeps_its_own_storage(tiny_checkpoint: Path) -> None:
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    with torch.no_grad():
+        ref.transformer.h[1].ln_2.bias.add_(0.5)  # as if the loader had read another tensor
+    kept = share_parameters(ref, hf, transposed=CONV1D_SUFFIXES)
+    assert kept == ["transformer.h.1.ln_2.bias"]
+    assert not same_storage(ref.transformer.h[1].ln_2.bias, hf.transformer.h[1].ln_2.bias)
+    idx = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ParityFailure, match="ln_2"):
+        check_logits(ref, hf, idx, TINY.n_layer, "wrong bias")
+
+
+def test_untied_control_shares_everything_but_its_head(tiny_checkpoint: Path) -> None:
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    untied = load_hf(tiny_checkpoint, torch.float32, "cpu", tie_word_embeddings=False)
+    assert share_parameters(untied, hf) == [HEAD]
+    assert same_storage(get_tensor(untied, EMBEDDING), get_tensor(hf, EMBEDDING))
+    assert not same_storage(get_tensor(untied, HEAD), get_tensor(untied, EMBEDDING))
+
+
+def test_streamed_gradients_equal_the_comparison_after_both_backwards(
+    tiny_checkpoint: Path, shared_pair: tuple[Any, Any]
+) -> None:
+    ref, hf = shared_pair
+    idx, targets = gradient_batch(TINY)
+    records = check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+    assert all(p.grad is None for p in [*ref.parameters(), *hf.parameters()]), "matching pairs are freed"
+    # The same comparison the old way, on independent models: both backward passes, then compare.
+    ref2 = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    hf2 = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    from parity.checks import backward_both
+
+    backward_both(ref2, hf2, idx, targets)
+    tol = gradients_tolerance(torch.float32)
+    after = compare_gradients(ref2, hf2, TINY.vocab_size, tol)
+    assert [r.tensor for r in records] == [r.tensor for r in after]
+    assert all(r.passed for r in records) and len(records) == len(list(ref.parameters()))
+
+
+def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[Any, Any]) -> None:
+    ref, hf = shared_pair
+    # Untie the reference's c_fc from HF's storage and change it: its gradient (and those upstream) differ.
+    fc = ref.transformer.h[1].mlp.c_fc
+    fc.weight = torch.nn.Parameter(fc.weight.detach().clone() * 3.0)
+    idx, targets = gradient_batch(TINY)
+    with pytest.raises(ParityFailure, match=r"\[grads\] \d+ of \d+ parameter gradients differ"):
+        check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+    assert fc.weight.grad is not None and hf.transformer.h[1].mlp.c_fc.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------------------
+# the streamed synthetic checkpoint
+
+
+def test_streamed_safetensors_holds_the_seeded_weights(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    write_synthetic_safetensors(path, TINY, seed=7)
+    expected = synthetic_hf_weights(TINY, seed=7)
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(expected)
+        for name, t in expected.items():
+            assert torch.equal(f.get_tensor(name), t), name
+    again = tmp_path / "again.safetensors"
+    write_synthetic_safetensors(again, TINY, seed=7)
+    assert path.read_bytes() == again.read_bytes()
+
+
+def test_checkpoint_is_generated_once_and_then_reused(tmp_path: Path) -> None:
+    path, seconds = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path)
+    assert seconds is not None and seconds >= 0
+    assert ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path) == (path, None)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporaries left behind"
+
+
+def test_memory_plan_type_is_the_targets() -> None:
+    (target,) = resolve_targets("gpt2", "synthetic", "cpu", None)
+    assert isinstance(target.memory, MemoryPlan)
+    assert target.dtype_reason.startswith("CPU default for gpt2")
