@@ -1,0 +1,264 @@
+"""Bad input everywhere a user can reach it: clear errors that name the problem, never a wall of traceback.
+
+The command line of `pytest parity/` (every option, and checkpoints that are corrupt, truncated, untied or
+not GPT-2) must stop with one usage-error line that names the valid choices or the fix. The library must
+refuse token ids outside the vocabulary and sequences longer than the block with a ValueError naming the
+range, the harness must report NaN and Inf as such (never as "close"), a wrong tokenizer file is refused,
+and a synthetic checkpoint write killed half-way leaves nothing half-written under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt.hf import (
+    CheckpointError,
+    LazyWeights,
+    hf_config_from_gpt,
+    load_gpt,
+    weight_files,
+    write_hf_checkpoint,
+)
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.tokenizer import TokenizerFileError, bpe_files, gpt2_tiktoken
+from parity.batches import token_batch
+from parity.checks import check_logits
+from parity.compare import ParityFailure, compare_tensors
+from parity.loading import load_hf
+from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint, synthetic_hf_weights
+from parity.tolerances import logits_tolerance
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
+SUBPROCESS_TIMEOUT = 300  # seconds
+
+# ----------------------------------------------------------------------------------------------------------
+# the command line of `pytest parity/`
+
+# Runs `pytest parity/ ARGS` once per case in one child process (pytest.main per case: the imports of
+# torch and transformers are paid once, not per case), capturing each run's output and exit code.
+CLI_DRIVER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys
+    import pytest
+    results = {}
+    for name, args in json.loads(sys.argv[1]).items():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            rc = int(pytest.main(["parity/", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]))
+        results[name] = {"rc": rc, "output": out.getvalue()}
+    with open(sys.argv[2], "w") as fh:
+        json.dump(results, fh)
+    """
+)
+
+
+def _edit_config(directory: Path, **changes: object) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _variant(good: Path, where: Path) -> Path:
+    shutil.copytree(good, where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    """Every bad command line of CLI_CASES, run through `pytest parity/` in one child process."""
+    tmp = tmp_path_factory.mktemp("bad-cli")
+    good = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp / "checkpoints")[0]
+    (tmp / "empty").mkdir()
+    llama = _variant(good, tmp / "llama")
+    _edit_config(llama, model_type="llama")
+    eps = _variant(good, tmp / "eps")
+    _edit_config(eps, layer_norm_epsilon=1e-6)
+    corrupt = _variant(good, tmp / "corrupt")
+    data = bytearray((corrupt / "model.safetensors").read_bytes())
+    data[8:16] = b"{garbage"  # the JSON header starts after its 8-byte length
+    (corrupt / "model.safetensors").write_bytes(bytes(data))
+    truncated = _variant(good, tmp / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) - 1000])  # header intact, data cut
+    weights = synthetic_hf_weights(TINY)
+    weights["lm_head.weight"] = torch.randn_like(weights["transformer.wte.weight"]) * 0.02
+    write_hf_checkpoint(tmp / "untied", {**hf_config_from_gpt(TINY), "tie_word_embeddings": False}, weights)
+    paths = dict(tmp=tmp, good=good, empty=tmp / "empty", llama=llama, eps=eps, corrupt=corrupt,
+                 truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
+    cases = {name: [a.format(**paths) for a in args] for name, (args, _) in CLI_CASES.items()}
+    env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
+    env.update(HF_HUB_CACHE=str(tmp / "empty-hf-home" / "hub"), OMP_NUM_THREADS="1")
+    env.pop("PYTEST_ADDOPTS", None)
+    out = tmp / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_DRIVER, json.dumps(cases), str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+# name: (arguments after `pytest parity/`, regex the one error line must match)
+CLI_CASES: dict[str, tuple[list[str], str]] = {
+    "unknown-model": (["--model", "gpt3"], r"--model 'gpt3'.*choose one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, all"),
+    "missing-model-path": (["--model", "{missing}"], r"not a GPT-2 size and not a checkpoint directory; choose one of"),
+    "bad-weights": (["--weights", "bogus"], r"--weights 'bogus': choose one of auto, pretrained, synthetic"),
+    "bad-device": (["--device", "tpu"], r"--device 'tpu': choose one of cpu, cuda"),
+    "cuda-without-cuda": (["--device", "cuda"], r"--device cuda: no CUDA device is available.*use --device cpu"),
+    "float16-on-cpu": (["--device", "cpu", "--dtype", "float16"], r"float16 is not supported on CPU.*float64 or float32"),
+    "bad-dtype": (["--dtype", "bogus"], r"--dtype 'bogus': choose one of float64, float32, bfloat16, float16"),
+    "pretrained-not-cached": (["--weights", "pretrained"], r"not in the local Hugging Face cache.*--weights synthetic"),
+    "synthetic-for-a-path": (["--model", "{good}", "--weights", "synthetic"], r"applies to named sizes"),
+    "path-without-config": (["--model", "{empty}"], r"no config\.json"),
+    "another-architecture": (["--model", "{llama}"], r"model_type is 'llama', not 'gpt2'"),
+    "gpt2-with-other-eps": (["--model", "{eps}"], r"not the GPT-2 architecture: layer_norm_epsilon=1e-06"),
+    "corrupt-safetensors": (["--model", "{corrupt}"], r"corrupt or truncated safetensors file.*re-create or re-download"),
+    "truncated-safetensors": (["--model", "{truncated}"], r"truncated safetensors file.*re-create or re-download"),
+    "untied-checkpoint": (["--model", "{untied}"], r"untied checkpoint.*tie_word_embeddings=True"),
+    "report-path-is-a-directory": (["--model", "{good}", "--parity-report", "{tmp}"], r"--parity-report .*is a directory"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_command_line_is_one_usage_error_line(
+    case: str, cli_results: dict[str, dict[str, object]]
+) -> None:
+    if case == "cuda-without-cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so --device cuda is valid")
+    result = cli_results[case]
+    output = str(result["output"])
+    assert result["rc"] == pytest.ExitCode.USAGE_ERROR, f"exit code {result['rc']}:\n{output[-3000:]}"
+    assert "Traceback" not in output and not re.search(r"^E\s", output, re.M), f"traceback wall:\n{output}"
+    matching = [line for line in output.splitlines() if re.search(CLI_CASES[case][1], line)]
+    assert len(matching) == 1, f"expected one error line matching /{CLI_CASES[case][1]}/:\n{output[-3000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the library: token ids, sequence length, tokenizer files
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(TINY).double().eval()
+
+
+@pytest.mark.parametrize(
+    "bad_id", [TINY.vocab_size, TINY.vocab_size + 1000, -1], ids=["vocab", "far", "negative"]
+)
+def test_token_id_outside_the_vocabulary_is_a_value_error_naming_the_range(
+    tiny_model: GPT, bad_id: int
+) -> None:
+    idx = torch.tensor([[1, 2, bad_id, 3]])
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {TINY.vocab_size}\).*{bad_id}"):
+        tiny_model(idx)
+
+
+def test_token_id_in_the_padding_rows_is_refused() -> None:
+    model = GPT(GPTConfig(**{**TINY.__dict__, "vocab_size": 128, "logical_vocab_size": TINY.vocab_size}))
+    with pytest.raises(ValueError, match=rf"\[0, {TINY.vocab_size}\)"):
+        model(torch.tensor([[TINY.vocab_size + 5]]))
+    assert model(torch.tensor([[0, TINY.vocab_size - 1]]))[0].shape == (1, 2, TINY.vocab_size)
+
+
+def test_sequence_longer_than_the_block_is_a_value_error_naming_block_size(tiny_model: GPT) -> None:
+    with pytest.raises(ValueError, match=rf"length {TINY.block_size + 1}: block_size is {TINY.block_size}"):
+        tiny_model(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
+
+
+def test_tokenizer_files_swapped_are_refused_naming_the_file(tmp_path: Path) -> None:
+    encoder_json, vocab_bpe = bpe_files()
+    wrong = tmp_path / "encoder.json"
+    shutil.copyfile(vocab_bpe, wrong)  # another file under the expected name
+    with pytest.raises(TokenizerFileError, match="sha256") as info:
+        gpt2_tiktoken(wrong, vocab_bpe)
+    assert str(wrong.resolve()) in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NaN and Inf in the harness
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_values_never_pass_as_close(bad: float) -> None:
+    tol = logits_tolerance(torch.float64)
+    a = torch.zeros(4, dtype=torch.float64)
+    a[2] = bad
+    both = compare_tensors("logits", "x", a, a.clone(), tol)  # identical, and still not "close"
+    one = compare_tensors("logits", "x", a, torch.zeros(4, dtype=torch.float64), tol)
+    for rec in (both, one):
+        assert not rec.passed
+        assert rec.nonfinite and ("1 NaN" in rec.nonfinite if bad != bad else "1 Inf" in rec.nonfinite)
+
+
+def test_nan_weight_is_reported_as_nan_by_the_logits_check(tmp_path: Path) -> None:
+    checkpoint = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path)[0]
+    ours = load_gpt(checkpoint, dtype=torch.float64).eval()
+    theirs = load_hf(checkpoint, torch.float64, "cpu")
+    with torch.no_grad():
+        ours.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    with pytest.raises(ParityFailure, match=r"reference nanoGPT contains \d+ NaN"):
+        check_logits(ours, theirs, token_batch("several_sequences", TINY), TINY.n_layer, "nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# an interrupted write of a synthetic checkpoint
+
+# ~90 MB of weights: writing and fsyncing them takes long enough to be killed in the middle.
+MEDIUM = dict(block_size=256, vocab_size=8192, n_layer=6, n_head=8, n_embd=512)
+WRITE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from nanogpt.model import GPTConfig
+    from parity.synthetic import ensure_synthetic_checkpoint
+    ensure_synthetic_checkpoint(GPTConfig(**{config}), "interrupted", root=Path(sys.argv[1]))
+    """
+).format(config=MEDIUM)
+
+
+def test_killed_write_leaves_no_partial_checkpoint_and_the_next_run_regenerates(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    final = root / checkpoint_name("interrupted", 1337)
+    env = {**os.environ, CACHE_ENV_VAR: str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", WRITE, str(root)], cwd=REPO, env=env)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    temporaries: list[Path] = []
+    while not temporaries and proc.poll() is None and time.monotonic() < deadline:
+        temporaries = list(root.glob(f".{final.name}.tmp-*")) if root.is_dir() else []
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)  # no cleanup handler runs: the worst case of an interrupted run
+    proc.wait(timeout=60)
+    assert temporaries, "the writer finished (or never started) before it could be killed mid-write"
+    # Under the final name: nothing, or (had the rename won the race) a complete checkpoint.
+    if final.exists():
+        assert weight_files(final) and LazyWeights(weight_files(final))
+    path, seconds = ensure_synthetic_checkpoint(GPTConfig(**MEDIUM), "interrupted", root=root)
+    assert path == final
+    assert not list(root.glob(f".{final.name}.tmp-*")), "the stale temporary directory was not cleaned up"
+    if seconds is None:
+        pytest.fail("the killed write left a checkpoint that was reused instead of regenerated")
+    model = load_gpt(path)
+    assert model.is_tied() and model.config.vocab_size == MEDIUM["vocab_size"]
+
+
+def test_load_refuses_a_half_written_checkpoint_directory(tmp_path: Path) -> None:
+    """What a non-atomic writer would leave: config.json and a truncated weights file under the final name."""
+    good = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path / "good")[0]
+    half = _variant(good, tmp_path / "half")
+    data = (half / "model.safetensors").read_bytes()
+    (half / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_gpt(half)
