@@ -1,0 +1,173 @@
+"""The bisect command: exit codes for `git bisect run`, and a real bisection over a throwaway history.
+
+The history is a sequence of commits of an upstream-style model.py (tests/bisect_fixtures/): no tie, the
+tie, a commit that cannot be imported, the tie reversed, the tied matrix taken out of weight decay, and
+an exact GELU that breaks Hugging Face parity. `git bisect run python -m parity.bisect ...` must name the
+right commit for each question and skip the one it cannot test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bisect_fixtures.variants import write_model
+
+from parity.bisect import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP, decide, run
+from parity.verdicts import Status, Verdict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# (label, edits of the template, commit message), oldest first; each commit's model.py is complete.
+HISTORY = [
+    ("untied", ("untied",), "GPT-2 model"),
+    ("tied", (), "Tie lm_head to the token embedding"),
+    ("broken", ("import-error",), "Work in progress: new imports"),
+    ("reversed", ("reverse-tie",), "Tie from the embedding side"),
+    ("no-decay", ("reverse-tie", "tied-not-decayed"), "Do not weight-decay embeddings"),
+    ("gelu", ("reverse-tie", "tied-not-decayed", "exact-gelu"), "Use PyTorch's default GELU"),
+]
+# (question, arguments of the bisect command, the label of the commit that answers it)
+QUESTIONS = [
+    ("which commit tied the head?", ["--checks", "tied-storage", "--expect", "tied-storage=fail"], "tied"),
+    ("which commit stopped weight-decaying the tied matrix?", ["--checks", "decay-groups"], "no-decay"),
+    ("which commit broke Hugging Face parity?", ["--checks", "logits"], "gelu"),
+]
+
+
+def _verdict(check: str, status: Status) -> Verdict:
+    return Verdict(check, status, "reason")
+
+
+@pytest.mark.parametrize(
+    "statuses, expect, code",
+    [
+        ({"logits": Status.PASS, "grads": Status.PASS}, {}, EXIT_GOOD),
+        ({"logits": Status.PASS, "grads": Status.FAIL}, {}, EXIT_BAD),
+        ({"logits": Status.PASS, "grads": Status.CANNOT_TEST}, {}, EXIT_SKIP),
+        # A known contradiction decides even when another check could not run.
+        ({"logits": Status.FAIL, "grads": Status.CANNOT_TEST}, {}, EXIT_BAD),
+        ({"tied-storage": Status.FAIL}, {"tied-storage": False}, EXIT_GOOD),
+        ({"tied-storage": Status.PASS}, {"tied-storage": False}, EXIT_BAD),
+    ],
+)
+def test_decide(statuses: dict[str, Status], expect: dict[str, bool], code: int) -> None:
+    got, why = decide([_verdict(c, s) for c, s in statuses.items()], expect)
+    assert got == code, why
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--bogus"], ["--checks", "logits,nope"], ["--expect", "logits=maybe"], ["--tied-decay", "sometimes"]],
+    ids=["unknown-option", "unknown-check", "bad-expect", "bad-choice"],
+)
+def test_usage_errors_abort_the_bisection(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistake in the command is never "bad" (1) or argparse's 2, which git would also read as bad."""
+    try:
+        code = run(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == EXIT_ABORT and code > 127
+    assert "error" in capsys.readouterr().err
+
+
+def test_unknown_model_aborts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path))
+    assert run(["--model", str(tmp_path / "no-such-checkpoint")]) == EXIT_ABORT
+    assert "--model" in capsys.readouterr().err
+
+
+def test_untestable_commit_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    broken = write_model(tmp_path, "import-error")
+    assert run(["--impl", str(broken), "--checks", "tied-storage,logits"]) == EXIT_SKIP
+    out = capsys.readouterr().out
+    assert out.count("CANNOT-TEST") == 2 and "a_module_that_does_not_exist" in out
+    assert run(["--impl", str(tmp_path / "absent.py"), "--checks", "tied-storage"]) == EXIT_SKIP
+
+
+def test_expectations_select_and_decide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    untied = str(write_model(tmp_path, "untied"))
+    assert run(["--impl", untied, "--expect", "tied-storage=fail"]) == EXIT_GOOD
+    out = capsys.readouterr().out
+    assert re.search(r"^FAIL\s+tied-storage\s", out, re.M) and "logits" not in out  # --expect selects
+    assert run(["--impl", untied, "--checks", "tied-storage", "-v"]) == EXIT_BAD
+    assert "bad: tied-storage FAIL (expected PASS)" in capsys.readouterr().out
+
+
+def _git(repo: Path, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"git {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """(repository, environment, {label: commit}) of the throwaway history."""
+    repo = tmp_path_factory.mktemp("history")
+    env = dict(
+        os.environ,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        NANOGPT_PARITY_CACHE=str(tmp_path_factory.mktemp("cache")),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    _git(repo, env, "init", "-q", "-b", "main")
+    _git(repo, env, "config", "user.name", "Bisect Test")
+    _git(repo, env, "config", "user.email", "bisect-test@example.com")
+    commits = {}
+    for day, (label, edits, message) in enumerate(HISTORY, start=1):
+        write_model(repo, *edits)
+        _git(repo, env, "add", "model.py")
+        date = f"2024-01-{day:02d}T12:00:00+00:00"  # fixed dates: the same hashes, the same bisection
+        _git(
+            repo, {**env, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}, "commit", "-q", "-m", message
+        )
+        commits[label] = _git(repo, env, "rev-parse", "HEAD").strip()
+    return repo, env, commits
+
+
+def test_git_bisect_run_answers_each_question(
+    history: tuple[Path, dict[str, str], dict[str, str]], tmp_path: Path
+) -> None:
+    repo, env, commits = history
+    label_of = {sha: label for label, sha in commits.items()}
+    # One clone per question, bisected concurrently: each step is a fresh process (imports dominate it).
+    env = dict(env, OMP_NUM_THREADS="1")
+    runs = []
+    for i, (_, args, _) in enumerate(QUESTIONS):
+        clone = tmp_path / f"question{i}"
+        _git(tmp_path, env, "clone", "-q", str(repo), str(clone))
+        _git(clone, env, "bisect", "start", commits["gelu"], commits["untied"])
+        command = ["git", "bisect", "run", sys.executable, "-m", "parity.bisect", "--impl", "model.py", *args]
+        runs.append(
+            (
+                clone,
+                subprocess.Popen(
+                    command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    skipped = False
+    for (question, _, answer), (clone, proc) in zip(QUESTIONS, runs, strict=True):
+        stdout, stderr = proc.communicate(timeout=600)
+        log = _git(clone, env, "bisect", "log")
+        found = re.search(r"^([0-9a-f]{40}) is the first bad commit", stdout, re.M)
+        assert proc.returncode == 0 and found, f"{question}\n{stdout}\n{stderr}"
+        assert label_of[found.group(1)] == answer, (
+            f"{question} {label_of[found.group(1)]}, not {answer}\n{log}"
+        )
+        skipped |= f"git bisect skip {commits['broken']}" in log
+    assert skipped, "no bisection tested the commit that cannot be imported"
