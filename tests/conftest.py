@@ -78,6 +78,16 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=g)
 
 
+@pytest.fixture
+def one_thread() -> None:
+    """Run the test on one intra-op thread (the root conftest restores the count afterwards).
+
+    Tiny models gain nothing from more threads, and on a busy machine OpenMP threads spin-waiting for each
+    other make them several times slower.
+    """
+    torch.set_num_threads(1)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # hypothesis profiles for the property-based tests (tests/test_property_parity.py)
 #

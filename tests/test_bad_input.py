@@ -40,6 +40,8 @@ from parity.loading import load_hf
 from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint, synthetic_hf_weights
 from parity.tolerances import logits_tolerance
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
 SUBPROCESS_TIMEOUT = 300  # seconds

@@ -29,6 +29,8 @@ from parity.checks import check_gradient_decomposition, check_gradients, check_l
 from parity.loading import load_hf, load_reference
 from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
 SUBPROCESS_TIMEOUT = 300  # seconds; a hung child must fail the test, not the CI job

@@ -19,6 +19,8 @@ from mutants import CHECKS, CONFIGS, CONTROLS, MUTANTS, Mutant, verdicts_for
 from parity.loading import load_hf
 from parity.synthetic import ensure_synthetic_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The bug classes the catalog must keep covering: deleting a mutant to keep the kill rate at 100% fails here.
 REQUIRED = {
     "head-not-tied",

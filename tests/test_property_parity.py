@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -25,6 +26,8 @@ from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
 from parity.checks import check_gradient_decomposition, check_gradients, check_logits, check_loss
 from parity.tie import tie_problem
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
