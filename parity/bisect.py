@@ -165,6 +165,20 @@ def format_verdicts(verdicts: list[Verdict], details: bool) -> str:
     return "\n".join(lines)
 
 
+def load_summary(subject: Subject) -> str:
+    """How the implementation was loaded: buffers left as built, how full logits are obtained, its prints."""
+    report = subject.report
+    if report is None:
+        return "not loaded"
+    buffers = ", ".join(report.kept_buffers[:4]) + (" ..." if len(report.kept_buffers) > 4 else "")
+    mode = type(subject.model()).__dict__.get("_parity_logits_mode") or "not needed yet"
+    printed = report.output.strip().replace("\n", " | ")
+    return (
+        f"loaded {report.checkpoint} with the nanoGPT converter; buffers left as built: {buffers or 'none'}; "
+        f"every position's logits by: {mode}; printed while built: {printed or 'nothing'}"
+    )
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse, check, print; returns the exit code for git bisect run."""
     args = build_parser().parse_args(argv)
@@ -185,11 +199,14 @@ def run(argv: list[str] | None = None) -> int:
         where = "" if impl.label == str(impl.source) else f" ({impl.source})"
         print(f"implementation: {impl.label}{where}; model: {target.name} ({target.weights}), "
               f"{target.dtype_name} on {target.device}")  # fmt: skip
+        subject = Subject(impl, target, tied_decay=args.tied_decay == "yes")
         try:
-            verdicts = run_checks(selected, Subject(impl, target, tied_decay=args.tied_decay == "yes"))
+            verdicts = run_checks(selected, subject)
         except CheckpointError as e:
             print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
             return EXIT_ABORT
+        if args.details and subject.report is not None:
+            print(load_summary(subject))
     print(format_verdicts(verdicts, args.details))
     code, why = decide(verdicts, expect)
     print(f"{why} (exit {code})", flush=True)

@@ -357,7 +357,6 @@ class LoadReport:
     checkpoint: Path
     kept_buffers: list[str]  # buffers left as the implementation built them (causal masks and the like)
     output: str  # what the implementation printed while being built
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

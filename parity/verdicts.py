@@ -392,7 +392,15 @@ def train_steps_verdict(s: Subject) -> Outcome:
         grouping = "the implementation's configure_optimizers"
 
         def ours(m: nn.Module, hp: Any) -> torch.optim.Optimizer:
-            return m.configure_optimizers(hp.weight_decay, hp.learning_rate, hp.betas, device)
+            try:
+                return m.configure_optimizers(hp.weight_decay, hp.learning_rate, hp.betas, device)
+            except ValueError as e:
+                if "more than one parameter group" not in str(e):
+                    raise
+                raise ParityFailure(
+                    f"[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses "
+                    f"({e}); see decay-groups"
+                ) from None
     else:
         grouping, ours = "no configure_optimizers: the expected grouping on both sides", expected
     with _restored(model), _restored(hf):
@@ -404,6 +412,8 @@ def train_steps_verdict(s: Subject) -> Outcome:
     loss_atol = logits_tolerance(s.target.dtype).atol
     state_atol = gradients_tolerance(s.target.dtype).atol
     problems = result.problems(loss_atol, state_atol, state_atol)
+    # A grouping difference is the cause of every loss and parameter difference after it: name it first.
+    problems.sort(key=lambda p: not p.startswith("weight decay or group membership"))
     details = f"losses {result.nanogpt_losses} vs Hugging Face {result.hf_losses}\n{result.decay_table()}"
     if problems:
         first, _, rest = problems[0].partition("\n")
