@@ -50,20 +50,23 @@ CHECKS = ("load", "tied-storage", "param-count", "decay-groups", "logits", "grad
 
 # The synthetic checkpoints the mutants load. "square" has block_size == vocab_size, so a head tied to the
 # position embedding (block_size x n_embd) has the head's shape and loads without a shape error.
+# "wide" and "wide-square" are GPT-2's width (768, 12 heads) for the slow variant of the catalog tests.
 CONFIGS = {
     "tiny": GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16),
     "square": GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16),
+    "wide": GPTConfig(block_size=64, vocab_size=1000, n_layer=4, n_head=12, n_embd=768),
+    "wide-square": GPTConfig(block_size=256, vocab_size=256, n_layer=2, n_head=12, n_embd=768),
 }
-PADDED_VOCAB = 128  # the tiny vocabulary (97) padded, like upstream's 50257 -> 50304
 # Every mutant is loaded with dropout configured, and checked in eval mode, where dropout must be inactive.
 DROPOUT = 0.1
 ADAMW = dict(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95))
 TRAIN_STEPS = 3
-# Loss at init from scratch, reference vs Hugging Face (two different random draws of the same GPT-2 init).
-# With GPT-2's N(0, 0.02) tied matrix the logits at init have std ~0.02 * sqrt(n_embd) = 0.08 for the tiny
-# config, so both losses sit within ~0.01 of ln(vocab) (measured |difference| < 0.01). An init 50x too large
-# (nn.Embedding's default N(0, 1)) puts the loss several nats higher. 0.1 nats is >10x the honest spread.
-INIT_LOSS_ATOL = 0.1
+# Loss at init from scratch, reference vs Hugging Face: two different random draws of the same GPT-2 init, so
+# they differ by sampling noise. Measured over seeds 0-2: |reference - HF| <= 0.03 nats for the tiny config
+# and <= 0.12 at GPT-2's width (logits std 0.02 * sqrt(768) = 0.55 there). A shared matrix that kept
+# nn.Embedding's N(0, 1) init instead is >= 9.7 nats above (tiny) and ~730 nats above (wide). 0.5 nats is 4x
+# the noise and 20x below the smallest real failure.
+INIT_LOSS_ATOL = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,13 +212,18 @@ class Mutant:
     cause: str = ""  # a regex the killing check's message must match (re.search)
     converter: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
     config: str = "tiny"
-    vocab_size: int | None = None  # load with the vocabulary padded to this many rows
+    padded: bool = False  # load with the vocabulary padded to the next multiple of 64 (like 50257 -> 50304)
 
     @property
     def bug(self) -> str:
         """The bug, in one line: the first line of the mutant's docstring."""
         doc = (self.converter or self.model_cls).__doc__ or ""
         return doc.strip().splitlines()[0]
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """The vocabulary padded to the next multiple of 64, with at least one padding row (97 -> 128)."""
+    return 64 * (vocab_size // 64 + 1)
 
 
 def load_mutant(mutant: Mutant, checkpoint: Path) -> GPT:
@@ -227,7 +235,7 @@ def load_mutant(mutant: Mutant, checkpoint: Path) -> GPT:
             model_cls=mutant.model_cls,
             dtype=torch.float64,
             dropout=DROPOUT,
-            vocab_size=mutant.vocab_size,
+            vocab_size=padded_vocab(CONFIGS[mutant.config].vocab_size) if mutant.padded else None,
         )
     return model.eval()
 
@@ -506,7 +514,7 @@ class FinalNormMissing(ReimplementedGPT):
 
 
 class PaddingNotCropped(ReimplementedGPT):
-    """A padded vocabulary (97 -> 128 rows) whose logits are not cropped: padding columns enter every softmax."""
+    """A padded vocabulary (e.g. 97 -> 128 rows) whose logits are not cropped: padding columns enter every softmax."""
 
     crop_padding = False
 
@@ -647,7 +655,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
     ),
     Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
-    Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", vocab_size=PADDED_VOCAB),
+    Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", padded=True),
     Mutant("lm_head-bias", HeadBias, "param-count", r"lm_head\.bias"),
     # counting and the optimizer
     Mutant("parameters-count-tie-twice", ParametersCountTieTwice, "param-count", r"counted twice"),
@@ -667,8 +675,8 @@ MUTANTS: tuple[Mutant, ...] = (
 CONTROLS: tuple[Mutant, ...] = (
     Mutant("reference", GPT),
     Mutant("reference-square", GPT, config="square"),
-    Mutant("reference-padded", GPT, vocab_size=PADDED_VOCAB),
+    Mutant("reference-padded", GPT, padded=True),
     Mutant("reimplemented-forward", ReimplementedGPT),
-    Mutant("reimplemented-forward-padded", ReimplementedGPT, vocab_size=PADDED_VOCAB),
+    Mutant("reimplemented-forward-padded", ReimplementedGPT, padded=True),
     Mutant("tie-right-direction-after-init", TieRightDirectionAfterInit),
 )

@@ -9,6 +9,7 @@ printed at the end of the run ("mutant kill rate: N/N (100%)", see tests/conftes
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,33 +52,33 @@ REQUIRED = {
 }
 
 
-@pytest.fixture(scope="session")
-def mutant_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One synthetic checkpoint per catalog config, in this session's temporary directory."""
-    root = tmp_path_factory.mktemp("mutant-checkpoints")
-    return {name: ensure_synthetic_checkpoint(cfg, name, root=root)[0] for name, cfg in CONFIGS.items()}
+class Catalog:
+    """Synthetic checkpoints and Hugging Face models per catalog config, made on first use and kept."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hf_models: dict[str, Any] = {}
+
+    def checkpoint(self, config: str) -> Path:
+        """The synthetic checkpoint directory of a catalog config."""
+        return ensure_synthetic_checkpoint(CONFIGS[config], config, root=self.root)[0]
+
+    def failing_checks(self, entry: Mutant) -> dict[str, str]:
+        """The checks that fail on entry, with their messages (the HF model is shared: checks leave it as is)."""
+        if entry.config not in self.hf_models:
+            self.hf_models[entry.config] = load_hf(self.checkpoint(entry.config), torch.float64, "cpu")
+        verdicts = verdicts_for(entry, self.checkpoint(entry.config), self.hf_models[entry.config])
+        return {check: message for check, message in verdicts.items() if message}
 
 
 @pytest.fixture(scope="session")
-def hf_models(mutant_checkpoints: dict[str, Path]) -> dict[str, Any]:
-    """transformers' GPT2LMHeadModel (tied, float64) per config; the checks leave it as they found it."""
-    return {name: load_hf(path, torch.float64, "cpu") for name, path in mutant_checkpoints.items()}
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    """The session's checkpoints and Hugging Face models, in its temporary directory."""
+    return Catalog(tmp_path_factory.mktemp("mutant-checkpoints"))
 
 
-def _verdicts(entry: Mutant, checkpoints: dict[str, Path], hf_models: dict[str, Any]) -> dict[str, str]:
-    """The failing checks of entry, with their messages."""
-    verdicts = verdicts_for(entry, checkpoints[entry.config], hf_models[entry.config])
-    return {check: message for check, message in verdicts.items() if message}
-
-
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_mutant_is_killed_by_its_check_which_names_the_cause(
-    mutant: Mutant, mutant_checkpoints: dict[str, Path], hf_models: dict[str, Any], record_property: Any
-) -> None:
-    failed = _verdicts(mutant, mutant_checkpoints, hf_models)
-    # Read by the kill-rate summary in tests/conftest.py (user properties survive pytest-xdist workers).
-    record_property("mutant", mutant.name)
-    record_property("mutant_killed_by", ",".join(sorted(failed)))
+def assert_killed(mutant: Mutant, failed: dict[str, str]) -> None:
+    """The mutant's own check failed and its message names the cause."""
     assert failed, f"mutant {mutant.name} SURVIVED every check: {mutant.bug}"
     assert mutant.killed_by in failed, (
         f"mutant {mutant.name} ({mutant.bug}) was killed by {sorted(failed)}, not by {mutant.killed_by!r}"
@@ -89,12 +90,36 @@ def test_mutant_is_killed_by_its_check_which_names_the_cause(
     )
 
 
-@pytest.mark.parametrize("control", CONTROLS, ids=[c.name for c in CONTROLS])
-def test_correct_variant_passes_every_check(
-    control: Mutant, mutant_checkpoints: dict[str, Path], hf_models: dict[str, Any]
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
+def test_mutant_is_killed_by_its_check_which_names_the_cause(
+    mutant: Mutant, catalog: Catalog, record_property: Any
 ) -> None:
-    failed = _verdicts(control, mutant_checkpoints, hf_models)
+    failed = catalog.failing_checks(mutant)
+    # Read by the kill-rate summary in tests/conftest.py (user properties survive pytest-xdist workers).
+    record_property("mutant", mutant.name)
+    record_property("mutant_killed_by", ",".join(sorted(failed)))
+    assert_killed(mutant, failed)
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[c.name for c in CONTROLS])
+def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog) -> None:
+    failed = catalog.failing_checks(control)
     assert not failed, f"false alarm on the correct variant {control.name}:\n" + "\n".join(failed.values())
+
+
+WIDE = {"tiny": "wide", "square": "wide-square"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", MUTANTS + CONTROLS, ids=[m.name for m in MUTANTS + CONTROLS])
+def test_catalog_at_gpt2_width(entry: Mutant, catalog: Catalog) -> None:
+    """The same verdicts at GPT-2's width (768 channels, 12 heads), where rounding is larger."""
+    wide = replace(entry, config=WIDE[entry.config])
+    failed = catalog.failing_checks(wide)
+    if entry in CONTROLS:
+        assert not failed, f"false alarm on the correct variant {entry.name}:\n" + "\n".join(failed.values())
+    else:
+        assert_killed(wide, failed)
 
 
 def test_catalog_covers_every_required_bug_and_names_real_checks() -> None:
