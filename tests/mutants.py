@@ -150,7 +150,12 @@ def train_steps_problem(reference: GPT, hf_model: Any, config: GPTConfig) -> str
             opt.zero_grad(set_to_none=True)
             loss_of(logits_of(), targets).backward()
             opt.step()
-    check_logits(ours, theirs, idx, config.n_layer, f"after {TRAIN_STEPS} AdamW steps")
+    try:
+        check_logits(ours, theirs, idx, config.n_layer, f"after {TRAIN_STEPS} AdamW steps")
+    except ParityFailure as e:
+        raise ParityFailure(
+            f"[train-steps] the models differ after {TRAIN_STEPS} identical AdamW steps: {e}"
+        ) from None
 
     torch.manual_seed(0)
     fresh = type(reference)(replace(reference.config, dropout=0.0)).to(torch.float64).eval()
