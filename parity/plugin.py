@@ -29,6 +29,7 @@ from parity.tolerances import gradients_tolerance, logits_tolerance
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
 IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl
+WORKER_REPORT = "parity_report"  # key of a pytest-xdist worker's report part in its workeroutput
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -138,12 +139,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    path = session.config.getoption("--parity-report")
-    if path and REPORT_KEY in session.config.stash:
-        report = session.config.stash[REPORT_KEY]
-        for t in session.config.stash[TARGETS_KEY]:
+    config = session.config
+    path = config.getoption("--parity-report")
+    if path and REPORT_KEY in config.stash:
+        report = config.stash[REPORT_KEY]
+        for t in config.stash[TARGETS_KEY]:
             if t.generation_seconds is not None:
                 report.timing[f"{t.name}: synthetic checkpoint generation (s)"] = round(
                     t.generation_seconds, 3
                 )
+        if hasattr(config, "workeroutput"):
+            # A pytest-xdist worker: hand its part to the controller, which merges them and writes the file.
+            config.workeroutput[WORKER_REPORT] = {
+                "records": report.records,
+                "checks": report.checks,
+                "timing": report.timing,
+            }
+            return
         report.write(path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist (controller): merge a finished worker's records into the one report."""
+    part = getattr(node, "workeroutput", {}).get(WORKER_REPORT)
+    if part and REPORT_KEY in node.config.stash:
+        report = node.config.stash[REPORT_KEY]
+        report.records.extend(part["records"])
+        report.checks.extend(part["checks"])
+        report.timing.update(part["timing"])
