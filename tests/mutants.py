@@ -564,8 +564,11 @@ class NumParamsCountTieTwice(GPT):
 
 
 class TiedInTwoGroups(GPT):
-    """Decay by module type (upstream's old rule): lm_head (Linear) decays, wte (Embedding) does not: one
-    Parameter in two groups."""
+    """Decay by module type: the tied matrix is in the decay group as lm_head and the no-decay group as wte.
+
+    This was upstream nanoGPT's old rule (Linear weights decay, Embedding weights do not), which met the tied
+    matrix twice; torch.optim refuses one Parameter in two groups.
+    """
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         decay, no_decay = [], []

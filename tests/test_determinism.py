@@ -1,9 +1,10 @@
 """Determinism and independence: the same inputs give the same verdicts, in any order and in parallel.
 
-Two runs of the parity checks report identical errors, in process and as two `pytest parity/` runs writing
-JSON reports; synthetic checkpoints are byte-identical for a seed across processes; a subset of the suite
-passes in reverse order on two pytest-xdist workers; and the root conftest's autouse fixture really puts
-back the global torch state a test changes. Everything runs on a tiny checkpoint in tmp_path.
+Two runs of the parity checks report identical errors, in process, and as two `pytest parity/` runs writing
+JSON reports, one of them in reverse order on two pytest-xdist workers (with the mutant catalog alongside);
+synthetic checkpoints are byte-identical for a seed across processes; and the root conftest's autouse
+fixture really puts back the global torch state a test changes. Everything runs on a tiny checkpoint in
+tmp_path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -83,17 +85,40 @@ def test_two_in_process_runs_report_identical_errors(tiny_checkpoint: Path) -> N
     assert first == second
 
 
-def test_two_parity_suite_runs_write_identical_reports(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    reports = [tmp_path / "A.json", tmp_path / "B.json"]
+REVERSE_ORDER_PLUGIN = textwrap.dedent(
+    """
+    def pytest_collection_modifyitems(items):
+        items.reverse()
+    """
+)
+
+
+def test_parity_reports_are_identical_serial_and_on_two_xdist_workers_in_reverse_order(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Two `pytest parity/` runs write the same records: one serial, one reversed on two xdist workers.
+
+    The parallel run also carries the mutant catalog, whose session fixtures share models across tests:
+    it must pass there too, and its kill-rate summary must survive the workers.
+    """
+    pytest.importorskip("xdist")
+    (tmp_path / "reverse_order.py").write_text(REVERSE_ORDER_PLUGIN)
+    serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
+    common = ["-p", "no:cacheprovider", "-p", "no:randomly", "--model", str(tiny_checkpoint)]
     procs = [
-        run([sys.executable, "-m", "pytest", "parity/", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-             "--model", str(tiny_checkpoint), "--parity-report", str(r)], tmp_path)
-        for r in reports
+        run([sys.executable, "-m", "pytest", "parity/", "-q", *common, "--parity-report", str(serial)], tmp_path),
+        run([sys.executable, "-m", "pytest", "parity/", "tests/test_mutants.py", "-p", "xdist", "-n", "2",
+             "-p", "reverse_order", *common, "--parity-report", str(parallel)],
+            tmp_path, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))),
     ]  # fmt: skip
+    outputs = []
     for proc in procs:
         rc, out = finish(proc)
         assert rc == 0, out[-4000:]
-    a, b = (json.loads(r.read_text()) for r in reports)
+        outputs.append(out)
+    assert "created: 2/2 workers" in outputs[1], outputs[1][-2000:]
+    assert re.search(r"mutant kill rate: (\d+)/\1 \(100%\)", outputs[1]), "kill rate lost under xdist"
+    a, b = (json.loads(r.read_text()) for r in (serial, parallel))
     assert a["records"], "the parity run recorded no comparisons"
     assert a["records"] == b["records"]
     assert a["checks"] == b["checks"]
@@ -129,28 +154,6 @@ def test_synthetic_checkpoints_are_byte_identical_across_processes(tmp_path: Pat
         digests = {_sha256(files["process-1"] / f), _sha256(files["process-2"] / f), _sha256(here / f)}
         assert len(digests) == 1, f"{f} differs between processes for the same seed"
     assert _sha256(files["other-seed"] / "model.safetensors") != _sha256(here / "model.safetensors")
-
-
-REVERSE_ORDER_PLUGIN = textwrap.dedent(
-    """
-    def pytest_collection_modifyitems(items):
-        items.reverse()
-    """
-)
-
-
-def test_suite_subset_passes_in_reverse_order_on_two_xdist_workers(tmp_path: Path) -> None:
-    pytest.importorskip("xdist")
-    (tmp_path / "reverse_order.py").write_text(REVERSE_ORDER_PLUGIN)
-    proc = run(
-        [sys.executable, "-m", "pytest", "-p", "xdist", "-n", "2", "-p", "no:randomly", "-p", "no:cacheprovider",
-         "-p", "reverse_order", "tests/test_mutants.py", "-k", "correct_variant or catalog or gelu or tie or count"],
-        tmp_path, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-    )  # fmt: skip
-    rc, out = finish(proc)
-    assert rc == 0, out[-4000:]
-    assert "created: 2/2 workers" in out, out[-2000:]
-    assert "mutant kill rate: " in out and "(100%)" in out, "the kill-rate summary must survive xdist"
 
 
 def _fixture_function(request: pytest.FixtureRequest, name: str) -> Any:
