@@ -94,15 +94,15 @@ def one_thread() -> None:
 #   ci  (default): derandomized (the same examples every run, on every machine), a bounded number of
 #                  examples, no deadline (a slow CI machine must not turn timing into failures), and the
 #                  reproduction blob of any failure printed. No example database is written.
-#   dev:           ten times the examples, random each run, with the local example database (.hypothesis/):
+#   dev:           1000 examples (ci: 60), random each run, with the local example database (.hypothesis/):
 #                  a longer local search for new counterexamples.
 #
 # Select one with HYPOTHESIS_PROFILE=dev pytest tests/test_property_parity.py.
 
 settings.register_profile(
-    "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True, database=None
+    "ci", derandomize=True, max_examples=60, deadline=None, print_blob=True, database=None
 )
-settings.register_profile("dev", max_examples=250, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=1000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -97,7 +97,8 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     weights = synthetic_hf_weights(TINY)
     weights["lm_head.weight"] = torch.randn_like(weights["transformer.wte.weight"]) * 0.02
     write_hf_checkpoint(tmp / "untied", {**hf_config_from_gpt(TINY), "tie_word_embeddings": False}, weights)
-    paths = dict(tmp=tmp, good=good, empty=tmp / "empty", llama=llama, eps=eps, corrupt=corrupt,
+    (tmp / "notmodel.py").write_text("x = 1  # a Python file without a GPT class\n")
+    paths = dict(tmp=tmp, good=good, notmodel=tmp / "notmodel.py", empty=tmp / "empty", llama=llama, eps=eps, corrupt=corrupt,
                  truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
     cases = {name: [a.format(**paths) for a in args] for name, (args, _) in CLI_CASES.items()}
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
@@ -129,6 +130,8 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
     "corrupt-safetensors": (["--model", "{corrupt}"], r"corrupt or truncated safetensors file.*re-create or re-download"),
     "truncated-safetensors": (["--model", "{truncated}"], r"truncated safetensors file.*re-create or re-download"),
     "untied-checkpoint": (["--model", "{untied}"], r"untied checkpoint.*tie_word_embeddings=True"),
+    "impl-missing": (["--impl", "{missing}/model.py"], r"--impl: .*no such file or directory.*exposing GPT and GPTConfig"),
+    "impl-without-gpt": (["--impl", "{notmodel}"], r"--impl: .*defines no GPT class"),
     "report-path-is-a-directory": (["--model", "{good}", "--parity-report", "{tmp}"], r"--parity-report .*is a directory"),
 }  # fmt: skip
 

@@ -7,8 +7,8 @@ one shows) is converted in memory with GPT.from_pretrained(hf_model), in float64
 checks must hold: logits, loss, every gradient, the tied gradient's two paths, and the tie on both sides.
 
 Profiles (registered in tests/conftest.py, chosen with HYPOTHESIS_PROFILE):
-  ci (default): derandomized, 25 examples, no deadline, failure blobs printed: the same examples every run.
-  dev: 250 random examples per run with the local example database, for a longer hunt:
+  ci (default): derandomized, 60 examples, no deadline, failure blobs printed: the same examples every run.
+  dev: 1000 random examples per run with the local example database, for a longer hunt:
        HYPOTHESIS_PROFILE=dev pytest tests/test_property_parity.py
 """
 
