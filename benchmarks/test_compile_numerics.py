@@ -12,29 +12,10 @@ import pytest
 import torch
 
 from benchmarks.conftest import CompiledCase
+from parity.tolerances import COMPILE
 
-# Compiled (inductor) vs eager, float32 on CPU: the one tolerance table of this suite.
-# Inductor fuses kernels and reorders reductions (layer norm, softmax, the loss's log-sum-exp, the
-# gradient sums over batch and time), so the two sides differ in the last bits of each reduction, and the
-# differences grow through the layers and through backward. Observed on both gate models (2 layers,
-# 64 channels, logits of order 1, gradients up to 1e-1), torch 2.13: logits 3e-7, loss 0, gradients 7e-8,
-# parameters after the step 7e-9, all absolute. Each tolerance keeps 15-30x headroom over that and stays
-# far below what a real fault causes: a tied gradient missing one of its two uses is off by ~2e-2, and
-# logits computed with the weights from before the step are off by ~0.4.
-COMPILE_TOLERANCES: dict[str, dict[str, float]] = {
-    # Order-1 values after 2 layers of reordered float32 reductions.
-    "logits": dict(rtol=1e-5, atol=1e-5),
-    # A mean over batch x time of log-sum-exps: one more reduction than the logits, in relative terms.
-    "loss": dict(rtol=1e-5, atol=1e-6),
-    # Gradients of order 1e-3 to 1e-5 whose elements may be exactly zero in exact arithmetic (GPT-2's
-    # key biases): relative error is meaningless near zero, so atol carries the check.
-    "grads": dict(rtol=1e-4, atol=1e-6),
-    # One SGD step (lr 0.1) moves a parameter by lr * grad: the gradient tolerance times lr, on values
-    # of order 0.02 to 1.
-    "params_after_step": dict(rtol=1e-5, atol=1e-7),
-    # The same logits tolerance, computed with the updated weights.
-    "logits_after_step": dict(rtol=1e-5, atol=1e-5),
-}
+# Compiled vs eager tolerances, with their reasons: parity/tolerances.py COMPILE.
+COMPILE_TOLERANCES = {k: dict(rtol=t.rtol, atol=t.atol) for k, t in COMPILE.items()}
 
 
 def test_logits_and_loss_match_eager(compiled_case: CompiledCase) -> None:

@@ -96,3 +96,49 @@ def gradients_tolerance(dtype: torch.dtype) -> Tolerance:
 def decomposition_tolerance(dtype: torch.dtype) -> Tolerance:
     """The tolerance of tied grad == embedding-path grad + head-path grad."""
     return DECOMPOSITION[dtype]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The project's other numeric comparisons. They live here too so that every tolerance of the project is
+# in one file, each with its reason.
+
+# Our converter, HF -> nanoGPT -> HF, compared in float64 on tiny models (tests/test_hf_convert.py): the
+# same function through different kernels (HF's Conv1D addmm vs nn.Linear, eager/sdpa attention).
+# Observed <= 1e-16 absolute on logits of magnitude ~1; 1e-12 leaves four orders of margin and is still ~9
+# orders below a real conversion bug (a missing transpose, erf GELU at ~1e-3). rtol=0: an absolute bound
+# is the honest one at this magnitude.
+CONVERSION_F64 = Tolerance(rtol=0.0, atol=1e-12, reason="float64 kernel-order rounding, observed <= 1e-16")
+
+# One model computing the same float64 function sliced differently (the whole sequence vs its last row,
+# the library's cross-entropy vs ours on the same logits): a few ulps (tests/test_model.py).
+SAME_FUNCTION_F64 = Tolerance(rtol=0.0, atol=1e-12, reason="a few float64 ulps; any real bug is >1e-6")
+
+# Training-step parity in float64 (parity/train_parity.py users, DDP/FSDP vs one process, the bisect
+# command's train-steps check): after 3-4 AdamW steps (lr 1e-3) summation-order noise is ~1e-13 (measured
+# <= 1.4e-15 for parameters, 9e-16 for losses); a real bug (a double update, a wrong reduction) moves values
+# by ~lr = 1e-3.
+TRAIN_STEPS_F64 = Tolerance(rtol=0.0, atol=1e-10, reason="float64 AdamW noise ~1e-13; a real bug moves ~1e-3")
+
+# torch.compile (inductor) vs eager, float32 on CPU (benchmarks/test_compile_numerics.py). Inductor fuses
+# kernels and reorders reductions (layer norm, softmax, the loss's log-sum-exp, gradient sums over batch
+# and time), so the two sides differ in the last bits of each reduction, growing through the layers and
+# backward. Observed on both gate models (2 layers, 64 channels, logits of order 1, gradients up to 1e-1),
+# torch 2.13: logits 3e-7, loss 0, gradients 7e-8, parameters after the step 7e-9, all absolute. Each keeps
+# 15-30x headroom and stays far below a real fault: a tied gradient missing one of its two uses is off by
+# ~2e-2; logits computed with the weights from before the step are off by ~0.4.
+COMPILE: dict[str, Tolerance] = {
+    "logits": Tolerance(1e-5, 1e-5, "order-1 values after 2 layers of reordered float32 reductions"),
+    "loss": Tolerance(1e-5, 1e-6, "a mean of log-sum-exps: one more reduction than the logits"),
+    "grads": Tolerance(
+        1e-4, 1e-6, "gradients of order 1e-3..1e-5 that may be exactly zero (key biases): atol carries it"
+    ),
+    "params_after_step": Tolerance(1e-5, 1e-7, "one SGD step (lr 0.1) moves a parameter by lr * grad"),
+    "logits_after_step": Tolerance(1e-5, 1e-5, "the logits tolerance, with the updated weights"),
+}
+
+# Loss at init from scratch, reference vs Hugging Face (the mutant catalog's train-steps check for a tie
+# made in the wrong direction): two different random draws of the same GPT-2 init differ by sampling
+# noise. Measured over seeds 0-2: <= 0.03 nats (tiny config), <= 0.12 at GPT-2's width. A shared matrix
+# that kept nn.Embedding's N(0, 1) init is >= 9.7 nats above (tiny), ~730 (wide). 0.5 nats is 4x the
+# noise and 20x below the smallest real failure.
+INIT_LOSS_ATOL = 0.5

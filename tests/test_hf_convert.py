@@ -15,13 +15,10 @@ from transformers import GPT2LMHeadModel
 
 from nanogpt.hf import CheckpointError, export_hf_checkpoint
 from nanogpt.model import GPT
+from parity.tolerances import CONVERSION_F64
 
-# Both implementations compute the same float64 function, but with different kernels and summation
-# orders (HF's Conv1D addmm and eager/sdpa attention vs nn.Linear and SDPA), so logits differ by float64
-# rounding: ~1e-16 relative, observed <= 1e-16 absolute on logits of magnitude ~1. atol=1e-12 leaves
-# four orders of margin for that and is still ~9 orders below real conversion bugs (a missing
-# transpose, erf instead of tanh GELU at ~1e-3). rtol=0: an absolute bound is the honest one here.
-PARITY = dict(rtol=0.0, atol=1e-12)
+# HF vs nanoGPT in float64: CONVERSION_F64 in parity/tolerances.py says why.
+PARITY = dict(rtol=CONVERSION_F64.rtol, atol=CONVERSION_F64.atol)
 
 
 def hf_logits(hf: GPT2LMHeadModel, tokens: torch.Tensor) -> torch.Tensor:
