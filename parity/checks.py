@@ -42,8 +42,24 @@ def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
     return model(idx, use_cache=False).logits
 
 
-# Elements per chunk of `compare_chunked`: ~0.3 GB of float64 temporaries per chunk.
-CHUNK_ELEMENTS = 1 << 22
+# Elements per chunk of `compare_chunked`: 0.5 MB of float64 temporaries, which the allocator reuses (one
+# call on a 50257 x 768 float64 tensor spends 3x longer page-faulting fresh 300 MB temporaries).
+CHUNK_ELEMENTS = 1 << 16
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread for the duration (the comparisons are memory-bound).
+
+    Measured on 2 shared cores: with another process holding a core, every 2-thread parallel region waits
+    for the descheduled thread, and comparing 64K-element chunks became 80x slower than on one thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compare_chunked(
@@ -60,6 +76,13 @@ def compare_chunked(
     full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. Non-finite values take
     the single-call path, so that their message counts every NaN and Inf.
     """
+    with one_thread():
+        return _compare_chunked(check, name, actual, expected, tol, chunk_elements)
+
+
+def _compare_chunked(
+    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance, chunk_elements: int
+) -> Comparison:
     if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:
         return compare_tensors(check, name, actual, expected, tol)
     if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
@@ -158,10 +181,12 @@ def check_gradients(
 ) -> list[Comparison]:
     """Every parameter's gradient matches its HF counterpart (Conv1D transposes accounted for).
 
-    The reference's backward runs first; then each HF parameter's gradient is compared the moment HF's
-    backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at once, so the
-    run never holds two full sets of gradients. A pair that differs keeps both for diagnosis. Same records
-    and the same failure message (`gradient_failure_message`) as comparing after both backward passes.
+    HF's backward runs first; then each reference parameter's gradient is compared the moment the
+    reference's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at
+    once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
+    Same records and the same failure message (`gradient_failure_message`) as comparing after both
+    backward passes. (HF first: while one side's gradients wait, the other side's activations are alive,
+    and nanoGPT's are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.)
     """
     ref = dict(reference.named_parameters())
     hf = dict(hf_model.named_parameters())
@@ -196,10 +221,10 @@ def check_gradients(
             ref[name].grad = None
             hf[name].grad = None
 
-    loss_of(reference_logits(reference, idx), targets).backward()
-    handles = [hf[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
+    loss_of(hf_logits(hf_model, idx), targets).backward()
+    handles = [ref[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
     try:
-        loss_of(hf_logits(hf_model, idx), targets).backward()
+        loss_of(reference_logits(reference, idx), targets).backward()
     finally:
         for h in handles:
             h.remove()

@@ -21,7 +21,13 @@ from nanogpt.hf import CONV1D_SUFFIXES
 from nanogpt.model import GPT
 from parity.impl import load_implementation
 from parity.loading import load_hf, load_reference, share_parameters
-from parity.memory import available_memory, format_bytes, ignore_memory_check, memory_problem
+from parity.memory import (
+    available_memory,
+    format_bytes,
+    ignore_memory_check,
+    memory_problem,
+    release_free_memory,
+)
 from parity.plugin import IMPL_KEY, REPORT_KEY, TARGETS_KEY
 from parity.report import ParityReport
 from parity.targets import ParityTarget
@@ -114,6 +120,13 @@ def hf_model(parity_target: ParityTarget, checkpoint: Any) -> Iterator[Any]:
     model = load_hf(checkpoint, parity_target.dtype, parity_target.device, tie_word_embeddings=True)
     yield model
     del model
+
+
+@pytest.fixture(autouse=True)
+def release_memory_after_test() -> Iterator[None]:
+    """Hand freed memory back to the OS after each test, so the next test's peak starts from the models."""
+    yield
+    release_free_memory()
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,11 @@ def _dtype_kwarg() -> str:
     return "dtype" if TRANSFORMERS_MAJOR >= 5 or "dtype" in params else "torch_dtype"
 
 
-def load_hf(checkpoint: Path, dtype: torch.dtype, device: str, tie_word_embeddings: bool = True) -> Any:
-    """transformers' GPT2LMHeadModel from the same directory, in eval mode, eager of any network."""
+def load_hf(checkpoint: Path, dtype: torch.dtype | str, device: str, tie_word_embeddings: bool = True) -> Any:
+    """transformers' GPT2LMHeadModel from the same directory, in eval mode, eager of any network.
+
+    dtype "auto" keeps the checkpoint's own dtype (float32 tensors then map the file, read lazily).
+    """
     from transformers import GPT2LMHeadModel
 
     kwargs: dict[str, Any] = {_dtype_kwarg(): dtype, "tie_word_embeddings": tie_word_embeddings}
@@ -57,15 +60,17 @@ def _parameter_places(model: torch.nn.Module) -> dict[str, list[tuple[torch.nn.M
 
 
 def share_parameters(
-    model: torch.nn.Module, source: torch.nn.Module, transposed: tuple[str, ...] = ()
+    model: torch.nn.Module, source: torch.nn.Module, transposed: tuple[str, ...] = (), convert: bool = False
 ) -> list[str]:
     """Replace model's parameters by views of source's same-named tensors where they hold the same values.
 
     Names ending in one of `transposed` are views of the transposed source tensor (nanoGPT's Linear vs
-    HF's Conv1D). Only a bitwise-equal tensor of the same shape, dtype and device is shared, so whatever
-    the model's own loader got wrong keeps its own tensor and still fails the parity checks. A tied
-    parameter gets one new Parameter under all its names, so the tie survives. Returns the names kept.
-    The two models then must not be changed independently: a test that writes a weight restores it.
+    HF's Conv1D). Only a bitwise-equal tensor of the same shape and device is shared, so whatever the
+    model's own loader got wrong keeps its own tensor and still fails the parity checks; with convert,
+    "equal" is after converting the model's tensor to the source's dtype (a float32 load shares a float64
+    model's exact upcasts), else the dtypes must match. A tied parameter gets one new Parameter under all
+    its names, so the tie survives. Returns the names kept. The two models then must not be changed
+    independently: a test that writes a weight restores it.
     """
     theirs = dict(source.named_parameters(remove_duplicate=False))
     places = _parameter_places(model)
@@ -79,9 +84,10 @@ def share_parameters(
             kept.append(name)
             continue
         view = other.detach().t() if name.endswith(transposed) else other.detach()
-        if (view.shape, view.dtype, view.device) != (own.shape, own.dtype, own.device) or not torch.equal(
-            own.detach(), view
-        ):
+        same_kind = (
+            view.shape == own.shape and view.device == own.device and (convert or view.dtype == own.dtype)
+        )
+        if not same_kind or not torch.equal(own.detach().to(view.dtype), view):
             kept.append(name)
             continue
         shared = torch.nn.Parameter(view, requires_grad=own.requires_grad)
