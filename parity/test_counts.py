@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from nanogpt.model import GPT2_SIZES
 from parity.checks import optimizer_membership_problem, parameter_count_problem, untied_twin
 from parity.goldens import TOTAL_PARAMS, expected_total_params
+from parity.impl import ImplementationError
 from parity.tie import EMBEDDING, HEAD, get_tensor, unique_parameter_bytes
 
 
@@ -36,9 +38,12 @@ def test_parameter_counts_match_goldens_and_hf(
 
 
 def test_optimizer_holds_tied_tensor_once(reference_model: Any) -> None:
-    opt = reference_model.configure_optimizers(
-        weight_decay=0.1, learning_rate=1e-4, betas=(0.9, 0.95), device_type="cpu"
-    )
+    try:
+        opt = reference_model.configure_optimizers(
+            weight_decay=0.1, learning_rate=1e-4, betas=(0.9, 0.95), device_type="cpu"
+        )
+    except ImplementationError as e:  # --impl code without configure_optimizers: nothing to check
+        pytest.skip(f"cannot test: {e}")
     problem = optimizer_membership_problem(opt, reference_model)
     assert problem is None, problem
     tied = get_tensor(reference_model, EMBEDDING)

@@ -8,7 +8,8 @@ import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.hf import hf_config_from_gpt
-from nanogpt.model import GPT
+from parity.impl import Implementation, reference_implementation
+from parity.plugin import IMPL_KEY
 from parity.tie import inplace_update_problem, optimizer_step_problem, survival_problems, tie_problem
 
 
@@ -32,21 +33,30 @@ def test_optimizer_step_moves_both_names_identically(reference_model: Any, hf_mo
 
 
 @pytest.fixture
-def small_twins(parity_target: Any) -> tuple[Any, Any]:
+def implementation(request: pytest.FixtureRequest) -> Implementation:
+    """The implementation under test: --impl's, or the reference nanoGPT."""
+    return request.config.stash.get(IMPL_KEY, None) or reference_implementation()
+
+
+@pytest.fixture
+def small_twins(parity_target: Any, implementation: Implementation) -> tuple[Any, Any]:
     """Each implementation's class at the target's width and vocabulary, with 1 layer (cheap to copy)."""
     cfg = parity_target.config
     small = type(cfg)(**{**cfg.__dict__, "n_layer": 1})
-    ours = GPT(small).to(parity_target.dtype)
+    ours = implementation.build(small)[0].to(parity_target.dtype)
     hf_cfg = {k: v for k, v in hf_config_from_gpt(small).items() if k != "architectures"}
     theirs = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(parity_target.dtype)
     return ours, theirs
 
 
-def test_tie_survives_to_deepcopy_and_state_dict_round_trip(small_twins: tuple[Any, Any]) -> None:
+def test_tie_survives_to_deepcopy_and_state_dict_round_trip(
+    small_twins: tuple[Any, Any], implementation: Implementation, parity_target: Any
+) -> None:
     """.to(other dtype), copy.deepcopy and torch.save/load of the state dict all keep one storage."""
     ours, theirs = small_twins
+    small = type(parity_target.config)(**{**parity_target.config.__dict__, "n_layer": 1})
     problems = survival_problems(
-        ours, "reference nanoGPT", lambda: GPT(ours.config).to(ours.lm_head.weight.dtype)
+        ours, implementation.label, lambda: implementation.build(small)[0].to(parity_target.dtype)
     )
     problems += survival_problems(
         theirs,
