@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -49,11 +50,7 @@ CHUNK_ELEMENTS = 1 << 16
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the duration (the comparisons are memory-bound).
-
-    Measured on 2 shared cores: with another process holding a core, every 2-thread parallel region waits
-    for the descheduled thread, and comparing 64K-element chunks became 80x slower than on one thread.
-    """
+    """Run torch ops on one intra-op thread for the duration; restore the setting after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -73,39 +70,43 @@ def compare_chunked(
     """`compare_tensors`, row-chunk by row-chunk, merged into the record a single call would return.
 
     compare_tensors converts both sides to float64 and builds several temporaries of that size; for the
-    full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. Non-finite values take
-    the single-call path, so that their message counts every NaN and Inf.
+    full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. Chunks are compared on
+    as many Python threads as torch has intra-op threads, each op single-threaded: measured on 2 shared
+    cores, 2-thread parallel regions on 64K-element chunks ran 80x slower than one thread whenever another
+    process held a core (each region waits for the descheduled thread), while independent chunks on two
+    threads are 2x faster than one. Non-finite values take the single-call path, so that their message
+    counts every NaN and Inf.
     """
-    with one_thread():
-        return _compare_chunked(check, name, actual, expected, tol, chunk_elements)
-
-
-def _compare_chunked(
-    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance, chunk_elements: int
-) -> Comparison:
     if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:
-        return compare_tensors(check, name, actual, expected, tol)
-    if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
-        return compare_tensors(check, name, actual, expected, tol)
+        with one_thread():
+            return compare_tensors(check, name, actual, expected, tol)
     # Rows of the last dimension, whatever the leading dimensions (a (1, 1024, V) logits tensor has one
     # index in dim 0); reshape is a view for the contiguous logits and for a transposed 2-D gradient.
     cols = actual.size(-1)
     rows_a, rows_e = actual.reshape(-1, cols), expected.reshape(-1, cols)
     step = max(1, chunk_elements // cols)
-    merged: Comparison | None = None
-    for start in range(0, rows_a.size(0), step):
-        part = compare_tensors(check, name, rows_a[start : start + step], rows_e[start : start + step], tol)
+    starts = range(0, rows_a.size(0), step)
+    workers = max(1, torch.get_num_threads())
+    with one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(
+            pool.map(
+                lambda i: compare_tensors(check, name, rows_a[i : i + step], rows_e[i : i + step], tol),
+                starts,
+            )
+        )
+    if any(part.nonfinite for part in parts):
+        return compare_tensors(check, name, actual, expected, tol)
+    merged = parts[0]
+    for start, part in zip(starts, parts, strict=True):
         if part.where is not None:
             part.where = _unravel((start + part.where[0]) * cols + part.where[1], tuple(actual.shape))
-        if merged is None:
-            merged = part
+        if part is merged:
             continue
         if part.max_abs > merged.max_abs:  # strictly greater: the first maximum wins, as in torch.argmax
             merged.max_abs, merged.where = part.max_abs, part.where
         merged.max_rel = max(merged.max_rel, part.max_rel)
         merged.mismatched += part.mismatched
         merged.passed = merged.passed and part.passed
-    assert merged is not None
     merged.shape, merged.total = tuple(actual.shape), actual.numel()
     return merged
 
