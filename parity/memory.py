@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from nanogpt.model import GPTConfig
+from parity.batches import gradient_batch
 from parity.goldens import expected_total_params
 
 # Above this many bytes of parameters (one model, in the run's dtype) the reference shares Hugging Face's
@@ -38,11 +39,14 @@ SHARED_PEAK_FACTOR = 2.0
 INDEPENDENT_PEAK_FACTOR = 3.0
 # The interpreter with torch and transformers imported, allocator slack, the tokenizer: measured 0.3-0.5 GB.
 BASE_BYTES = 700_000_000
-# The largest batch a parity run forwards is the full block (1 x block_size); with its logits
-# (T x V per implementation, plus the comparison's float64 chunks) and the untied twin's head
-# (V x C, three times: tied, embedding path, head path), this bounds the transient on top of the weights.
+# On top of the weights (and the gradients): the full-block forward holds its logits (T x V, once per
+# implementation, plus a float64 chunk); the gradient check holds copies of the tied matrix (V x C: its
+# head-path and embedding-path gradients, their sum, the twin's head) and the reference's activations for
+# the gradient batch (elements per layer, token and channel). Calibrated on the four sizes: the estimate
+# is 0.2-0.6 GB above the measured peak (benchmarks/parity_scaling.py).
 LOGITS_COPIES = 3
 TIED_MATRIX_COPIES = 4
+ACTIVATION_ELEMENTS = 16
 
 IGNORE_ENV_VAR = "NANOGPT_PARITY_IGNORE_MEMORY"
 
@@ -79,11 +83,12 @@ def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
 
 
 def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
-    """Memory on top of the weights and gradients: full-block logits or copies of the tied matrix."""
+    """Memory on top of the weights and gradients: the full-block logits, or the gradient check's extras."""
     size = torch.empty((), dtype=dtype).element_size()
     logits = LOGITS_COPIES * config.block_size * config.output_vocab_size * size
-    tied = TIED_MATRIX_COPIES * config.vocab_size * config.n_embd * size
-    return max(logits, tied)
+    tokens = gradient_batch(config)[0].numel()
+    activations = ACTIVATION_ELEMENTS * config.n_layer * tokens * config.n_embd * size
+    return max(logits, TIED_MATRIX_COPIES * config.vocab_size * config.n_embd * size + activations)
 
 
 def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:

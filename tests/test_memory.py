@@ -168,10 +168,38 @@ def test_compare_chunked_equals_one_comparison(shape: tuple[int, ...]) -> None:
                      compare_tensors("t", "x", actual.t(), expected.t(), tol))  # fmt: skip
 
 
-def test_compare_chunked_counts_every_nonfinite_value() -> None:
-    expected = torch.zeros(50, dtype=torch.float64)
+def _edge_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(12, 10, generator=g)
+    tied_max = base.clone()
+    tied_max[2, 3] += 0.5
+    tied_max[9, 1] += 0.5  # two equal maxima in different chunks: the first one is reported
+    tiny = 1e-7 * torch.randn(12, 10, generator=g)  # everything below atol: no significant entry
+    half = base.clone()
+    half[6:] = 0.0  # zeros in expected: relative error only where |expected| > atol
+    return [
+        ("identical", base, base.clone()),
+        ("tied maxima", tied_max, base),
+        ("below atol", tiny, torch.zeros_like(tiny)),
+        ("zeros expected", base, half),
+        ("float32 vs float64 layouts", base.t().contiguous().t(), base.double() + 1e-9),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_compare_chunked_edge_cases_equal_one_comparison(case: int) -> None:
+    _, actual, expected = _edge_cases()[case]
+    tol = Tolerance(rtol=1e-4, atol=1e-5, reason="test")
+    _same_record(compare_chunked("t", "x", actual, expected, tol, chunk_elements=20),
+                 compare_tensors("t", "x", actual, expected, tol))  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["actual", "expected"])
+def test_compare_chunked_counts_every_nonfinite_value(where: str) -> None:
+    expected = torch.zeros(50, 2, dtype=torch.float64)
     actual = expected.clone()
-    actual[3], actual[40] = float("nan"), float("inf")
+    broken = actual if where == "actual" else expected
+    broken[3, 0], broken[40, 1] = float("nan"), float("inf")
     tol = Tolerance(rtol=1e-6, atol=1e-6, reason="test")
     rec = compare_chunked("t", "x", actual, expected, tol, chunk_elements=8)
     assert not rec.passed and "1 NaN and 1 Inf" in (rec.nonfinite or "")
