@@ -59,17 +59,15 @@ class MemoryPlan:
     share_weights: bool
     estimated_peak_bytes: int
 
-    def describe(self) -> str:
-        """One line for the pytest header."""
+    def describe(self, with_peak: bool = True) -> str:
+        """One line for the pytest header: the storage, the parameter bytes and (with_peak) the estimate."""
         storage = (
             "shared weight storage (reference parameters are views of Hugging Face's)"
             if self.share_weights
             else "independent weights (each implementation's own loader)"
         )
-        return (
-            f"{storage}; parameters {format_bytes(self.param_bytes)} per model; "
-            f"estimated peak {format_bytes(self.estimated_peak_bytes)}"
-        )
+        line = f"{storage}; parameters {format_bytes(self.param_bytes)} per model"
+        return line + (f"; estimated peak {format_bytes(self.estimated_peak_bytes)}" if with_peak else "")
 
 
 def format_bytes(n: float) -> str:
@@ -146,7 +144,7 @@ def memory_problem(label: str, plan: MemoryPlan, available: Available | None) ->
         return None
     return (
         f"--model {label}: the parity run needs about {format_bytes(plan.estimated_peak_bytes)} of memory "
-        f"({plan.describe()}), but only {format_bytes(available.bytes)} is available ({available.source}). "
+        f"({plan.describe(with_peak=False)}), but only {format_bytes(available.bytes)} is available ({available.source}). "
         f"Free memory, choose a smaller --model, or set {IGNORE_ENV_VAR}=1 to run anyway"
     )
 
