@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nanogpt.atomic import fsync_dir
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPTConfig
 
@@ -38,18 +39,6 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # writing
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory entry (the rename) where the platform allows opening directories."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Atomically write payload to path: a temporary file in the same directory, fsync, os.replace."""
     path = Path(path)
@@ -61,7 +50,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

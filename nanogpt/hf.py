@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nanogpt.atomic import atomic_directory
 from nanogpt.model import GPT, GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
 
 # Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
@@ -475,17 +474,6 @@ def load_gpt(
     return model.to(device)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_hf_checkpoint(
     out_dir: str | os.PathLike[str], hf_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]
 ) -> Path:
@@ -497,31 +485,13 @@ def write_hf_checkpoint(
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(dict(hf_config), indent=2, sort_keys=True) + "\n")
         save_file(
             {k: v.contiguous() for k, v in weights.items()},
             str(tmp / SAFETENSORS_FILE),
             metadata={"format": "pt"},
         )
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from nanogpt.atomic import atomic_directory
 from nanogpt.hf import HF_CONFIG_FILE, SAFETENSORS_FILE, hf_config_from_gpt
 from nanogpt.model import GPTConfig, gpt2_config
 
@@ -165,32 +165,13 @@ def write_synthetic_safetensors(path: Path, config: GPTConfig, seed: int = DEFAU
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_synthetic_checkpoint(out: Path, config: GPTConfig, seed: int = DEFAULT_SEED) -> Path:
     """Write config.json + model.safetensors into a temporary sibling directory, then rename it to out."""
     hf_config = hf_config_from_gpt(config)
     hf_config["nanogpt_parity_synthetic"] = {"seed": seed, "version": SYNTHETIC_FORMAT_VERSION}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         write_synthetic_safetensors(tmp / SAFETENSORS_FILE, config, seed)
-        _fsync_dir(tmp)
-        if out.exists():  # an incomplete directory (a file deleted by hand): move it aside first
-            os.replace(out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
