@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,8 @@ from nanogpt.model import GPT, GPTConfig
 TINY = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_model(seed: int = 0) -> tuple[GPT, torch.optim.Optimizer]:

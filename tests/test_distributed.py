@@ -18,7 +18,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,11 +58,8 @@ RUN = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,8 @@ from nanogpt.tokenizer import decode, encode
 CONFIG = GPTConfig(block_size=16, vocab_size=50304, logical_vocab_size=50257, n_layer=1, n_head=2, n_embd=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,11 +42,8 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,11 +31,8 @@ TINY_ARGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

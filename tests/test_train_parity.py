@@ -8,8 +8,6 @@ below a single wrong update (~lr = 1e-3).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -24,11 +22,8 @@ STEPS = 3
 VOCAB, BLOCK, BATCH = 96, 16, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    torch.set_num_threads(1)  # the root conftest restores the previous count
-    yield
+# Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pair(seed: int = 0) -> tuple[GPT, GPT2LMHeadModel]:
