@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +30,13 @@ from parity.compare import (
 )
 from parity.diagnose import first_divergence
 from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
-from parity.tolerances import Tolerance, decomposition_tolerance, gradients_tolerance, logits_tolerance
+from parity.tolerances import (
+    SCREEN_MARGIN,
+    Tolerance,
+    decomposition_tolerance,
+    gradients_tolerance,
+    logits_tolerance,
+)
 
 
 def reference_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,9 @@ def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
 # Elements per chunk of `compare_chunked`: 0.5 MB of float64 temporaries, which the allocator reuses (one
 # call on a 50257 x 768 float64 tensor spends 3x longer page-faulting fresh 300 MB temporaries).
 CHUNK_ELEMENTS = 1 << 16
+# Dtypes whose values float32 holds exactly: these are screened in float32 (half the bytes, twice the
+# vector width of float64) before any element is compared exactly.
+SCREENED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
@@ -57,6 +67,11 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _transposed(t: torch.Tensor) -> bool:
+    """A 2-D tensor laid out column-major: the transpose of a contiguous one (a Conv1D weight seen as Linear)."""
+    return t.dim() == 2 and t.size(0) > 1 and t.size(1) > 1 and t.t().is_contiguous()
 
 
 def compare_chunked(
@@ -76,10 +91,26 @@ def compare_chunked(
     process held a core (each region waits for the descheduled thread), while independent chunks on two
     threads are 2x faster than one. Non-finite values take the single-call path, so that their message
     counts every NaN and Inf.
+
+    Float64 inputs are compared exactly as compare_tensors does (every field bitwise equal). Float32 and
+    half-precision pairs are screened in float32 first (`_screened_record`): the verdict and the mismatch
+    count stay exact, and max_abs, max_rel and where are those of float32 arithmetic (relative error
+    <= 2**-22; with near-equal maxima `where` may name either). gpt2-xl's 1.56e9 gradient elements take
+    ~6 s that way instead of ~16 s. Two column-major 2-D tensors (a reference Linear weight that is a view
+    of Hugging Face's Conv1D weight, and their gradients) are compared through their transposes, so that
+    each chunk reads contiguous memory: chunking rows of a column-major tensor reads one float per cache
+    line and ran twice as slowly.
     """
     if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:
         with one_thread():
             return compare_tensors(check, name, actual, expected, tol)
+    if _transposed(actual) and _transposed(expected):
+        rec = compare_chunked(check, name, actual.t(), expected.t(), tol, chunk_elements)
+        rec.shape = tuple(actual.shape)
+        rec.where = tuple(reversed(rec.where)) if rec.where is not None else None
+        return rec
+    screened = actual.dtype in SCREENED_DTYPES and expected.dtype in SCREENED_DTYPES and tol.atol > 2.0**-100
+    compare_rows = _screened_record if screened else _finite_record
     # Rows of the last dimension, whatever the leading dimensions (a (1, 1024, V) logits tensor has one
     # index in dim 0); reshape is a view for the contiguous logits and for a transposed 2-D gradient.
     cols = actual.size(-1)
@@ -90,7 +121,7 @@ def compare_chunked(
     with one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(
             pool.map(
-                lambda i: _finite_record(check, name, rows_a[i : i + step], rows_e[i : i + step], tol),
+                lambda i: compare_rows(check, name, rows_a[i : i + step], rows_e[i : i + step], tol),
                 starts,
             )
         )
@@ -147,6 +178,43 @@ def _finite_record(
     )
 
 
+def _screened_record(
+    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance
+) -> Comparison | None:
+    """A 2-D chunk of float32 (or half-precision) values compared in float32; exact where it matters.
+
+    Every element whose |a - e| passes atol + rtol * |e| with the bound shrunk by SCREEN_MARGIN passes in
+    exact arithmetic too (see parity/tolerances.py). If all of the chunk's elements do, it passed with 0
+    mismatches, and its max_abs, max_rel and where are read from the float32 arithmetic; if any does not,
+    the chunk goes to `_finite_record`, the exact float64 comparison, so a failing chunk's record is
+    compare_tensors' own. None if a value is not finite.
+    """
+    a = actual.detach().to(torch.float32, memory_format=torch.contiguous_format)
+    e = expected.detach().to(torch.float32, memory_format=torch.contiguous_format)
+    diff = torch.sub(a, e).abs_()
+    max_abs, index = diff.view(-1).max(0)
+    if not torch.isfinite(max_abs):
+        return None
+    e_abs = e.abs()
+    bound = e_abs.mul(tol.rtol).add_(tol.atol).mul_(1.0 - SCREEN_MARGIN)
+    if bool(diff.gt(bound).any()):
+        return _finite_record(check, name, actual, expected, tol)
+    rel = diff.div_(e_abs).masked_fill_(e_abs <= tol.atol, 0.0)
+    return Comparison(
+        check=check,
+        tensor=name,
+        shape=tuple(actual.shape),
+        max_abs=float(max_abs),
+        max_rel=float(rel.max()),
+        rtol=tol.rtol,
+        atol=tol.atol,
+        mismatched=0,
+        total=actual.numel(),
+        passed=True,
+        where=divmod(int(index), diff.size(1)),
+    )
+
+
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The multi-index of a flat (row-major) index."""
     index = []
@@ -196,10 +264,25 @@ def check_loss(
 ) -> Comparison:
     """The reference's own loss (forward with targets) equals HF's loss for the same labels."""
     with torch.no_grad():
-        out = reference(idx, targets)
-        ours = out[1] if isinstance(out, tuple) else loss_of(out, targets)
+        ours = _logits_and_own_loss(reference, idx, targets)[1]
         theirs = loss_of(hf_logits(hf_model, idx), targets)
-    rec = compare_tensors("loss", "loss", ours, theirs, logits_tolerance(theirs.dtype))
+    return loss_comparison(ours, theirs)
+
+
+def _logits_and_own_loss(
+    reference: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's forward with targets: its logits and its own loss (ours if it returns none)."""
+    out = reference(idx, targets)
+    if isinstance(out, tuple):
+        logits, loss = out[0], out[1]
+        return logits, loss if loss is not None else loss_of(logits, targets)
+    return out, loss_of(out, targets)
+
+
+def loss_comparison(ours: torch.Tensor, theirs: torch.Tensor) -> Comparison:
+    """The reference's own loss against HF's, or ParityFailure."""
+    rec = compare_tensors("loss", "loss", ours.detach(), theirs.detach(), logits_tolerance(theirs.dtype))
     if not rec.passed:
         raise ParityFailure(f"[loss] {rec.summary()}")
     return rec
@@ -213,10 +296,50 @@ def backward_both(
     loss_of(hf_logits(hf_model, idx), targets).backward()
 
 
+@dataclass
+class GradientRun:
+    """One forward + backward of both implementations on one batch, and what it showed.
+
+    The parity suite runs it once per target and reads four checks from it (parity/conftest.py): the
+    logits of the batch, the losses, the gradient comparison, and the reference's tied gradient for the
+    decomposition check.
+    """
+
+    logits: Comparison | ParityFailure  # the two forwards' logits compared, or why they cannot be
+    reference_loss: torch.Tensor  # the reference's own loss (its forward with targets), detached
+    hf_loss: torch.Tensor  # loss_of(HF's logits), detached
+    records: list[Comparison]  # every compared gradient pair, in parameter-name order
+    failure: ParityFailure | None  # what check_gradients raises, or None
+    tied_gradient: torch.Tensor | None = None  # a copy of the reference's tied gradient, when kept
+
+    def take_tied_gradient(self) -> torch.Tensor | None:
+        """The kept tied gradient, handed over once (the run stops holding its memory)."""
+        kept, self.tied_gradient = self.tied_gradient, None
+        return kept
+
+
 def check_gradients(
     reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
 ) -> list[Comparison]:
     """Every parameter's gradient matches its HF counterpart (Conv1D transposes accounted for).
+
+    The records of `run_gradients`, or its ParityFailure raised.
+    """
+    run = run_gradients(reference, hf_model, idx, targets, vocab)
+    if run.failure is not None:
+        raise run.failure
+    return run.records
+
+
+def run_gradients(
+    reference: torch.nn.Module,
+    hf_model: Any,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    vocab: int,
+    keep_tied_gradient: bool = False,
+) -> GradientRun:
+    """Backward of the same loss in both models; every gradient compared with its HF counterpart.
 
     HF's backward runs first; then each reference parameter's gradient is compared the moment the
     reference's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at
@@ -224,9 +347,15 @@ def check_gradients(
     Same records and the same failure message (`gradient_failure_message`) as comparing after both
     backward passes. (HF first: while one side's gradients wait, the other side's activations are alive,
     and nanoGPT's are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.)
+    The reference runs its forward with targets, so that the same pass also gives its own loss; the
+    backward is of loss_of(its logits), the loss HF's side uses, so that a reference whose own loss is
+    wrong fails the loss check, not this one. The two forwards' logits are compared as well (`logits`),
+    which makes this batch one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of
+    the reference's gradient of the tied matrix (the decomposition check's "actual").
     """
     ref = dict(reference.named_parameters())
     hf = dict(hf_model.named_parameters())
+    tied = get_tensor(reference, EMBEDDING)
     tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
     problems: list[str] = []
     missing, extra = sorted(set(ref) - set(hf)), sorted(set(hf) - set(ref))
@@ -238,9 +367,12 @@ def check_gradients(
     common = sorted(set(ref) & set(hf))
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
+    kept: list[torch.Tensor] = []
 
     def compare(name: str) -> None:
         g_ref, g_hf = ref[name].grad, hf[name].grad
+        if keep_tied_gradient and ref[name] is tied and g_ref is not None:
+            kept.append(g_ref.detach().clone())
         if g_ref is None or g_hf is None:
             return  # reported after backward, with the side that has none
         if name.endswith(CONV1D_SUFFIXES):
@@ -258,10 +390,21 @@ def check_gradients(
             ref[name].grad = None
             hf[name].grad = None
 
-    loss_of(hf_logits(hf_model, idx), targets).backward()
+    theirs = hf_logits(hf_model, idx)
+    hf_loss = loss_of(theirs, targets)
+    hf_loss.backward()
+    theirs = theirs.detach()
     handles = [ref[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
     try:
-        loss_of(reference_logits(reference, idx), targets).backward()
+        ours, own_loss = _logits_and_own_loss(reference, idx, targets)
+        try:
+            logits: Comparison | ParityFailure = compare_chunked(
+                "logits", "logits[gradient batch]", ours.detach(), theirs, logits_tolerance(theirs.dtype)
+            )
+        except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
+            logits = e
+        del theirs
+        loss_of(ours, targets).backward()
     finally:
         for h in handles:
             h.remove()
@@ -275,9 +418,12 @@ def check_gradients(
         for name in sorted(padding_leaks)
     ]
     ordered = [records[n] for n in common if n in records]
+    failure = None
     if problems or not all(r.passed for r in ordered):
-        raise ParityFailure(gradient_failure_message(ordered, problems))
-    return ordered
+        failure = ParityFailure(gradient_failure_message(ordered, problems))
+    return GradientRun(
+        logits, own_loss.detach(), hf_loss.detach(), ordered, failure, kept[0] if kept else None
+    )
 
 
 @contextlib.contextmanager
@@ -318,32 +464,40 @@ def only_tied_matrix_requires_grad(model: torch.nn.Module) -> Iterator[None]:
 
 
 def check_gradient_decomposition(
-    reference: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
+    reference: torch.nn.Module,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    tied_gradient: torch.Tensor | None = None,
 ) -> Comparison:
-    """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin."""
+    """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin.
+
+    tied_gradient: the reference's gradient of the tied matrix for this batch and loss, if a full backward
+    already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
+    """
     reference.zero_grad(set_to_none=True)
     with only_tied_matrix_requires_grad(reference):
-        loss_of(reference_logits(reference, idx), targets).backward()
-        tied_grad = get_tensor(reference, EMBEDDING).grad.detach().clone()
-        reference.zero_grad(set_to_none=True)
+        if tied_gradient is None:
+            loss_of(reference_logits(reference, idx), targets).backward()
+            tied_gradient = get_tensor(reference, EMBEDDING).grad.detach().clone()
+            reference.zero_grad(set_to_none=True)
         with untied_twin(reference) as twin:
             loss_of(reference_logits(twin, idx), targets).backward()
             emb_grad = get_tensor(twin, EMBEDDING).grad
             head_grad = get_tensor(twin, HEAD).grad
             if emb_grad is None or head_grad is None:
                 raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
-            summed = emb_grad + head_grad
-            head_only = head_grad.detach().clone()
-            del emb_grad, head_grad
+            summed = emb_grad.detach().add_(head_grad)  # in place: one V x C matrix fewer at gpt2-xl
+            rec = compare_chunked("grads", "tied = embedding path + head path", tied_gradient, summed,
+                                  decomposition_tolerance(tied_gradient.dtype))  # fmt: skip
+            head_alone = not rec.passed and torch.allclose(tied_gradient, head_grad)
+            del emb_grad, head_grad, summed
     reference.zero_grad(set_to_none=True)
-    rec = compare_chunked("grads", "tied = embedding path + head path", tied_grad, summed,
-                          decomposition_tolerance(tied_grad.dtype))  # fmt: skip
     if not rec.passed:
         raise ParityFailure(
             f"[grads] the tied gradient is not the sum of its two paths: {rec.summary()}. "
             + (
                 "It equals the head path alone: the embedding path is lost (the tie is broken during forward)."
-                if torch.allclose(tied_grad, head_only)
+                if head_alone
                 else ""
             )  # fmt: skip
         )

@@ -19,6 +19,8 @@ import torch
 
 from nanogpt.hf import CONV1D_SUFFIXES
 from nanogpt.model import GPT
+from parity.batches import gradient_batch
+from parity.checks import GradientRun, run_gradients
 from parity.impl import load_implementation
 from parity.loading import load_hf, load_reference, share_parameters
 from parity.memory import (
@@ -120,6 +122,25 @@ def hf_model(parity_target: ParityTarget, checkpoint: Any) -> Iterator[Any]:
     model = load_hf(checkpoint, parity_target.dtype, parity_target.device, tie_word_embeddings=True)
     yield model
     del model
+
+
+@pytest.fixture(scope="session")
+def gradient_run(parity_target: ParityTarget, reference_model: Any, hf_model: Any) -> GradientRun:
+    """One forward + backward of both models on the gradient batch, read by three checks.
+
+    The loss check, the gradient check and the tied-gradient decomposition all need the same pass (at
+    gpt2-xl on a CPU ~10 s per model); the run keeps a copy of the reference's tied gradient for the
+    decomposition, which takes it. Both models are left without gradients.
+    """
+    idx, targets = (t.to(parity_target.device) for t in gradient_batch(parity_target.config))
+    vocab = parity_target.config.output_vocab_size
+    reference_model.zero_grad(set_to_none=True)
+    hf_model.zero_grad(set_to_none=True)
+    try:
+        return run_gradients(reference_model, hf_model, idx, targets, vocab, keep_tied_gradient=True)
+    finally:
+        reference_model.zero_grad(set_to_none=True)
+        hf_model.zero_grad(set_to_none=True)
 
 
 @pytest.fixture(autouse=True)

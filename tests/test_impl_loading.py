@@ -268,3 +268,16 @@ def test_parity_suite_runs_on_an_implementation(tmp_path: Path, small_checkpoint
     )
     assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
     assert "lm_head.weight equals transformer.wte.weight by value but is a separate tensor" in bad.stdout
+
+
+def test_parity_suite_fails_on_a_parity_bug_and_names_it(tmp_path: Path, small_checkpoint: Path) -> None:
+    """An exact-GELU implementation fails the loss, gradient and multi-sequence logits checks, which all
+    read one forward + backward; the logits failure is diagnosed down to the first diverging module."""
+    bad = _run_parity_suite(
+        write_model(tmp_path / "gelu", "exact-gelu"), small_checkpoint, tmp_path,
+        "-k", "several_sequences or gradients_match or loss_matches", "-q",
+    )  # fmt: skip
+    assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
+    assert "3 failed" in bad.stdout, bad.stdout[-3000:]
+    assert "first divergence at transformer.h.0.mlp" in bad.stdout
+    assert "[grads]" in bad.stdout and "[loss]" in bad.stdout

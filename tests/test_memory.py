@@ -8,6 +8,7 @@ of any particular size.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -203,6 +204,84 @@ def test_compare_chunked_counts_every_nonfinite_value(where: str) -> None:
     tol = Tolerance(rtol=1e-6, atol=1e-6, reason="test")
     rec = compare_chunked("t", "x", actual, expected, tol, chunk_elements=8)
     assert not rec.passed and "1 NaN and 1 Inf" in (rec.nonfinite or "")
+
+
+def _near_the_bound(
+    n: int, tol: Tolerance, seed: int, closest: float = 1e-9, farthest: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 pairs whose |a - e| lies within closest..farthest (relative) of atol + rtol * |e|, either side.
+
+    Below ~1e-7 that is closer than float32 resolves: the elements its rounding could misjudge. About half
+    of them fail exactly.
+    """
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(n, generator=g, dtype=torch.float64).mul_(10.0 ** torch.randint(-6, 2, (n,), generator=g))
+    e = e.float().double()  # representable in float32
+    lo, hi = math.log10(closest), math.log10(farthest)
+    offset = 10.0 ** (torch.rand(n, generator=g, dtype=torch.float64) * (hi - lo) + lo)
+    side = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+    sign = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+    a = e + sign * (tol.atol + tol.rtol * e.abs()) * (1 + side * offset)
+    return a.float(), e.float()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_screened_float32_comparison_keeps_the_exact_verdict(seed: int) -> None:
+    tol = gradients_tolerance(torch.float32)
+    actual, expected = _near_the_bound(60_000, tol, seed)
+    exact = compare_tensors("t", "x", actual, expected, tol)
+    assert 0 < exact.mismatched < exact.total  # the case is hard: both sides of the bound occur
+    rec = compare_chunked("t", "x", actual.view(600, 100), expected.view(600, 100), tol, chunk_elements=1000)
+    assert (rec.passed, rec.mismatched, rec.total) == (exact.passed, exact.mismatched, exact.total)
+    assert rec.max_abs == pytest.approx(exact.max_abs, rel=2.0**-22)
+
+
+def test_screened_float32_comparison_is_exact_below_float32_resolution() -> None:
+    # Chunks of 10 elements, every one closer to its bound than float32 resolves: without the margin, a
+    # chunk of barely failing elements that float32 rounds to passing would pass unnoticed.
+    tol = gradients_tolerance(torch.float32)
+    actual, expected = _near_the_bound(10_000, tol, seed=7, closest=1e-10, farthest=1e-7)
+    exact = compare_tensors("t", "x", actual, expected, tol)
+    rec = compare_chunked("t", "x", actual.view(-1, 10), expected.view(-1, 10), tol, chunk_elements=10)
+    assert (rec.passed, rec.mismatched) == (exact.passed, exact.mismatched)
+
+
+def test_screened_float32_comparison_reports_float32_precision_when_it_passes() -> None:
+    g = torch.Generator().manual_seed(4)
+    expected = torch.randn(300, 200, generator=g)
+    actual = expected + 1e-6 * torch.randn(300, 200, generator=g)
+    tol = gradients_tolerance(torch.float32)
+    rec = compare_chunked("t", "x", actual, expected, tol, chunk_elements=1000)
+    exact = compare_tensors("t", "x", actual, expected, tol)
+    assert rec.passed and exact.passed and rec.mismatched == 0
+    assert rec.max_abs == pytest.approx(exact.max_abs, rel=2.0**-22)
+    assert rec.max_rel == pytest.approx(exact.max_rel, rel=2.0**-21)
+    diff = (actual.double() - expected.double()).abs()
+    assert float(diff[rec.where]) == pytest.approx(exact.max_abs, rel=2.0**-22)
+
+
+def test_one_failing_element_among_screened_chunks_gets_the_exact_record() -> None:
+    g = torch.Generator().manual_seed(5)
+    expected = torch.randn(400, 100, generator=g)
+    actual = expected.clone()
+    actual[123, 45] += 0.25
+    tol = gradients_tolerance(torch.float32)
+    rec = compare_chunked("t", "x", actual, expected, tol, chunk_elements=1000)
+    exact = compare_tensors("t", "x", actual, expected, tol)
+    _same_record(rec, exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_column_major_pairs_are_compared_through_their_transposes(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(6)
+    expected = torch.randn(90, 70, generator=g, dtype=dtype)
+    actual = expected + 1e-7 * torch.randn(90, 70, generator=g, dtype=dtype)
+    actual[80, 3] += 1e-2  # the maximum, and a mismatch
+    tol = Tolerance(rtol=1e-4, atol=1e-5, reason="test")
+    rec = compare_chunked("t", "x", actual.t(), expected.t(), tol, chunk_elements=500)
+    exact = compare_tensors("t", "x", actual.t(), expected.t(), tol)
+    assert rec.where == exact.where == (3, 80) and rec.shape == (70, 90)
+    assert (rec.mismatched, rec.passed) == (exact.mismatched, exact.passed) == (1, False)
 
 
 # ------------------------------------------------------------------------------------------------------
