@@ -3,7 +3,9 @@
 Both implementations use the same module names (`transformer.drop`, `transformer.h.{i}.ln_1`, `.attn`,
 `.ln_2`, `.mlp`, `transformer.h.{i}`, `transformer.ln_f`), so forward hooks on the same names capture
 comparable activations. Walking them in execution order, the first that differs beyond tolerance names the
-first diverging block or sub-module; which of its inputs still matched says what to suspect.
+first diverging block or sub-module; which of its inputs still matched says what to suspect. A module
+diverges where its output fails the tolerance element-wise or differs by more than the dtype's noise in
+relative norm (parity/tolerances.py `HIDDEN_DIVERGENCE`), which places small systematic bugs exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from parity.compare import Comparison, compare_tensors
-from parity.tolerances import Tolerance
+from parity.tolerances import Tolerance, hidden_divergence
 
 # What to suspect when a module's output is the first to differ while its inputs matched.
 SUSPECTS = {
@@ -91,6 +93,13 @@ def _not_called(name: str, sides: dict[str, tuple[torch.nn.Module, dict[str, tor
     return None
 
 
+def relative_norm(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64 (inf when expected is zero and actual is not)."""
+    a, e = actual.detach().double(), expected.detach().double()
+    num, den = float((a - e).norm()), float(e.norm())
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
 def first_divergence(
     reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
 ) -> tuple[str, list[Comparison]]:
@@ -115,8 +124,11 @@ def first_divergence(
             )
         rec = compare_tensors("hidden", name, ref_acts[name], hf_acts[name], tol)
         records.append(rec)
-        if not rec.passed:
-            return f"first divergence at {name}: {rec.summary()}; suspect {SUSPECTS[kind]}", records
+        rel_norm = relative_norm(ref_acts[name], hf_acts[name])
+        limit = hidden_divergence(hf_acts[name].dtype)
+        if not rec.passed or rel_norm > limit:
+            norm = f"relative difference norm {rel_norm:.2e} (diverged above {limit:g})"
+            return f"first divergence at {name}: {norm}; {rec.summary()}; suspect {SUSPECTS[kind]}", records
     if not records:
         return "no comparable modules found (module names differ from GPT-2's); cannot localize", records
     return f"all hidden states up to ln_f match; suspect {SUSPECTS['lm_head']}", records
