@@ -8,7 +8,6 @@ synthetic checkpoint; the bug is a forward hook that scales one module's output.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,7 +48,9 @@ def test_small_systematic_bug_is_placed_at_its_module(pair: tuple[Any, Any]) -> 
     # Element-wise, h.1.mlp still passes (its outputs are ~1e-2: a 1e-4 change is ~1e-6 absolute) ...
     assert records[-1].tensor == "transformer.h.1.mlp" and records[-1].passed, where
     # ... but its relative difference norm is 1e-4, far above float32's noise.
-    assert where.startswith("first divergence at transformer.h.1.mlp: relative difference norm 1.00e-04"), where
+    assert where.startswith("first divergence at transformer.h.1.mlp: relative difference norm 1.00e-04"), (
+        where
+    )
     assert "suspect the MLP" in where
 
 
