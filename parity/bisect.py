@@ -25,6 +25,7 @@ import transformers
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT2_SIZES, GPTConfig
 from parity.impl import ImplementationError, import_implementation, reference_implementation
+from parity.memory import available_memory, ignore_memory_check, memory_problem, plan_bisect_memory
 from parity.targets import (
     DEVICE_CHOICES,
     DTYPES,
@@ -135,6 +136,22 @@ def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTa
     return resolve_targets(model, "auto", device, dtype)[0]
 
 
+def check_memory(target: ParityTarget, checks: list[str]) -> None:
+    """UsageError with the estimate when the selected checks cannot fit in this machine's memory (CPU runs)."""
+    if target.device != "cpu" or ignore_memory_check():
+        return
+    plan = plan_bisect_memory(target.config, target.dtype, checks)
+    what = f"checking {', '.join(c for c in CHECKS if c in checks)}"
+    problem = memory_problem(target.name, plan, available_memory(), what)
+    if problem:
+        hint = (
+            " (train-steps trains both models with AdamW; leave it out with --checks)"
+            if "train-steps" in checks
+            else ""
+        )
+        raise UsageError(problem + hint)
+
+
 def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
     """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown."""
     want = {v.check: expect.get(v.check, True) for v in verdicts}
@@ -187,6 +204,7 @@ def run(argv: list[str] | None = None) -> int:
         selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
         selected += [c for c in expect if c not in selected]
         target = resolve_model(args.model, args.device, args.dtype)
+        check_memory(target, selected)
         target.ensure_checkpoint()
     except (UsageError, CheckpointError) as e:
         print(f"python -m parity.bisect: error: {e}", file=sys.stderr)

@@ -98,6 +98,21 @@ def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
     return MemoryPlan(param_bytes=params, share_weights=share, estimated_peak_bytes=peak)
 
 
+# The bisect command (parity/verdicts.py) loads both implementations with their own weights (its checks
+# train and modify them, so nothing is shared): the parity suite's independent factor. Its train-steps
+# check trains both models in place with AdamW: per model, the weights, a saved copy to restore, the
+# gradients and two moment buffers.
+TRAIN_STEPS_PEAK_FACTOR = 10.0
+
+
+def plan_bisect_memory(config: GPTConfig, dtype: torch.dtype, checks: list[str]) -> MemoryPlan:
+    """The estimated peak resident memory of the bisect command's checks on config in dtype."""
+    params = param_bytes(config, dtype)
+    factor = TRAIN_STEPS_PEAK_FACTOR if "train-steps" in checks else INDEPENDENT_PEAK_FACTOR
+    peak = int(factor * params) + transient_bytes(config, dtype) + BASE_BYTES
+    return MemoryPlan(param_bytes=params, share_weights=False, estimated_peak_bytes=peak)
+
+
 @dataclass(frozen=True)
 class Available:
     """Memory available to new allocations, and where the number comes from."""
@@ -138,12 +153,14 @@ def available_memory(
     return min(candidates, key=lambda a: a.bytes) if candidates else None
 
 
-def memory_problem(label: str, plan: MemoryPlan, available: Available | None) -> str | None:
-    """Why label's parity run would not fit in the available memory (with the estimate), or None."""
+def memory_problem(
+    label: str, plan: MemoryPlan, available: Available | None, what: str = "the parity run"
+) -> str | None:
+    """Why label's parity run (or `what`) would not fit in the available memory (with the estimate), or None."""
     if available is None or plan.estimated_peak_bytes <= available.bytes:
         return None
     return (
-        f"--model {label}: the parity run needs about {format_bytes(plan.estimated_peak_bytes)} of memory "
+        f"--model {label}: {what} needs about {format_bytes(plan.estimated_peak_bytes)} of memory "
         f"({plan.describe(with_peak=False)}), but only {format_bytes(available.bytes)} is available ({available.source}). "
         f"Free memory, choose a smaller --model, or set {IGNORE_ENV_VAR}=1 to run anyway"
     )

@@ -30,10 +30,11 @@ from parity.checks import (
     check_gradients,
     check_logits,
     check_loss,
+    compare_chunked,
     optimizer_membership_problem,
     parameter_count_problem,
 )
-from parity.compare import ParityFailure, compare_tensors, reference_layout
+from parity.compare import ParityFailure, reference_layout
 from parity.goldens import TOTAL_PARAMS, expected_total_params
 from parity.impl import Implementation, ImplementationError, LoadReport, load_implementation
 from parity.loading import load_hf
@@ -188,7 +189,7 @@ def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int) -> str | None:
     if head.grad is None or emb.grad is None or hf_grad is None:
         return "the implementation is untied (lm_head.weight is not transformer.wte.weight); see tied-storage"
     summed = reference_layout(EMBEDDING, emb.grad + head.grad, vocab)
-    rec = compare_tensors(
+    rec = compare_chunked(
         "grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype)
     )
     if rec.passed:

@@ -15,8 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from bisect_fixtures.variants import write_model
 
+from nanogpt.model import gpt2_config
+from parity import bisect, memory
 from parity.bisect import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP, decide, run
 from parity.verdicts import Status, Verdict
 
@@ -73,6 +76,39 @@ def test_usage_errors_abort_the_bisection(argv: list[str], capsys: pytest.Captur
         code = e.code
     assert code == EXIT_ABORT and code > 127
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("checks", "needs"),
+    [("logits,grads", "checking logits, grads needs about"), ("train-steps", "leave it out")],
+)
+def test_model_that_cannot_fit_aborts_with_the_estimate_before_any_checkpoint(
+    checks: str,
+    needs: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # no pretrained gpt2-xl: the synthetic one
+    monkeypatch.delenv(memory.IGNORE_ENV_VAR, raising=False)
+    plan = memory.plan_bisect_memory(gpt2_config("gpt2-xl"), torch.float32, checks.split(","))
+    monkeypatch.setattr(
+        bisect, "available_memory", lambda: memory.Available(plan.estimated_peak_bytes - 1, "test")
+    )
+    code = run(["--model", "gpt2-xl", "--checks", checks])
+    err = capsys.readouterr().err
+    assert code == EXIT_ABORT, err
+    assert needs in err and "error: --model gpt2-xl:" in err, err
+    assert "independent weights" in err and not (tmp_path / "cache").exists()
+    # Enough memory, or the override: the check lets the run go on.
+    monkeypatch.setattr(
+        bisect, "available_memory", lambda: memory.Available(plan.estimated_peak_bytes, "test")
+    )
+    bisect.check_memory(bisect.resolve_model("gpt2-xl", "cpu", None), checks.split(","))
+    monkeypatch.setattr(bisect, "available_memory", lambda: memory.Available(0, "test"))
+    monkeypatch.setenv(memory.IGNORE_ENV_VAR, "1")
+    bisect.check_memory(bisect.resolve_model("gpt2-xl", "cpu", None), checks.split(","))
 
 
 def test_unknown_model_aborts(
