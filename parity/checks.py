@@ -93,7 +93,7 @@ def compare_chunked(
     counts every NaN and Inf.
 
     Float64 inputs are compared exactly as compare_tensors does (every field bitwise equal). Float32 and
-    half-precision pairs are screened in float32 first (`_screened_record`): the verdict and the mismatch
+    half-precision pairs are screened in float32 first (`_finite_record`): the verdict and the mismatch
     count stay exact, and max_abs, max_rel and where are those of float32 arithmetic (relative error
     <= 2**-22; with near-equal maxima `where` may name either). gpt2-xl's 1.56e9 gradient elements take
     ~6 s that way instead of ~16 s. Two column-major 2-D tensors (a reference Linear weight that is a view
@@ -110,7 +110,7 @@ def compare_chunked(
         rec.where = tuple(reversed(rec.where)) if rec.where is not None else None
         return rec
     screened = actual.dtype in SCREENED_DTYPES and expected.dtype in SCREENED_DTYPES and tol.atol > 2.0**-100
-    compare_rows = _screened_record if screened else _finite_record
+    dtype = torch.float32 if screened else torch.float64
     # Rows of the last dimension, whatever the leading dimensions (a (1, 1024, V) logits tensor has one
     # index in dim 0); reshape is a view for the contiguous logits and for a transposed 2-D gradient.
     cols = actual.size(-1)
@@ -121,7 +121,7 @@ def compare_chunked(
     with one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(
             pool.map(
-                lambda i: compare_rows(check, name, rows_a[i : i + step], rows_e[i : i + step], tol),
+                lambda i: _finite_record(check, name, rows_a[i : i + step], rows_e[i : i + step], tol, dtype),
                 starts,
             )
         )
@@ -145,23 +145,41 @@ def compare_chunked(
 
 
 def _finite_record(
-    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance
+    check: str,
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    tol: Tolerance,
+    dtype: torch.dtype = torch.float64,
 ) -> Comparison | None:
     """compare_tensors' record of a 2-D chunk in 14 passes instead of ~25; None if a value is not finite.
 
-    The same float64 arithmetic, operation for operation (|a - e|; atol + rtol * |e|; |a - e| / |e| where
-    |e| > atol, where compare_tensors' clamp is a no-op), so every field is bitwise what compare_tensors
-    returns (tests/test_memory.py checks it). Finiteness comes free: a NaN or Inf on either side makes
-    |a - e| non-finite there, and its maximum with it; the caller then takes compare_tensors' path.
+    In float64 (the default): the same arithmetic as compare_tensors, operation for operation (|a - e|;
+    atol + rtol * |e|; |a - e| / |e| where |e| > atol, where compare_tensors' clamp is a no-op), so every
+    field is bitwise what compare_tensors returns (tests/test_memory.py checks it). Finiteness comes free:
+    a NaN or Inf on either side makes |a - e| non-finite there, and its maximum with it; the caller then
+    takes compare_tensors' path.
+
+    In float32 (float32 or half-precision inputs): a screen. Every element whose |a - e| passes
+    atol + rtol * |e| with the bound shrunk by SCREEN_MARGIN passes in exact arithmetic too (see
+    parity/tolerances.py). If all of the chunk's elements do, it passed with 0 mismatches, and its max_abs,
+    max_rel and where are read from the float32 arithmetic; if any does not, the chunk is compared again
+    in float64, so a failing chunk's record is compare_tensors' own.
     """
-    a = actual.detach().to(torch.float64, memory_format=torch.contiguous_format)
-    e = expected.detach().to(torch.float64, memory_format=torch.contiguous_format)
+    a = actual.detach().to(dtype, memory_format=torch.contiguous_format)
+    e = expected.detach().to(dtype, memory_format=torch.contiguous_format)
     diff = torch.sub(a, e).abs_()
     max_abs, index = diff.view(-1).max(0)  # the first maximum, as torch.argmax; NaN propagates
     if not torch.isfinite(max_abs):
         return None
     e_abs = e.abs()
-    mismatched = int(diff.gt(e_abs.mul(tol.rtol).add_(tol.atol)).sum())
+    bound = e_abs.mul(tol.rtol).add_(tol.atol)
+    if dtype == torch.float64:
+        mismatched = int(diff.gt(bound).sum())
+    elif bool(diff.gt(bound.mul_(1.0 - SCREEN_MARGIN)).any()):
+        return _finite_record(check, name, actual, expected, tol)
+    else:
+        mismatched = 0
     rel = diff.div_(e_abs).masked_fill_(e_abs <= tol.atol, 0.0)  # diff is not needed after this
     return Comparison(
         check=check,
@@ -174,43 +192,6 @@ def _finite_record(
         mismatched=mismatched,
         total=actual.numel(),
         passed=mismatched == 0,
-        where=divmod(int(index), diff.size(1)),
-    )
-
-
-def _screened_record(
-    check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance
-) -> Comparison | None:
-    """A 2-D chunk of float32 (or half-precision) values compared in float32; exact where it matters.
-
-    Every element whose |a - e| passes atol + rtol * |e| with the bound shrunk by SCREEN_MARGIN passes in
-    exact arithmetic too (see parity/tolerances.py). If all of the chunk's elements do, it passed with 0
-    mismatches, and its max_abs, max_rel and where are read from the float32 arithmetic; if any does not,
-    the chunk goes to `_finite_record`, the exact float64 comparison, so a failing chunk's record is
-    compare_tensors' own. None if a value is not finite.
-    """
-    a = actual.detach().to(torch.float32, memory_format=torch.contiguous_format)
-    e = expected.detach().to(torch.float32, memory_format=torch.contiguous_format)
-    diff = torch.sub(a, e).abs_()
-    max_abs, index = diff.view(-1).max(0)
-    if not torch.isfinite(max_abs):
-        return None
-    e_abs = e.abs()
-    bound = e_abs.mul(tol.rtol).add_(tol.atol).mul_(1.0 - SCREEN_MARGIN)
-    if bool(diff.gt(bound).any()):
-        return _finite_record(check, name, actual, expected, tol)
-    rel = diff.div_(e_abs).masked_fill_(e_abs <= tol.atol, 0.0)
-    return Comparison(
-        check=check,
-        tensor=name,
-        shape=tuple(actual.shape),
-        max_abs=float(max_abs),
-        max_rel=float(rel.max()),
-        rtol=tol.rtol,
-        atol=tol.atol,
-        mismatched=0,
-        total=actual.numel(),
-        passed=True,
         where=divmod(int(index), diff.size(1)),
     )
 
