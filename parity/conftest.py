@@ -28,12 +28,15 @@ from parity.memory import (
     format_bytes,
     ignore_memory_check,
     memory_problem,
+    per_worker,
     release_free_memory,
 )
 from parity.plugin import IMPL_KEY, REPORT_KEY, TARGETS_KEY
 from parity.report import ParityReport
 from parity.targets import ParityTarget
 
+# Why the run cannot fit in memory, as found by a pytest-xdist worker (see pytest_collection_finish).
+MEMORY_PROBLEM_KEY = pytest.StashKey[str]()
 # Per target name: the reference parameters that kept their own storage although the plan shares weights.
 UNSHARED_KEY = pytest.StashKey[dict[str, list[str]]]()
 
@@ -53,11 +56,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any("parity_target" in getattr(item, "fixturenames", ()) for item in session.items):
         return
-    available = available_memory()
+    available = per_worker(available_memory())
     for t in config.stash.get(TARGETS_KEY, []):
         problem = memory_problem(t.name, t.memory, available) if t.device == "cpu" else None
+        if problem and hasattr(config, "workerinput"):
+            # A pytest-xdist worker: an exception here reaches the user as a bare "worker crashed"; the
+            # `memory_fits` fixture fails every parity test with the message instead, before any load.
+            config.stash[MEMORY_PROBLEM_KEY] = problem
+            return
         if problem:
             raise pytest.UsageError(problem)
+
+
+def fail_if_it_cannot_fit(config: pytest.Config) -> None:
+    """pytest.fail with the memory problem a pytest-xdist worker found at collection, if any."""
+    problem = config.stash.get(MEMORY_PROBLEM_KEY, None)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def memory_fits(request: pytest.FixtureRequest) -> None:
+    """Fail (before any model is built) when a pytest-xdist worker found that the run cannot fit."""
+    fail_if_it_cannot_fit(request.config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

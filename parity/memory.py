@@ -153,6 +153,18 @@ def available_memory(
     return min(candidates, key=lambda a: a.bytes) if candidates else None
 
 
+def per_worker(available: Available | None) -> Available | None:
+    """The memory each pytest-xdist worker may count on: every worker loads both models of its targets."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if available is None or workers <= 1:
+        return available
+    return Available(
+        available.bytes // workers,
+        f"{available.source}, shared by {workers} pytest-xdist workers that each load both models; "
+        "run without -n for large sizes",
+    )
+
+
 def memory_problem(
     label: str, plan: MemoryPlan, available: Available | None, what: str = "the parity run"
 ) -> str | None:

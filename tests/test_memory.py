@@ -146,6 +146,26 @@ def test_peak_rss_is_at_least_a_fresh_allocation() -> None:
     assert memory.peak_rss_bytes(children=True) >= 0
 
 
+def test_xdist_workers_share_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parity.conftest as parity_conftest
+
+    monkeypatch.delenv(memory.IGNORE_ENV_VAR, raising=False)
+    targets = resolve_targets("gpt2-xl", "synthetic", "cpu", None)
+    need = targets[0].memory.estimated_peak_bytes
+    monkeypatch.setattr(parity_conftest, "available_memory", lambda: Available(need * 3 // 2, "MemAvailable"))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    parity_conftest.pytest_collection_finish(_session(targets))  # one process: fits
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")  # what xdist sets in each worker
+    with pytest.raises(pytest.UsageError, match="shared by 2 pytest-xdist workers"):
+        parity_conftest.pytest_collection_finish(_session(targets))
+    # In a worker (config.workerinput) the problem fails every parity test's setup instead of crashing it.
+    session = _session(targets)
+    session.config.workerinput = {"workerid": "gw0"}
+    parity_conftest.pytest_collection_finish(session)
+    with pytest.raises(pytest.fail.Exception, match="shared by 2 pytest-xdist workers"):
+        parity_conftest.fail_if_it_cannot_fit(session.config)
+
+
 # ------------------------------------------------------------------------------------------------------
 # chunked comparison
 
