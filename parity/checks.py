@@ -206,11 +206,20 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def check_logits(
-    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, n_layer: int, label: str
+    reference: torch.nn.Module,
+    hf_model: Any,
+    idx: torch.Tensor,
+    n_layer: int,
+    label: str,
+    hf_out: torch.Tensor | None = None,
 ) -> Comparison:
-    """Same logits for idx, or ParityFailure naming the first diverging module."""
+    """Same logits for idx, or ParityFailure naming the first diverging module.
+
+    hf_out: Hugging Face's logits for idx if the caller already has them (saves a forward pass).
+    """
     with torch.no_grad():
-        ours, theirs = reference_logits(reference, idx), hf_logits(hf_model, idx)
+        ours = reference_logits(reference, idx)
+        theirs = hf_logits(hf_model, idx) if hf_out is None else hf_out
     if ours.shape[:-1] == theirs.shape[:-1] and ours.size(-1) > theirs.size(-1):
         raise ParityFailure(
             f"[logits] logits[{label}]: the reference returns {ours.size(-1)} vocabulary columns, Hugging Face "
