@@ -5,8 +5,9 @@ modify a model restore it before returning. Options live in parity/plugin.py. Fo
 says so (parity/memory.py: gpt2-large and gpt2-xl on their defaults), the reference's parameters become
 views of Hugging Face's after a bitwise check, so one copy of the weights serves both; a run that would
 not fit in the available memory stops with a usage error once the tests are collected, before any model
-is built. The header shows each target's dtype policy and memory plan; the terminal summary shows what
-the synthetic checkpoints cost.
+is built. One forward + backward of both models on the gradient batch (`gradient_run`) is shared by the
+loss, gradient, decomposition and multi-sequence logits tests. The header shows each target's dtype
+policy and memory plan; the terminal summary shows what the synthetic checkpoints cost.
 """
 
 from __future__ import annotations
