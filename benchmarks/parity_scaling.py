@@ -9,7 +9,7 @@ For each size, in separate child processes (so that each peak resident set size 
 3. the yardstick: one forward + backward of Hugging Face's GPT2LMHeadModel, in the same dtype, on the
    largest batch the suite runs (the full block, 1 x block_size tokens), timed after a warm-up forward
    that pages the weights in. The suite runs that batch forward only, and
-   forward + backward only on 2 x 64 tokens, but all its batches together are about 1.6 such passes of
+   forward + backward only on 2 x 64 tokens, but all its batches together are about 1.5 such passes of
    model compute; loading, conversion and comparison are overhead on top.
 The table reports peak RSS / parameter bytes (target: <= 2.5 x the float32 bytes of one
 model for gpt2-xl) and wall / yardstick (target: <= 3). Before each step the estimate of its peak is
