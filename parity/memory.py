@@ -43,7 +43,7 @@ BASE_BYTES = 700_000_000
 # implementation, plus a float64 chunk); the gradient check holds copies of the tied matrix (V x C: its
 # head-path and embedding-path gradients, their sum, the twin's head) and the reference's activations for
 # the gradient batch (elements per layer, token and channel). Calibrated on the four sizes: the estimate
-# is 0.2-0.6 GB above the measured peak (benchmarks/parity_scaling.py).
+# is 0.1-0.5 GB above the measured peak (benchmarks/parity_scaling.py).
 LOGITS_COPIES = 3
 TIED_MATRIX_COPIES = 4
 ACTIVATION_ELEMENTS = 16
