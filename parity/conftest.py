@@ -148,11 +148,11 @@ def hf_model(parity_target: ParityTarget, checkpoint: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def gradient_run(parity_target: ParityTarget, reference_model: Any, hf_model: Any) -> GradientRun:
-    """One forward + backward of both models on the gradient batch, read by three checks.
+    """One forward + backward of both models on the gradient batch, read by four checks.
 
-    The loss check, the gradient check and the tied-gradient decomposition all need the same pass (at
-    gpt2-xl on a CPU ~10 s per model); the run keeps a copy of the reference's tied gradient for the
-    decomposition, which takes it. Both models are left without gradients.
+    The multi-sequence logits, the loss, the gradients and the tied-gradient decomposition all need the
+    same pass (at gpt2-xl on a CPU ~10 s per model); the run keeps a copy of the reference's tied gradient
+    for the decomposition, which takes it. Both models are left without gradients.
     """
     idx, targets = (t.to(parity_target.device) for t in gradient_batch(parity_target.config))
     vocab = parity_target.config.output_vocab_size

@@ -94,8 +94,12 @@ def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
     params = param_bytes(config, dtype)
     share = params > SHARE_WEIGHTS_ABOVE_BYTES
     factor = SHARED_PEAK_FACTOR if share else INDEPENDENT_PEAK_FACTOR
-    peak = int(factor * params) + transient_bytes(config, dtype) + BASE_BYTES
-    return MemoryPlan(param_bytes=params, share_weights=share, estimated_peak_bytes=peak)
+    return MemoryPlan(params, share, _estimated_peak(config, dtype, factor))
+
+
+def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int:
+    """factor x one model's parameter bytes, plus the transient tensors and the interpreter's base."""
+    return int(factor * param_bytes(config, dtype)) + transient_bytes(config, dtype) + BASE_BYTES
 
 
 # The bisect command (parity/verdicts.py) loads both implementations with their own weights (its checks
@@ -107,10 +111,8 @@ TRAIN_STEPS_PEAK_FACTOR = 10.0
 
 def plan_bisect_memory(config: GPTConfig, dtype: torch.dtype, checks: list[str]) -> MemoryPlan:
     """The estimated peak resident memory of the bisect command's checks on config in dtype."""
-    params = param_bytes(config, dtype)
     factor = TRAIN_STEPS_PEAK_FACTOR if "train-steps" in checks else INDEPENDENT_PEAK_FACTOR
-    peak = int(factor * params) + transient_bytes(config, dtype) + BASE_BYTES
-    return MemoryPlan(param_bytes=params, share_weights=False, estimated_peak_bytes=peak)
+    return MemoryPlan(param_bytes(config, dtype), False, _estimated_peak(config, dtype, factor))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from nanogpt.model import GPT2_SIZES
 from parity.checks import optimizer_membership_problem, parameter_count_problem, untied_twin
 from parity.goldens import TOTAL_PARAMS, expected_total_params
 from parity.impl import ImplementationError
-from parity.tie import EMBEDDING, HEAD, get_tensor, unique_parameter_bytes
+from parity.tie import EMBEDDING, HEAD, get_tensor, unique_parameter_bytes, unique_storage_bytes
 
 
 class _ByteCounter:
@@ -59,9 +59,9 @@ def test_checkpoint_stores_tied_tensor_once(reference_model: Any) -> None:
     emb = get_tensor(reference_model, EMBEDDING)
     tied_bytes = emb.numel() * emb.element_size()
     # torch.save writes each storage once, whole: the checkpoint holds these bytes of tensor data.
-    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
-    assert sum(stored.values()) >= param_bytes, (
-        f"state_dict holds {sum(stored.values()):,} bytes of tensor storage for {param_bytes:,} bytes of parameters"
+    stored = unique_storage_bytes(state.values())
+    assert stored >= param_bytes, (
+        f"state_dict holds {stored:,} bytes of tensor storage for {param_bytes:,} bytes of parameters"
     )
     # The head's entry must cost only its pickle record (a few hundred bytes), not a second copy of the matrix.
     # Measured on the two entries alone: serializing all of gpt2-xl's state dict twice took 5 s, and the

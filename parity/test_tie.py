@@ -10,7 +10,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from nanogpt.hf import hf_config_from_gpt
 from parity.impl import Implementation, reference_implementation
 from parity.plugin import IMPL_KEY
-from parity.tie import inplace_update_problem, optimizer_step_problem, survival_problems, tie_problem
+from parity.tie import (
+    inplace_update_problem,
+    optimizer_step_problem,
+    survival_problems,
+    tie_problem,
+    twin_config,
+)
 
 
 def _both(reference_model: Any, hf_model: Any) -> list[tuple[str, Any, bool]]:
@@ -38,20 +44,10 @@ def implementation(request: pytest.FixtureRequest) -> Implementation:
     return request.config.stash.get(IMPL_KEY, None) or reference_implementation()
 
 
-# Channels per head of the small twins: tie survival is a property of each class's code, not of its width,
-# and at full width (gpt2-xl: a 50257 x 1600 matrix) every random init and copy of the twins cost seconds.
-SMALL_HEAD_DIM = 8
-
-
-def _small(config: Any) -> Any:
-    """The target's config with one layer and SMALL_HEAD_DIM channels per head (vocabulary and heads kept)."""
-    return type(config)(**{**config.__dict__, "n_layer": 1, "n_embd": config.n_head * SMALL_HEAD_DIM})
-
-
 @pytest.fixture
 def small_twins(parity_target: Any, implementation: Implementation) -> tuple[Any, Any]:
     """Each implementation's class at the target's vocabulary and head count, with 1 narrow layer."""
-    small = _small(parity_target.config)
+    small = twin_config(parity_target.config)
     ours = implementation.build(small)[0].to(parity_target.dtype)
     hf_cfg = {k: v for k, v in hf_config_from_gpt(small).items() if k != "architectures"}
     theirs = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(parity_target.dtype)
@@ -63,7 +59,7 @@ def test_tie_survives_to_deepcopy_and_state_dict_round_trip(
 ) -> None:
     """.to(other dtype), copy.deepcopy and torch.save/load of the state dict all keep one storage."""
     ours, theirs = small_twins
-    small = _small(parity_target.config)
+    small = twin_config(parity_target.config)
     problems = survival_problems(
         ours, implementation.label, lambda: implementation.build(small)[0].to(parity_target.dtype)
     )

@@ -9,13 +9,26 @@ naming the problem (None when the tie is real), so the tests and the bisect comm
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+from nanogpt.model import GPTConfig
+
 HEAD = "lm_head.weight"
 EMBEDDING = "transformer.wte.weight"
+# Channels per head of the small twins that tie survival is checked on: survival is a property of each
+# class's code, not of its width, and at full width (gpt2-xl: a 50257 x 1600 matrix) every random init and
+# copy of a twin costs seconds.
+TWIN_HEAD_DIM = 8
+
+
+def twin_config(config: GPTConfig) -> GPTConfig:
+    """config with one layer and TWIN_HEAD_DIM channels per head (vocabulary and head count kept)."""
+    return dataclasses.replace(config, n_layer=1, n_embd=config.n_head * TWIN_HEAD_DIM)
 
 
 def get_tensor(model: torch.nn.Module, dotted: str) -> torch.Tensor:
@@ -139,13 +152,12 @@ def survival_problems(model: torch.nn.Module, label: str, rebuild: Any, is_hf: b
     return problems
 
 
+def unique_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the tensors' storages, each storage counted once (as torch.save writes them)."""
+    sizes = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(sizes.values())
+
+
 def unique_parameter_bytes(model: torch.nn.Module) -> int:
     """Bytes of parameter storage, each shared tensor counted once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        ptr = p.untyped_storage().data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
-            total += p.untyped_storage().nbytes()
-    return total
+    return unique_storage_bytes(model.parameters())

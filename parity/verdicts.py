@@ -11,7 +11,6 @@ check needs, or crashes inside the check is CANNOT-TEST (git bisect's "skip"), w
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from parity.tie import (
     same_storage,
     survival_problems,
     tie_problem,
+    twin_config,
 )
 from parity.tolerances import gradients_tolerance, logits_tolerance
 
@@ -229,11 +229,11 @@ def tied_storage_verdict(s: Subject) -> Outcome:
     if problem:
         raise ParityFailure(f"[tied-storage] {problem}")
     problems = [p for p in (inplace_update_problem(model, label), optimizer_step_problem(model, label)) if p]
-    # .to(), deepcopy and the round trip on a fresh 1-layer twin of the same class: cheap at any width.
-    twin_config = dataclasses.replace(s.config, n_layer=1)
+    # .to(), deepcopy and the round trip on a fresh 1-layer, narrow twin of the same class (tie.twin_config).
+    small = twin_config(s.config)
 
     def rebuild() -> nn.Module:
-        return s.impl.build(twin_config)[0].to(s.target.dtype)
+        return s.impl.build(small)[0].to(s.target.dtype)
 
     problems += survival_problems(rebuild(), f"{label} (fresh 1-layer model)", rebuild)
     if problems:
