@@ -19,7 +19,11 @@ from parity.tolerances import Tolerance
 
 
 class ParityFailure(AssertionError):
-    """The implementations differ; the message diagnoses how."""
+    """The implementations differ; the message diagnoses how, and `records` holds the comparisons made."""
+
+    def __init__(self, message: str, records: list[Comparison] | None = None) -> None:
+        super().__init__(message)
+        self.records = list(records or [])
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from nanogpt.model import GPTConfig
+from nanogpt.schema import param_count
 from parity.batches import gradient_batch
-from parity.goldens import expected_total_params
 
 # Above this many bytes of parameters (one model, in the run's dtype) the reference shares Hugging Face's
 # weight storage. The four sizes in their CPU default dtypes: gpt2 1.0 GB (float64), gpt2-medium 2.8 GB
@@ -77,7 +77,7 @@ def format_bytes(n: float) -> str:
 
 def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
     """Bytes of one tied model's parameters in dtype."""
-    return expected_total_params(config) * torch.empty((), dtype=dtype).element_size()
+    return param_count(config) * torch.empty((), dtype=dtype).element_size()
 
 
 def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
