@@ -111,9 +111,9 @@ def yardstick_estimate(t: ParityTarget) -> int:
 def yardstick(model: str, checkpoint: str, dtype: str, repeats: int = YARDSTICK_REPEATS) -> None:
     """Child process: time HF forward + backward on the full-block batch; print the seconds as JSON."""
     import torch
-    from parity.checks import hf_logits, loss_of
 
     from parity.batches import targets_for, token_batch
+    from parity.forward import hf_logits, loss_of
     from parity.loading import load_hf
     from parity.targets import DTYPES
 

@@ -86,6 +86,14 @@ def logits_and_own_loss(
     return out, loss_of(out, targets)
 
 
+def check_loss(reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor) -> Comparison:
+    """The implementation's own loss (forward with targets) equals HF's loss for the same labels."""
+    with torch.no_grad():
+        ours = logits_and_own_loss(reference, idx, targets)[1]
+        theirs = loss_of(hf_logits(hf_model, idx), targets)
+    return loss_comparison(ours, theirs, ours.dtype)
+
+
 def loss_comparison(ours: torch.Tensor, theirs: torch.Tensor, dtype: torch.dtype) -> Comparison:
     """The implementation's own loss against HF's, at the tolerance of the run's dtype (HF may return a
     float32 loss for a half-precision model), or ParityFailure."""

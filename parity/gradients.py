@@ -43,6 +43,16 @@ class GradientRun:
         return kept
 
 
+def check_gradients(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
+) -> list[Comparison]:
+    """Every parameter's gradient matches its HF counterpart: the records of `run_gradients`, or its failure raised."""
+    run = run_gradients(reference, hf_model, idx, targets, vocab)
+    if run.failure is not None:
+        raise run.failure
+    return run.records
+
+
 def run_gradients(
     reference: torch.nn.Module,
     hf_model: Any,

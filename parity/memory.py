@@ -102,19 +102,6 @@ def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int
     return int(factor * param_bytes(config, dtype)) + transient_bytes(config, dtype) + BASE_BYTES
 
 
-# The bisect command (parity/verdicts.py) loads both implementations with their own weights (its checks
-# train and modify them, so nothing is shared): the parity suite's independent factor. Its train-steps
-# check trains both models in place with AdamW: per model, the weights, a saved copy to restore, the
-# gradients and two moment buffers.
-TRAIN_STEPS_PEAK_FACTOR = 10.0
-
-
-def plan_bisect_memory(config: GPTConfig, dtype: torch.dtype, checks: list[str]) -> MemoryPlan:
-    """The estimated peak resident memory of the bisect command's checks on config in dtype."""
-    factor = TRAIN_STEPS_PEAK_FACTOR if "train-steps" in checks else INDEPENDENT_PEAK_FACTOR
-    return MemoryPlan(param_bytes(config, dtype), False, _estimated_peak(config, dtype, factor))
-
-
 @dataclass(frozen=True)
 class Available:
     """Memory available to new allocations, and where the number comes from."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from nanogpt.hf import CheckpointError
 from parity.plugin import record_verdict
 from parity.registry import CHECK_NAMES, CHECKS
 from parity.subject import Subject
@@ -16,7 +17,10 @@ from parity.verdicts import Status, run_check
 
 @pytest.mark.parametrize("check", CHECK_NAMES)
 def test_check(check: str, subject: Subject, request: pytest.FixtureRequest) -> None:
-    verdict = run_check(CHECKS[check], subject)
+    try:
+        verdict = run_check(CHECKS[check], subject)
+    except CheckpointError as e:  # the user's input, not a verdict: one line, the run's usage-error status
+        pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
     record_verdict(request.config, subject.target.name, verdict)
     message = verdict.line() + (f"\n{verdict.details}" if verdict.details else "")
     if verdict.status is Status.FAIL:

@@ -21,8 +21,10 @@ from nanogpt.hf import CONV1D_SUFFIXES
 from nanogpt.model import GPTConfig, gpt2_config
 from parity import memory
 from parity.batches import gradient_batch
-from parity.checks import check_gradients, check_logits, compare_chunked
+from parity.chunked import compare_chunked
 from parity.compare import ParityFailure, compare_gradients, compare_tensors
+from parity.forward import check_logits, hf_logits, loss_of, reference_logits
+from parity.gradients import check_gradients
 from parity.loading import load_hf, load_reference, share_parameters
 from parity.memory import Available, MemoryPlan, available_memory, memory_problem, plan_memory
 from parity.synthetic import ensure_synthetic_checkpoint, synthetic_hf_weights, write_synthetic_safetensors
@@ -366,9 +368,9 @@ def test_streamed_gradients_equal_the_comparison_after_both_backwards(
     # The same comparison the old way, on independent models: both backward passes, then compare.
     ref2 = load_reference(tiny_checkpoint, torch.float32, "cpu")
     hf2 = load_hf(tiny_checkpoint, torch.float32, "cpu")
-    from parity.checks import backward_both
 
-    backward_both(ref2, hf2, idx, targets)
+    loss_of(reference_logits(ref2, idx), targets).backward()
+    loss_of(hf_logits(hf2, idx), targets).backward()
     tol = gradients_tolerance(torch.float32)
     after = compare_gradients(ref2, hf2, TINY.vocab_size, tol)
     assert [r.tensor for r in records] == [r.tensor for r in after]

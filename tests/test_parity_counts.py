@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from parity.test_counts import test_checkpoint_stores_tied_tensor_once as checkpoint_check
 
 from nanogpt.model import GPT
-from parity.test_counts import test_checkpoint_stores_tied_tensor_once as checkpoint_check
 from parity.tie import HEAD
 
 
