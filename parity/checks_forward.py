@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from nanogpt.hf import hf_config_from_gpt
 from parity.batches import gradient_batch, token_batch
 from parity.compare import Comparison, ParityFailure, compare_tensors
+from parity.diagnose import difference_profile, profile_record
 from parity.forward import check_logits, hf_logits, loss_comparison
 from parity.subject import Subject
 from parity.tie import twin_config
@@ -45,30 +46,44 @@ def _diagnosed(s: Subject, idx: torch.Tensor, label: str) -> str:
     return ""
 
 
+def _profile(s: Subject, idx: torch.Tensor, label: str, passed: bool) -> list[dict[str, Any]]:
+    """The per-module difference profile of one batch, for the report (empty when the shapes differ)."""
+    try:
+        profile = difference_profile(s.model(), s.hf(), idx, s.config.n_layer)
+    except Exception:  # noqa: BLE001 - a profile is a picture of a comparison, never a verdict
+        return []
+    return [profile_record(label, profile, s.dtype, logits_tolerance(s.dtype), passed)]
+
+
 def logits_check(s: Subject) -> Outcome:
     """Logits of four batches against Hugging Face's (tie_word_embeddings=True)."""
     model, hf = s.model(), s.hf()
     run = s.gradient_run()
     records: list[Comparison] = []
     found = run.logits
-    if isinstance(found, ParityFailure) or not found.passed:
-        idx = gradient_batch(s.config)[0].to(s.device)
+    idx = gradient_batch(s.config)[0].to(s.device)
+    passed = not isinstance(found, ParityFailure) and found.passed
+    profiles = _profile(s, idx, "logits[gradient batch]", passed)
+    if not passed:
         diagnosis = _diagnosed(s, idx, "gradient batch")
         summary = str(found).removeprefix("[logits] ") if isinstance(found, ParityFailure) else found.summary()
-        raise ParityFailure(f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found])
+        raise ParityFailure(
+            f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
+        )
     records.append(found)
     for kind in LOGITS_BATCHES:
         idx = token_batch(kind, s.config).to(s.device)
         try:
             records.append(check_logits(model, hf, idx, s.config.n_layer, kind))
         except ParityFailure as e:
-            raise ParityFailure(str(e), records + e.records) from None
+            raise ParityFailure(str(e), records + e.records, profiles + _profile(s, idx, f"logits[{kind}]", False)) from None
     worst = max(r.max_abs for r in records)
     return Outcome(
         f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, "
         f"tolerance {logits_tolerance(s.dtype)}",
         "\n".join(r.summary() for r in records),
         records,
+        profiles,
     )
 
 

@@ -21,9 +21,12 @@ from parity.tolerances import Tolerance
 class ParityFailure(AssertionError):
     """The implementations differ; the message diagnoses how, and `records` holds the comparisons made."""
 
-    def __init__(self, message: str, records: list[Comparison] | None = None) -> None:
+    def __init__(
+        self, message: str, records: list[Comparison] | None = None, profiles: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.records = list(records or [])
+        self.profiles = list(profiles or [])
 
 
 @dataclass

@@ -63,7 +63,7 @@ def check_logits(
                 "\n  the reference's logits differ between two identical calls: dropout (or other randomness) "
                 "is active, though the model should be in eval mode"
             )
-        raise ParityFailure(f"[logits] {rec.summary()}\n  {where}")
+        raise ParityFailure(f"[logits] {where}\n  {rec.summary()}")
     return rec
 
 

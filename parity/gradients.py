@@ -43,6 +43,11 @@ class GradientRun:
         return kept
 
 
+def compared_names(ref: dict[str, Any], hf: dict[str, Any]) -> list[str]:
+    """The parameter names whose gradients are compared: every name both models have."""
+    return sorted(set(ref) & set(hf))
+
+
 def check_gradients(
     reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
 ) -> list[Comparison]:
@@ -89,7 +94,7 @@ def run_gradients(
             f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
             "(an lm_head.weight on one side only means one model is untied)"
         )
-    common = sorted(set(ref) & set(hf))
+    common = compared_names(ref, hf)
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []

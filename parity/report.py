@@ -33,6 +33,7 @@ class ParityReport:
         """Store one check's verdict on one model, and its comparison records."""
         entry = dict(verdict.to_json(), model=model)
         self.records.extend(dict(r, model=model) for r in entry.pop("records"))
+        self.profiles.extend(dict(p, model=model) for p in entry.pop("profiles"))
         self.checks.append(entry)
 
     def to_json(self) -> dict[str, Any]:

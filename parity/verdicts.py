@@ -45,6 +45,7 @@ class Outcome:
     reason: str
     details: str = ""
     records: list[Comparison] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)  # per-module differences (diagnose.py)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Verdict:
     reason: str
     details: str = ""
     records: list[Comparison] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
         """The verdict line every front end prints: status, check, reason."""
@@ -69,6 +71,7 @@ class Verdict:
             "reason": self.reason,
             "details": self.details,
             "records": [r.to_json() for r in self.records],
+            "profiles": self.profiles,
         }
 
 
@@ -90,13 +93,12 @@ def _split_message(check: str, message: str) -> tuple[str, str]:
 
 def run_check(check: Check, subject: Subject) -> Verdict:
     """One check's verdict. CheckpointError propagates: a bad checkpoint is the user's input, not the code's."""
-    records: list[Comparison] = []
     try:
         torch.manual_seed(0)  # an implementation with randomness fails the same way every run
         outcome = check.run(subject)
     except ParityFailure as e:
-        records = list(getattr(e, "records", []))
-        return Verdict(check.name, Status.FAIL, *_split_message(check.name, str(e)), records=records)
+        return Verdict(check.name, Status.FAIL, *_split_message(check.name, str(e)), records=e.records,
+                       profiles=e.profiles)  # fmt: skip
     except (CannotTest, ImplementationError) as e:
         return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)))
     except CheckpointError:
@@ -104,7 +106,7 @@ def run_check(check: Check, subject: Subject) -> Verdict:
     except Exception as e:  # the implementation crashed inside the check: it cannot be judged on this
         first = f"crashed: {type(e).__name__}: {e}".splitlines()[0]
         return Verdict(check.name, Status.CANNOT_TEST, first, traceback.format_exc())
-    return Verdict(check.name, Status.PASS, outcome.reason, outcome.details, outcome.records)
+    return Verdict(check.name, Status.PASS, outcome.reason, outcome.details, outcome.records, outcome.profiles)
 
 
 def format_verdicts(verdicts: list[Verdict], details: bool = False) -> str:

@@ -32,6 +32,12 @@ CONFIGS = {
     "square": GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
     "wide": GPTConfig(block_size=64, vocab_size=1000, n_layer=4, n_head=12, n_embd=768, dropout=0.1),
     "wide-square": GPTConfig(block_size=256, vocab_size=256, n_layer=2, n_head=12, n_embd=768, dropout=0.1),
+    # A block longer than the gradient batch's 64 tokens: only the full-block batch reaches past position 64.
+    "long": GPTConfig(block_size=96, vocab_size=97, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
+    "wide-long": GPTConfig(block_size=96, vocab_size=1000, n_layer=2, n_head=12, n_embd=768, dropout=0.1),
+    # One block: the last position's logits cannot show a missing causal mask (it sees every token anyway).
+    "one-layer": GPTConfig(block_size=32, vocab_size=97, n_layer=1, n_head=2, n_embd=16, dropout=0.1),
+    "wide-one-layer": GPTConfig(block_size=64, vocab_size=1000, n_layer=1, n_head=12, n_embd=768, dropout=0.1),
 }
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -95,6 +101,8 @@ class ReimplementedGPT(GPT):
     add_positions = True
     final_norm = True
     crop_padding = True
+    detach_positions = False
+    shift_targets_again = False
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
@@ -102,7 +110,8 @@ class ReimplementedGPT(GPT):
         pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)
         if self.add_positions:
-            x = x + self.transformer.wpe(pos)
+            positions = self.transformer.wpe(pos)
+            x = x + (positions.detach() if self.detach_positions else positions)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
@@ -113,7 +122,8 @@ class ReimplementedGPT(GPT):
             logits = logits[..., : self.config.output_vocab_size]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            scored, wanted = (logits[:, :-1], targets[:, 1:]) if self.shift_targets_again else (logits, targets)
+            loss = F.cross_entropy(scored.reshape(-1, logits.size(-1)), wanted.reshape(-1), ignore_index=-1)
         return logits, loss
 
 
@@ -278,6 +288,16 @@ class AttnBiasDropped(CausalSelfAttention):
         return self.resid_dropout(F.linear(merge_heads(y), self.c_proj.weight))
 
 
+class SlidingWindow64(CausalSelfAttention):
+    """Attention limited to a sliding window of 64 tokens (a long-context setting left on): wrong only beyond 64."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T = q.size(-2)
+        i = torch.arange(T, device=q.device)
+        mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < 64)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(q.size(-1)))
+
+
 class DropoutInEval(CausalSelfAttention):
     """Attention dropout is applied whatever the mode: `dropout_p=self.dropout` without `if self.training`."""
 
@@ -297,6 +317,15 @@ class ExactGelu(MLP):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
+class GeluConstantFiveDigits(MLP):
+    """The tanh GELU hand-written with sqrt(2/pi) rounded to 0.79788: off by 7e-6 relative, float64 sees it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        gelu = 0.5 * h * (1.0 + torch.tanh(0.79788 * (h + 0.044715 * torch.pow(h, 3.0))))
+        return self.dropout(self.c_proj(gelu))
+
+
 class MlpBiasDropped(MLP):
     """The MLP's first projection c_fc drops its bias."""
 
@@ -313,6 +342,18 @@ class LayerNormEps6(LayerNorm):
 
 # ----------------------------------------------------------------------------------------------------------
 # the forward pass
+
+
+class PositionsDetached(ReimplementedGPT):
+    """The position embeddings are added detached (a leftover .detach()): same logits, wpe never learns."""
+
+    detach_positions = True
+
+
+class LossShiftsTargetsAgain(ReimplementedGPT):
+    """The model's own loss shifts targets that are already shifted (HF's labels= habit): logits right, loss wrong."""
+
+    shift_targets_again = True
 
 
 class PositionsNotAdded(ReimplementedGPT):
@@ -444,6 +485,12 @@ MUTANTS: tuple[Mutant, ...] = (
         cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
     ),
     Mutant(
+        "causal-mask-missing-one-layer",
+        gpt_with(MaskMissing),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
+        config="one-layer",
+    ),
+    Mutant(
         "attn-bias-dropped", gpt_with(AttnBiasDropped), cause=r"first divergence at transformer\.h\.0\.attn:"
     ),
     Mutant("dropout-in-eval", gpt_with(DropoutInEval), "dropout-sites", r"active in eval mode.*attention weights"),
@@ -463,6 +510,11 @@ MUTANTS: tuple[Mutant, ...] = (
         "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
     ),
     Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
+    Mutant("positions-detached", PositionsDetached, "grads", r"transformer\.wpe\.weight: no gradient on the reference side"),
+    Mutant("loss-shifts-targets-again", LossShiftsTargetsAgain, "loss", r"the logits match.*own loss"),
+    Mutant("attention-window-64", gpt_with(SlidingWindow64), cause=r"transformer\.h\.0\.attn.*logits\[full_block\]",
+           config="long"),
+    Mutant("gelu-constant-5-digits", gpt_with(GeluConstantFiveDigits), cause=r"first divergence at transformer\.h\.0\.mlp:"),
     Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", padded=True),
     Mutant("lm_head-bias", HeadBias, "load", r"no value from the checkpoint: lm_head\.bias"),
     # counting and the optimizer

@@ -11,23 +11,19 @@ rate: N/N (100%)", see tests/conftest.py) and must stay 100%.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from front_ends import Verdicts, via_bisect, via_pytest
 from mutants import CONFIGS, CONTROLS, MUTANTS, Mutant, implementation_file
 
-from parity.bisect import run as bisect_run
 from parity.registry import CHECK_NAMES
 from parity.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-PARITY_DIR = Path(__file__).resolve().parent.parent / "parity"
 
 # The bug classes the catalog must keep covering: deleting a mutant to keep the kill rate at 100% fails here.
 REQUIRED = {
@@ -57,44 +53,6 @@ REQUIRED = {
     "lm_head-bias",
     "padding-not-cropped",
 }
-VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s+(.*)$")
-
-# {check: (status, reason, details)}
-Verdicts = dict[str, tuple[str, str, str]]
-
-
-def via_pytest(impl: Path, checkpoint: Path, out: Path) -> Verdicts:
-    """`pytest parity/ --impl impl --model checkpoint`, in-process; the verdicts from its JSON report."""
-    report = out / f"{impl.stem}.json"
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = pytest.main(
-            [str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--model", str(checkpoint),
-             "--parity-report", str(report)]  # fmt: skip
-        )
-    assert code in (0, 1), f"pytest parity/ --impl {impl.name} ended with exit status {code}"
-    data = json.loads(report.read_text())
-    return {c["check"]: (c["status"], c["reason"], c["details"]) for c in data["checks"]}
-
-
-def via_bisect(impl: Path, checkpoint: Path) -> Verdicts:
-    """The bisect command on impl, in-process; its verdict lines (and -v details) parsed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = bisect_run(["--impl", str(impl), "--model", str(checkpoint), "-v"])
-    assert code in (0, 1, 125), f"the bisect command exited {code}:\n{out.getvalue()}"
-    verdicts: Verdicts = {}
-    last = None
-    for line in out.getvalue().splitlines():
-        m = VERDICT_LINE.match(line)
-        if m:
-            last = m.group(2)
-            verdicts[last] = (m.group(1), m.group(3), "")
-        elif last and line.startswith("    "):
-            status, reason, details = verdicts[last]
-            verdicts[last] = (status, reason, (details + "\n" + line[4:]).strip("\n"))
-    return verdicts
-
-
 class Catalog:
     """Synthetic checkpoints per catalog config, written on first use into the session's directory."""
 
@@ -171,7 +129,7 @@ def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog, t
     )
 
 
-WIDE = {"tiny": "wide", "square": "wide-square"}
+WIDE = {"tiny": "wide", "square": "wide-square", "long": "wide-long", "one-layer": "wide-one-layer"}
 
 
 @pytest.mark.slow
