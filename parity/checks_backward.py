@@ -48,6 +48,9 @@ def grads_check(s: Subject) -> Outcome:
     run = s.gradient_run()
     if run.failure is not None:
         note = _untied_gradient_note(s.model(), s.hf(), s.config.output_vocab_size, s)
+        found = run.logits
+        if not note and (isinstance(found, ParityFailure) or not found.passed):
+            note = "the forward pass differs already (see logits), so every gradient after it does"
         message = f"[grads] {note}\n{run.failure}" if note else str(run.failure)
         raise ParityFailure(message, run.records)
     if not any(r.tensor == EMBEDDING for r in run.records):

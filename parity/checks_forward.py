@@ -96,13 +96,19 @@ def loss_check(s: Subject) -> Outcome:
         idx = gradient_batch(s.config)[0].to(s.device)
         diagnosis = _diagnosed(s, idx, "gradient batch")
         cause = (
-            f"the logits differ too: {diagnosis}"
+            f"the logits differ too: {diagnosis.splitlines()[0]}"
             if diagnosis
             else "the logits match, so the implementation's own loss is computed differently (cross-entropy "
             "over every position, mean reduction, targets not shifted again, ignore_index=-1)"
         )
-        raise ParityFailure(f"{e}\n  {cause}", e.records) from None
+        raise ParityFailure(f"[loss] {cause}\n  {str(e).removeprefix('[loss] ')}", e.records) from None
     return Outcome(f"loss {float(run.hf_loss):.6f} matches Hugging Face's ({rec.summary()})", records=[rec])
+
+
+def _forward_differs(s: Subject) -> bool:
+    """True when the shared forward pass's logits already differ from Hugging Face's."""
+    found = s.gradient_run().logits
+    return isinstance(found, ParityFailure) or not found.passed
 
 
 def own_forward_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -146,8 +152,9 @@ def inference_check(s: Subject) -> Outcome:
         rec = compare_tensors("inference", "last-position logits without targets", last,
                               hf_logits(hf, prompt)[:, -1, :], tol)  # fmt: skip
         if not rec.passed:
+            forward = "; the forward pass differs already (see logits)" if _forward_differs(s) else ""
             raise ParityFailure(
-                f"[inference] the call without targets (as generation makes it) differs: {rec.summary()}", [rec]
+                f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}", [rec]
             )
         ours, how = _greedy(model, prompt, new)
         theirs = hf.generate(

@@ -105,7 +105,7 @@ def _step(optimizer: Any, loss_of_batch: Any, batch: tuple[torch.Tensor, torch.T
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def train_steps_check(s: Subject) -> Outcome:

@@ -124,6 +124,7 @@ def test_parity_reports_are_identical_serial_and_on_two_xdist_workers_in_reverse
     assert re.search(r"mutant kill rate: (\d+)/\1 \(100%\)", outputs[1]), "kill rate lost under xdist"
     a, b = (json.loads(r.read_text()) for r in (serial, parallel))
     assert a["records"], "the parity run recorded no comparisons"
+    assert {c["check"] for c in a["checks"]} >= {"logits", "grads", "tied-storage", "train-steps"}, a["checks"]
     assert a["records"] == b["records"]
     assert a["checks"] == b["checks"]
     assert a["environment"] == b["environment"]
