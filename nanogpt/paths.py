@@ -47,7 +47,9 @@ def _resolve_link(path: Path, option: str) -> Path:
     try:
         return path.resolve(strict=False)
     except (RuntimeError, OSError) as e:  # a symlink loop
-        raise OutputPathError(f"{option} {path}: cannot resolve the symlink ({e}); point it at a file") from None
+        raise OutputPathError(
+            f"{option} {path}: cannot resolve the symlink ({e}); point it at a file"
+        ) from None
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -55,7 +55,10 @@ def make_device_node(path: Path) -> None:
 
 def test_new_and_existing_regular_files_are_accepted(tmp_path: Path) -> None:
     assert resolve_output_file(str(tmp_path / "new.json"), "--x") == tmp_path / "new.json"
-    assert resolve_output_file(str(tmp_path / "a" / "b" / "new.json"), "--x") == tmp_path / "a" / "b" / "new.json"
+    assert (
+        resolve_output_file(str(tmp_path / "a" / "b" / "new.json"), "--x")
+        == tmp_path / "a" / "b" / "new.json"
+    )
     (tmp_path / "old.json").write_text("{}")
     assert resolve_output_file(str(tmp_path / "old.json"), "--x") == tmp_path / "old.json"
     assert not (tmp_path / "a").exists(), "validation must not create directories"
@@ -150,7 +153,9 @@ def test_atomic_file_keeps_the_old_file_on_error_and_its_mode(tmp_path: Path) ->
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
     target = tmp_path / "ckpt.pt"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".ckpt.pt.tmp-{dead_pid}-deadbeef"
     stale.write_bytes(b"half a checkpoint")
@@ -223,7 +228,9 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, d
     (tmp / "link.json").symlink_to(tmp / "target.json")
     (tmp / "home").mkdir()
     before = {p.name: fingerprint(p) for p in tmp.iterdir() if p.name not in ("checkpoints", "home")}
-    cases = {n: ["--model", str(good), "--parity-report", v.format(tmp=tmp)] for n, (v, _) in REPORT_CASES.items()}
+    cases = {
+        n: ["--model", str(good), "--parity-report", v.format(tmp=tmp)] for n, (v, _) in REPORT_CASES.items()
+    }
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "cache"), "HOME": str(tmp / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("PYTEST_ADDOPTS", None)
     out = tmp / "home" / "results.json"
