@@ -288,6 +288,8 @@ def convert_string(cls: type, key: str, text: str, where: str) -> Any:
         if base is float:
             return _finite(float(text), key, where)
         return text
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {text!r}") from None
 
