@@ -27,6 +27,7 @@ from nanogpt.atomic import atomic_file
 from nanogpt.checkpoint_fields import check_training_state, payload_checksum, verify_checksum
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.paths import resolve_output_file
 
 CHECKPOINT_FILE = "ckpt.pt"
 FORMAT = "nanogpt-parity/train-checkpoint-v1"
@@ -45,7 +46,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
     Temporaries left by a save that was killed (`.ckpt.pt.tmp-PID-*` of a process that no longer runs)
     are removed first. The payload gets a content hash of every tensor (see payload_checksum).
     """
-    path = Path(path)
+    path = resolve_output_file(path, "checkpoint")  # a symlinked ckpt.pt is written through, not replaced
     payload = dict(payload, checksum=payload_checksum(payload))
     with atomic_file(path, "wb") as fh:
         torch.save(payload, fh)

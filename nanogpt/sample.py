@@ -70,7 +70,8 @@ class SampleConfig:
 def load_model(init_from: str, out_dir: str = "out") -> GPT:
     """The model named by init_from (see SampleConfig.init_from), on CPU, in eval mode."""
     if init_from == "resume":
-        model = build_model(load_checkpoint(Path(out_dir) / CHECKPOINT_FILE, require_training_state=False))
+        path = Path(out_dir).expanduser() / CHECKPOINT_FILE
+        model = build_model(load_checkpoint(path, require_training_state=False))
     elif init_from.endswith(".pt") or Path(init_from).is_file():
         model = build_model(load_checkpoint(init_from, require_training_state=False))
     elif init_from in GPT2_SIZES or Path(init_from).is_dir():

@@ -48,7 +48,7 @@ from nanogpt.distributed import (
 from nanogpt.flops import peak_flops
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
-from nanogpt.paths import resolve_output_dir
+from nanogpt.paths import resolve_output_dir, resolve_output_file
 from nanogpt.resources import check_training_fits
 
 DTYPES = {
@@ -414,7 +414,9 @@ def train(
 
 def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable[[str], None]) -> TrainResult:
     # --- validate everything that can fail before any heavy work or any write
+    cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).expanduser()))  # ~/runs, not ./~/runs
     resolve_output_dir(cfg.out_dir, "out_dir")
+    resolve_output_file(Path(cfg.out_dir) / CHECKPOINT_FILE, f"out_dir ({CHECKPOINT_FILE})")
     device = resolve_device(cfg.device, ctx)
     ckpt = None
     if cfg.init_from == "resume":

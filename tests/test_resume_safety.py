@@ -300,3 +300,44 @@ def test_next_save_removes_the_temporary_of_a_killed_save(trained: Path, tmp_pat
     stale.write_bytes(os.urandom(1000))
     main(["--init_from=resume", f"--out_dir={out}", "--max_iters=4", "--progress=false"])
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE]
+
+
+def test_symlinked_checkpoint_is_written_through_and_a_fifo_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, store = tmp_path / "out", tmp_path / "store"
+    out.mkdir()
+    store.mkdir()
+    shutil.copyfile(trained / "out" / CHECKPOINT_FILE, store / CHECKPOINT_FILE)
+    (out / CHECKPOINT_FILE).symlink_to(store / CHECKPOINT_FILE)
+    main(
+        [
+            "--init_from=resume",
+            f"--out_dir={out}",
+            "--max_iters=4",
+            "--always_save_checkpoint",
+            "--progress=false",
+        ]
+    )
+    assert (out / CHECKPOINT_FILE).is_symlink()
+    assert torch.load(store / CHECKPOINT_FILE, weights_only=True)["iter_num"] == 4
+
+    fifo_dir = tmp_path / "fifo-run"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / CHECKPOINT_FILE)
+    before = os.lstat(fifo_dir / CHECKPOINT_FILE)
+    code, err = run_cli_status(
+        [*TINY_ARGS, f"--data_dir={trained / 'data'}", f"--out_dir={fifo_dir}"], capsys
+    )
+    assert code == 2 and len(err) == 1 and "ckpt.pt) " in err[0] and "is a FIFO" in err[0], err
+    after = os.lstat(fifo_dir / CHECKPOINT_FILE)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+def test_tilde_out_dir_is_the_home_directory(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    main([*TINY_ARGS, f"--data_dir={trained / 'data'}", "--out_dir=~/run", "--max_iters=2"])
+    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file() and not (tmp_path / "~").exists()
