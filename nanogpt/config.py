@@ -27,7 +27,9 @@ T = TypeVar("T")
 
 # torch seeds are unsigned 64-bit; the trainer adds the rank and the iteration to the seed.
 MAX_SEED = 2**63 - 1
+MAX_CONFIG_FILE_BYTES = 1 << 20
 MAX_LEARNING_RATE = 1.0
+MAX_EVAL_ITERS = 1_000_000
 MAX_WEIGHT_DECAY = 10.0
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
@@ -152,6 +154,7 @@ class TrainConfig:
         p.at_most(self, "learning_rate", MAX_LEARNING_RATE, "AdamW diverges there; GPT-2 used 6e-4")
         p.at_most(self, "weight_decay", MAX_WEIGHT_DECAY)
         p.at_most(self, "seed", MAX_SEED)
+        p.at_most(self, "eval_iters", MAX_EVAL_ITERS, "each evaluation draws this many batches per split")
         if self.vocab_size is not None:
             p.at_least(self, "vocab_size", 1)
         if self.lr_decay_iters is not None:
@@ -323,9 +326,13 @@ def _finite(value: float, key: str, where: str) -> float:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The key/value table of a JSON or TOML config file (never executed)."""
-    path = Path(path)
-    if not path.is_file():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():  # a FIFO or device would block
+        raise ConfigError(f"{path}: not a regular file; pass a .json or .toml config file")
+    if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, too large for a config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -338,10 +345,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(path.read_text())
         else:
             raise ConfigError(f"{path}: config files must be .json or .toml (Python files are not executed)")
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{path}: cannot parse ({e})") from None
+        raise ConfigError(f"{path}: cannot parse ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of key = value pairs at the top level")
     return data

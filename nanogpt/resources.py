@@ -26,12 +26,14 @@ def parameter_count(config: GPTConfig) -> int:
 
 
 def training_bytes_lower_bound(
-    config: GPTConfig, batch_size: int, block_size: int, bytes_per: int = 4
+    config: GPTConfig, batch_size: int, block_size: int, accumulation: int = 1, bytes_per: int = 4
 ) -> int:
-    """At least this many bytes: weights, gradients, AdamW moments, and one micro-batch's logits + grads."""
+    """At least this many bytes: weights, gradients, AdamW moments, one micro-batch's logits and their
+    gradient, and one step's token batches (x and y in int64; a step draws all its micro-batches first)."""
     state = 4 * parameter_count(config) * bytes_per
     logits = 2 * batch_size * block_size * config.vocab_size * bytes_per
-    return state + logits
+    batches = 2 * 8 * accumulation * batch_size * block_size
+    return state + logits + batches
 
 
 def machine_memory(device: str) -> int | None:
@@ -45,15 +47,18 @@ def machine_memory(device: str) -> int | None:
         return None
 
 
-def check_training_fits(config: GPTConfig, batch_size: int, block_size: int, device: str) -> None:
+def check_training_fits(
+    config: GPTConfig, batch_size: int, block_size: int, device: str, accumulation: int = 1
+) -> None:
     """Raise ConfigError when training config cannot fit in the device's total memory, whatever else runs."""
     total = machine_memory("cuda" if device == "auto" and torch.cuda.is_available() else device)
     if total is None:
         return
-    need = training_bytes_lower_bound(config, batch_size, block_size)
+    need = training_bytes_lower_bound(config, batch_size, block_size, accumulation)
     if need > total:
+        steps = f", gradient_accumulation_steps={accumulation}" if accumulation > 1 else ""
         raise ConfigError(
             f"n_layer={config.n_layer}, n_embd={config.n_embd}, batch_size={batch_size}, "
-            f"block_size={block_size}: training needs at least {need / GIB:,.1f} GiB, more than the "
+            f"block_size={block_size}{steps}: training needs at least {need / GIB:,.1f} GiB, more than the "
             f"{total / GIB:,.1f} GiB this machine has; use a smaller model or batch"
         )

@@ -299,7 +299,9 @@ def build_initial_model(
             bias=cfg.bias,
             logical_vocab_size=dataset.vocab_size if vocab > dataset.vocab_size else None,
         )
-        check_training_fits(model_cfg, cfg.batch_size, cfg.block_size, cfg.device)
+        check_training_fits(
+            model_cfg, cfg.batch_size, cfg.block_size, cfg.device, cfg.gradient_accumulation_steps
+        )
         torch.manual_seed(cfg.seed)  # the same init on every rank (FSDP2 does not broadcast it)
         return Setup(model_cfg, GPT(model_cfg), "scratch")
     if cfg.init_from == "resume":
@@ -414,8 +416,8 @@ def train(
 
 def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable[[str], None]) -> TrainResult:
     # --- validate everything that can fail before any heavy work or any write
-    cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).expanduser()))  # ~/runs, not ./~/runs
     resolve_output_dir(cfg.out_dir, "out_dir")
+    cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).expanduser()))  # ~/runs, not ./~/runs
     resolve_output_file(Path(cfg.out_dir) / CHECKPOINT_FILE, f"out_dir ({CHECKPOINT_FILE})")
     device = resolve_device(cfg.device, ctx)
     ckpt = None
@@ -428,6 +430,10 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
     dataset.check_block_size(cfg.block_size)  # cheap, and before a model of that context is built
     setup = build_initial_model(cfg, explicit, dataset, ckpt)
     model_cfg = setup.model_config
+    if setup.source != "scratch":  # the weights exist already; the batches and optimizer state do not
+        check_training_fits(
+            model_cfg, cfg.batch_size, cfg.block_size, cfg.device, cfg.gradient_accumulation_steps
+        )
     if cfg.block_size > model_cfg.block_size:
         raise ConfigError(
             f"block_size: {cfg.block_size} exceeds the model's context of {model_cfg.block_size} "

@@ -97,6 +97,14 @@ def _fifo_in_out_dir(project: Path) -> None:
     os.mkfifo(project / "out" / "train.bin")
 
 
+def _deep_config(project: Path) -> None:
+    (project / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _fifo_config(project: Path) -> None:
+    os.mkfifo(project / "fifo.json")
+
+
 def _local_gpt2_folder(project: Path) -> None:
     (project / "gpt2").mkdir()
     (project / "gpt2" / "config.json").write_text("{}")
@@ -138,6 +146,10 @@ CASES: dict[str, tuple[str, list[str], str, Callable[[Path], None] | None]] = {
     "train-out-fifo": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/fifo"], r"out_dir .*fifo: is a FIFO", None),
     "train-huge-width": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--n_embd=1000000", "--n_head=1"], r"n_embd=1000000, .*training needs at least [\d,.]+ GiB, more than", None),
     "train-huge-batch": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--batch_size={10**9}"], r"batch_size=1000000000, .*needs at least", None),
+    "train-huge-accumulation": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--gradient_accumulation_steps={10**10}"], r"gradient_accumulation_steps=10000000000: training needs at least", None),
+    "train-huge-eval-iters": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--eval_iters={10**12}"], r"eval_iters: must be <= 1e\+06", None),
+    "train-config-file-deep": ("train", ["{p}/deep.json"], r"deep\.json: nested too deeply to be a config file", _deep_config),
+    "train-config-file-fifo": ("train", ["{p}/fifo.json"], r"fifo\.json: not a regular file", _fifo_config),
     "train-token-out-of-range": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"train\.bin: token id 60000 at position \d+ is outside the vocabulary of 50257", _bad_tokens),
     "train-meta-vocab-string": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: vocab_size is 'abc', not an integer", _meta(vocab_size="abc")),
     "train-meta-tokens-negative": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: train_tokens is -1", _meta(train_tokens=-1)),
