@@ -28,7 +28,8 @@ def _update(h: Any, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
     elif isinstance(value, dict):
         h.update(b"D%d" % len(value))
         for k in sorted(value, key=repr):
