@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from nanogpt.config import run_cli
-from nanogpt.hf import CheckpointError, load_gpt, read_hf_config, write_hf_checkpoint
-from nanogpt.model import GPTConfig
+from nanogpt.hf import CheckpointError, read_hf_config, write_hf_checkpoint
+from nanogpt.model import GPT, GPTConfig
 from parity.synthetic import CACHE_ENV_VAR, ensure_synthetic_checkpoint, synthetic_hf_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,7 +288,7 @@ def _hf_dir_with_bin(tmp_path: Path, legacy: bool) -> Path:
 def test_tied_pytorch_model_bin_with_lm_head_loads_tied(tmp_path: Path, legacy: bool) -> None:
     d = _hf_dir_with_bin(tmp_path, legacy)
     assert "lm_head.weight" in torch.load(d / "pytorch_model.bin", weights_only=True)
-    model = load_gpt(d, dtype=torch.float64)
+    model = GPT.from_pretrained(d, dtype=torch.float64)
     expected = synthetic_hf_weights(TINY)["transformer.wte.weight"].double()
     assert model.is_tied() and torch.equal(model.transformer.wte.weight, expected)
 
@@ -300,7 +300,7 @@ def test_untied_pytorch_model_bin_is_refused_without_suggesting_a_flag(tmp_path:
     sd["lm_head.weight"][0, 0] += 1.0  # one element differs: untied
     torch.save(sd, d / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"untied checkpoint.*tie_word_embeddings=True.*from Python"):
-        load_gpt(d)
+        GPT.from_pretrained(d)
 
 
 def test_shape_mismatch_message_names_the_stored_layout(tmp_path: Path) -> None:
@@ -312,4 +312,4 @@ def test_shape_mismatch_message_names_the_stored_layout(tmp_path: Path) -> None:
     d = write_hf_checkpoint(tmp_path / "ckpt", hf_config_from_gpt(TINY), weights)
     read_hf_config(d)  # the config agrees with the weights' headers
     with pytest.raises(CheckpointError, match=r"c_fc\.weight: stored \(64, 16\), expected \(16, 64\)"):
-        load_gpt(d)
+        GPT.from_pretrained(d)
