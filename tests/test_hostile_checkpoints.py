@@ -313,3 +313,15 @@ def test_shape_mismatch_message_names_the_stored_layout(tmp_path: Path) -> None:
     read_hf_config(d)  # the config agrees with the weights' headers
     with pytest.raises(CheckpointError, match=r"c_fc\.weight: stored \(64, 16\), expected \(16, 64\)"):
         GPT.from_pretrained(d)
+
+
+def test_parity_suite_passes_on_a_tied_pytorch_model_bin(tmp_path: Path) -> None:
+    """The whole suite, the untied control included, on a checkpoint that stores lm_head equal to wte."""
+    d = _hf_dir_with_bin(tmp_path, legacy=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "parity/", "-q", "-p", "no:cacheprovider", "--model", str(d),
+         "-k", "untied or hugging or logits or tied-storage"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "4 passed" in out.stdout, out.stdout[-2000:]
