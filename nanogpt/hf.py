@@ -19,10 +19,8 @@ from typing import Any
 import torch
 
 from nanogpt.atomic import atomic_directory
-from nanogpt.model import GPT, GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
-
-# Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
-HUB_REPOS: dict[str, tuple[str, ...]] = {name: (f"openai-community/{name}", name) for name in GPT2_SIZES}
+from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
+from nanogpt.model import GPT, LAYER_NORM_EPS, GPTConfig
 
 # Weights HF keeps as Conv1D, (in, out): transposed with respect to nn.Linear.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -154,26 +152,6 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(
         f"{name!r} is neither a GPT-2 size ({', '.join(HUB_REPOS)}) nor an existing checkpoint directory"
     )
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache directory (honours HF_HUB_CACHE and HF_HOME)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
-    return home / "hub"
-
-
-def find_cached_snapshot(name: str) -> Path | None:
-    """The cached snapshot directory of a GPT-2 size with a config and weights, or None; never downloads."""
-    for repo in HUB_REPOS[name]:
-        snapshots = hf_cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
-        if not snapshots.is_dir():
-            continue
-        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            if (snap / HF_CONFIG_FILE).is_file() and weight_files(snap, required=False):
-                return snap
-    return None
 
 
 def weight_files(directory: Path, required: bool = True) -> list[Path]:
