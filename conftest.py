@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest_plugins = ["parity.progress", "benchmarks.plugin", "parity.plugin"]
+from parity.cli import PLUGINS
+
+pytest_plugins = PLUGINS  # the same list as the installed `nanogpt-parity` command
 
 
 @pytest.fixture(autouse=True)
