@@ -10,6 +10,8 @@ works under plain `pytest`, because installing registers no pytest plugin.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import site
@@ -120,6 +122,12 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     assert (user / "imported-by-parity").exists(), "--impl my_model.py was not imported"
     assert (user / "report.json").is_file(), "--parity-report is relative to where the command runs"
     assert not (user / ".benchmarks").exists(), "nothing but what the user asked for is written there"
+    # The report of this tiny run, drawn by the installed plot command (once reports carry profiles).
+    if "profiles" in json.loads((user / "report.json").read_text()) and importlib.util.find_spec("matplotlib"):
+        drawn = _run([str(installed["bin"] / "python"), "-m", "parity.plot", "report.json", "-o", "profile.png"],
+                     user, _env(installed))  # fmt: skip
+        assert drawn.returncode == 0, drawn.stderr
+        assert (user / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_users_own_conftest_defining_model_keeps_working(installed: dict[str, Path]) -> None:
