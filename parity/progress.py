@@ -62,6 +62,7 @@ class _TerminalReporterSink:
 
     def redraw(self, text: str) -> None:
         with self._suspended():
+            self.reporter.ensure_newline()  # the bar gets a line of its own, not the test file's
             self.reporter.rewrite(text, erase=True)
 
 
