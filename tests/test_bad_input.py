@@ -34,8 +34,8 @@ from nanogpt.hf import (
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import TokenizerFileError, bpe_files, gpt2_tiktoken
 from parity.batches import token_batch
-from parity.checks import check_logits
 from parity.compare import ParityFailure, compare_tensors
+from parity.forward import check_logits
 from parity.loading import load_hf
 from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint, synthetic_hf_weights
 from parity.tolerances import logits_tolerance

@@ -26,11 +26,13 @@ from parity.impl import (
     import_implementation,
     load_implementation,
 )
+from parity.registry import run_checks
+from parity.subject import Subject
 from parity.synthetic import ensure_synthetic_checkpoint
 from parity.targets import ParityTarget
 from parity.tie import same_storage
 from parity.tolerances import logits_tolerance
-from parity.verdicts import Status, Subject, run_checks
+from parity.verdicts import Status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
