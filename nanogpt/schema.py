@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nanogpt.gpt_config import GPT2_SIZES, gpt2_config
+
 # The tied pair: the output head and the token embedding are one matrix.
 HEAD = "lm_head.weight"
 EMBEDDING = "transformer.wte.weight"
@@ -84,8 +86,6 @@ def param_count(config: Any) -> int:
 
 def size_name(config: Any) -> str | None:
     """The OpenAI size a config has the architecture of, or None."""
-    from nanogpt.model import GPT2_SIZES, gpt2_config
-
     fields = ("block_size", "n_layer", "n_head", "n_embd")
     for name in GPT2_SIZES:
         size = gpt2_config(name)

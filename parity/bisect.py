@@ -1,6 +1,6 @@
 """`python -m parity.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
 
-Runs the named checks of parity/verdicts.py on an implementation (`--impl path/to/model.py`, default the
+Runs the named checks of parity/registry.py on an implementation (`--impl path/to/model.py`, default the
 reference nanoGPT), prints one line per check, and exits with what `git bisect run` understands: 0 good,
 1 bad, 125 "cannot test this commit" (import error, no GPT/GPTConfig, a crash before a check could give
 its verdict), and 129 for a usage error of this command, which aborts the bisection instead of marking

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.schema import CONV1D_SUFFIXES
 from parity.tolerances import Tolerance
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.schema import CONV1D_SUFFIXES
 from parity.chunked import compare_chunked
 from parity.compare import Comparison, ParityFailure, gradient_failure_message, reference_layout
 from parity.forward import hf_logits, logits_and_own_loss, loss_of, reference_logits

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.schema import CONV1D_SUFFIXES
 from parity.batches import gradient_batch
 from parity.gradients import GradientRun, run_gradients
 from parity.impl import Implementation, ImplementationError, LoadReport, load_implementation

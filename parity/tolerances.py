@@ -168,7 +168,7 @@ COMPILE: dict[str, Tolerance] = {
 INIT_LOSS_ATOL = 0.5
 
 # Not a tolerance of parity but a guard inside the comparison: float32 (and half-precision) tensors are
-# first screened in float32 (parity/checks.py `compare_chunked`), where |a - e| and atol + rtol * |e| are
+# first screened in float32 (parity/chunked.py `compare_chunked`), where |a - e| and atol + rtol * |e| are
 # each rounded by at most 4 float32 ulps (relative 2**-22). An element counts as passing there only if it
 # passes with the bound shrunk by this factor (2**-16, 64x the rounding), which makes "passes in float32"
 # imply "passes in exact arithmetic"; every other element goes to the exact float64 comparison. So the

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from nanogpt.hf import CONV1D_SUFFIXES
 from nanogpt.model import GPTConfig, gpt2_config
+from nanogpt.schema import CONV1D_SUFFIXES
 from parity import memory
 from parity.batches import gradient_batch
 from parity.chunked import compare_chunked
