@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nanogpt.hf import load_gpt, resolve_checkpoint_dir
+from nanogpt.hf import resolve_checkpoint_dir
 from nanogpt.hub import find_cached_snapshot, hf_cache_dir
-from parity.loading import load_hf
+from parity.loading import load_hf, load_reference
 from parity.targets import UsageError, resolve_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_auto_weights_find_and_use_the_snapshot_that_refs_main_names(
     assert str(main) in target.reason
     assert resolve_checkpoint_dir("gpt2") == main
     # Used: both production loaders read the GPT2Model keys and mask buffers, tied, and agree.
-    ours = load_gpt(target.checkpoint, dtype=torch.float64).eval()
+    ours = load_reference(target.checkpoint, torch.float64, "cpu")
     theirs = load_hf(target.checkpoint, torch.float64, "cpu")
     assert ours.is_tied() and theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()
     assert theirs.config.attn_pdrop == 0.1 and not theirs.training

@@ -16,10 +16,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from nanogpt.hf import load_gpt
-from nanogpt.model import GPTConfig
+from nanogpt.model import GPT, GPTConfig
 from parity import progress
-from parity.loading import load_hf
+from parity.loading import load_hf, load_reference
 from parity.synthetic import (
     CHECKSUM_FILE,
     checkpoint_problem,
@@ -93,7 +92,7 @@ def test_checkpoint_has_the_keys_buffers_and_config_of_openais_upload(cached: Pa
 
 
 def test_both_loaders_read_the_upload_shape_tied_with_dropout_configured(cached: Path) -> None:
-    ours = load_gpt(cached, dtype=torch.float64).eval()
+    ours = load_reference(cached, torch.float64, "cpu")
     theirs = load_hf(cached, torch.float64, "cpu")
     assert theirs.config.attn_pdrop == 0.1 and not theirs.training, "eval mode with a non-zero dropout"
     assert ours.is_tied()
@@ -176,4 +175,4 @@ def test_a_damaged_cache_is_regenerated_with_a_one_line_note(
 def test_nan_bytes_would_otherwise_reach_the_model(cached: Path) -> None:
     """The damage above is real: the loader reads the NaNs, so only the hash stands between them and a run."""
     _write_nans(cached)
-    assert torch.isnan(load_gpt(cached).transformer.wte.weight).sum() == 4
+    assert torch.isnan(GPT.from_pretrained(cached).transformer.wte.weight).sum() == 4
