@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from nanogpt.atomic import fsync_dir
+from nanogpt.atomic import atomic_file
+from nanogpt.checkpoint_fields import check_training_state, payload_checksum, verify_checksum
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.paths import resolve_output_file
 
 CHECKPOINT_FILE = "ckpt.pt"
 FORMAT = "nanogpt-parity/train-checkpoint-v1"
@@ -40,20 +41,15 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Atomically write payload to path: a temporary file in the same directory, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomically write payload to path: a temporary file in the same directory, fsync, os.replace.
+
+    Temporaries left by a save that was killed (`.ckpt.pt.tmp-PID-*` of a process that no longer runs)
+    are removed first. The payload gets a content hash of every tensor (see payload_checksum).
+    """
+    path = resolve_output_file(path, "checkpoint")  # a symlinked ckpt.pt is written through, not replaced
+    payload = dict(payload, checksum=payload_checksum(payload))
+    with atomic_file(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 
@@ -141,15 +137,22 @@ def load_checkpoint(path: str | os.PathLike[str], require_training_state: bool =
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a nanogpt checkpoint (a {type(ckpt).__name__}, not a dict)")
+    verify_checksum(ckpt, path)
     if "model_config" not in ckpt and "model_args" in ckpt:
         ckpt["model_config"] = ckpt["model_args"]  # upstream nanoGPT's name
     required = REQUIRED_KEYS if require_training_state else ("model", "model_config")
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: not a complete training checkpoint (missing {', '.join(missing)})")
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: field 'model' is not a state dict; not a nanogpt checkpoint")
     ckpt["model"] = strip_wrapper_prefixes(ckpt["model"])
     config = model_config_of(ckpt, path)
     check_model_state(ckpt["model"], config, path)
+    if require_training_state:
+        with torch.device("meta"):
+            params = {n: p.shape for n, p in GPT(config).named_parameters()}
+        check_training_state(ckpt, params, path)
     return ckpt
 
 
@@ -172,6 +175,17 @@ def check_model_state(
     state_dict: dict[str, torch.Tensor], config: GPTConfig, path: Any = "checkpoint"
 ) -> None:
     """Raise CheckpointError unless state_dict has exactly the keys and shapes of a GPT with config."""
+    # The layer count first: building even a meta model of a hostile n_layer=10**9 would never finish.
+    layers = {k.split(".")[2] for k in state_dict if k.startswith("transformer.h.")}
+    if len(layers) != config.n_layer or layers != {str(i) for i in range(config.n_layer)}:
+        gap = next(i for i in range(len(layers) + 1) if str(i) not in layers)
+        problem = (
+            f"missing transformer.h.{gap}.*" if gap < config.n_layer else f"unexpected transformer.h.{gap}.*"
+        )
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config stored with them (n_layer={config.n_layer}, "
+            f"n_embd={config.n_embd}): {problem} (the weights hold {len(layers)} layers)"
+        )
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}

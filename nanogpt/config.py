@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import sys
 import types
@@ -24,6 +25,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# torch seeds are unsigned 64-bit; the trainer adds the rank and the iteration to the seed.
+MAX_SEED = 2**63 - 1
+MAX_CONFIG_FILE_BYTES = 1 << 20
+MAX_LEARNING_RATE = 1.0
+MAX_EVAL_ITERS = 1_000_000
+MAX_WEIGHT_DECAY = 10.0
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 
@@ -34,6 +41,12 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """An invalid configuration: unknown key, wrong type or out-of-range value; the message names the key."""
+
+
+class RunStopped(Exception):
+    """A run stopped by a problem found while running (a diverged loss); the CLIs print one line, exit 3."""
+
+    exit_status = 3
 
 
 class HelpRequested(Exception):
@@ -137,12 +150,18 @@ class TrainConfig:
             p.at_least(self, key, 0)
         for key in ("learning_rate", "weight_decay", "grad_clip"):
             p.at_least(self, key, 0.0)
+        # AdamW moves each parameter by about learning_rate per step: above 1 a run can only diverge.
+        p.at_most(self, "learning_rate", MAX_LEARNING_RATE, "AdamW diverges there; GPT-2 used 6e-4")
+        p.at_most(self, "weight_decay", MAX_WEIGHT_DECAY)
+        p.at_most(self, "seed", MAX_SEED)
+        p.at_most(self, "eval_iters", MAX_EVAL_ITERS, "each evaluation draws this many batches per split")
         if self.vocab_size is not None:
             p.at_least(self, "vocab_size", 1)
         if self.lr_decay_iters is not None:
             p.at_least(self, "lr_decay_iters", 0)
         if self.min_lr is not None:
             p.at_least(self, "min_lr", 0.0)
+            p.at_most(self, "min_lr", MAX_LEARNING_RATE)
             p.check(
                 self.min_lr <= self.learning_rate,
                 "min_lr",
@@ -190,7 +209,14 @@ class Problems:
     def at_least(self, cfg: Any, key: str, lowest: float) -> None:
         """Record a problem if cfg.key < lowest."""
         value = getattr(cfg, key)
-        self.check(value >= lowest, key, f"must be >= {lowest}, got {value}")
+        ok = value >= lowest and (not isinstance(value, float) or math.isfinite(value))
+        self.check(ok, key, f"must be >= {lowest}, got {value}")
+
+    def at_most(self, cfg: Any, key: str, highest: float, fix: str = "") -> None:
+        """Record a problem if cfg.key > highest (or is not finite)."""
+        value = getattr(cfg, key)
+        ok = value <= highest and (not isinstance(value, float) or math.isfinite(value))
+        self.check(ok, key, f"must be <= {highest:g}, got {value}" + (f"; {fix}" if fix else ""))
 
     def choice(self, cfg: Any, key: str, choices: Sequence[str]) -> None:
         """Record a problem if cfg.key is not one of choices."""
@@ -263,8 +289,10 @@ def convert_string(cls: type, key: str, text: str, where: str) -> Any:
         if base is int:
             return int(text)
         if base is float:
-            return float(text)
+            return _finite(float(text), key, where)
         return text
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {text!r}") from None
 
@@ -277,17 +305,34 @@ def check_value(cls: type, key: str, value: Any, where: str) -> Any:
         return None
     ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
     if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {key} is too large ({value})") from None
     if not ok:
-        raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {shown} ({type(value).__name__})")
+    if base is float:
+        return _finite(value, key, where)
+    return value
+
+
+def _finite(value: float, key: str, where: str) -> float:
+    """value, unless it is NaN or infinite (no setting of ours means anything there)."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value}")
     return value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The key/value table of a JSON or TOML config file (never executed)."""
-    path = Path(path)
-    if not path.is_file():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():  # a FIFO or device would block
+        raise ConfigError(f"{path}: not a regular file; pass a .json or .toml config file")
+    if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, too large for a config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -300,10 +345,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(path.read_text())
         else:
             raise ConfigError(f"{path}: config files must be .json or .toml (Python files are not executed)")
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{path}: cannot parse ({e})") from None
+        raise ConfigError(f"{path}: cannot parse ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of key = value pairs at the top level")
     return data
@@ -373,19 +422,25 @@ def parse_config(
 
 
 def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None, prog: str) -> None:
-    """Run a CLI entry point: user errors become `prog: error: ...` on stderr and exit status 2."""
+    """Run a CLI entry point: user errors become `prog: error: ...` on stderr and exit status 2.
+
+    A run stopped while running (RunStopped, e.g. a diverged loss) is one line too, with exit status 3.
+    """
     from nanogpt.hf import CheckpointError
+    from nanogpt.paths import OutputPathError
+    from nanogpt.tokenizer import TokenizerFileError
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         main(args)
     except HelpRequested as h:
         print(h.text)
-    except (UserError, CheckpointError) as e:
+    except (UserError, CheckpointError, OutputPathError, TokenizerFileError, RunStopped) as e:
         # Under torchrun every rank hits the same validation error: one copy of the line is enough.
         if os.environ.get("RANK", "0") == "0":
-            print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+            text = " ".join(str(e).split())  # one line, whatever the message's own line breaks
+            print(f"{prog}: error: {text}", file=sys.stderr)
+        raise SystemExit(e.exit_status if isinstance(e, RunStopped) else 2) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -14,7 +14,6 @@ Usage: python -m nanogpt.data --source=PATH [--out_dir=data/NAME] [--glob='*.txt
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from nanogpt.atomic import atomic_file
 from nanogpt.config import Problems, UserError, option, parse_config, run_cli
+from nanogpt.paths import OutputPathError, resolve_output_dir, resolve_output_file
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 FORMAT = "nanogpt-parity/tokens-v1"
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; half the size of int32
+MAX_TOKEN_ID = int(np.iinfo(TOKEN_DTYPE).max)
+MAX_META_BYTES = 1 << 24  # meta.json lists the source files: 16 MB is ~100k paths
 
 
 class DataError(UserError):
@@ -54,7 +57,20 @@ class PrepareConfig:
         p.check(bool(self.source), "source", "is required: --source=FILE_OR_DIRECTORY")
         p.check(0.0 < self.val_fraction < 1.0, "val_fraction", f"{self.val_fraction} is not in (0, 1)")
         p.check(bool(self.glob), "glob", "is empty")
+        problem = glob_problem(self.glob)
+        p.check(problem is None, "glob", problem or "")
         p.raise_if_any()
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why a --glob pattern would reach outside --source (absolute, or with a .. part), or None."""
+    if Path(pattern).is_absolute() or pattern.startswith("~"):
+        return f"{pattern!r} is absolute; give a pattern relative to --source, e.g. '*.txt' (or --source=DIR)"
+    if ".." in Path(pattern).parts:
+        return (
+            f"{pattern!r} climbs out of --source with '..'; point --source at the directory to read instead"
+        )
+    return None
 
 
 def find_source_files(source: str | Path, glob: str = "*.txt") -> list[Path]:
@@ -64,6 +80,11 @@ def find_source_files(source: str | Path, glob: str = "*.txt") -> list[Path]:
         return [path]
     if not path.exists():
         raise DataError(f"{path}: no such file or directory; pass a text file or a directory of text files")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a regular file or a directory (a device or FIFO?); pass a text file")
+    problem = glob_problem(glob)
+    if problem:
+        raise DataError(f"glob: {problem}")
     files = sorted(p for p in path.rglob(glob) if p.is_file())
     if not files:
         raise DataError(f"{path}: no files match {glob!r}; pass --glob with the pattern of your text files")
@@ -88,16 +109,16 @@ def tokenize_documents(texts: Sequence[str]) -> np.ndarray:
 
 
 def _write_atomically(path: Path, write: Any) -> None:
-    """Write path through a temporary sibling: write(tmp), fsync, rename over path."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write path through a temporary sibling: write(fh), fsync, rename over path."""
+    with atomic_file(path, "wb") as fh:
+        write(fh)
+
+
+def output_files(out_dir: str | Path) -> dict[str, Path]:
+    """The validated paths of train.bin, val.bin and meta.json under out_dir (OutputPathError if unusable)."""
+    out = resolve_output_dir(out_dir, "out_dir")
+    names = [f"{split}.bin" for split in SPLITS] + [META_FILE]
+    return {name: resolve_output_file(out / name, f"out_dir ({name})") for name in names}
 
 
 def prepare_dataset(
@@ -108,6 +129,10 @@ def prepare_dataset(
 
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    try:
+        outputs = output_files(out_dir)  # before reading a byte: a bad place fails now, not after tokenizing
+    except OutputPathError as e:
+        raise DataError(str(e)) from None
     files = find_source_files(source, glob)
     texts, undecodable = [], []
     for f in files:
@@ -140,12 +165,10 @@ def prepare_dataset(
         "files": [str(f.relative_to(root)) if root.is_dir() else f.name for f in files],
         "undecodable_files": undecodable,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / "train.bin", lambda fh: fh.write(tokens[:n_train].tobytes()))
-    _write_atomically(out / "val.bin", lambda fh: fh.write(tokens[n_train:].tobytes()))
+    _write_atomically(outputs["train.bin"], lambda fh: fh.write(tokens[:n_train].tobytes()))
+    _write_atomically(outputs["val.bin"], lambda fh: fh.write(tokens[n_train:].tobytes()))
     # meta.json last: its presence (with matching counts) marks a complete dataset.
-    _write_atomically(out / META_FILE, lambda fh: fh.write((json.dumps(meta, indent=2) + "\n").encode()))
+    _write_atomically(outputs[META_FILE], lambda fh: fh.write((json.dumps(meta, indent=2) + "\n").encode()))
     return meta
 
 
@@ -179,13 +202,7 @@ class TokenDataset:
         if not (d / META_FILE).is_file():
             what = "no such directory" if not d.exists() else f"no {META_FILE}"
             raise DataError(f"{d}: {what}; {hint}")
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-        except ValueError as e:
-            raise DataError(f"{d / META_FILE}: not valid JSON ({e}); {hint}") from None
-        missing = [k for k in ("vocab_size", "dtype", "train_tokens", "val_tokens") if k not in meta]
-        if missing:
-            raise DataError(f"{d / META_FILE}: missing {', '.join(missing)}; {hint}")
+        meta = read_meta(d / META_FILE, hint)
         if meta["dtype"] != np.dtype(TOKEN_DTYPE).name:
             raise DataError(f"{d / META_FILE}: dtype {meta['dtype']!r}, expected uint16; {hint}")
         arrays = {}
@@ -203,6 +220,7 @@ class TokenDataset:
             if expected == 0:
                 raise DataError(f"{path}: empty; {hint} from a longer text")
             arrays[split] = np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+            check_token_range(arrays[split], int(meta["vocab_size"]), path, hint)
         dataset = cls(d, meta, arrays["train"], arrays["val"])
         if block_size is not None:
             dataset.check_block_size(block_size)
@@ -217,6 +235,45 @@ class TokenDataset:
                     f"{self.directory / (split + '.bin')}: {n} tokens, fewer than block_size + 1 = "
                     f"{block_size + 1}; use a smaller --block_size or more text"
                 )
+
+
+def read_meta(path: Path, hint: str) -> dict[str, Any]:
+    """meta.json of a dataset, with the type and range of every field the trainer reads checked."""
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size:,} bytes, not a dataset description; {hint}")
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; {hint}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(e).split())}); {hint}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e}); {hint}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object; {hint}")
+    missing = [k for k in ("vocab_size", "dtype", "train_tokens", "val_tokens") if k not in meta]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)}; {hint}")
+    limits = {"vocab_size": (1, MAX_TOKEN_ID + 1), "train_tokens": (0, None), "val_tokens": (0, None)}
+    for key, (low, high) in limits.items():
+        v = meta[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise DataError(f"{path}: {key} is {v!r}, not an integer {bound}; {hint}")
+    return meta
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, path: Path, hint: str) -> None:
+    """DataError naming the first token id >= vocab_size (found before training, not at iteration 35)."""
+    chunk = 1 << 24  # 32 MB of uint16 at a time: bounded memory, ~10 ms per chunk
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start : start + chunk])
+        if part.size and int(part.max()) >= vocab_size:
+            at = start + int(np.argmax(part >= vocab_size))
+            raise DataError(
+                f"{path}: token id {int(tokens[at])} at position {at} is outside the vocabulary of "
+                f"{vocab_size} (damaged or from another tokenizer); {hint}"
+            )
 
 
 def get_batch(

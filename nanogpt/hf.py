@@ -22,6 +22,15 @@ from torch import nn
 from nanogpt.atomic import atomic_directory
 from nanogpt.errors import CheckpointError
 from nanogpt.gpt_config import LAYER_NORM_EPS, GPTConfig
+from nanogpt.hf_checks import (
+    MAX_CONFIG_BYTES,
+    architecture_problems,
+    config_field_problems,
+    is_zip_checkpoint,
+    parse_config_text,
+    parse_shard_index,
+    safetensors_header_shapes,
+)
 from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
 
@@ -32,6 +41,7 @@ HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 PYTORCH_BIN_FILE = "pytorch_model.bin"
+MAX_INDEX_BYTES = 64 << 20  # a shard index lists tensor names: ~20 KB for gpt2-xl
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -43,12 +53,15 @@ def config_from_hf(
 ) -> GPTConfig:
     """The GPTConfig for a Hugging Face GPT-2 config dict, refusing anything that is not GPT-2."""
     where = "config.json"
+    if not isinstance(hf_config, Mapping):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(hf_config).__name__}")
     model_type = hf_config.get("model_type")
     if model_type != "gpt2":
         raise CheckpointError(
             f"{where}: model_type is {model_type!r}, not 'gpt2'; this loader only reads GPT-2 checkpoints "
             "(point it at a GPT-2 checkpoint directory)"
         )
+    check_config_fields(hf_config, where)
     checks = {
         "activation_function": ("gelu_new", hf_config.get("activation_function", "gelu_new")),
         "layer_norm_epsilon": (LAYER_NORM_EPS, hf_config.get("layer_norm_epsilon", LAYER_NORM_EPS)),
@@ -93,6 +106,15 @@ def config_from_hf(
         raise CheckpointError(f"{where}: {e}") from e
 
 
+def check_config_fields(hf_config: Mapping[str, Any], where: str = "config.json") -> None:
+    """CheckpointError naming every field of a GPT-2 config with the wrong type or range."""
+    problems = config_field_problems(hf_config)
+    if problems:
+        raise CheckpointError(
+            f"{where}: {'; '.join(problems)}. Fix these fields of config.json, or re-download the checkpoint"
+        )
+
+
 def hf_config_from_gpt(config: GPTConfig) -> dict[str, Any]:
     """A Hugging Face GPT-2 config dict (tie_word_embeddings=True) for a tied, biased GPTConfig."""
     if not config.bias:
@@ -130,11 +152,15 @@ def hf_config_from_gpt(config: GPTConfig) -> dict[str, Any]:
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
-    """The directory of an HF GPT-2 checkpoint: a local path, or a size name found in the local HF cache."""
+    """The directory of an HF GPT-2 checkpoint: a size name found in the local HF cache, or a local path.
+
+    A size name always means the cache, as `pytest parity/ --model gpt2` does; a local folder of that
+    name is reached as a path (./gpt2).
+    """
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
     name = str(name_or_path)
+    if path.is_dir() and name not in HUB_REPOS:
+        return path
     if name in HUB_REPOS:
         found = find_cached_snapshot(name)
         if found is None:
@@ -142,6 +168,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
                 f"{name}: the pretrained checkpoint is not in the local Hugging Face cache "
                 f"({hf_cache_dir()}) and cannot be downloaded here. Download it where the network allows "
                 f"(`huggingface-cli download {HUB_REPOS[name][0]}`) or use synthetic weights"
+                + (f"; for the local folder {name}, pass ./{name}" if path.is_dir() else "")
             )
         return found
     if path.exists():
@@ -158,9 +185,11 @@ def weight_files(directory: Path, required: bool = True) -> list[Path]:
     index = directory / SAFETENSORS_INDEX_FILE
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{index}: unreadable shard index ({e}); re-download the checkpoint") from e
+            if index.stat().st_size > MAX_INDEX_BYTES:
+                raise ValueError(f"{index}: {index.stat().st_size:,} bytes, too large for a shard index")
+            shards = parse_shard_index(index.read_bytes(), str(index))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{e}; re-download the checkpoint or rewrite its index") from None
         paths = [directory / s for s in shards]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
@@ -179,17 +208,50 @@ def weight_files(directory: Path, required: bool = True) -> list[Path]:
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
-    """The parsed config.json of a checkpoint directory."""
+    """The parsed config.json of a checkpoint directory, checked against the shapes its weights hold.
+
+    Only file headers are read (safetensors headers, or a memory map of a zip-format .bin), so a config
+    whose n_layer or widths contradict the weights (n_layer: 1000000000 with tiny weights) is refused
+    before anything of that size is allocated.
+    """
     path = directory / HF_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {HF_CONFIG_FILE}; pass a Hugging Face checkpoint directory")
     try:
-        cfg = json.loads(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: {path.stat().st_size:,} bytes, not a GPT-2 config (about 1 KB)")
+        cfg = parse_config_text(path.read_bytes(), str(path))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
     except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); re-create or re-download the checkpoint") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise CheckpointError(f"{e}; re-create or re-download the checkpoint") from None
+    check_config_fields(cfg, str(path))  # types and ranges first: the comparison below reads them
+    files = weight_files(directory, required=False)
+    shapes = stored_shapes(files)
+    problems = architecture_problems(cfg, shapes) if shapes else []
+    if problems:
+        raise CheckpointError(
+            f"{path}: shape mismatch with the weights: {'; '.join(problems)}. config.json and the weights do "
+            "not belong together: "
+            "use the config.json saved with these weights"
+        )
     return cfg
+
+
+def stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape over weight files, from headers only; {} where that needs a full load."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                shapes.update(safetensors_header_shapes(f))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{e}; delete it and re-create or re-download it") from None
+        elif is_zip_checkpoint(f):
+            shapes.update(LazyWeights([f])._shapes)
+        else:
+            return {}  # a legacy .bin has no header: the converter checks the key set before building
+    return shapes
 
 
 class LazyWeights(Mapping[str, torch.Tensor]):
@@ -230,11 +292,13 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def _index_bin(self, f: Path) -> None:
         try:
-            sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+            # mmap needs torch.save's zip format; a legacy (pickle) .bin, which transformers loads, is read whole.
+            sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=is_zip_checkpoint(f))
         except Exception as e:
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
             raise CheckpointError(
-                f"{f}: unreadable PyTorch checkpoint ({e}); re-create or re-download it"
-            ) from e
+                f"{f}: unreadable PyTorch checkpoint ({detail}); re-create or re-download it"
+            ) from None
         if not isinstance(sd, dict):
             raise CheckpointError(f"{f}: expected a state dict, got {type(sd).__name__}")
         for k, v in sd.items():
@@ -275,6 +339,13 @@ def _hf_shape(key: str, shape: tuple[int, ...], config: GPTConfig) -> tuple[int,
     return shape
 
 
+def _expected_hf_shape(key: str, want: tuple[int, ...], config: GPTConfig) -> tuple[int, ...]:
+    """The shape an HF checkpoint stores for key (Conv1D transposed, the vocabulary unpadded)."""
+    if key in ("transformer.wte.weight", "lm_head.weight"):
+        return (config.output_vocab_size, *want[1:])
+    return (want[1], want[0]) if key.endswith(CONV1D_SUFFIXES) and len(want) == 2 else want
+
+
 def hf_to_nanogpt_state_dict(
     weights: Mapping[str, torch.Tensor],
     config: GPTConfig,
@@ -289,6 +360,14 @@ def hf_to_nanogpt_state_dict(
     differs from wte (an untied checkpoint) is refused unless allow_untied=True.
     """
     names = {_strip_prefix(k): k for k in weights if not k.endswith(IGNORED_SUFFIXES)}
+    # Compare the layer count first: the table of expected shapes grows with n_layer, which a hostile
+    # config can set to 10**9; the weights' own keys bound it.
+    layers = {k.split(".")[2] for k in names if k.startswith("transformer.h.")}
+    if len(layers) != config.n_layer:
+        raise CheckpointError(
+            f"{source}: weights do not match a GPT-2 with n_layer={config.n_layer}: they hold {len(layers)} "
+            "layer(s). Is config.json from the same checkpoint as the weights?"
+        )
     expected = tensor_shapes(config)
     has_head = "lm_head.weight" in names
     missing = sorted(set(expected) - set(names))
@@ -312,7 +391,7 @@ def hf_to_nanogpt_state_dict(
         got = _hf_shape(key, raw, config)
         vocab_ok = key in ("transformer.wte.weight", "lm_head.weight") and raw[0] == config.output_vocab_size
         if got != want or (key in ("transformer.wte.weight", "lm_head.weight") and not vocab_ok):
-            wrong.append(f"{names[key]}: stored {raw}, expected HF layout of {want}")
+            wrong.append(f"{names[key]}: stored {raw}, expected {_expected_hf_shape(key, want, config)}")
     if wrong:
         raise CheckpointError(
             f"{source}: shape mismatch in {len(wrong)} tensor(s): {'; '.join(wrong[:3])}. "
@@ -345,8 +424,8 @@ def hf_to_nanogpt_state_dict(
             if not allow_untied:
                 raise CheckpointError(
                     f"{source}: untied checkpoint: the stored lm_head.weight differs from transformer.wte.weight, "
-                    "so it is not a tied GPT-2. Pass allow_untied=True to load it as an untied model, or fix "
-                    "the export (save with tie_word_embeddings=True)"
+                    "so it is not a tied GPT-2. Re-export it tied (save with tie_word_embeddings=True); to "
+                    "inspect it as an untied model from Python, call load_gpt(..., allow_untied=True)"
                 )
             tied = False
             sd["lm_head.weight"] = head

@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 
 from nanogpt.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint
-from nanogpt.config import DTYPES, ConfigError, Problems, option, parse_config, run_cli
+from nanogpt.config import DTYPES, MAX_SEED, ConfigError, Problems, option, parse_config, run_cli
 from nanogpt.model import GPT, GPT2_SIZES
 
 SEPARATOR = "---------------"
+MIN_TEMPERATURE = 1e-2
+MAX_TEMPERATURE = 100.0
+MAX_PROMPT_BYTES = 1 << 20
 
 
 @dataclass
@@ -48,7 +51,15 @@ class SampleConfig:
         p.at_least(self, "num_samples", 1)
         p.at_least(self, "max_new_tokens", 0)
         p.at_least(self, "temperature", 0.0)
+        # logits / temperature must stay finite (1e-300 overflows to Inf, and softmax of Inf is NaN)
+        p.check(
+            self.temperature == 0.0 or self.temperature >= MIN_TEMPERATURE,
+            "temperature",
+            f"{self.temperature} is too small to sample with; use 0 for greedy or >= {MIN_TEMPERATURE}",
+        )
+        p.at_most(self, "temperature", MAX_TEMPERATURE)
         p.at_least(self, "seed", 0)
+        p.at_most(self, "seed", MAX_SEED)
         if self.top_k is not None:
             p.at_least(self, "top_k", 1)
         p.choice(self, "dtype", DTYPES)
@@ -59,7 +70,8 @@ class SampleConfig:
 def load_model(init_from: str, out_dir: str = "out") -> GPT:
     """The model named by init_from (see SampleConfig.init_from), on CPU, in eval mode."""
     if init_from == "resume":
-        model = build_model(load_checkpoint(Path(out_dir) / CHECKPOINT_FILE, require_training_state=False))
+        path = Path(out_dir).expanduser() / CHECKPOINT_FILE
+        model = build_model(load_checkpoint(path, require_training_state=False))
     elif init_from.endswith(".pt") or Path(init_from).is_file():
         model = build_model(load_checkpoint(init_from, require_training_state=False))
     elif init_from in GPT2_SIZES or Path(init_from).is_dir():
@@ -76,9 +88,23 @@ def read_prompt(start: str) -> str:
     """The prompt text: start itself, or the contents of the file named by FILE:path."""
     if start.startswith("FILE:"):
         path = Path(start[5:]).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"start: prompt file {path} not found")
-        return path.read_text(encoding="utf-8")
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise ConfigError(f"start: prompt file {path} is not a regular file")
+        if path.stat().st_size > MAX_PROMPT_BYTES:
+            raise ConfigError(
+                f"start: prompt file {path} is {path.stat().st_size:,} bytes; the model sees at most its "
+                f"last block of tokens, so pass under {MAX_PROMPT_BYTES // 2**20} MiB"
+            )
+        try:
+            return path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"start: prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"start: cannot read prompt file {path} ({e.strerror or e})") from None
     return start
 
 

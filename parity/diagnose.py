@@ -82,14 +82,37 @@ def capture_activations(model: torch.nn.Module, names: list[str], run: Any) -> d
     return captured
 
 
-def _not_called(name: str, sides: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]]) -> str | None:
-    """Which side has the module but never ran it while the other side did (a step skipped in forward)."""
-    ran = [side for side, (_, acts) in sides.items() if name in acts]
+def ran_modules(model: torch.nn.Module, run: Any) -> set[str]:
+    """The names of every module whose forward ran during run() (a pre-hook on each)."""
+    ran: set[str] = set()
+    handles = [
+        m.register_forward_pre_hook(lambda _m, _i, name=name: ran.add(name))
+        for name, m in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return ran
+
+
+def _not_called(name: str, sides: dict[str, tuple[torch.nn.Module, set[str]]]) -> str | None:
+    """Which side has the module but ran neither it nor anything inside it, while the other side ran it.
+
+    A module whose own forward is bypassed but whose sub-modules run (a block calling its MLP's layers
+    through a lambda over an nn.ModuleDict) was not skipped: it is only unobserved, and says nothing.
+    """
+    def touched(model: torch.nn.Module, ran: set[str]) -> bool:
+        return any(r == name or r.startswith(name + ".") for r in ran)
+
+    ran = [side for side, (_, r) in sides.items() if name in r]
     skipped = [
-        side for side, (m, acts) in sides.items() if name not in acts and name in dict(m.named_modules())
+        side for side, (m, r) in sides.items() if name in dict(m.named_modules()) and not touched(m, r)
     ]
     if ran and skipped:
-        return f"the {skipped[0]} model has {name} but its forward never calls it (the {ran[0]} model's does)"
+        return f"the {skipped[0]} model has {name} but its forward never runs it (the {ran[0]} model's does)"
     return None
 
 
@@ -138,13 +161,20 @@ def first_divergence(
     ref_acts = capture_activations(reference, names, lambda: reference(idx))
     hf_acts = capture_activations(hf_model, names, lambda: hf_model(idx))
     records: list[Comparison] = []
+    unobserved: list[str] = []
+    ran: dict[str, set[str]] = {}
     for name, kind in points:
         if name not in ref_acts or name not in hf_acts:
+            if not ran:
+                ran = {"reference": ran_modules(reference, lambda: reference(idx)),
+                       "Hugging Face": ran_modules(hf_model, lambda: hf_model(idx))}  # fmt: skip
             skipped = _not_called(
-                name, {"reference": (reference, ref_acts), "Hugging Face": (hf_model, hf_acts)}
+                name, {"reference": (reference, ran["reference"]), "Hugging Face": (hf_model, ran["Hugging Face"])}
             )
             if skipped:
                 return f"first divergence at {name}: {skipped}; suspect {SUSPECTS[kind]}", records
+            if name in dict(reference.named_modules()) or name in dict(hf_model.named_modules()):
+                unobserved.append(name)
             continue
         if ref_acts[name].shape != hf_acts[name].shape:
             return (
@@ -157,7 +187,18 @@ def first_divergence(
         limit = hidden_divergence(hf_acts[name].dtype)
         if not rec.passed or rel_norm > limit:
             norm = f"relative difference norm {rel_norm:.2e} (diverged above {limit:g})"
-            return f"first divergence at {name}: {norm}; {rec.summary()}; suspect {SUSPECTS[kind]}", records
+            where = f"first divergence at {name}: {norm}; {rec.summary()}; suspect {SUSPECTS[kind]}"
+            return where + _unobserved_note(unobserved), records
     if not records:
         return "no comparable modules found (module names differ from GPT-2's); cannot localize", records
+    if unobserved:
+        return "every observed hidden state matches; cannot localize" + _unobserved_note(unobserved), records
     return f"all hidden states up to ln_f match; suspect {SUSPECTS['lm_head']}", records
+
+
+def _unobserved_note(unobserved: list[str]) -> str:
+    """What the diagnosis could not see: modules whose own forward never ran (their layers run inside others)."""
+    if not unobserved:
+        return ""
+    more = f" and {len(unobserved) - 3} more" if len(unobserved) > 3 else ""
+    return f" (not observed, their forward is bypassed: {', '.join(unobserved[:3])}{more})"

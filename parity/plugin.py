@@ -8,12 +8,12 @@ choice is a one-line usage error that lists the valid choices.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nanogpt.hf import CheckpointError
+from nanogpt.paths import OutputPathError, resolve_output_file
 from parity.impl import Implementation, ImplementationError, import_implementation
 from parity.loading import versions
 from parity.report import ParityReport
@@ -82,15 +82,13 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
     report_path = config.getoption("--parity-report")
-    if report_path:
-        # Checked now, not when the report is written after the whole run.
-        where = Path(report_path).expanduser()
-        parent = next((p for p in where.absolute().parents if p.exists()), None)
-        if where.is_dir() or (parent is not None and not parent.is_dir()):
-            raise pytest.UsageError(
-                f"--parity-report {report_path}: cannot write a file there "
-                f"({'it is a directory' if where.is_dir() else f'{parent} is a file'}); give the path of a JSON file"
-            )
+    if report_path is not None:
+        # Checked now, not when the report is written after the whole run; written again through
+        # the same validator (ParityReport.write), so a symlink is written through, never replaced.
+        try:
+            resolve_output_file(report_path, "--parity-report")
+        except OutputPathError as e:
+            raise pytest.UsageError(str(e)) from None
     if config.getoption("--impl"):
         try:
             config.stash[IMPL_KEY] = import_implementation(config.getoption("--impl"))

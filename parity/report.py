@@ -12,10 +12,11 @@ import json
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from nanogpt.atomic import atomic_file
+from nanogpt.paths import resolve_output_file
 from parity.verdicts import Verdict
 
 
@@ -49,17 +50,10 @@ class ParityReport:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the report atomically (temporary file in the same directory, then rename)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(strict_json(self.to_json()), fh, indent=2, allow_nan=False)
-                fh.write("\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        out = resolve_output_file(path, "--parity-report")  # through a symlink; never onto a device
+        with atomic_file(out, "w") as fh:
+            json.dump(strict_json(self.to_json()), fh, indent=2, allow_nan=False)
+            fh.write("\n")
         return out
 
 

@@ -68,3 +68,39 @@ def test_relative_norm() -> None:
     assert relative_norm(torch.zeros(2), torch.zeros(2)) == 0.0
     assert relative_norm(torch.ones(2), torch.zeros(2)) == float("inf")
     assert hidden_divergence(torch.float32) > 1e-6  # above measured float32 noise (see tolerances.py)
+
+
+def test_bypassed_module_is_unobserved_not_blamed(pair: tuple[Any, Any]) -> None:
+    """Blocks that run their MLP's layers through a lambda (llm.c / minGPT style) never call mlp.forward; a
+    bug in ln_f is still placed at ln_f, and the bypassed modules are named as unobserved."""
+    reference, hf = pair
+    saved = []
+    for block in reference.transformer.h:
+        m = block.mlp
+        mlpf = lambda x, m=m: m.dropout(m.c_proj(m.gelu(m.c_fc(x))))  # noqa: E731
+        saved.append((block, block.forward))
+        block.forward = lambda x, b=block, f=mlpf: (lambda y: y + f(b.ln_2(y)))(x + b.attn(b.ln_1(x)))
+    handle = _scaled(reference.transformer.ln_f, 1.0 + 1e-3)
+    try:
+        idx = token_batch("several_sequences", CONFIG)
+        where, _ = first_divergence(reference, hf, idx, CONFIG.n_layer, logits_tolerance(torch.float32))
+    finally:
+        handle.remove()
+        for block, forward in saved:
+            block.forward = forward
+    assert where.startswith("first divergence at transformer.ln_f:"), where
+    assert "not observed" in where and "transformer.h.0.mlp" in where, where
+
+
+def test_bug_inside_a_bypassed_module_is_placed_at_its_block(pair: tuple[Any, Any]) -> None:
+    reference, hf = pair
+    block = reference.transformer.h[0]
+    m = block.mlp
+    block.forward = lambda x: (lambda y: y + 1.001 * m.c_proj(m.gelu(m.c_fc(block.ln_2(y)))))(x + block.attn(block.ln_1(x)))
+    try:
+        # The bug sits inside the bypassed MLP; the block's own output shows it, so it is placed at the block.
+        where, _ = first_divergence(reference, hf, token_batch("several_sequences", CONFIG), CONFIG.n_layer,
+                                    logits_tolerance(torch.float32))  # fmt: skip
+    finally:
+        del block.forward
+    assert where.startswith("first divergence at transformer.h.0:") and "transformer.h.0.mlp" in where, where
