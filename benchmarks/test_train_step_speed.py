@@ -3,7 +3,8 @@
 Both sides run the same small config, batch and dtype (float32 on the CPU), both with AdamW and gradient
 clipping at 1.0, and both are measured in this one test, interleaved round by round so that a busy
 machine slows them alike. The ratio (HF eager median / reference median; above 1 means the reference is
-faster) goes to the benchmark's extra_info; pytest-benchmark's own statistics time the reference step.
+faster) goes to the benchmark's extra_info and to the session's speed summary, next to the torch.compile
+speed-ups; pytest-benchmark's own statistics time the reference step.
 Nothing is asserted about speed: a timing assertion on a shared CI runner would only measure the runner.
 """
 
@@ -18,6 +19,7 @@ import torch
 from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from benchmarks.plugin import record_train_step
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train_step
@@ -80,7 +82,9 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], rounds: int, warmup:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def test_train_step_speed_reference_vs_hf(benchmark: pytest.FixtureRequest) -> None:
+def test_train_step_speed_reference_vs_hf(
+    benchmark: pytest.FixtureRequest, request: pytest.FixtureRequest
+) -> None:
     # One thread: on a shared 2-core runner, intra-op threads waiting on each other while other processes
     # hold the cores swing tiny-model timings by orders of magnitude (the root conftest restores it).
     torch.set_num_threads(1)
@@ -96,5 +100,7 @@ def test_train_step_speed_reference_vs_hf(benchmark: pytest.FixtureRequest) -> N
         hf_eager_median_s=medians["hf"],
         ratio_hf_over_reference=medians["hf"] / medians["reference"],
     )
+    label = f"{CONFIG.n_layer} layers x {CONFIG.n_embd}, batch {BATCH_SIZE} x {CONFIG.block_size}, float32, 1 thread"
+    record_train_step(request.config, label, medians["reference"], medians["hf"])
     benchmark.pedantic(reference, rounds=ROUNDS, warmup_rounds=1)
     assert medians["reference"] > 0 and medians["hf"] > 0

@@ -21,7 +21,7 @@ from torch import nn
 
 from nanogpt.atomic import atomic_directory
 from nanogpt.errors import CheckpointError
-from nanogpt.gpt_config import GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
+from nanogpt.gpt_config import LAYER_NORM_EPS, GPTConfig
 from nanogpt.hf_checks import (
     MAX_CONFIG_BYTES,
     architecture_problems,
@@ -31,10 +31,8 @@ from nanogpt.hf_checks import (
     parse_shard_index,
     safetensors_header_shapes,
 )
+from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
-
-# Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
-HUB_REPOS: dict[str, tuple[str, ...]] = {name: (f"openai-community/{name}", name) for name in GPT2_SIZES}
 
 # Causal-mask buffers that some transformers versions save; they are not weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -178,26 +176,6 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(
         f"{name!r} is neither a GPT-2 size ({', '.join(HUB_REPOS)}) nor an existing checkpoint directory"
     )
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache directory (honours HF_HUB_CACHE and HF_HOME)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
-    return home / "hub"
-
-
-def find_cached_snapshot(name: str) -> Path | None:
-    """The cached snapshot directory of a GPT-2 size with a config and weights, or None; never downloads."""
-    for repo in HUB_REPOS[name]:
-        snapshots = hf_cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
-        if not snapshots.is_dir():
-            continue
-        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            if (snap / HF_CONFIG_FILE).is_file() and weight_files(snap, required=False):
-                return snap
-    return None
 
 
 def weight_files(directory: Path, required: bool = True) -> list[Path]:

@@ -47,6 +47,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="auto (pretrained when in the local HF cache, else synthetic) | pretrained | synthetic",
     )
     group.addoption(
+        "--revision",
+        default=None,
+        help="pin the cached hub snapshot of a named size: branch, tag or commit (default: refs/main)",
+    )
+    group.addoption(
         "--device", default=None, help=f"{' | '.join(DEVICE_CHOICES)} (default: cuda when available)"
     )
     group.addoption(
@@ -72,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption("--weights"),
             config.getoption("--device"),
             config.getoption("--dtype"),
+            revision=config.getoption("--revision"),
         )
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.hf import CheckpointError, config_from_hf, find_cached_snapshot, hf_cache_dir, read_hf_config
+from nanogpt.hf import CheckpointError, config_from_hf, read_hf_config
+from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
 from parity.memory import MemoryPlan, param_bytes, plan_memory
 from parity.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
@@ -154,9 +155,17 @@ def _local_target(path: Path, device: str, dtype: str | None) -> ParityTarget:
     )
 
 
-def _size_target(name: str, weights: str, device: str, dtype: str | None) -> ParityTarget:
+def _size_target(
+    name: str, weights: str, device: str, dtype: str | None, revision: str | None = None
+) -> ParityTarget:
     config = gpt2_config(name)
-    cached = find_cached_snapshot(name) if weights in ("auto", "pretrained") else None
+    cached = find_cached_snapshot(name, revision) if weights in ("auto", "pretrained") else None
+    if revision is not None and cached is None:
+        raise UsageError(
+            f"--revision {revision}: no snapshot of {name} at that revision (branch, tag or commit) in the "
+            f"local Hugging Face cache ({hf_cache_dir()}; repositories {', '.join(HUB_REPOS[name])}); "
+            "download it there where the network allows, or drop --revision"
+        )
     if weights == "pretrained" and cached is None:
         raise UsageError(
             f"--weights pretrained: the real {name} checkpoint is not in the local Hugging Face cache "
@@ -176,14 +185,21 @@ def _size_target(name: str, weights: str, device: str, dtype: str | None) -> Par
     )  # fmt: skip
 
 
-def resolve_targets(model: str, weights: str, device: str | None, dtype: str | None) -> list[ParityTarget]:
-    """Validate the command-line choices and return the targets, before any model is built."""
+def resolve_targets(
+    model: str, weights: str, device: str | None, dtype: str | None, revision: str | None = None
+) -> list[ParityTarget]:
+    """Validate the command-line choices and return the targets, before any model is built.
+
+    revision pins the cached hub snapshot of a named size (a branch, tag or commit; default refs/main).
+    """
     if weights not in WEIGHTS_CHOICES:
         raise UsageError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS_CHOICES)}")
+    if revision is not None and weights == "synthetic":
+        raise UsageError("--revision pins pretrained weights; drop it or use --weights pretrained")
     device = resolve_device(device)
     if model in GPT2_SIZES or model == "all":
         names = list(GPT2_SIZES) if model == "all" else [model]
-        targets = [_size_target(n, weights, device, dtype) for n in names]
+        targets = [_size_target(n, weights, device, dtype, revision) for n in names]
     else:
         path = Path(os.path.expanduser(model))
         if not path.is_dir():
@@ -195,5 +211,7 @@ def resolve_targets(model: str, weights: str, device: str | None, dtype: str | N
             raise UsageError(
                 "--weights synthetic applies to named sizes; a checkpoint directory is its own weights"
             )
+        if revision is not None:
+            raise UsageError("--revision applies to named sizes; a checkpoint directory is its own weights")
         targets = [_local_target(path, device, dtype)]
     return targets

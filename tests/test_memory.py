@@ -29,7 +29,11 @@ from parity.forward import check_logits, hf_logits, loss_of, reference_logits
 from parity.gradients import check_gradients
 from parity.loading import load_hf, load_reference, share_parameters
 from parity.memory import Available, available_memory, memory_problem, plan_memory
-from parity.synthetic import ensure_synthetic_checkpoint, synthetic_hf_weights, write_synthetic_safetensors
+from parity.synthetic import (
+    ensure_synthetic_checkpoint,
+    synthetic_openai_weights,
+    write_synthetic_safetensors,
+)
 from parity.targets import resolve_targets
 from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
 from parity.tolerances import Tolerance, gradients_tolerance
@@ -400,7 +404,7 @@ def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[
 def test_streamed_safetensors_holds_the_seeded_weights(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     write_synthetic_safetensors(path, TINY, seed=7)
-    expected = synthetic_hf_weights(TINY, seed=7)
+    expected = synthetic_openai_weights(TINY, seed=7)
     with safe_open(str(path), framework="pt") as f:
         assert sorted(f.keys()) == sorted(expected)
         for name, t in expected.items():

@@ -1,0 +1,130 @@
+"""`python -m parity.plot`: a PNG of per-module relative-difference profiles, or one error line.
+
+The reports are built by hand in the schema `--parity-report` writes under "profiles": a float32 run
+that passes (flat near the noise level) and one with a real bug (a step at the module that introduces
+it, here an exact-GELU MLP in block 1).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from parity import plot
+
+MODULES = ["transformer.wte+wpe"] + [
+    f"transformer.h.{i}.{part}" for i in range(4) for part in ("ln_1", "attn", "ln_2", "mlp")
+] + ["transformer.ln_f", "lm_head"]  # fmt: skip
+BUG_AT = MODULES.index("transformer.h.1.mlp")
+
+
+def profile(model: str, rel: list[float | None], passed: bool, comparison: str = "logits[gradient batch]") -> dict:
+    return {"model": model, "comparison": comparison, "dtype": "float32", "modules": MODULES,
+            "relative_difference": rel, "noise": 1e-5, "tolerance": {"rtol": 1e-4, "atol": 1e-5},
+            "passed": passed}  # fmt: skip
+
+
+def passing_float32() -> dict:
+    rel: list[float | None] = [2e-8 * (1 + 0.3 * i) for i in range(len(MODULES))]
+    rel[0] = 0.0  # embeddings are looked up, not computed: exactly equal
+    rel[5] = None  # a module the hooks did not observe
+    return profile("gpt2", rel, passed=True)
+
+
+def exact_gelu_bug() -> dict:
+    rel = [3e-8 if i < BUG_AT else 2e-3 * (1 + 0.5 * (i - BUG_AT)) for i in range(len(MODULES))]
+    return profile("tiny-exact-gelu", rel, passed=False)
+
+
+def write(tmp_path: Path, report: object, name: str = "report.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(report) if not isinstance(report, str) else report)
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_the_command_writes_a_png_of_sensible_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    report = write(tmp_path, {"models": [], "profiles": [passing_float32(), exact_gelu_bug()]})
+    out = tmp_path / "profile.png"
+    assert plot.main([str(report), "-o", str(out)]) == 0
+    width, height = png_size(out)
+    assert 600 <= width <= 2400 and 300 <= height <= 1200
+    assert 10_000 < out.stat().st_size < 2_000_000
+    assert capsys.readouterr().out.strip() == f"wrote {out} (2 profiles)"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left behind"
+
+
+def test_a_bug_is_marked_where_it_starts_and_a_pass_is_not(tmp_path: Path) -> None:
+    """What makes the two runs look different at a glance: a step, marked at its module, above the lines."""
+    pytest.importorskip("matplotlib")
+    profiles = plot.read_profiles(write(tmp_path, {"profiles": [passing_float32(), exact_gelu_bug()]}))
+    good, bad = profiles
+    assert good.first_divergence() is None and bad.first_divergence() == BUG_AT
+    fig = plot.draw(profiles)
+    ax = fig.axes[0]
+    notes = [t.get_text() for t in ax.texts]
+    assert "first divergence: h.1.mlp" in notes, notes
+    assert sum("first divergence" in n for n in notes) == 1, "the passing run is not marked"
+    assert any("float32 noise 1e-05" in n for n in notes) and any("tolerance rtol" in n for n in notes)
+    assert ax.get_yscale() == "log"
+    good_line, bad_line = ax.get_lines()[:2]
+    assert max(good_line.get_ydata()) < 1e-5 < min(bad_line.get_ydata()[BUG_AT:])
+    assert len(good_line.get_xdata()) == len(MODULES) - 1, "the unobserved module is a gap, not a zero"
+    assert min(good_line.get_ydata()) == pytest.approx(2.6e-9), "exact agreement: a decade below the least"
+
+
+def _bad_reports(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    short = passing_float32()
+    short["relative_difference"] = short["relative_difference"][:-1]
+    nan = passing_float32()
+    nan["noise"] = float("nan")
+    no_tol = passing_float32()
+    del no_tol["tolerance"]
+    return {
+        "missing file": (tmp_path / "nowhere.json", "no such file"),
+        "not json": (write(tmp_path, "{not json", "a.json"), "not JSON"),
+        "no profiles": (write(tmp_path, {"models": []}, "b.json"), 'no "profiles" in the report'),
+        "empty profiles": (write(tmp_path, {"profiles": []}, "c.json"), "must be a non-empty list"),
+        "length mismatch": (write(tmp_path, {"profiles": [short]}, "d.json"), "as long as modules"),
+        "nan noise": (write(tmp_path, {"profiles": [passing_float32(), nan]}, "e.json"),
+                      "profiles[1].noise must be a finite number"),
+        "no tolerance": (write(tmp_path, {"profiles": [no_tol]}, "f.json"), "profiles[0] lacks tolerance"),
+    }  # fmt: skip
+
+
+def test_a_malformed_report_is_refused_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile.png"
+    for case, (path, message) in _bad_reports(tmp_path).items():
+        assert plot.main([str(path), "-o", str(out)]) == 2, case
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, f"{case}: {err!r}"
+        assert not out.exists(), case
+
+
+def test_missing_matplotlib_is_one_line_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    report = write(tmp_path, {"profiles": [passing_float32()]})
+    assert plot.main([str(report), "-o", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'nanogpt-parity[plot]'" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_an_output_folder_that_does_not_exist_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = write(tmp_path, {"profiles": [passing_float32()]})
+    assert plot.main([str(report), "-o", str(tmp_path / "no" / "p.png")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
