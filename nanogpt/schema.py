@@ -76,6 +76,11 @@ def tensor_shapes(config: Any, vocab_size: int | None = None) -> dict[str, tuple
     return shapes
 
 
+def hf_tensor_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """tensor_shapes in Hugging Face's layout: the Conv1D weights (in, out), i.e. transposed."""
+    return {k: (s[1], s[0]) if k.endswith(CONV1D_SUFFIXES) else s for k, s in tensor_shapes(config).items()}
+
+
 def param_count(config: Any) -> int:
     """The tied GPT-2 parameter count of a config (real vocabulary, biases), from the architecture alone."""
     C, L = config.n_embd, config.n_layer

@@ -24,6 +24,7 @@ import transformers
 
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT2_SIZES, GPTConfig
+from nanogpt.paths import OutputPathError
 from parity.impl import ImplementationError, import_implementation, reference_implementation
 from parity.memory import available_memory, ignore_memory_check, memory_problem
 from parity.registry import CHECK_NAMES, CHECKS, run_checks
@@ -195,7 +196,7 @@ def run(argv: list[str] | None = None) -> int:
         target = resolve_model(args.model, args.device, args.dtype)
         check_memory(target, selected)
         target.ensure_checkpoint()
-    except (UsageError, CheckpointError) as e:
+    except (UsageError, CheckpointError, OutputPathError) as e:
         print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
         return EXIT_ABORT
     try:

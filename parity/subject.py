@@ -25,6 +25,7 @@ from parity.gradients import GradientRun, run_gradients
 from parity.impl import Implementation, ImplementationError, LoadReport, load_implementation
 from parity.loading import load_hf, load_reference, share_parameters
 from parity.memory import available_memory, format_bytes, param_bytes
+from parity.progress import phase
 from parity.synthetic import ensure_synthetic_checkpoint
 from parity.targets import ParityTarget
 from parity.tie import twin_config
@@ -32,6 +33,9 @@ from parity.tie import twin_config
 # A check that trains both models (AdamW: parameters, gradients and two moment buffers for each, plus the
 # copies it trains) needs this many times one model's parameter bytes on top of what the run already holds.
 TRAINING_BYTES_FACTOR = 8
+# Loading and the shared forward + backward print a progress line from this size of weights on (gpt2 in
+# float32 is 0.5 GB: seconds of silence; a tiny model's whole run takes less).
+PROGRESS_MIN_BYTES = 100_000_000
 
 
 @dataclass
@@ -93,10 +97,12 @@ class Subject:
                 torch.backends.cuda.matmul.allow_tf32 = False
                 torch.backends.cudnn.allow_tf32 = False
             try:
-                if self.reference_loader:
-                    model = load_reference(self.checkpoint(), self.dtype, self.device)
-                else:
-                    model, self.report = load_implementation(self.impl, self.checkpoint(), self.dtype, self.device)
+                checkpoint = self.checkpoint()  # generated first, with its own progress line
+                with self._progress(f"loading {self.label} ({self.target.name}, {self.target.dtype_name})"):
+                    if self.reference_loader:
+                        model = load_reference(checkpoint, self.dtype, self.device)
+                    else:
+                        model, self.report = load_implementation(self.impl, checkpoint, self.dtype, self.device)
             except ImplementationError as e:
                 self._load_error = e
                 raise
@@ -108,7 +114,8 @@ class Subject:
     def hf(self) -> Any:
         """Hugging Face's GPT2LMHeadModel with tie_word_embeddings=True, from the same checkpoint."""
         if self._hf is None:
-            self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
+            with self._progress(f"loading Hugging Face's GPT2LMHeadModel ({self.target.name}, {self.target.dtype_name})"):
+                self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
         return self._hf
 
     @property
@@ -121,11 +128,16 @@ class Subject:
         if self._gradient_run is None:
             model, hf = self.model(), self.hf()
             idx, targets = (t.to(self.device) for t in gradient_batch(self.config))
-            with clean_grads(model, hf):
+            with clean_grads(model, hf), self._progress(f"{self.target.name}: forward + backward of both models"):
                 self._gradient_run = run_gradients(
                     model, hf, idx, targets, self.config.output_vocab_size, keep_tied_gradient=True
                 )
         return self._gradient_run
+
+    def _progress(self, label: str) -> contextlib.AbstractContextManager[Any]:
+        """A progress line for work on a model of PROGRESS_MIN_BYTES or more (small ones take no time)."""
+        big = param_bytes(self.config, self.dtype) >= PROGRESS_MIN_BYTES
+        return phase(label) if big else contextlib.nullcontext()
 
     def training_fits(self) -> str | None:
         """None when training copies of both loaded models fits in memory, else why the twin is used."""

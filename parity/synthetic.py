@@ -41,6 +41,8 @@ import torch
 from nanogpt.atomic import atomic_directory
 from nanogpt.hf import HF_CONFIG_FILE, SAFETENSORS_FILE, hf_config_from_gpt
 from nanogpt.model import GPTConfig, gpt2_config
+from nanogpt.paths import resolve_output_dir
+from nanogpt.schema import hf_tensor_shapes
 from parity.progress import Phase, note, phase
 
 # Bump when the generation recipe changes, so old cached checkpoints are not reused.
@@ -58,11 +60,12 @@ PROGRESS_MIN_BYTES = 100_000_000
 def cache_root() -> Path:
     """Where synthetic checkpoints are cached: $NANOGPT_PARITY_CACHE, else ~/.cache/nanogpt-parity."""
     env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
+    if env is not None:
+        # Validated like every output path: a file, a device or an unwritable place is one clear error.
+        return resolve_output_dir(env, CACHE_ENV_VAR)
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "nanogpt-parity"
+    return resolve_output_dir(base / "nanogpt-parity", "the synthetic checkpoint cache (set NANOGPT_PARITY_CACHE)")
 
 
 def checkpoint_name(label: str, seed: int) -> str:
@@ -90,32 +93,7 @@ def _init_spec(name: str, n_layer: int) -> tuple[float, float]:
 
 def synthetic_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of a tied GPT-2 checkpoint in HF layout (no lm_head: it is wte)."""
-    C, V, L = config.n_embd, config.vocab_size, config.n_layer
-    shapes: dict[str, tuple[int, ...]] = {
-        "transformer.wte.weight": (V, C),
-        "transformer.wpe.weight": (config.block_size, C),
-    }
-    for i in range(L):
-        p = f"transformer.h.{i}."
-        shapes.update(
-            {
-                p + "ln_1.weight": (C,),
-                p + "ln_1.bias": (C,),
-                p + "attn.c_attn.weight": (C, 3 * C),  # Conv1D layout: (in, out)
-                p + "attn.c_attn.bias": (3 * C,),
-                p + "attn.c_proj.weight": (C, C),
-                p + "attn.c_proj.bias": (C,),
-                p + "ln_2.weight": (C,),
-                p + "ln_2.bias": (C,),
-                p + "mlp.c_fc.weight": (C, 4 * C),
-                p + "mlp.c_fc.bias": (4 * C,),
-                p + "mlp.c_proj.weight": (4 * C, C),
-                p + "mlp.c_proj.bias": (C,),
-            }
-        )
-    shapes["transformer.ln_f.weight"] = (C,)
-    shapes["transformer.ln_f.bias"] = (C,)
-    return shapes
+    return hf_tensor_shapes(config)
 
 
 def synthetic_tensor(

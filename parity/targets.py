@@ -18,6 +18,7 @@ import torch
 from nanogpt.hf import CheckpointError, config_from_hf, read_hf_config
 from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
+from nanogpt.paths import OutputPathError
 from parity.memory import MemoryPlan, param_bytes, plan_memory
 from parity.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
 
@@ -178,7 +179,10 @@ def _size_target(
                             resolve_dtype(dtype, device, name), checkpoint=cached,
                             dtype_reason=dtype_reason(dtype, device, name))  # fmt: skip
     why = "requested" if weights == "synthetic" else "no pretrained weights in the local Hugging Face cache"
-    where = cache_root() / checkpoint_name(name, DEFAULT_SEED)
+    try:
+        where = cache_root() / checkpoint_name(name, DEFAULT_SEED)
+    except OutputPathError as e:
+        raise UsageError(str(e)) from None
     return ParityTarget(
         name, config, "synthetic", f"{why}; seeded synthetic checkpoint at {where}", device,
         resolve_dtype(dtype, device, name), dtype_reason=dtype_reason(dtype, device, name),
