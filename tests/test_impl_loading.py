@@ -231,19 +231,41 @@ def test_configure_optimizers_signatures_across_history() -> None:
     def renamed(self: object, wd: float, lr: float, b: tuple) -> None:
         seen.append((wd, lr, b))
 
+    def zero(self: object, weight_decay: float, learning_rate: float, betas: tuple, device_type: str,
+             zero_stage: int) -> None:  # fmt: skip
+        seen.append((weight_decay, device_type, zero_stage))
+
+    def defaulted(self: object, weight_decay: float, lr: float, betas: tuple, fused: bool = True) -> None:
+        seen.append((weight_decay, lr, fused))
+
+    def renamed_with_zero(self: object, wd_: float, lr_: float, b_: tuple, zero_stage: int) -> None:
+        seen.append((wd_, lr_, b_, zero_stage))
+
     def unknown(self: object, a: float, b: float) -> None:
         seen.append("called")
 
-    for method in (current, older, mingpt, renamed):
+    def one_unknown(self: object, weight_decay: float, learning_rate: float, betas: tuple,
+                    grad_accum_steps: int) -> None:  # fmt: skip
+        seen.append("called")
+
+    for method in (current, older, mingpt, renamed, zero, defaulted, renamed_with_zero):
         call_configure_optimizers(method, object(), values)
     assert seen == [
         (0.1, 1e-3, (0.9, 0.95), "cpu"),
         (0.1, 1e-3, (0.9, 0.95)),
         (0.1, 1e-3),
         (0.1, 1e-3, (0.9, 0.95)),
+        (0.1, "cpu", 0),  # a ZeRO stage is filled by name: one process, stage 0
+        (0.1, 1e-3, True),  # an extra parameter with a default keeps it; lr is learning_rate's alias
+        (0.1, 1e-3, (0.9, 0.95), 0),
     ]
-    with pytest.raises(ImplementationError, match="cannot tell which argument is which"):
+    with pytest.raises(ImplementationError, match=r"cannot fill a, b \("):
         call_configure_optimizers(unknown, object(), values)
+    # The message names only the parameter it cannot fill.
+    with pytest.raises(ImplementationError, match=r"cannot fill grad_accum_steps \(") as e:
+        call_configure_optimizers(one_unknown, object(), values)
+    assert "give grad_accum_steps a default" in str(e.value) and "cannot fill weight_decay" not in str(e.value)
+    assert seen[-1] != "called"
 
 
 def _run_parity_suite(

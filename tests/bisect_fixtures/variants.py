@@ -33,7 +33,13 @@ EDITS: dict[str, list[tuple[str, str]]] = {
         (NO_DECAY, NO_DECAY.replace("p.dim() < 2]", 'p.dim() < 2 or n == "transformer.wte.weight"]')),
     ],
     "exact-gelu": [('nn.GELU(approximate="tanh")', "nn.GELU()")],
-    "import-error": [("import inspect\n", "import inspect\nimport a_module_that_does_not_exist\n")],
+    # The model needs the missing module (an unused one would be left out of a definitions-only load).
+    "import-error": [
+        ("import inspect\n", "import inspect\nfrom a_module_that_does_not_exist import fused_gelu\n"),
+        ('nn.GELU(approximate="tanh")', "fused_gelu()"),
+    ],
+    # A module-level import nobody uses (an experiment tracker), as training scripts have.
+    "unused-import-error": [("import inspect\n", "import inspect\nimport a_module_that_does_not_exist\n")],
     "logits-only": [("        return logits, loss\n", "        return logits\n")],
     # forward(idx) without targets: only lm_head's output has every position's logits.
     "no-targets": [
