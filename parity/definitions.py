@@ -47,6 +47,7 @@ class DefinitionsPlan:
     used_names: set[str]  # names read by the kept statements other than imports
     orphans: list[str] = field(default_factory=list)  # names kept code reads that only left-out code binds
     relative_imports: list[LeftOut] = field(default_factory=list)
+    relative_level: int = 0  # the deepest relative import (2 for `from ..x import y`), 0 for none
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -188,7 +189,8 @@ def plan_definitions(source: str, filename: str) -> DefinitionsPlan:
         if isinstance(n, ast.ImportFrom) and n.level > 0
     ]
     orphans = sorted((used & left_binds) - kept_binds)
-    return DefinitionsPlan(kept, left_out, used, orphans, relative)
+    level = max((n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), default=0)
+    return DefinitionsPlan(kept, left_out, used, orphans, relative, level)
 
 
 def exec_definitions(plan: DefinitionsPlan, module: ModuleType, filename: str) -> list[str]:

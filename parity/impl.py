@@ -181,7 +181,7 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
         plan = plan_definitions(path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError) as e:
         raise ImplementationError(f"cannot read {path}: {e}") from e
-    levels = max((r.level for r in plan.relative_imports), default=0)
+    levels = plan.relative_level
     if levels == 0:
         name = unique
     else:
