@@ -57,15 +57,16 @@ def run_bisect(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
 
 
 def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
-    """`python -m pytest parity/ --impl IMPL` on the bisect command's small model; exit 0 when all pass."""
+    """`python -m pytest parity/ --impl IMPL` on the bisect command's small model, run from a scratch folder
+    (it imports the tested code in its own process: a file the code writes lands there); exit 0 when all pass."""
     from parity.bisect import resolve_model
 
     checkpoint = resolve_model("small", "cpu", None)
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "--impl", str(impl), "--model", str(checkpoint.ensure_checkpoint()),
-         "-p", "no:cacheprovider", "-q", *variant.pytest_options],
-        cwd=REPO_ROOT, env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
+        [sys.executable, "-m", "pytest", str(REPO_ROOT / "parity"), "--rootdir", str(REPO_ROOT), "--impl", str(impl),
+         "--model", str(checkpoint.ensure_checkpoint()), "-p", "no:cacheprovider", "-q", *variant.pytest_options],
+        cwd=tmp_path, env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip
     return FrontEndRun(
