@@ -93,6 +93,9 @@ def main() -> None:
         subject.model()
     except ImplementationError:
         pass  # remembered by the subject: every check that needs the model says CANNOT-TEST with it
+    if subject.report is not None and subject.report.output:
+        sys.stdout.write(subject.report.output)  # what __init__ printed joins the captured output
+        sys.stdout.flush()
     fingerprints = [hf_fingerprint()]
     verdicts = []
     checkpoint_error = ""
