@@ -288,12 +288,15 @@ def _annotated_config(module: ModuleType, gpt_cls: type) -> type | None:
         params = list(inspect.signature(gpt_cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
-    if not params or params[0].annotation is inspect.Parameter.empty:
-        return None
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        return None  # nn.Module's own __init__(*args: Any, **kwargs: Any)
     annotation = params[0].annotation
+    if annotation is inspect.Parameter.empty:
+        return None
     if isinstance(annotation, str):  # from __future__ import annotations
         annotation = getattr(module, annotation.strip("'\""), None)
-    return annotation if isinstance(annotation, type) and annotation.__module__ != "builtins" else None
+    plain = isinstance(annotation, type) and annotation.__module__ not in ("builtins", "typing")
+    return annotation if plain else None
 
 
 def _fill_factory_config(cfg: Any, config: GPTConfig) -> Any:

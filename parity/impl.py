@@ -234,7 +234,8 @@ def _import_classes(
         hint = ""
         if isinstance(e, ImportError) and "relative import" in str(e):
             hint = "; pass the package folder (the directory with __init__.py) as --impl"
-        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {e}{hint}") from e
+        text = str(e).replace(unique + ".", "")  # the package's own name, not the harness's alias of it
+        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {text}{hint}") from e
     _NOTES[unique] = notes
     return module, gpt, maker, notes
 
