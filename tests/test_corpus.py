@@ -2,8 +2,9 @@
 
 A front end is one entry of FRONT_ENDS: a function running an implementation and returning its exit code
 and, where the front end reports them, the verdict of each check. The bisect command runs every variant
-(and the correct ones again in float32, the CUDA default); `pytest parity/ --impl` runs the correct ones (it imports the tested code in its own process, so hostile
-code is the bisect command's, and later the sandboxed fixture's, to judge).
+(and, with -m slow, the correct ones again in float32, the CUDA default); `pytest parity/ --impl` runs
+the correct ones (it imports the tested code in its own process, so hostile code is the bisect
+command's, and later the sandboxed fixture's, to judge). Adding a front end is one FRONT_ENDS entry.
 """
 
 from __future__ import annotations
@@ -74,14 +75,24 @@ def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRu
     )
 
 
-FRONT_ENDS: dict[str, tuple[Callable[[Variant, Path, Path], FrontEndRun], Callable[[Variant], bool]]] = {
-    "bisect": (run_bisect, lambda v: True),
-    # float32 is the CUDA default: a correct implementation must pass there too.
-    "bisect-float32": (
+@dataclass(frozen=True)
+class FrontEnd:
+    """A way to run an implementation, the variants it applies to, and marks (slow: opt-in)."""
+
+    run: Callable[[Variant, Path, Path], FrontEndRun]
+    applies: Callable[[Variant], bool]
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+FRONT_ENDS: dict[str, FrontEnd] = {
+    "bisect": FrontEnd(run_bisect, lambda v: True),
+    "pytest": FrontEnd(run_parity_suite, lambda v: v.correct),
+    # float32 is the CUDA default: a correct implementation must pass there too (opt-in: -m slow).
+    "bisect-float32": FrontEnd(
         lambda v, impl, tmp: run_bisect(v, impl, tmp, "--dtype", "float32"),
         lambda v: v.correct,
+        (pytest.mark.slow,),
     ),
-    "pytest": (run_parity_suite, lambda v: v.correct),
 }
 # Expected verdicts that wait for a fix elsewhere, as strict xfails: when the fix lands they XPASS and
 # fail, and the entry goes. (variant, front end) -> the reason.
@@ -124,11 +135,11 @@ PENDING: dict[tuple[str, str], str] = {
 
 def _cases() -> list:
     cases = []
-    for front_end, (_, applies) in FRONT_ENDS.items():
+    for front_end, spec in FRONT_ENDS.items():
         for v in CORPUS:
-            if applies(v):
+            if spec.applies(v):
                 reason = PENDING.get((v.name, front_end))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                marks = [*spec.marks, *([pytest.mark.xfail(strict=True, reason=reason)] if reason else [])]
                 cases.append(pytest.param(front_end, v, id=f"{front_end}-{v.name}", marks=marks))
     return cases
 
@@ -141,7 +152,7 @@ def _files(directory: Path) -> set[Path]:
 def test_corpus_variant_gets_its_expected_verdicts(front_end: str, variant: Variant, tmp_path: Path) -> None:
     impl = variant.write(tmp_path / "repo")
     before = _files(tmp_path / "repo")
-    run = FRONT_ENDS[front_end][0](variant, impl, tmp_path)
+    run = FRONT_ENDS[front_end].run(variant, impl, tmp_path)
     assert run.exit_code == (variant.exit_code if run.verdicts is not None else 0), run.output
     if run.verdicts is not None:
         assert run.verdicts == variant.expected, run.output
