@@ -132,11 +132,26 @@ def _stub_packages(chain: list[tuple[str, Path]]) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+def _plan(path: Path) -> DefinitionsPlan:
+    """The definitions plan of a .py file (a SyntaxError propagates: the import fails with it)."""
+    try:
+        return plan_definitions(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImplementationError(f"cannot read {path}: {e}") from e
+
+
 def _load_file(
-    name: str, path: Path, plan: DefinitionsPlan, run_module: bool, notes: list[str]
+    name: str,
+    path: Path,
+    plan: DefinitionsPlan,
+    run_module: bool,
+    notes: list[str],
+    package_dir: Path | None = None,
 ) -> ModuleType:
-    """Execute a .py file as module `name`: its definitions only, or all of it with run_module."""
-    spec = importlib.util.spec_from_file_location(name, path)
+    """Execute a .py file as module `name` (a package's __init__ with package_dir): definitions or all."""
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(package_dir)] if package_dir else None
+    )
     if spec is None or spec.loader is None:
         raise ImplementationError(f"{path}: not importable as Python source")
     module = importlib.util.module_from_spec(spec)
@@ -158,29 +173,25 @@ def _take_gpt(module: ModuleType, where: str) -> type[nn.Module]:
     return gpt
 
 
-def _import_package(path: Path, unique: str) -> tuple[ModuleType, str]:
-    """A package directory: its __init__.py run as it is, then its model.py when __init__ has no GPT."""
-    spec = importlib.util.spec_from_file_location(
-        unique, path / "__init__.py", submodule_search_locations=[str(path)]
-    )
-    if spec is None or spec.loader is None:
-        raise ImplementationError(f"{path}: not importable as Python source")
+def _import_package(path: Path, unique: str, run_module: bool, notes: list[str]) -> tuple[ModuleType, str]:
+    """A package directory: its __init__.py (definitions only, unless run_module), then its model.py when
+    __init__ has no GPT. Submodules that __init__ imports itself run as they are."""
     module = sys.modules.get(unique)
     if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
+        init = path / "__init__.py"
+        module = _load_file(unique, init, _plan(init), run_module, notes, package_dir=path)
     if not hasattr(module, "GPT") and (path / "model.py").is_file():
-        return importlib.import_module(unique + ".model"), str(path / "model.py")
+        name = unique + ".model"
+        inner = sys.modules.get(name) or _load_file(
+            name, path / "model.py", _plan(path / "model.py"), run_module, notes
+        )
+        return inner, str(path / "model.py")
     return module, str(path)
 
 
 def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) -> ModuleType:
     """A .py file, through its folder as a package when it has relative imports."""
-    try:
-        plan = plan_definitions(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ImplementationError(f"cannot read {path}: {e}") from e
+    plan = _plan(path)
     levels = plan.relative_level
     if levels == 0:
         name = unique
@@ -221,7 +232,7 @@ def _import_classes(
     try:
         with _isolated_import(path.parent, unique):
             if is_package:
-                module, where = _import_package(path, unique)
+                module, where = _import_package(path, unique, run_module, notes if fresh else [])
             else:
                 module = _import_file(path, unique, run_module, notes if fresh else [])
         gpt = _take_gpt(module, where)

@@ -225,17 +225,19 @@ def run_checks_in_child(
             reader.start()
             read_fd = -1  # the reader owns it now
             try:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
-                proc.stdin.close()
-            except OSError:
-                pass  # the child died before reading its request: its end says what happened
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = timeout
-            _kill_group(proc)
-            proc.wait()
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(json.dumps(request).encode() + b"\n")
+                    proc.stdin.close()
+                except OSError:
+                    pass  # the child died before reading its request: its end says what happened
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = timeout
+            finally:  # also on Ctrl-C: the child's own session does not get the terminal's SIGINT
+                _kill_group(proc)
+                proc.wait()
             reader.join(timeout=10)
             output = _output_tail(output_file)
     finally:

@@ -6,7 +6,12 @@ the bisect command; these tests cover the pieces directly: the fingerprint, a fo
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,7 @@ FORGE = """        import json, os
         os._exit(0)
 """
 FORWARD_START = "        device = idx.device\n"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fingerprint_sees_a_patched_gelu_and_ignores_the_default_dtype(
@@ -102,3 +108,38 @@ def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> Non
         "the tested code's process timed out after 5 s during import"
     )
     assert bisect.EXIT_SKIP == 125
+
+
+def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
+    """Ctrl-C reaches only the command (the child has its own session): the command must kill the child."""
+    pid_file = tmp_path / "child.pid"
+    hang = f'        open({str(pid_file)!r}, "w").write(str(__import__("os").getpid()))\n        __import__("time").sleep(3600)\n'
+    impl = tmp_path / "model.py"
+    impl.write_text(model_source().replace(FORWARD_START, FORWARD_START + hang))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "parity.bisect",
+        "--impl",
+        str(impl),
+        "--checks",
+        "logits",
+        "--timeout",
+        "600",
+    ]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        child = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

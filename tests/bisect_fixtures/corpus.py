@@ -118,6 +118,13 @@ CORPUS = [
         says=("through its package folder", "the package's __init__.py not run"),
     ),
     Variant(
+        "package-folder",
+        _copy("relative_package"),
+        _all(PASS),
+        0,
+        says=("line 4: import of Trainer left out (No module named 'wandb'",),
+    ),
+    Variant(
         "renamed-config-dict-output",
         _template("config-renamed", "forward-dict"),
         _all(PASS),
