@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nanogpt.hf import config_from_hf
-from parity.goldens import expected_total_params
+from nanogpt.schema import param_count
 from parity.memory import BASE_BYTES, available_memory, format_bytes
 from parity.targets import ParityTarget, resolve_targets
 
@@ -113,7 +113,7 @@ def yardstick(model: str, checkpoint: str, dtype: str, repeats: int = YARDSTICK_
     import torch
 
     from parity.batches import targets_for, token_batch
-    from parity.checks import hf_logits, loss_of
+    from parity.forward import hf_logits, loss_of
     from parity.loading import load_hf
     from parity.targets import DTYPES
 
@@ -140,7 +140,7 @@ def measure(
     os.environ["NANOGPT_PARITY_CACHE"] = str(cache)
     (t,) = resolve_targets(model, "synthetic", "cpu", None)
     row = Row(model, t.dtype_name, "shared" if t.memory.share_weights else "independent",
-              t.memory.param_bytes, expected_total_params(t.config) * 4, t.memory.estimated_peak_bytes)  # fmt: skip
+              t.memory.param_bytes, param_count(t.config) * 4, t.memory.estimated_peak_bytes)  # fmt: skip
     py = sys.executable
     gen = run_child(
         [py, "-c", "import json, sys; from parity.synthetic import ensure_synthetic_gpt2; "

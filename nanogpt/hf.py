@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from nanogpt.atomic import atomic_directory
-from nanogpt.model import GPT, GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
+from nanogpt.errors import CheckpointError
+from nanogpt.gpt_config import GPT2_SIZES, LAYER_NORM_EPS, GPTConfig
+from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
 
 # Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
 HUB_REPOS: dict[str, tuple[str, ...]] = {name: (f"openai-community/{name}", name) for name in GPT2_SIZES}
 
-# Weights HF keeps as Conv1D, (in, out): transposed with respect to nn.Linear.
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers that some transformers versions save; they are not weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -33,10 +34,6 @@ HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 PYTORCH_BIN_FILE = "pytorch_model.bin"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as GPT-2; the message names the problem and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,36 +288,6 @@ def _strip_prefix(key: str) -> str:
     return key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
 
 
-def expected_nanogpt_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of a tied nanoGPT model with its shape (lm_head.weight omitted: it is wte)."""
-    C, V = config.n_embd, config.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "transformer.wte.weight": (V, C),
-        "transformer.wpe.weight": (config.block_size, C),
-        "transformer.ln_f.weight": (C,),
-        "transformer.ln_f.bias": (C,),
-    }
-    for i in range(config.n_layer):
-        p = f"transformer.h.{i}."
-        shapes.update(
-            {
-                p + "ln_1.weight": (C,),
-                p + "ln_1.bias": (C,),
-                p + "attn.c_attn.weight": (3 * C, C),
-                p + "attn.c_attn.bias": (3 * C,),
-                p + "attn.c_proj.weight": (C, C),
-                p + "attn.c_proj.bias": (C,),
-                p + "ln_2.weight": (C,),
-                p + "ln_2.bias": (C,),
-                p + "mlp.c_fc.weight": (4 * C, C),
-                p + "mlp.c_fc.bias": (4 * C,),
-                p + "mlp.c_proj.weight": (C, 4 * C),
-                p + "mlp.c_proj.bias": (C,),
-            }
-        )
-    return shapes
-
-
 def _hf_shape(key: str, shape: tuple[int, ...], config: GPTConfig) -> tuple[int, ...]:
     """The nanoGPT shape of an HF tensor (Conv1D transposed, vocabulary padded)."""
     if key.endswith(CONV1D_SUFFIXES) and len(shape) == 2:
@@ -344,7 +311,7 @@ def hf_to_nanogpt_state_dict(
     differs from wte (an untied checkpoint) is refused unless allow_untied=True.
     """
     names = {_strip_prefix(k): k for k in weights if not k.endswith(IGNORED_SUFFIXES)}
-    expected = expected_nanogpt_shapes(config)
+    expected = tensor_shapes(config)
     has_head = "lm_head.weight" in names
     missing = sorted(set(expected) - set(names))
     unexpected = sorted(set(names) - set(expected) - {"lm_head.weight"})
@@ -408,7 +375,7 @@ def hf_to_nanogpt_state_dict(
     return sd, tied
 
 
-def nanogpt_to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def nanogpt_to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """HF GPT2LMHeadModel weights of a tied nanoGPT model: Conv1D layout, padding cropped, wte stored once."""
     if not model.is_tied():
         raise CheckpointError(
@@ -435,14 +402,15 @@ def nanogpt_to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def load_gpt(
     source: Any,
     *,
-    model_cls: type[GPT] = GPT,
+    model_cls: type[nn.Module],
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     allow_untied: bool = False,
     vocab_size: int | None = None,
     dropout: float = 0.0,
-) -> GPT:
-    """Build a nanoGPT from HF GPT-2 weights: a size name (local cache), a checkpoint dir, or a GPT2LMHeadModel.
+) -> nn.Module:
+    """model_cls (nanogpt.model.GPT or a subclass) with HF GPT-2 weights: from a size name (local cache), a
+    checkpoint directory, or a GPT2LMHeadModel. GPT.from_pretrained is the usual way to call it.
 
     dtype: convert the weights (default: as stored). vocab_size: pad the vocabulary (e.g. 50304).
     allow_untied: accept a checkpoint whose lm_head differs from wte, returning an untied model.
@@ -496,7 +464,7 @@ def write_hf_checkpoint(
 
 
 def export_hf_checkpoint(
-    model: GPT, out_dir: str | os.PathLike[str], dtype: torch.dtype | None = None
+    model: nn.Module, out_dir: str | os.PathLike[str], dtype: torch.dtype | None = None
 ) -> Path:
     """Write a tied nanoGPT model as an HF GPT-2 checkpoint directory (tie_word_embeddings=True)."""
     weights = nanogpt_to_hf_state_dict(model)

@@ -1,11 +1,9 @@
 """`python -m parity.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
 
-Runs the named checks of parity/verdicts.py on an implementation (`--impl path/to/model.py`, default the
-reference nanoGPT) in a sandboxed child process (parity/sandbox.py: an exit, crash, hang past
-`--timeout` or a changed transformers in the tested code is "cannot test"), prints one line per check,
-and exits with what `git bisect run` understands: 0 good,
-1 bad, 125 "cannot test this commit" (import error, no GPT/GPTConfig, a crash before a check could give
-its verdict), and 129 for a usage error of this command, which aborts the bisection instead of marking
+Runs the named checks of parity/registry.py on an implementation (`--impl path/to/model.py`, default the
+reference nanoGPT) in a sandboxed child process (parity/sandbox.py), prints one line per check, and exits
+with what `git bisect run` understands: 0 good, 1 bad, 125 "cannot test this commit" (import error, no
+GPT class, a crash, an exit or a hang past `--timeout` of the tested code, a changed transformers), and 129 for a usage error of this command, which aborts the bisection instead of marking
 commits bad (argparse's own exit status 2 would read as bad). Good means every selected check passes,
 unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
 or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
@@ -26,7 +24,8 @@ import transformers
 
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT2_SIZES, GPTConfig
-from parity.memory import available_memory, ignore_memory_check, memory_problem, plan_bisect_memory
+from parity.memory import available_memory, ignore_memory_check, memory_problem
+from parity.registry import CHECK_NAMES, CHECKS
 from parity.sandbox import SMALL_TIMEOUT_S, SandboxResult, default_timeout, run_checks_in_child
 from parity.targets import (
     DEVICE_CHOICES,
@@ -37,7 +36,7 @@ from parity.targets import (
     resolve_dtype,
     resolve_targets,
 )
-from parity.verdicts import CHECKS, DESCRIPTIONS, Status, Verdict
+from parity.verdicts import Status, Verdict, format_verdicts
 
 EXIT_GOOD = 0
 EXIT_BAD = 1
@@ -61,7 +60,7 @@ class BisectArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the bisect command."""
-    checks_help = "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in CHECKS)
+    checks_help = "; ".join(f"{c.name}: {c.meaning}" for c in CHECKS.values())
     p = BisectArgumentParser(
         prog="python -m parity.bisect",
         description="Run named parity checks on a nanoGPT-style implementation; exit 0 good, 1 bad, "
@@ -90,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tied-decay",
         choices=("yes", "no"),
         default="yes",
-        help="should the tied matrix be weight-decayed (decay-groups, train-steps)? default yes, the reference's policy",
+        help="should the tied matrix be weight-decayed (decay-groups)? default yes, the reference's policy",
     )
     p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="default: cuda when available")
     p.add_argument(
@@ -119,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_checks(text: str | None) -> list[str]:
     """The checks named by --checks (comma-separated, or all)."""
     if text is None or text.strip() == "all":
-        return list(CHECKS)
+        return list(CHECK_NAMES)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CHECKS]
     if unknown or not names:
         raise UsageError(
-            f"--checks {text!r}: unknown check(s) {unknown}; choose from {', '.join(CHECKS)} or all"
+            f"--checks {text!r}: unknown check(s) {unknown}; choose from {', '.join(CHECK_NAMES)} or all"
         )
     return names
 
@@ -136,7 +135,7 @@ def parse_expectations(items: list[str]) -> dict[str, bool]:
         check, _, want = item.partition("=")
         if check not in CHECKS or want not in ("pass", "fail"):
             raise UsageError(
-                f"--expect {item!r}: write CHECK=pass or CHECK=fail, CHECK one of {', '.join(CHECKS)}"
+                f"--expect {item!r}: write CHECK=pass or CHECK=fail, CHECK one of {', '.join(CHECK_NAMES)}"
             )
         out[check] = want == "pass"
     return out
@@ -157,19 +156,17 @@ def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTa
 
 
 def check_memory(target: ParityTarget, checks: list[str]) -> None:
-    """UsageError with the estimate when the selected checks cannot fit in this machine's memory (CPU runs)."""
+    """UsageError with the estimate when the run cannot fit in this machine's memory (CPU runs).
+
+    The same plan as `pytest parity/`: checks that train or re-initialise run on copies only where they
+    fit, else on the narrow twin (parity/subject.py), so the plan does not depend on the selection.
+    """
     if target.device != "cpu" or ignore_memory_check():
         return
-    plan = plan_bisect_memory(target.config, target.dtype, checks)
-    what = f"checking {', '.join(c for c in CHECKS if c in checks)}"
-    problem = memory_problem(target.name, plan, available_memory(), what)
+    what = f"checking {', '.join(c for c in CHECK_NAMES if c in checks)}"
+    problem = memory_problem(target.name, target.memory, available_memory(), what)
     if problem:
-        hint = (
-            " (train-steps trains both models with AdamW; leave it out with --checks)"
-            if "train-steps" in checks
-            else ""
-        )
-        raise UsageError(problem + hint)
+        raise UsageError(problem)
 
 
 def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
@@ -189,17 +186,6 @@ def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
     if unknown:
         return EXIT_SKIP, f"cannot test this commit: {', '.join(v.check for v in unknown)} could not run"
     return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in verdicts)
-
-
-def format_verdicts(verdicts: list[Verdict], details: bool) -> str:
-    """One line per check (status, name, reason); with details, each check's details indented below it."""
-    width = max(len(c) for c in CHECKS)
-    lines = []
-    for v in verdicts:
-        lines.append(f"{v.status.value:<11}  {v.check:<{width}}  {v.reason}")
-        if details and v.details:
-            lines += [f"    {line}" for line in v.details.rstrip().splitlines()]
-    return "\n".join(lines)
 
 
 def print_sandbox_output(result: SandboxResult, details: bool) -> None:

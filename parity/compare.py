@@ -14,12 +14,19 @@ from typing import Any
 
 import torch
 
-from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.schema import CONV1D_SUFFIXES
 from parity.tolerances import Tolerance
 
 
 class ParityFailure(AssertionError):
-    """The implementations differ; the message diagnoses how."""
+    """The implementations differ; the message diagnoses how, and `records` holds the comparisons made."""
+
+    def __init__(
+        self, message: str, records: list[Comparison] | None = None, profiles: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.records = list(records or [])
+        self.profiles = list(profiles or [])
 
 
 @dataclass
@@ -161,8 +168,9 @@ def gradient_failure_message(records: Iterable[Comparison], problems: list[str],
         (r for r in records if not r.passed),
         key=lambda r: (r.nonfinite is None, -r.max_abs / (r.atol + 1e-300)),
     )
-    lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ"]
-    lines += [f"  - {p}" for p in problems]
+    first = f"; {problems[0]}" if problems else ""  # the verdict line names the cause
+    lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ{first}"]
+    lines += [f"  - {p}" for p in problems[1:]]
     if failed:
         lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'mismatch':>14}")
         for r in failed[:top]:

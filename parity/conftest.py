@@ -1,13 +1,10 @@
-"""Fixtures of the parity suite: the two loaded implementations per target, and the report.
+"""Fixtures of the parity suite: one `Subject` per target (parity/subject.py), which every check reads.
 
-Models are session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); tests that
-modify a model restore it before returning. Options live in parity/plugin.py. For sizes whose memory plan
-says so (parity/memory.py: gpt2-large and gpt2-xl on their defaults), the reference's parameters become
-views of Hugging Face's after a bitwise check, so one copy of the weights serves both; a run that would
-not fit in the available memory stops with a usage error once the tests are collected, before any model
-is built. One forward + backward of both models on the gradient batch (`gradient_run`) is shared by the
-loss, gradient, decomposition and multi-sequence logits tests. The header shows each target's dtype
-policy and memory plan; the terminal summary shows what the synthetic checkpoints cost.
+The subject is session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); every
+check restores what it changes. Options live in parity/plugin.py. A run that would not fit in the
+available memory stops with a usage error once the tests are collected, before any model is built. The
+header shows each target's dtype policy and memory plan; the terminal summary shows what the synthetic
+checkpoints cost.
 """
 
 from __future__ import annotations
@@ -16,14 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
-from nanogpt.hf import CONV1D_SUFFIXES
-from nanogpt.model import GPT
-from parity.batches import gradient_batch
-from parity.checks import GradientRun, run_gradients
-from parity.impl import load_implementation
-from parity.loading import load_hf, load_reference, share_parameters
+from parity.impl import reference_implementation
 from parity.memory import (
     available_memory,
     format_bytes,
@@ -32,8 +23,8 @@ from parity.memory import (
     per_worker,
     release_free_memory,
 )
-from parity.plugin import IMPL_KEY, REPORT_KEY, TARGETS_KEY
-from parity.report import ParityReport
+from parity.plugin import IMPL_KEY, TARGETS_KEY
+from parity.subject import Subject
 from parity.targets import ParityTarget
 
 # Why the run cannot fit in memory, as found by a pytest-xdist worker (see pytest_collection_finish).
@@ -104,65 +95,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             )
 
 
-def _deterministic(device: str) -> None:
-    # Parity is about the function, not kernel speed: no TF32, deterministic kernels where CUDA has them.
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
-
 @pytest.fixture(scope="session")
-def checkpoint(parity_target: ParityTarget) -> Any:
-    """The target's checkpoint directory (a synthetic one is generated on first use and cached)."""
-    return parity_target.ensure_checkpoint()
+def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iterator[Subject]:
+    """The implementation under test and Hugging Face's GPT-2 on one target, loaded on first use.
 
-
-@pytest.fixture(scope="session")
-def reference_model(
-    request: pytest.FixtureRequest, parity_target: ParityTarget, checkpoint: Any
-) -> Iterator[GPT | torch.nn.Module]:
-    """The implementation under test: the reference nanoGPT through GPT.from_pretrained, or --impl's model
-    (built by its own __init__, weights loaded by our converter, see parity/impl.py)."""
-    _deterministic(parity_target.device)
-    if IMPL_KEY in request.config.stash:
-        impl = request.config.stash[IMPL_KEY]
-        model, _ = load_implementation(impl, checkpoint, parity_target.dtype, parity_target.device)
-    else:
-        model = load_reference(checkpoint, parity_target.dtype, parity_target.device)
-    if parity_target.memory.share_weights:
-        hf = request.getfixturevalue("hf_model")
-        kept = share_parameters(model, hf, transposed=CONV1D_SUFFIXES)
-        request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = kept
-    yield model
-    del model
-
-
-@pytest.fixture(scope="session")
-def hf_model(parity_target: ParityTarget, checkpoint: Any) -> Iterator[Any]:
-    """transformers' GPT2LMHeadModel with tie_word_embeddings=True, loaded through from_pretrained."""
-    _deterministic(parity_target.device)
-    model = load_hf(checkpoint, parity_target.dtype, parity_target.device, tie_word_embeddings=True)
-    yield model
-    del model
-
-
-@pytest.fixture(scope="session")
-def gradient_run(parity_target: ParityTarget, reference_model: Any, hf_model: Any) -> GradientRun:
-    """One forward + backward of both models on the gradient batch, read by four checks.
-
-    The multi-sequence logits, the loss, the gradients and the tied-gradient decomposition all need the
-    same pass (at gpt2-xl on a CPU ~10 s per model); the run keeps a copy of the reference's tied gradient
-    for the decomposition, which takes it. Both models are left without gradients.
+    Without --impl it is the reference nanoGPT, loaded through its own GPT.from_pretrained; with --impl,
+    the given code built by its own __init__ with weights from our converter (parity/impl.py).
     """
-    idx, targets = (t.to(parity_target.device) for t in gradient_batch(parity_target.config))
-    vocab = parity_target.config.output_vocab_size
-    reference_model.zero_grad(set_to_none=True)
-    hf_model.zero_grad(set_to_none=True)
-    try:
-        return run_gradients(reference_model, hf_model, idx, targets, vocab, keep_tied_gradient=True)
-    finally:
-        reference_model.zero_grad(set_to_none=True)
-        hf_model.zero_grad(set_to_none=True)
+    impl = request.config.stash.get(IMPL_KEY, None)
+    s = Subject(impl or reference_implementation(), parity_target, reference_loader=impl is None)
+    yield s
+    request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = s.unshared
+    s.release()
 
 
 @pytest.fixture(autouse=True)
@@ -170,19 +114,3 @@ def release_memory_after_test() -> Iterator[None]:
     """Hand freed memory back to the OS after each test, so the next test's peak starts from the models."""
     yield
     release_free_memory()
-
-
-@pytest.fixture(scope="session")
-def parity_report(request: pytest.FixtureRequest) -> ParityReport:
-    """The run's JSON report collector (written only with --parity-report)."""
-    return request.config.stash[REPORT_KEY]
-
-
-@pytest.fixture
-def clean_grads(reference_model: GPT, hf_model: Any) -> Iterator[None]:
-    """Both models start and end a test without gradients (they are shared across tests)."""
-    reference_model.zero_grad(set_to_none=True)
-    hf_model.zero_grad(set_to_none=True)
-    yield
-    reference_model.zero_grad(set_to_none=True)
-    hf_model.zero_grad(set_to_none=True)

@@ -100,6 +100,35 @@ def relative_norm(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
+def difference_profile(
+    reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int
+) -> list[tuple[str, float | None]]:
+    """(module, ||ours - theirs|| / ||theirs||) at every probe point in forward order; None where unobserved."""
+    names = [n for n, _ in probe_points(n_layer)]
+    ref_acts = capture_activations(reference, names, lambda: reference(idx))
+    hf_acts = capture_activations(hf_model, names, lambda: hf_model(idx))
+    profile: list[tuple[str, float | None]] = []
+    for name in names:
+        a, e = ref_acts.get(name), hf_acts.get(name)
+        profile.append((name, relative_norm(a, e) if a is not None and e is not None and a.shape == e.shape else None))
+    return profile
+
+
+def profile_record(
+    label: str, profile: list[tuple[str, float | None]], dtype: torch.dtype, tol: Tolerance, passed: bool
+) -> dict[str, Any]:
+    """A profile as the JSON report keeps it (read by `python -m parity.plot`)."""
+    return {
+        "comparison": label,
+        "dtype": str(dtype).removeprefix("torch."),
+        "modules": [name for name, _ in profile],
+        "relative_difference": [value for _, value in profile],
+        "noise": hidden_divergence(dtype),
+        "tolerance": {"rtol": tol.rtol, "atol": tol.atol},
+        "passed": passed,
+    }
+
+
 def first_divergence(
     reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
 ) -> tuple[str, list[Comparison]]:

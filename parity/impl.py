@@ -18,6 +18,7 @@ both `wte` and `lm_head` of an untied model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import importlib.machinery
@@ -337,10 +338,14 @@ def load_implementation(
     checkpoint = Path(checkpoint)
     config = config_from_hf(read_hf_config(checkpoint))
     weights = LazyWeights(weight_files(checkpoint))
+    model, printed = impl.build(config)
+    # An implementation that pads its vocabulary (50257 -> 50304) gets the checkpoint's rows and zero padding.
+    rows = dict(model.named_parameters()).get("transformer.wte.weight")
+    if rows is not None and rows.dim() == 2 and rows.size(0) > config.vocab_size:
+        config = dataclasses.replace(config, vocab_size=rows.size(0), logical_vocab_size=config.vocab_size)
     sd, _ = hf_to_nanogpt_state_dict(weights, config, dtype=dtype, source=str(checkpoint))
     # A tied checkpoint stores the matrix once; an untied implementation gets the same values in both.
     sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
-    model, printed = impl.build(config)
     buffers = sorted(n for n, _ in model.named_buffers())
     missing, unexpected = _loaded_problems(model, sd)
     if missing or unexpected:

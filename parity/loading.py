@@ -2,8 +2,8 @@
 
 Both sides go through their normal public loading path: `GPT.from_pretrained(dir)` for the reference
 nanoGPT, `GPT2LMHeadModel.from_pretrained(dir, tie_word_embeddings=...)` for Hugging Face. This module
-also hides the differences between transformers 4.x and 5.x that matter to the harness (the dtype
-keyword, `_tied_weights_keys` being a list or a dict), and lets one loaded model share another's weight
+also hides the difference between transformers 4.x and 5.x that matters to the harness (the dtype
+keyword), and lets one loaded model share another's weight
 storage (`share_parameters`), which is how gpt2-large and gpt2-xl fit in memory twice.
 """
 
@@ -95,19 +95,6 @@ def share_parameters(
         for module, attr in places[name]:
             setattr(module, attr, shared)
     return kept
-
-
-def tied_weights_keys(hf_model: Any) -> dict[str, str]:
-    """HF's declared ties as {tied name: source name}: a dict in transformers 5, a list of names in 4.x."""
-    keys = getattr(hf_model, "_tied_weights_keys", None) or {}
-    if isinstance(keys, dict):
-        return dict(keys)
-    return {k: "transformer.wte.weight" for k in keys}
-
-
-def hf_num_parameters(hf_model: Any) -> int:
-    """HF's own parameter count (`num_parameters()`), which counts shared tensors once."""
-    return int(hf_model.num_parameters())
 
 
 def versions() -> dict[str, str]:

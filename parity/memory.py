@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from nanogpt.model import GPTConfig
+from nanogpt.schema import param_count
 from parity.batches import gradient_batch
-from parity.goldens import expected_total_params
 
 # Above this many bytes of parameters (one model, in the run's dtype) the reference shares Hugging Face's
 # weight storage. The four sizes in their CPU default dtypes: gpt2 1.0 GB (float64), gpt2-medium 2.8 GB
@@ -77,7 +77,7 @@ def format_bytes(n: float) -> str:
 
 def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
     """Bytes of one tied model's parameters in dtype."""
-    return expected_total_params(config) * torch.empty((), dtype=dtype).element_size()
+    return param_count(config) * torch.empty((), dtype=dtype).element_size()
 
 
 def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
@@ -100,19 +100,6 @@ def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
 def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int:
     """factor x one model's parameter bytes, plus the transient tensors and the interpreter's base."""
     return int(factor * param_bytes(config, dtype)) + transient_bytes(config, dtype) + BASE_BYTES
-
-
-# The bisect command (parity/verdicts.py) loads both implementations with their own weights (its checks
-# train and modify them, so nothing is shared): the parity suite's independent factor. Its train-steps
-# check trains both models in place with AdamW: per model, the weights, a saved copy to restore, the
-# gradients and two moment buffers.
-TRAIN_STEPS_PEAK_FACTOR = 10.0
-
-
-def plan_bisect_memory(config: GPTConfig, dtype: torch.dtype, checks: list[str]) -> MemoryPlan:
-    """The estimated peak resident memory of the bisect command's checks on config in dtype."""
-    factor = TRAIN_STEPS_PEAK_FACTOR if "train-steps" in checks else INDEPENDENT_PEAK_FACTOR
-    return MemoryPlan(param_bytes(config, dtype), False, _estimated_peak(config, dtype, factor))
 
 
 @dataclass(frozen=True)

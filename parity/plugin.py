@@ -7,6 +7,7 @@ choice is a one-line usage error that lists the valid choices.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from parity.targets import (
     resolve_targets,
 )
 from parity.tolerances import gradients_tolerance, logits_tolerance
+from parity.verdicts import Verdict
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
@@ -132,6 +134,47 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+def record_verdict(config: pytest.Config, model: str, verdict: Verdict) -> None:
+    """Send one verdict to the run's report (the JSON file and the verdict table at the end)."""
+    config.stash[REPORT_KEY].add_verdict(model, verdict)
+
+
+def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[str]:
+    """The verdicts as a check x model table (and each failure's reason below it, in the plain form)."""
+    models = list(dict.fromkeys(c["model"] for c in checks))
+    names = list(dict.fromkeys(c["check"] for c in checks))
+    status = {(c["check"], c["model"]): c["status"] for c in checks}
+    if markdown:
+        lines = ["| check | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
+        lines += [f"| {n} | " + " | ".join(status.get((n, m), "") for m in models) + " |" for n in names]
+        lines += ["", *(f"- **{c['model']} {c['check']}** {c['status']}: {c['reason']}" for c in checks
+                        if c["status"] != "PASS")]  # fmt: skip
+        return lines
+    width = max(len(n) for n in names)
+    cols = [max(len(m), 11) for m in models]
+    lines = [f"{'check':<{width}}  " + "  ".join(f"{m:<{w}}" for m, w in zip(models, cols, strict=True))]
+    lines += [
+        f"{n:<{width}}  " + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
+        for n in names
+    ]
+    lines += [f"{c['model']}: {c['status']} {c['check']}: {c['reason']}" for c in checks if c["status"] != "PASS"]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The verdict of every check on every model in one table; also as Markdown in GITHUB_STEP_SUMMARY."""
+    if REPORT_KEY not in config.stash or not config.stash[REPORT_KEY].checks:
+        return
+    checks = config.stash[REPORT_KEY].checks
+    terminalreporter.write_sep("=", "parity verdicts")
+    for line in verdict_table(checks):
+        terminalreporter.write_line(line)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and not hasattr(config, "workerinput"):
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(["## nanogpt-parity verdicts", "", *verdict_table(checks, markdown=True), ""]) + "\n")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "parity_target" in metafunc.fixturenames:
         targets = metafunc.config.stash[TARGETS_KEY]
@@ -153,6 +196,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             config.workeroutput[WORKER_REPORT] = {
                 "records": report.records,
                 "checks": report.checks,
+                "profiles": report.profiles,
                 "timing": report.timing,
             }
             return
@@ -167,4 +211,5 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         report = node.config.stash[REPORT_KEY]
         report.records.extend(part["records"])
         report.checks.extend(part["checks"])
+        report.profiles.extend(part.get("profiles", []))
         report.timing.update(part["timing"])

@@ -1,19 +1,22 @@
-"""The JSON parity report (`--parity-report PATH`): every compared tensor's errors and the environment.
+"""The JSON parity report (`--parity-report PATH`): every check's verdict, its comparisons, and the environment.
 
-Two runs write reports that can be diffed: records are sorted, numbers are plain floats, and nothing
-time-dependent is stored except in the clearly separate `timing` section.
+Every verdict is stored, passing, failing or cannot-test, with its reason, details and comparison records,
+so a failing run's report says what failed and by how much. The file is strict JSON (non-finite numbers
+become the strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are
+sorted and nothing time-dependent is stored except in the clearly separate `timing` section.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from parity.compare import Comparison
+from parity.verdicts import Verdict
 
 
 class ParityReport:
@@ -24,15 +27,14 @@ class ParityReport:
         self.records: list[dict[str, Any]] = []
         self.checks: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}
+        self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
 
-    def add(self, model: str, records: list[Comparison]) -> None:
-        """Store comparison records of one model."""
-        for r in records:
-            self.records.append(dict(r.to_json(), model=model))
-
-    def add_check(self, model: str, check: str, passed: bool, message: str = "") -> None:
-        """Store the verdict of a named check."""
-        self.checks.append({"model": model, "check": check, "passed": passed, "message": message})
+    def add_verdict(self, model: str, verdict: Verdict) -> None:
+        """Store one check's verdict on one model, and its comparison records."""
+        entry = dict(verdict.to_json(), model=model)
+        self.records.extend(dict(r, model=model) for r in entry.pop("records"))
+        self.profiles.extend(dict(p, model=model) for p in entry.pop("profiles"))
+        self.checks.append(entry)
 
     def to_json(self) -> dict[str, Any]:
         """The whole report as a JSON-serializable dict, in a stable order."""
@@ -41,6 +43,7 @@ class ParityReport:
             "environment": self.environment,
             "checks": sorted(self.checks, key=key),
             "records": sorted(self.records, key=key),
+            "profiles": self.profiles,
             "timing": self.timing,
         }
 
@@ -51,10 +54,21 @@ class ParityReport:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_json(), fh, indent=2, allow_nan=True)
+                json.dump(strict_json(self.to_json()), fh, indent=2, allow_nan=False)
                 fh.write("\n")
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return out
+
+
+def strict_json(value: Any) -> Any:
+    """value with every non-finite float replaced by "nan", "inf" or "-inf" (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value

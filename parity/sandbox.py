@@ -31,9 +31,10 @@ from typing import IO, Any
 
 import torch
 
-from parity.goldens import expected_total_params
+from nanogpt.schema import param_count
+from parity.registry import CHECK_NAMES
 from parity.targets import ParityTarget
-from parity.verdicts import CHECKS, Status, Verdict
+from parity.verdicts import Status, Verdict
 
 # The harness's own root, put on the child's PYTHONPATH (the child's cwd is a temporary directory).
 HARNESS_ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ class SandboxResult:
 
 def default_timeout(target: ParityTarget) -> float:
     """Seconds the child may take: SMALL_TIMEOUT_S, or scaled by parameter count for larger models."""
-    params = expected_total_params(target.config)
+    params = param_count(target.config)
     if params < SMALL_PARAMS:
         return SMALL_TIMEOUT_S
     return float(round(SMALL_TIMEOUT_S + TIMEOUT_S_PER_124M_PARAMS * params / 124e6))
@@ -170,7 +171,7 @@ def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | No
         ]
     except (KeyError, TypeError, ValueError):
         return None
-    return verdicts if [v.check for v in verdicts] == [c for c in CHECKS if c in names] else None
+    return verdicts if [v.check for v in verdicts] == [c for c in CHECK_NAMES if c in names] else None
 
 
 def _describe_end(returncode: int | None, timed_out: float | None, phase: str, output: str) -> str:
@@ -194,7 +195,7 @@ def run_checks_in_child(
     timeout: float,
 ) -> SandboxResult:
     """The verdicts of the named checks on the implementation at impl_path (None: the reference), run in a child."""
-    names = [c for c in CHECKS if c in names]
+    names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
     nonce = secrets.token_hex(16)
     request = {

@@ -71,8 +71,10 @@ def main() -> None:
 
     from nanogpt.hf import CheckpointError
     from parity.impl import ImplementationError, import_implementation, reference_implementation
+    from parity.registry import run_checks
     from parity.sandbox import hf_fingerprint
-    from parity.verdicts import Status, Subject, Verdict, run_checks
+    from parity.subject import Subject
+    from parity.verdicts import Status, Verdict
 
     transformers.utils.logging.disable_progress_bar()
     names: list[str] = request["checks"]

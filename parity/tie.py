@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from nanogpt.model import GPTConfig
+from nanogpt.schema import EMBEDDING, HEAD
 
-HEAD = "lm_head.weight"
-EMBEDDING = "transformer.wte.weight"
 # Channels per head of the small twins that tie survival is checked on: survival is a property of each
 # class's code, not of its width, and at full width (gpt2-xl: a 50257 x 1600 matrix) every random init and
 # copy of a twin costs seconds.

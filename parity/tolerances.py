@@ -11,6 +11,7 @@ scale all produce differences many orders of magnitude above them (the mutant te
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -167,9 +168,36 @@ COMPILE: dict[str, Tolerance] = {
 INIT_LOSS_ATOL = 0.5
 
 # Not a tolerance of parity but a guard inside the comparison: float32 (and half-precision) tensors are
-# first screened in float32 (parity/checks.py `compare_chunked`), where |a - e| and atol + rtol * |e| are
+# first screened in float32 (parity/chunked.py `compare_chunked`), where |a - e| and atol + rtol * |e| are
 # each rounded by at most 4 float32 ulps (relative 2**-22). An element counts as passing there only if it
 # passes with the bound shrunk by this factor (2**-16, 64x the rounding), which makes "passes in float32"
 # imply "passes in exact arithmetic"; every other element goes to the exact float64 comparison. So the
 # margin changes how fast a verdict is reached, never the verdict.
 SCREEN_MARGIN = 2.0**-16
+
+# train-steps (parity/checks_training.py): after 3 AdamW steps, each parameter's difference between the two
+# trained copies, as a fraction of how far it moved (||ours - theirs|| / ||theirs - before||). A norm, not
+# an element-wise bound: Adam divides by sqrt(v), so an element whose gradient is pure rounding noise moves
+# by up to +-lr on either side (in float32 a faithful implementation differed by 1.1e-5 in single elements);
+# a real bug (a tensor updated twice, a lost gradient path, a different update rule) moves whole tensors by
+# a sizeable fraction of their update.
+TRAIN_UPDATE: dict[torch.dtype, float] = {
+    torch.float64: 1e-8,
+    torch.float32: 1e-2,
+    torch.bfloat16: 2e-1,
+    torch.float16: 1e-1,
+}
+
+
+def train_update_tolerance(dtype: torch.dtype) -> float:
+    """The largest relative difference of two trained copies' updates that counts as rounding."""
+    return TRAIN_UPDATE[dtype]
+
+
+# init-scheme: the standard deviation of n independent normal draws estimates sigma with relative standard
+# error 1/sqrt(2n); 6 of those keeps a false alarm below 1e-8 per tensor, and 1% covers truncation and the
+# smallest tensors' shape effects. A wrong scale (1/sqrt(2 n_layer) forgotten: 3.5x at 12 layers;
+# nn.Linear's default kaiming-uniform: std 1/sqrt(3 C)) is far outside.
+def init_std_rtol(n: int) -> float:
+    """Relative tolerance of a measured init std against GPT-2's, for a tensor of n elements."""
+    return 0.01 + 6.0 / math.sqrt(2.0 * n)

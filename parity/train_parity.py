@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanogpt.hf import CONV1D_SUFFIXES
+from nanogpt.schema import CONV1D_SUFFIXES
 from nanogpt.train import StepConfig, train_step
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -111,13 +111,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print 'mutant kill rate: N/N (P%)' and any survivors when mutants ran."""
+    """Print 'mutant kill rate: N/N (P%)' (and the harness mutants' rate) and any survivors when they ran."""
     killed_by: dict[str, str] = {}
+    harness: dict[str, bool] = {}
     for reports in terminalreporter.stats.values():
         for report in reports:
             props = dict(getattr(report, "user_properties", ()) or ())
             if getattr(report, "when", None) == "call" and "mutant" in props:
                 killed_by[props["mutant"]] = props.get("mutant_killed_by", "")
+            if getattr(report, "when", None) == "call" and "harness_mutant" in props:
+                harness[props["harness_mutant"]] = bool(props.get("harness_mutant_caught"))
+    if harness:
+        caught = sum(harness.values())
+        terminalreporter.write_sep("-", "harness mutants")
+        terminalreporter.write_line(f"harness mutant kill rate: {caught}/{len(harness)} ({100 * caught // len(harness)}%)")
+        missed = sorted(n for n, c in harness.items() if not c)
+        if missed:
+            terminalreporter.write_line(f"unnoticed harness mutants: {', '.join(missed)}")
     if not killed_by:
         return
     survivors = sorted(name for name, checks in killed_by.items() if not checks)

@@ -1,202 +1,45 @@
-"""A catalog of deliberately wrong GPT-2 implementations ("mutants") and the named checks that must kill them.
+"""A catalog of deliberately wrong GPT-2 implementations ("mutants"), each with the named check that must kill it.
 
-Each mutant is one realistic bug: a subclass of a `nanogpt.model` class that overrides the one method with the
-bug, or a variant of the Hugging Face converter in `nanogpt.hf`. It is loaded through the production loader
-(`nanogpt.hf.load_gpt(checkpoint_dir, model_cls=..., dtype=torch.float64)`) from a small synthetic checkpoint
-and compared with transformers' GPT2LMHeadModel loaded from the same directory, through the same functions
-the parity tests call (`parity.checks`, `parity.tie`). `run_checks` returns every named check's verdict, so
-a test can assert *which* check kills a mutant and that its message names the cause, not merely that
-something failed. The catalog is data: `MUTANTS` (each must be killed) and `CONTROLS` (correct variants
-built with the same scaffolding, which must pass every check: they prove the checks have no false alarms).
+Each mutant is one realistic bug: a subclass of a `nanogpt.model` class that overrides the one method with
+the bug, or a model whose weights arrive through a converter with one bug (`ConverterBug`). The catalog is
+data: `MUTANTS` (each must be killed) and `CONTROLS` (correct variants built with the same scaffolding,
+which must pass every check). tests/test_mutants.py writes each entry as an implementation file
+(`implementation_file`) and runs it through the product's own entry points, `pytest parity/ --impl` and
+the bisect command, on a small synthetic checkpoint: the registry's checks (parity/registry.py) decide,
+never a composition of our own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import nanogpt.hf
 from nanogpt.model import GPT, MLP, CausalSelfAttention, GPTConfig, LayerNorm
-from parity.batches import BATCH_KINDS, gradient_batch, targets_for, token_batch
-from parity.checks import (
-    check_gradient_decomposition,
-    check_gradients,
-    check_logits,
-    check_loss,
-    hf_logits,
-    loss_of,
-    optimizer_membership_problem,
-    parameter_count_problem,
-    reference_logits,
-)
-from parity.compare import ParityFailure
-from parity.goldens import expected_total_params
-from parity.tie import inplace_update_problem, optimizer_step_problem, tie_problem
-from parity.tolerances import INIT_LOSS_ATOL
 
-# The named checks, in the order a bisect would run them. "load" is the production loader's own validation.
-CHECKS = ("load", "tied-storage", "param-count", "decay-groups", "logits", "grads", "train-steps")
-
-# The synthetic checkpoints the mutants load. "square" has block_size == vocab_size, so a head tied to the
-# position embedding (block_size x n_embd) has the head's shape and loads without a shape error.
-# "wide" and "wide-square" are GPT-2's width (768, 12 heads) for the slow variant of the catalog tests.
+# The synthetic checkpoints the mutants load, with dropout 0.1 configured (eval-mode checks must see it
+# inactive). "square" has block_size == vocab_size, so a head tied to the position embedding
+# (block_size x n_embd) has the head's shape and loads without a shape error. "wide" and "wide-square" are
+# GPT-2's width (768, 12 heads) for the slow variant of the catalog tests.
 CONFIGS = {
-    "tiny": GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16),
-    "square": GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16),
-    "wide": GPTConfig(block_size=64, vocab_size=1000, n_layer=4, n_head=12, n_embd=768),
-    "wide-square": GPTConfig(block_size=256, vocab_size=256, n_layer=2, n_head=12, n_embd=768),
+    "tiny": GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
+    "square": GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
+    "wide": GPTConfig(block_size=64, vocab_size=1000, n_layer=4, n_head=12, n_embd=768, dropout=0.1),
+    "wide-square": GPTConfig(block_size=256, vocab_size=256, n_layer=2, n_head=12, n_embd=768, dropout=0.1),
+    # A block longer than the gradient batch's 64 tokens: only the full-block batch reaches past position 64.
+    "long": GPTConfig(block_size=96, vocab_size=97, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
+    "wide-long": GPTConfig(block_size=96, vocab_size=1000, n_layer=2, n_head=12, n_embd=768, dropout=0.1),
+    # One block: the last position's logits cannot show a missing causal mask (it sees every token anyway).
+    "one-layer": GPTConfig(block_size=32, vocab_size=97, n_layer=1, n_head=2, n_embd=16, dropout=0.1),
+    "wide-one-layer": GPTConfig(block_size=64, vocab_size=1000, n_layer=1, n_head=12, n_embd=768, dropout=0.1),
 }
-# Every mutant is loaded with dropout configured, and checked in eval mode, where dropout must be inactive.
-DROPOUT = 0.1
-ADAMW = dict(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95))
-TRAIN_STEPS = 3
-# INIT_LOSS_ATOL (loss at init, reference vs HF): reason in parity/tolerances.py.
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the named checks
-
-
-def tied_storage_problem(model: nn.Module) -> str | None:
-    """The tie is one tensor, an in-place write shows through both names, and an optimizer step moves both."""
-    label = "reference nanoGPT"
-    return (
-        tie_problem(model, label)
-        or inplace_update_problem(model, label)
-        or optimizer_step_problem(model, label)
-    )
-
-
-def decay_groups_problem(model: GPT) -> str | None:
-    """Every parameter in exactly one AdamW group, as built by the model's own configure_optimizers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch warns about duplicates in one group; the check says more
-        try:
-            opt: Any = model.configure_optimizers(**ADAMW, device_type="cpu")
-            refused = ""
-        except ValueError as e:
-            # torch refuses a parameter in two groups before an optimizer exists: analyse the groups it got.
-            opt = SimpleNamespace(param_groups=model.optimizer_groups(ADAMW["weight_decay"]))
-            refused = f" (torch.optim.AdamW refused the groups: {e})"
-    problem = optimizer_membership_problem(opt, model)
-    return problem + refused if problem else None
-
-
-def logits_problem(reference: nn.Module, hf_model: Any, config: GPTConfig) -> str | None:
-    """Logits of every parity batch kind, and the loss, match Hugging Face's."""
-    for kind in BATCH_KINDS:
-        check_logits(reference, hf_model, token_batch(kind, config), config.n_layer, kind)
-    idx = token_batch("several_sequences", config)
-    check_loss(reference, hf_model, idx, targets_for(idx, config.output_vocab_size))
-    return None
-
-
-def grads_problem(reference: nn.Module, hf_model: Any, config: GPTConfig) -> str | None:
-    """Every gradient matches Hugging Face's, and the tied gradient is the sum of its two paths."""
-    idx, targets = gradient_batch(config)
-    try:
-        check_gradients(reference, hf_model, idx, targets, config.output_vocab_size)
-        check_gradient_decomposition(reference, idx, targets)
-    finally:
-        reference.zero_grad(set_to_none=True)
-        hf_model.zero_grad(set_to_none=True)
-    return None
-
-
-def hf_adamw(hf_model: Any) -> torch.optim.AdamW:
-    """AdamW over Hugging Face's parameters with the reference's documented policy: >= 2-D tensors decay."""
-    params = list(hf_model.parameters())  # de-duplicated: the tied matrix once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": ADAMW["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=ADAMW["learning_rate"], betas=ADAMW["betas"])
-
-
-def train_steps_problem(reference: GPT, hf_model: Any, config: GPTConfig) -> str | None:
-    """A few AdamW steps from the loaded weights end at the same model; a model from scratch starts like HF's.
-
-    The first half trains copies of both models on the same batch with the same optimizer settings and
-    compares the logits afterwards. The second half builds each implementation from scratch (its own init)
-    and compares the loss at init, the standard "loss at init is ln(vocab)" sanity check, against HF's.
-    """
-    ours, theirs = copy.deepcopy(reference), copy.deepcopy(hf_model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        opt_ours = ours.configure_optimizers(**ADAMW, device_type="cpu")
-    opt_theirs = hf_adamw(theirs)
-    idx, targets = gradient_batch(config)
-    for _ in range(TRAIN_STEPS):
-        for opt, logits_of in (
-            (opt_ours, lambda: reference_logits(ours, idx)),
-            (opt_theirs, lambda: hf_logits(theirs, idx)),
-        ):
-            opt.zero_grad(set_to_none=True)
-            loss_of(logits_of(), targets).backward()
-            opt.step()
-    try:
-        check_logits(ours, theirs, idx, config.n_layer, f"after {TRAIN_STEPS} AdamW steps")
-    except ParityFailure as e:
-        raise ParityFailure(
-            f"[train-steps] the models differ after {TRAIN_STEPS} identical AdamW steps: {e}"
-        ) from None
-
-    torch.manual_seed(0)
-    fresh = type(reference)(replace(reference.config, dropout=0.0)).to(torch.float64).eval()
-    torch.manual_seed(0)
-    fresh_hf = type(hf_model)(hf_model.config).to(torch.float64).eval()
-    with torch.no_grad():
-        init_ours = float(loss_of(reference_logits(fresh, idx), targets))
-        init_theirs = float(loss_of(hf_logits(fresh_hf, idx), targets))
-    if abs(init_ours - init_theirs) > INIT_LOSS_ATOL:
-        std_ours = float(fresh.transformer.wte.weight.detach().std())
-        std_theirs = float(fresh_hf.transformer.wte.weight.detach().std())
-        raise ParityFailure(
-            f"[train-steps] loss at init from scratch: reference {init_ours:.4f}, Hugging Face {init_theirs:.4f} "
-            f"(ln(vocab) = {math.log(config.output_vocab_size):.4f}, atol={INIT_LOSS_ATOL}); the tied matrix's "
-            f"init std is {std_ours:.4f} vs {std_theirs:.4f}: the reference's init of the shared matrix is "
-            "wrong or was lost (check the tie direction and the order of tying and initialising)"
-        )
-    return None
-
-
-def run_checks(reference: GPT, hf_model: Any, config: GPTConfig) -> dict[str, str | None]:
-    """Every named check's verdict on a loaded reference: None when it passes, else the failure message.
-
-    A check that crashes (an exception other than ParityFailure) fails with the exception as its message.
-    """
-    checks: dict[str, Callable[[], str | None]] = {
-        "tied-storage": lambda: tied_storage_problem(reference),
-        "param-count": lambda: parameter_count_problem(
-            reference, hf_model, expected_total_params(reference.config)
-        ),
-        "decay-groups": lambda: decay_groups_problem(reference),
-        "logits": lambda: logits_problem(reference, hf_model, config),
-        "grads": lambda: grads_problem(reference, hf_model, config),
-        "train-steps": lambda: train_steps_problem(reference, hf_model, config),
-    }
-    verdicts: dict[str, str | None] = {}
-    for name, check in checks.items():
-        torch.manual_seed(0)  # a mutant with randomness (dropout in eval) fails the same way every run
-        try:
-            verdicts[name] = check()
-        except ParityFailure as e:
-            verdicts[name] = str(e)
-        except Exception as e:  # noqa: BLE001 - a crash is a failed check; its message is the verdict
-            verdicts[name] = f"[{name}] crashed: {type(e).__name__}: {e}"
-    return verdicts
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,43 +54,19 @@ class Mutant:
     model_cls: type[GPT] = GPT
     killed_by: str = "logits"
     cause: str = ""  # a regex the killing check's message must match (re.search)
-    converter: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
     config: str = "tiny"
     padded: bool = False  # load with the vocabulary padded to the next multiple of 64 (like 50257 -> 50304)
 
     @property
     def bug(self) -> str:
         """The bug, in one line: the first line of the mutant's docstring."""
-        doc = (self.converter or self.model_cls).__doc__ or ""
+        doc = self.model_cls.__doc__ or ""
         return doc.strip().splitlines()[0]
 
 
 def padded_vocab(vocab_size: int) -> int:
     """The vocabulary padded to the next multiple of 64, with at least one padding row (97 -> 128)."""
     return 64 * (vocab_size // 64 + 1)
-
-
-def load_mutant(mutant: Mutant, checkpoint: Path) -> GPT:
-    """The mutant loaded through the production loader, in float64 and eval mode."""
-    patch = mutant.converter() if mutant.converter else contextlib.nullcontext()
-    with patch:
-        model = nanogpt.hf.load_gpt(
-            checkpoint,
-            model_cls=mutant.model_cls,
-            dtype=torch.float64,
-            dropout=DROPOUT,
-            vocab_size=padded_vocab(CONFIGS[mutant.config].vocab_size) if mutant.padded else None,
-        )
-    return model.eval()
-
-
-def verdicts_for(mutant: Mutant, checkpoint: Path, hf_model: Any) -> dict[str, str | None]:
-    """Every named check's verdict on the mutant (only "load" when the loader refuses it)."""
-    try:
-        reference = load_mutant(mutant, checkpoint)
-    except nanogpt.hf.CheckpointError as e:
-        return {"load": f"[load] {e}"}
-    return {"load": None, **run_checks(reference, hf_model, CONFIGS[mutant.config])}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,6 +101,8 @@ class ReimplementedGPT(GPT):
     add_positions = True
     final_norm = True
     crop_padding = True
+    detach_positions = False
+    shift_targets_again = False
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
@@ -289,7 +110,8 @@ class ReimplementedGPT(GPT):
         pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)
         if self.add_positions:
-            x = x + self.transformer.wpe(pos)
+            positions = self.transformer.wpe(pos)
+            x = x + (positions.detach() if self.detach_positions else positions)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
@@ -300,7 +122,8 @@ class ReimplementedGPT(GPT):
             logits = logits[..., : self.config.output_vocab_size]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            scored, wanted = (logits[:, :-1], targets[:, 1:]) if self.shift_targets_again else (logits, targets)
+            loss = F.cross_entropy(scored.reshape(-1, logits.size(-1)), wanted.reshape(-1), ignore_index=-1)
         return logits, loss
 
 
@@ -380,37 +203,37 @@ class HeadTiedToCopy(GPT):
 # the converter
 
 
-@contextlib.contextmanager
-def c_proj_not_transposed() -> Iterator[None]:
+class ConverterBug(GPT):
+    """A GPT whose weights arrive through a converter with one bug, applied as the state dict is loaded."""
+
+    def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        converted = {k: self.convert(k, v) for k, v in state_dict.items()}
+        return super().load_state_dict(converted, strict=strict, assign=assign)
+
+
+class CProjNotTransposed(ConverterBug):
     """The converter forgets to transpose attn.c_proj from HF's Conv1D (in, out) layout; square, so it loads."""
-    suffixes = tuple(s for s in nanogpt.hf.CONV1D_SUFFIXES if s != "attn.c_proj.weight")
-    with mock.patch.object(nanogpt.hf, "CONV1D_SUFFIXES", suffixes):
-        yield
+
+    def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        return value.t() if key.endswith("attn.c_proj.weight") else value
 
 
-@contextlib.contextmanager
-def c_fc_not_transposed() -> Iterator[None]:
+class CFcNotTransposed(ConverterBug):
     """The converter forgets to transpose mlp.c_fc from HF's Conv1D (in, out) layout; not square."""
-    suffixes = tuple(s for s in nanogpt.hf.CONV1D_SUFFIXES if s != "mlp.c_fc.weight")
-    with mock.patch.object(nanogpt.hf, "CONV1D_SUFFIXES", suffixes):
-        yield
+
+    def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        return value.t() if key.endswith("mlp.c_fc.weight") else value
 
 
-@contextlib.contextmanager
-def c_attn_reshaped_not_transposed() -> Iterator[None]:
+class CAttnReshapedNotTransposed(ConverterBug):
     """The converter reshapes attn.c_attn from (in, out) to (out, in) instead of transposing it: loads, scrambled."""
-    convert = nanogpt.hf.hf_to_nanogpt_state_dict
 
-    def reshaping(*args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], bool]:
-        sd, tied = convert(*args, **kwargs)
-        for key in sd:
-            if key.endswith("attn.c_attn.weight"):
-                # convert() transposed correctly; undo it to get the stored layout, then view it as (out, in).
-                sd[key] = sd[key].t().contiguous().reshape(sd[key].shape)
-        return sd, tied
-
-    with mock.patch.object(nanogpt.hf, "hf_to_nanogpt_state_dict", reshaping):
-        yield
+    def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        # The harness's converter transposed correctly; undo it to get the stored layout, then view it as (out, in).
+        return value.t().contiguous().reshape(value.shape) if key.endswith("attn.c_attn.weight") else value
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,6 +288,16 @@ class AttnBiasDropped(CausalSelfAttention):
         return self.resid_dropout(F.linear(merge_heads(y), self.c_proj.weight))
 
 
+class SlidingWindow64(CausalSelfAttention):
+    """Attention limited to a sliding window of 64 tokens (a long-context setting left on): wrong only beyond 64."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T = q.size(-2)
+        i = torch.arange(T, device=q.device)
+        mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < 64)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(q.size(-1)))
+
+
 class DropoutInEval(CausalSelfAttention):
     """Attention dropout is applied whatever the mode: `dropout_p=self.dropout` without `if self.training`."""
 
@@ -484,6 +317,15 @@ class ExactGelu(MLP):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
+class GeluConstantFiveDigits(MLP):
+    """The tanh GELU hand-written with sqrt(2/pi) rounded to 0.79788: off by 7e-6 relative, float64 sees it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        gelu = 0.5 * h * (1.0 + torch.tanh(0.79788 * (h + 0.044715 * torch.pow(h, 3.0))))
+        return self.dropout(self.c_proj(gelu))
+
+
 class MlpBiasDropped(MLP):
     """The MLP's first projection c_fc drops its bias."""
 
@@ -500,6 +342,18 @@ class LayerNormEps6(LayerNorm):
 
 # ----------------------------------------------------------------------------------------------------------
 # the forward pass
+
+
+class PositionsDetached(ReimplementedGPT):
+    """The position embeddings are added detached (a leftover .detach()): same logits, wpe never learns."""
+
+    detach_positions = True
+
+
+class LossShiftsTargetsAgain(ReimplementedGPT):
+    """The model's own loss shifts targets that are already shifted (HF's labels= habit): logits right, loss wrong."""
+
+    shift_targets_again = True
 
 
 class PositionsNotAdded(ReimplementedGPT):
@@ -590,8 +444,8 @@ class TiedTwiceInDecayGroup(GPT):
 
 MUTANTS: tuple[Mutant, ...] = (
     # the tie
-    Mutant("head-not-tied", HeadNotTied, "tied-storage", r"not tied|separate Parameter"),
-    Mutant("tie-wrong-direction", TieWrongDirection, "train-steps", r"loss at init.*init .*lost"),
+    Mutant("head-not-tied", HeadNotTied, "tied-storage", r"not tied|separate Parameter|a copy, not a tie"),
+    Mutant("tie-wrong-direction", TieWrongDirection, "init", r"wrong direction.*N\(0, 1\)"),
     Mutant(
         "head-tied-to-wpe",
         HeadTiedToPositions,
@@ -601,20 +455,11 @@ MUTANTS: tuple[Mutant, ...] = (
     ),  # fmt: skip
     Mutant("head-tied-to-copy", HeadTiedToCopy, "tied-storage", r"a copy, not a tie"),
     # the converter
-    Mutant(
-        "c_proj-not-transposed",
-        converter=c_proj_not_transposed,
-        cause=r"first divergence at transformer\.h\.0\.attn:",
-    ),
-    Mutant(
-        "c_fc-not-transposed",
-        converter=c_fc_not_transposed,
-        killed_by="load",
-        cause=r"shape mismatch.*mlp\.c_fc\.weight",
-    ),
+    Mutant("c_proj-not-transposed", CProjNotTransposed, cause=r"first divergence at transformer\.h\.0\.attn:"),
+    Mutant("c_fc-not-transposed", CFcNotTransposed, "load", r"size mismatch.*mlp\.c_fc\.weight"),
     Mutant(
         "c_attn-reshaped-not-transposed",
-        converter=c_attn_reshaped_not_transposed,
+        CAttnReshapedNotTransposed,
         cause=r"first divergence at transformer\.h\.0\.attn:",
     ),  # fmt: skip
     # attention
@@ -640,9 +485,15 @@ MUTANTS: tuple[Mutant, ...] = (
         cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
     ),
     Mutant(
+        "causal-mask-missing-one-layer",
+        gpt_with(MaskMissing),
+        cause=r"first divergence at transformer\.h\.0\.attn:.*mask",
+        config="one-layer",
+    ),
+    Mutant(
         "attn-bias-dropped", gpt_with(AttnBiasDropped), cause=r"first divergence at transformer\.h\.0\.attn:"
     ),
-    Mutant("dropout-in-eval", gpt_with(DropoutInEval), cause=r"dropout"),
+    Mutant("dropout-in-eval", gpt_with(DropoutInEval), "dropout-sites", r"active in eval mode.*attention weights"),
     # MLP, LayerNorm, the forward pass
     Mutant("exact-gelu", gpt_with(ExactGelu), cause=r"first divergence at transformer\.h\.0\.mlp:.*GELU"),
     Mutant(
@@ -659,18 +510,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
     ),
     Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
+    Mutant("positions-detached", PositionsDetached, "grads", r"transformer\.wpe\.weight: no gradient on the reference side"),
+    Mutant("loss-shifts-targets-again", LossShiftsTargetsAgain, "loss", r"the logits match.*own loss"),
+    Mutant("attention-window-64", gpt_with(SlidingWindow64), cause=r"transformer\.h\.0\.attn.*logits\[full_block\]",
+           config="long"),
+    Mutant("gelu-constant-5-digits", gpt_with(GeluConstantFiveDigits), cause=r"first divergence at transformer\.h\.0\.mlp:"),
     Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", padded=True),
-    Mutant("lm_head-bias", HeadBias, "param-count", r"lm_head\.bias"),
+    Mutant("lm_head-bias", HeadBias, "load", r"no value from the checkpoint: lm_head\.bias"),
     # counting and the optimizer
     Mutant("parameters-count-tie-twice", ParametersCountTieTwice, "param-count", r"counted twice"),
-    Mutant("num-params-count-tie-twice", NumParamsCountTieTwice, "param-count", r"get_num_params"),
+    Mutant("num-params-count-tie-twice", NumParamsCountTieTwice, "own-count", r"get_num_params.*counted twice"),
     Mutant(
         "tied-in-two-groups", TiedInTwoGroups, "decay-groups", r"transformer\.wte\.weight.*\[0\.1, 0\.0\]"
     ),
     Mutant(
         "tied-twice-in-decay-group",
         TiedTwiceInDecayGroup,
-        "decay-groups",
+        "optimizer-once",
         r"transformer\.wte\.weight.*\[0\.1, 0\.1\]",
     ),  # fmt: skip
 )
@@ -684,3 +540,39 @@ CONTROLS: tuple[Mutant, ...] = (
     Mutant("reimplemented-forward-padded", ReimplementedGPT, padded=True),
     Mutant("tie-right-direction-after-init", TieRightDirectionAfterInit),
 )
+
+
+ENTRIES = {m.name: m for m in MUTANTS + CONTROLS}
+
+
+def padded_config(vocab_size: int) -> type[GPTConfig]:
+    """A GPTConfig that pads the vocabulary it is given, as upstream nanoGPT does (50257 -> 50304)."""
+
+    @dataclass
+    class PaddedGPTConfig(GPTConfig):
+        def __post_init__(self) -> None:
+            if self.logical_vocab_size is None:
+                self.logical_vocab_size = self.vocab_size
+                self.vocab_size = padded_vocab(self.vocab_size)
+            super().__post_init__()
+
+    return PaddedGPTConfig
+
+
+def implementation_classes(name: str) -> tuple[type[GPT], type[GPTConfig]]:
+    """(GPT, GPTConfig) of a catalog entry, as an implementation file exposes them."""
+    entry = ENTRIES[name]
+    return entry.model_cls, padded_config(CONFIGS[entry.config].vocab_size) if entry.padded else GPTConfig
+
+
+def implementation_file(entry: Mutant, directory: Path) -> Path:
+    """A model file exposing the entry's GPT and GPTConfig, for `--impl`."""
+    path = directory / f"{entry.name.replace('/', '_')}.py"
+    path.write_text(
+        f'"""Catalog entry {entry.name}: {entry.bug}"""\n\n'
+        "import sys\n\n"
+        f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
+        "from mutants import implementation_classes  # noqa: E402\n\n"
+        f"GPT, GPTConfig = implementation_classes({entry.name!r})\n"
+    )
+    return path

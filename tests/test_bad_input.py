@@ -27,15 +27,14 @@ from nanogpt.hf import (
     CheckpointError,
     LazyWeights,
     hf_config_from_gpt,
-    load_gpt,
     weight_files,
     write_hf_checkpoint,
 )
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import TokenizerFileError, bpe_files, gpt2_tiktoken
 from parity.batches import token_batch
-from parity.checks import check_logits
 from parity.compare import ParityFailure, compare_tensors
+from parity.forward import check_logits
 from parity.loading import load_hf
 from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint, synthetic_hf_weights
 from parity.tolerances import logits_tolerance
@@ -210,7 +209,7 @@ def test_non_finite_values_never_pass_as_close(bad: float) -> None:
 
 def test_nan_weight_is_reported_as_nan_by_the_logits_check(tmp_path: Path) -> None:
     checkpoint = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path)[0]
-    ours = load_gpt(checkpoint, dtype=torch.float64).eval()
+    ours = GPT.from_pretrained(checkpoint, dtype=torch.float64).eval()
     theirs = load_hf(checkpoint, torch.float64, "cpu")
     with torch.no_grad():
         ours.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
@@ -255,7 +254,7 @@ def test_killed_write_leaves_no_partial_checkpoint_and_the_next_run_regenerates(
     assert not list(root.glob(f".{final.name}.tmp-*")), "the stale temporary directory was not cleaned up"
     if seconds is None:
         pytest.fail("the killed write left a checkpoint that was reused instead of regenerated")
-    model = load_gpt(path)
+    model = GPT.from_pretrained(path)
     assert model.is_tied() and model.config.vocab_size == MEDIUM["vocab_size"]
 
 
@@ -266,4 +265,4 @@ def test_load_refuses_a_half_written_checkpoint_directory(tmp_path: Path) -> Non
     data = (half / "model.safetensors").read_bytes()
     (half / "model.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated"):
-        load_gpt(half)
+        GPT.from_pretrained(half)

@@ -80,7 +80,7 @@ def test_usage_errors_abort_the_bisection(argv: list[str], capsys: pytest.Captur
 
 @pytest.mark.parametrize(
     ("checks", "needs"),
-    [("logits,grads", "checking logits, grads needs about"), ("train-steps", "leave it out")],
+    [("logits,grads", "checking logits, grads needs about"), ("train-steps", "checking train-steps needs about")],
 )
 def test_model_that_cannot_fit_aborts_with_the_estimate_before_any_checkpoint(
     checks: str,
@@ -92,7 +92,8 @@ def test_model_that_cannot_fit_aborts_with_the_estimate_before_any_checkpoint(
     monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # no pretrained gpt2-xl: the synthetic one
     monkeypatch.delenv(memory.IGNORE_ENV_VAR, raising=False)
-    plan = memory.plan_bisect_memory(gpt2_config("gpt2-xl"), torch.float32, checks.split(","))
+    # The parity suite's plan: at gpt2-xl the weights are shared and train-steps runs on the narrow twin.
+    plan = memory.plan_memory(gpt2_config("gpt2-xl"), torch.float32)
     monkeypatch.setattr(
         bisect, "available_memory", lambda: memory.Available(plan.estimated_peak_bytes - 1, "test")
     )
@@ -100,7 +101,7 @@ def test_model_that_cannot_fit_aborts_with_the_estimate_before_any_checkpoint(
     err = capsys.readouterr().err
     assert code == EXIT_ABORT, err
     assert needs in err and "error: --model gpt2-xl:" in err, err
-    assert "independent weights" in err and not (tmp_path / "cache").exists()
+    assert "shared weight storage" in err and not (tmp_path / "cache").exists()
     # Enough memory, or the override: the check lets the run go on.
     monkeypatch.setattr(
         bisect, "available_memory", lambda: memory.Available(plan.estimated_peak_bytes, "test")

@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig, gpt2_config
+from nanogpt.schema import GOLDEN_PARAMS, NON_EMBEDDING_PARAMS, UNTIED_GPT2_PARAMS
 from parity.tolerances import SAME_FUNCTION_F64
 
 # One float64 function sliced two ways: SAME_FUNCTION_F64 in parity/tolerances.py says why.
@@ -125,12 +126,8 @@ def test_tie_survives_torch_save_and_load_into_a_fresh_model(make_gpt, tmp_path,
 
 # Totals count the tied matrix once; "non-embedding" subtracts the position embeddings only (see
 # GPT.get_num_params). Checked against transformers below.
-PARAM_COUNTS = {
-    "gpt2": (124_439_808, 123_653_376),
-    "gpt2-medium": (354_823_168, 353_774_592),
-    "gpt2-large": (774_030_080, 772_719_360),
-    "gpt2-xl": (1_557_611_200, 1_555_972_800),
-}
+# The published counts, from the one schema the harness uses too (nanogpt/schema.py).
+PARAM_COUNTS = {name: (GOLDEN_PARAMS[name], NON_EMBEDDING_PARAMS[name]) for name in GOLDEN_PARAMS}
 
 
 @pytest.mark.parametrize("name", list(GPT2_SIZES))
@@ -146,7 +143,7 @@ def test_untied_gpt2_counts_the_head_separately() -> None:
     with torch.device("meta"):
         model = GPT(gpt2_config("gpt2", tie_weights=False))
     assert not model.is_tied()
-    assert model.get_num_params(non_embedding=False) == 163_037_184
+    assert model.get_num_params(non_embedding=False) == UNTIED_GPT2_PARAMS
 
 
 @pytest.mark.parametrize("name", list(GPT2_SIZES))

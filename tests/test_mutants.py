@@ -1,9 +1,12 @@
-"""The parity checks catch real bugs: every mutant of tests/mutants.py is killed by the check it names.
+"""The product's entry points catch real bugs: every mutant of tests/mutants.py is killed by the check it names.
 
-Each mutant is loaded through the production loader from a tiny synthetic checkpoint and compared with
-transformers' GPT2LMHeadModel from the same directory. A mutant passes its test only when the named check
-fails *and* its message names the cause; the correct controls must pass every check. The kill rate is
-printed at the end of the run ("mutant kill rate: N/N (100%)", see tests/conftest.py) and must stay 100%.
+Each catalog entry is written as an implementation file and run through what users run: `pytest parity/
+--impl FILE --model CHECKPOINT --parity-report R` (in-process, the verdicts read back from the report) and
+the bisect command (`parity.bisect.run`, its verdict lines parsed). A mutant counts as killed only when its
+named check FAILs in both, with a message that names the cause (a mutant the loader refuses is CANNOT-TEST
+on every check, with the loader's reason); the two front ends must agree on every verdict, line for line;
+the correct controls must PASS every check. The kill rate is printed at the end of the run ("mutant kill
+rate: N/N (100%)", see tests/conftest.py) and must stay 100%.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from mutants import CHECKS, CONFIGS, CONTROLS, MUTANTS, Mutant, verdicts_for
+from front_ends import Verdicts, via_bisect, via_pytest
+from mutants import CONFIGS, CONTROLS, MUTANTS, Mutant, implementation_file
 
-from parity.loading import load_hf
-from parity.synthetic import ensure_synthetic_checkpoint
+from parity.registry import CHECK_NAMES
+from parity.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,31 +53,47 @@ REQUIRED = {
     "lm_head-bias",
     "padding-not-cropped",
 }
-
-
 class Catalog:
-    """Synthetic checkpoints and Hugging Face models per catalog config, made on first use and kept."""
+    """Synthetic checkpoints per catalog config, written on first use into the session's directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.hf_models: dict[str, Any] = {}
+        self.checkpoints: dict[str, Path] = {}
 
     def checkpoint(self, config: str) -> Path:
-        """The synthetic checkpoint directory of a catalog config."""
-        return ensure_synthetic_checkpoint(CONFIGS[config], config, root=self.root)[0]
+        if config not in self.checkpoints:
+            self.checkpoints[config] = write_synthetic_checkpoint(self.root / config, CONFIGS[config])
+        return self.checkpoints[config]
 
-    def failing_checks(self, entry: Mutant) -> dict[str, str]:
-        """The checks that fail on entry, with their messages (the HF model is shared: checks leave it as is)."""
-        if entry.config not in self.hf_models:
-            self.hf_models[entry.config] = load_hf(self.checkpoint(entry.config), torch.float64, "cpu")
-        verdicts = verdicts_for(entry, self.checkpoint(entry.config), self.hf_models[entry.config])
-        return {check: message for check, message in verdicts.items() if message}
+    def verdicts(self, entry: Mutant, out: Path) -> Verdicts:
+        """The entry's verdicts through both front ends, which must agree on every check."""
+        impl = implementation_file(entry, out)
+        checkpoint = self.checkpoint(entry.config)
+        by_pytest = via_pytest(impl, checkpoint, out)
+        by_bisect = via_bisect(impl, checkpoint)
+        assert set(by_pytest) == set(CHECK_NAMES), f"pytest parity/ ran {sorted(by_pytest)}"
+        for check in CHECK_NAMES:
+            assert by_pytest[check][:2] == by_bisect[check][:2], (
+                f"{entry.name}: the two front ends disagree on {check}:\n"
+                f"  pytest parity/: {by_pytest[check][:2]}\n  bisect:         {by_bisect[check][:2]}"
+            )
+        return by_pytest
 
 
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
-    """The session's checkpoints and Hugging Face models, in its temporary directory."""
+    """The session's catalog checkpoints, in its temporary directory."""
     return Catalog(tmp_path_factory.mktemp("mutant-checkpoints"))
+
+
+def killed_by(verdicts: Verdicts) -> dict[str, str]:
+    """The checks that killed an entry, with their messages; "load" when the checks that load the
+    checkpoint were CANNOT-TEST because loading it failed (the bisect command then exits 125, never 0)."""
+    failed = {c: f"{reason}\n{details}" for c, (status, reason, details) in verdicts.items() if status == "FAIL"}
+    status, reason, details = verdicts["logits"]  # a check that needs the loaded model
+    if status == "CANNOT-TEST":
+        failed["load"] = f"{reason}\n{details}"
+    return failed
 
 
 def assert_killed(mutant: Mutant, failed: dict[str, str]) -> None:
@@ -92,9 +111,9 @@ def assert_killed(mutant: Mutant, failed: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_killed_by_its_check_which_names_the_cause(
-    mutant: Mutant, catalog: Catalog, record_property: Any
+    mutant: Mutant, catalog: Catalog, tmp_path: Path, record_property: Any
 ) -> None:
-    failed = catalog.failing_checks(mutant)
+    failed = killed_by(catalog.verdicts(mutant, tmp_path))
     # Read by the kill-rate summary in tests/conftest.py (user properties survive pytest-xdist workers).
     record_property("mutant", mutant.name)
     record_property("mutant_killed_by", ",".join(sorted(failed)))
@@ -102,24 +121,27 @@ def test_mutant_is_killed_by_its_check_which_names_the_cause(
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=[c.name for c in CONTROLS])
-def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog) -> None:
-    failed = catalog.failing_checks(control)
-    assert not failed, f"false alarm on the correct variant {control.name}:\n" + "\n".join(failed.values())
+def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog, tmp_path: Path) -> None:
+    verdicts = catalog.verdicts(control, tmp_path)
+    bad = {c: v for c, v in verdicts.items() if v[0] != "PASS"}
+    assert not bad, f"false alarm on the correct variant {control.name}:\n" + "\n".join(
+        f"{c}: {s} {r}" for c, (s, r, _) in bad.items()
+    )
 
 
-WIDE = {"tiny": "wide", "square": "wide-square"}
+WIDE = {"tiny": "wide", "square": "wide-square", "long": "wide-long", "one-layer": "wide-one-layer"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", MUTANTS + CONTROLS, ids=[m.name for m in MUTANTS + CONTROLS])
-def test_catalog_at_gpt2_width(entry: Mutant, catalog: Catalog) -> None:
+def test_catalog_at_gpt2_width(entry: Mutant, catalog: Catalog, tmp_path: Path) -> None:
     """The same verdicts at GPT-2's width (768 channels, 12 heads), where rounding is larger."""
     wide = replace(entry, config=WIDE[entry.config])
-    failed = catalog.failing_checks(wide)
+    verdicts = catalog.verdicts(wide, tmp_path)
     if entry in CONTROLS:
-        assert not failed, f"false alarm on the correct variant {entry.name}:\n" + "\n".join(failed.values())
+        assert all(s == "PASS" for s, _, _ in verdicts.values()), f"false alarm on {entry.name}: {verdicts}"
     else:
-        assert_killed(wide, failed)
+        assert_killed(wide, killed_by(verdicts))
 
 
 def test_catalog_covers_every_required_bug_and_names_real_checks() -> None:
@@ -127,6 +149,6 @@ def test_catalog_covers_every_required_bug_and_names_real_checks() -> None:
     assert len(names) == len(set(names)), "mutant names must be unique"
     assert REQUIRED <= set(names), f"catalog lost mutants: {sorted(REQUIRED - set(names))}"
     for m in MUTANTS:
-        assert m.killed_by in CHECKS, f"{m.name}: unknown check {m.killed_by!r}"
+        assert m.killed_by in (*CHECK_NAMES, "load"), f"{m.name}: unknown check {m.killed_by!r}"
         assert m.cause, f"{m.name}: a mutant must say what its killing message names"
         assert m.bug, f"{m.name}: a mutant must document its bug in a docstring"

@@ -1,4 +1,4 @@
-"""The checkpoint check of parity/test_counts.py fails on the bugs it is there for.
+"""The checkpoint-once check (parity/checks_counts.py) fails on the bugs it is there for.
 
 It is called directly on a tiny reference model whose `state_dict` is broken in one way each time: the
 tied matrix stored twice (a copy under lm_head.weight), and a state dict that leaves tensors out.
@@ -6,13 +6,20 @@ tied matrix stored twice (a copy under lm_head.weight), and a state dict that le
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from nanogpt.model import GPT
-from parity.test_counts import test_checkpoint_stores_tied_tensor_once as checkpoint_check
+from parity.checks_counts import checkpoint_once_check
+from parity.compare import ParityFailure
 from parity.tie import HEAD
+
+
+def checkpoint_check(model: GPT) -> None:
+    """The registry's checkpoint-once check on model (it reads nothing else of its subject)."""
+    checkpoint_once_check(SimpleNamespace(model=lambda: model))
 
 
 class HeadCopiedInStateDict(GPT):
@@ -39,12 +46,12 @@ def test_correct_model_passes(make_gpt: Any) -> None:
 def test_tied_matrix_stored_twice_fails(make_gpt: Any) -> None:
     model = make_gpt()
     model.__class__ = HeadCopiedInStateDict
-    with pytest.raises(AssertionError, match="tied matrix is stored twice"):
+    with pytest.raises(ParityFailure, match="tied matrix is stored twice"):
         checkpoint_check(model)
 
 
 def test_state_dict_missing_tensors_fails(make_gpt: Any) -> None:
     model = make_gpt()
     model.__class__ = StateDictWithoutBlocks
-    with pytest.raises(AssertionError, match="bytes of tensor storage for"):
+    with pytest.raises(ParityFailure, match="bytes of storage for"):
         checkpoint_check(model)

@@ -24,7 +24,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
-from parity.checks import check_gradient_decomposition, check_gradients, check_logits, check_loss
+from parity.forward import check_logits, check_loss
+from parity.gradients import check_gradient_decomposition, check_gradients
 from parity.tie import tie_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")

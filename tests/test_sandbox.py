@@ -87,7 +87,10 @@ def test_prints_are_captured_and_shown_only_with_v(
     )
     assert run(["--impl", str(impl), "--checks", "logits", "-v"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"captured output of the tested code \(\d+ lines\):\n  \| spam from forward\n", out)
+    assert re.search(
+        r"captured output of the tested code \(\d+ lines\):\n  \| number of parameters: 0.13M\n  \| spam from forward\n",
+        out,
+    )
 
 
 def test_default_timeout_grows_with_the_model() -> None:

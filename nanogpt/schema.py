@@ -1,0 +1,113 @@
+"""GPT-2's tensors, defined once: names, shapes, the Conv1D set, the tied pair, the init scheme and the counts.
+
+The converter (nanogpt/hf.py), the synthetic checkpoints, the parameter-count goldens, the comparisons and
+the training parity all read these instead of keeping their own copies. Names are nanoGPT's, which are
+Hugging Face GPT2LMHeadModel's too (HF stores the four projection weights as Conv1D, (in, out), i.e.
+transposed with respect to nn.Linear).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nanogpt.gpt_config import GPT2_SIZES, gpt2_config
+
+# The tied pair: the output head and the token embedding are one matrix.
+HEAD = "lm_head.weight"
+EMBEDDING = "transformer.wte.weight"
+POSITIONS = "transformer.wpe.weight"
+
+# Weights HF keeps as Conv1D, (in, out): transposed with respect to nn.Linear.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Output projections of the two residual branches: GPT-2 scales their init by 1/sqrt(2 * n_layer).
+RESIDUAL_PROJECTION_SUFFIXES = ("attn.c_proj.weight", "mlp.c_proj.weight")
+# The init scheme's standard deviation of every other weight matrix (and of both embeddings).
+INIT_STD = 0.02
+
+# Published totals of the four OpenAI checkpoints (unique tensors of GPT2LMHeadModel: the tied matrix once).
+GOLDEN_PARAMS = {
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+}
+# The same without the position embeddings (nanoGPT's get_num_params(non_embedding=True)).
+NON_EMBEDDING_PARAMS = {
+    "gpt2": 123_653_376,
+    "gpt2-medium": 353_774_592,
+    "gpt2-large": 772_719_360,
+    "gpt2-xl": 1_555_972_800,
+}
+# gpt2 with an untied head: one more 50257 x 768 matrix.
+UNTIED_GPT2_PARAMS = 163_037_184
+
+
+def block_shapes(n_embd: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of one transformer block (names after `transformer.h.{i}.`), in nanoGPT's (Linear) layout."""
+    C = n_embd
+    return {
+        "ln_1.weight": (C,),
+        "ln_1.bias": (C,),
+        "attn.c_attn.weight": (3 * C, C),
+        "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C),
+        "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,),
+        "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (4 * C, C),
+        "mlp.c_fc.bias": (4 * C,),
+        "mlp.c_proj.weight": (C, 4 * C),
+        "mlp.c_proj.bias": (C,),
+    }
+
+
+def tensor_shapes(config: Any, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a tied GPT-2 (lm_head.weight omitted: it is wte) with its nanoGPT shape, in forward order.
+
+    vocab_size: the embedding's rows (default config.vocab_size, which may include padding rows).
+    """
+    C = config.n_embd
+    V = config.vocab_size if vocab_size is None else vocab_size
+    shapes: dict[str, tuple[int, ...]] = {EMBEDDING: (V, C), POSITIONS: (config.block_size, C)}
+    for i in range(config.n_layer):
+        shapes.update({f"transformer.h.{i}.{k}": s for k, s in block_shapes(C).items()})
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    return shapes
+
+
+def param_count(config: Any) -> int:
+    """The tied GPT-2 parameter count of a config (real vocabulary, biases), from the architecture alone."""
+    C, L = config.n_embd, config.n_layer
+    per_block = sum(math.prod(s) for s in block_shapes(C).values())
+    vocab = getattr(config, "output_vocab_size", config.vocab_size)
+    return vocab * C + config.block_size * C + L * per_block + 2 * C
+
+
+def size_name(config: Any) -> str | None:
+    """The OpenAI size a config has the architecture of, or None."""
+    fields = ("block_size", "n_layer", "n_head", "n_embd")
+    for name in GPT2_SIZES:
+        size = gpt2_config(name)
+        vocab = getattr(config, "output_vocab_size", config.vocab_size)
+        if vocab == size.vocab_size and all(getattr(config, f) == getattr(size, f) for f in fields):
+            return name
+    return None
+
+
+def golden_param_count(config: Any) -> int:
+    """The published total of the size a config has the architecture of; else the count from the architecture."""
+    name = size_name(config)
+    return GOLDEN_PARAMS[name] if name is not None else param_count(config)
+
+
+def init_spec(name: str, n_layer: int) -> tuple[float, float]:
+    """(mean, std) of a tensor under GPT-2's init: N(0, 0.02) weights and embeddings, residual projections
+    scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm gains (std 0: a constant)."""
+    if name.endswith(RESIDUAL_PROJECTION_SUFFIXES):
+        return 0.0, INIT_STD / math.sqrt(2 * n_layer)
+    if ".ln_" in name or "ln_f." in name:
+        return (1.0 if name.endswith(".weight") else 0.0), 0.0
+    if name.endswith(".bias"):
+        return 0.0, 0.0
+    return 0.0, INIT_STD

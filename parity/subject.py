@@ -1,0 +1,168 @@
+"""What a check runs on: the implementation under test and Hugging Face's GPT-2, on one target.
+
+A `Subject` loads each model once, lazily, and keeps what several checks share: the one forward + backward
+of both models on the gradient batch (read by the logits, loss, grads and tied-gradient checks), and the
+narrow twins that checks needing more memory than a size leaves run on. Every front end (the tests in
+parity/, the bisect command, the mutant catalog) builds a Subject and hands it to the registry
+(parity/registry.py). For sizes whose memory plan says so (gpt2-large and gpt2-xl on their defaults), the
+implementation's parameters become views of Hugging Face's after a bitwise check, so one copy of the
+weights serves both; checks that train or re-initialise then use the twin, never the shared models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanogpt.schema import CONV1D_SUFFIXES
+from parity.batches import gradient_batch
+from parity.gradients import GradientRun, run_gradients
+from parity.impl import Implementation, ImplementationError, LoadReport, load_implementation
+from parity.loading import load_hf, load_reference, share_parameters
+from parity.memory import available_memory, format_bytes, param_bytes
+from parity.synthetic import ensure_synthetic_checkpoint
+from parity.targets import ParityTarget
+from parity.tie import twin_config
+
+# A check that trains both models (AdamW: parameters, gradients and two moment buffers for each, plus the
+# copies it trains) needs this many times one model's parameter bytes on top of what the run already holds.
+TRAINING_BYTES_FACTOR = 8
+
+
+@dataclass
+class Twin:
+    """The implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
+
+    config: Any
+    model: nn.Module
+    hf: Any
+    why: str  # why the check runs on the twin rather than the loaded models
+
+
+@dataclass
+class Subject:
+    """The implementation under test on one target; both models are loaded once, on first use."""
+
+    impl: Implementation
+    target: ParityTarget
+    tied_decay: bool = True  # the expected answer of decay-groups: is the tied matrix weight-decayed?
+    reference_loader: bool = False  # load through GPT.from_pretrained (the reference's own path)
+    report: LoadReport | None = None
+    unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
+    _model: nn.Module | None = field(default=None, repr=False)
+    _load_error: ImplementationError | None = field(default=None, repr=False)
+    _hf: Any = field(default=None, repr=False)
+    _gradient_run: GradientRun | None = field(default=None, repr=False)
+    _twin: Twin | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Any:
+        """The target's architecture (nanogpt.model.GPTConfig)."""
+        return self.target.config
+
+    @property
+    def label(self) -> str:
+        """How messages name the implementation."""
+        return self.impl.label
+
+    @property
+    def device(self) -> str:
+        """The target's device."""
+        return self.target.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The target's dtype."""
+        return self.target.dtype
+
+    def checkpoint(self) -> Path:
+        """The target's checkpoint directory (a synthetic one is generated on first use)."""
+        return self.target.ensure_checkpoint()
+
+    def model(self) -> nn.Module:
+        """The implementation with the target's weights, in eval mode (a load failure is remembered)."""
+        if self._load_error is not None:
+            raise self._load_error
+        if self._model is None:
+            if self.target.device == "cuda":  # parity is about the function: no TF32
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+            try:
+                if self.reference_loader:
+                    model = load_reference(self.checkpoint(), self.dtype, self.device)
+                else:
+                    model, self.report = load_implementation(self.impl, self.checkpoint(), self.dtype, self.device)
+            except ImplementationError as e:
+                self._load_error = e
+                raise
+            if self.shares_weights:
+                self.unshared = share_parameters(model, self.hf(), transposed=CONV1D_SUFFIXES)
+            self._model = model
+        return self._model
+
+    def hf(self) -> Any:
+        """Hugging Face's GPT2LMHeadModel with tie_word_embeddings=True, from the same checkpoint."""
+        if self._hf is None:
+            self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
+        return self._hf
+
+    @property
+    def shares_weights(self) -> bool:
+        """True when the implementation's parameters are views of Hugging Face's (the memory plan)."""
+        return self.target.memory.share_weights
+
+    def gradient_run(self) -> GradientRun:
+        """One forward + backward of both models on the gradient batch, shared by four checks."""
+        if self._gradient_run is None:
+            model, hf = self.model(), self.hf()
+            idx, targets = (t.to(self.device) for t in gradient_batch(self.config))
+            with clean_grads(model, hf):
+                self._gradient_run = run_gradients(
+                    model, hf, idx, targets, self.config.output_vocab_size, keep_tied_gradient=True
+                )
+        return self._gradient_run
+
+    def training_fits(self) -> str | None:
+        """None when training copies of both loaded models fits in memory, else why the twin is used."""
+        if self.shares_weights:
+            return "the loaded models share one copy of the weights (memory plan), so they are not trained"
+        need = TRAINING_BYTES_FACTOR * param_bytes(self.config, self.dtype)
+        available = available_memory()
+        if self.device == "cpu" and available is not None and need > available.bytes:
+            return (
+                f"training copies of both models needs ~{format_bytes(need)} more, "
+                f"{format_bytes(available.bytes)} is available"
+            )
+        return None
+
+    def twin(self, why: str) -> Twin:
+        """The implementation and Hugging Face's model at the narrow twin config, from a synthetic checkpoint."""
+        if self._twin is None:
+            config = twin_config(self.config)
+            checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")
+            model, _ = load_implementation(self.impl, checkpoint, self.dtype, self.device)
+            hf = load_hf(checkpoint, self.dtype, self.device, tie_word_embeddings=True)
+            self._twin = Twin(config, model, hf, why)
+        self._twin.why = why
+        return self._twin
+
+    def release(self) -> None:
+        """Drop both models and everything computed from them."""
+        self._model = self._hf = self._gradient_run = self._twin = None
+
+
+@contextlib.contextmanager
+def clean_grads(*models: nn.Module) -> Any:
+    """The models start and end the block without gradients."""
+    for m in models:
+        m.zero_grad(set_to_none=True)
+    try:
+        yield
+    finally:
+        for m in models:
+            m.zero_grad(set_to_none=True)

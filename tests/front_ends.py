@@ -1,0 +1,58 @@
+"""The product's two front ends, driven in-process the way a user runs them, their verdicts read back.
+
+`via_pytest` runs `pytest parity/ --impl FILE --model CHECKPOINT --parity-report R` and reads the verdicts
+from the JSON report; `via_bisect` runs the bisect command with -v and parses its verdict lines. The
+mutant catalog, the harness mutants and the report tests all drive the product through these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from parity.bisect import run as bisect_run
+
+PARITY_DIR = Path(__file__).resolve().parent.parent / "parity"
+VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s+(.*)$")
+
+# {check: (status, reason, details)}
+Verdicts = dict[str, tuple[str, str, str]]
+
+
+def via_pytest(impl: Path, checkpoint: Path, out: Path, *extra: str) -> Verdicts:
+    """`pytest parity/ --impl impl --model checkpoint`, in-process; the verdicts from its JSON report."""
+    report = out / f"{impl.stem}.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(
+            [str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--model", str(checkpoint),
+             "--parity-report", str(report), *extra]  # fmt: skip
+        )
+    assert code in (0, 1), f"pytest parity/ --impl {impl.name} ended with exit status {code}"
+    data = json.loads(report.read_text())
+    return {c["check"]: (c["status"], c["reason"], c["details"]) for c in data["checks"]}
+
+
+def via_bisect(impl: Path, checkpoint: Path) -> Verdicts:
+    """The bisect command on impl, in-process; its verdict lines (and -v details) parsed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = bisect_run(["--impl", str(impl), "--model", str(checkpoint), "-v"])
+    assert code in (0, 1, 125), f"the bisect command exited {code}:\n{out.getvalue()}"
+    verdicts: Verdicts = {}
+    last = None
+    for line in out.getvalue().splitlines():
+        m = VERDICT_LINE.match(line)
+        if m:
+            last = m.group(2)
+            verdicts[last] = (m.group(1), m.group(3), "")
+        elif last and line.startswith("    "):
+            status, reason, details = verdicts[last]
+            verdicts[last] = (status, reason, (details + "\n" + line[4:]).strip("\n"))
+    return verdicts
+
+
