@@ -48,6 +48,7 @@ class DefinitionsPlan:
     orphans: list[str] = field(default_factory=list)  # names kept code reads that only left-out code binds
     relative_imports: list[LeftOut] = field(default_factory=list)
     relative_level: int = 0  # the deepest relative import (2 for `from ..x import y`), 0 for none
+    left_out_binds: set[str] = field(default_factory=set)  # names only the left-out statements bind
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -190,7 +191,7 @@ def plan_definitions(source: str, filename: str) -> DefinitionsPlan:
     ]
     orphans = sorted((used & left_binds) - kept_binds)
     level = max((n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), default=0)
-    return DefinitionsPlan(kept, left_out, used, orphans, relative, level)
+    return DefinitionsPlan(kept, left_out, used, orphans, relative, level, left_binds - kept_binds)
 
 
 def exec_definitions(plan: DefinitionsPlan, module: ModuleType, filename: str) -> list[str]:

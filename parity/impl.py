@@ -209,6 +209,12 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
     module = sys.modules.get(name)  # same path, same sources: already imported in this process
     if module is None:
         module = _load_file(name, path, plan, run_module, notes)
+        if not run_module and not hasattr(module, "GPT") and "GPT" in plan.left_out_binds:
+            # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load without it.
+            del sys.modules[name]
+            notes[:] = [n for n in notes if not n.startswith("definitions only:")]
+            notes.append(f"GPT is set by module-level code of {path.name}, so the file was imported as it is")
+            module = _load_file(name, path, plan, True, notes)
     return module
 
 

@@ -206,6 +206,8 @@ def run_checks_in_child(
         "target": target_message(target),
         "checks": names,
         "tied_decay": tied_decay,
+        # The caller's thread count: CPU reductions split by threads round differently in the last bit.
+        "num_threads": torch.get_num_threads(),
     }
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS_ROOT), os.environ.get("PYTHONPATH")]))

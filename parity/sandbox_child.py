@@ -67,6 +67,7 @@ def main() -> None:
     request = json.loads(sys.stdin.readline())
     send = _sender(int(sys.argv[1]), request.pop("nonce"))  # the nonce lives on only in send's closure
     sys.stdin.close()
+    import torch
     import transformers
 
     from nanogpt.hf import CheckpointError
@@ -77,6 +78,7 @@ def main() -> None:
     from parity.verdicts import Status, Verdict
 
     transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(request["num_threads"])  # the same rounding as the caller's process
     names: list[str] = request["checks"]
     send(phase="import")
     try:

@@ -380,3 +380,15 @@ def test_relative_imports_are_resolved_through_the_package(tmp_path: Path, small
     )
     with pytest.raises(ImplementationError, match="ModuleNotFoundError: No module named 'nowhere'"):
         import_implementation(tmp_path / "pkg" / "model.py")
+
+
+def test_gpt_made_by_module_level_code_is_imported_as_it_is(tmp_path: Path) -> None:
+    """`GPT, GPTConfig = make()` binds GPT only by running the module: it is imported as it is, with a note."""
+    path = tmp_path / "made.py"
+    path.write_text(
+        'import nanogpt.model as m\n\nGPT, GPTConfig = getattr(m, "GPT"), getattr(m, "GPTConfig")\n'
+    )
+    impl = import_implementation(path)
+    assert impl.gpt_cls is GPT and impl.notes == [
+        "GPT is set by module-level code of made.py, so the file was imported as it is"
+    ]
