@@ -1,9 +1,9 @@
 """`python -m parity.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
 
 Runs the named checks of parity/registry.py on an implementation (`--impl path/to/model.py`, default the
-reference nanoGPT), prints one line per check, and exits with what `git bisect run` understands: 0 good,
-1 bad, 125 "cannot test this commit" (import error, no GPT/GPTConfig, a crash before a check could give
-its verdict), and 129 for a usage error of this command, which aborts the bisection instead of marking
+reference nanoGPT) in a sandboxed child process (parity/sandbox.py), prints one line per check, and exits
+with what `git bisect run` understands: 0 good, 1 bad, 125 "cannot test this commit" (import error, no
+GPT class, a crash, an exit or a hang past `--timeout` of the tested code, a changed transformers), and 129 for a usage error of this command, which aborts the bisection instead of marking
 commits bad (argparse's own exit status 2 would read as bad). Good means every selected check passes,
 unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
 or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
@@ -25,10 +25,9 @@ import transformers
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT2_SIZES, GPTConfig
 from nanogpt.paths import OutputPathError
-from parity.impl import ImplementationError, import_implementation, reference_implementation
 from parity.memory import available_memory, ignore_memory_check, memory_problem
-from parity.registry import CHECK_NAMES, CHECKS, run_checks
-from parity.subject import Subject
+from parity.registry import CHECK_NAMES, CHECKS
+from parity.sandbox import SMALL_TIMEOUT_S, SandboxResult, default_timeout, run_checks_in_child
 from parity.targets import (
     DEVICE_CHOICES,
     DTYPES,
@@ -48,6 +47,8 @@ EXIT_ABORT = 129  # git bisect run: anything above 127 stops the bisection
 # The default model: the GPT-2 architecture at a size where every check takes well under a second.
 SMALL = "small"
 SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+# Lines of the tested code's captured output that -v prints (the last ones).
+OUTPUT_LINES_SHOWN = 200
 
 
 class BisectArgumentParser(argparse.ArgumentParser):
@@ -95,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", choices=tuple(DTYPES), default=None, help="default: float64 on CPU for small models"
     )
-    p.add_argument("-v", "--details", action="store_true", help="print each check's details")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock limit of the child process that runs the tested code (default: "
+        f"{SMALL_TIMEOUT_S:g} s for small, more by parameter count for larger models); past it: 125",
+    )
+    p.add_argument(
+        "--run-module",
+        action="store_true",
+        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
+        "module-level training code never runs)",
+    )
+    p.add_argument(
+        "-v", "--details", action="store_true", help="print each check's details and the tested code's output"
+    )
     return p
 
 
@@ -172,51 +189,47 @@ def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
     return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in verdicts)
 
 
-def load_summary(subject: Subject) -> str:
-    """How the implementation was loaded: buffers left as built, how full logits are obtained, its prints."""
-    report = subject.report
-    if report is None:
-        return "not loaded"
-    buffers = ", ".join(report.kept_buffers[:4]) + (" ..." if len(report.kept_buffers) > 4 else "")
-    mode = type(subject.model()).__dict__.get("_parity_logits_mode") or "not needed yet"
-    printed = report.output.strip().replace("\n", " | ")
-    return (
-        f"loaded {report.checkpoint} with the nanoGPT converter; buffers left as built: {buffers or 'none'}; "
-        f"every position's logits by: {mode}; printed while built: {printed or 'nothing'}"
-    )
+def print_sandbox_output(result: SandboxResult, details: bool) -> None:
+    """The load summary always; the tested code's captured output with -v, else how much there is."""
+    for note in result.notes:
+        print(f"load: {note}")
+    lines = result.output.splitlines()
+    if details and lines:
+        print(f"captured output of the tested code ({len(lines)} lines):")
+        print("\n".join(f"  | {line}" for line in lines[-OUTPUT_LINES_SHOWN:]))
+    elif lines:
+        print(f"the tested code printed {len(lines)} line(s); -v shows them")
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Parse, check, print; returns the exit code for git bisect run."""
+    """Parse, check in a sandboxed child process, print; returns the exit code for git bisect run."""
     args = build_parser().parse_args(argv)
     try:
         expect = parse_expectations(args.expect)
         selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
         selected += [c for c in expect if c not in selected]
         target = resolve_model(args.model, args.device, args.dtype)
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
         check_memory(target, selected)
         target.ensure_checkpoint()
     except (UsageError, CheckpointError, OutputPathError) as e:
         print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
         return EXIT_ABORT
-    try:
-        impl = reference_implementation() if args.impl is None else import_implementation(args.impl)
-    except ImplementationError as e:
-        verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in CHECK_NAMES if c in selected]
-    else:
-        where = "" if impl.label == str(impl.source) else f" ({impl.source})"
-        print(f"implementation: {impl.label}{where}; model: {target.name} ({target.weights}), "
-              f"{target.dtype_name} on {target.device}")  # fmt: skip
-        subject = Subject(impl, target, tied_decay=args.tied_decay == "yes")
-        try:
-            verdicts = run_checks(selected, subject)
-        except CheckpointError as e:
-            print(f"python -m parity.bisect: error: {e}", file=sys.stderr)
-            return EXIT_ABORT
-        if args.details and subject.report is not None:
-            print(load_summary(subject))
-    print(format_verdicts(verdicts, args.details))
-    code, why = decide(verdicts, expect)
+    timeout = args.timeout if args.timeout is not None else default_timeout(target)
+    label = args.impl if args.impl is not None else "nanogpt (reference)"
+    print(f"implementation: {label}; model: {target.name} ({target.weights}), "
+          f"{target.dtype_name} on {target.device}; checked in a child process, timeout {timeout:g} s",
+          flush=True)  # fmt: skip
+    result = run_checks_in_child(
+        args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout
+    )
+    if result.checkpoint_error:
+        print(f"python -m parity.bisect: error: {result.checkpoint_error}", file=sys.stderr)
+        return EXIT_ABORT
+    print_sandbox_output(result, args.details)
+    print(format_verdicts(result.verdicts, args.details))
+    code, why = decide(result.verdicts, expect)
     print(f"{why} (exit {code})", flush=True)
     return code
 

@@ -1,18 +1,18 @@
-"""The implementation under test: any nanoGPT-style `GPT`/`GPTConfig`, imported in isolation and adapted.
+"""The implementation under test: any nanoGPT-style `GPT` and its config, imported in isolation and adapted.
 
 Users bisect their own model code, so the harness must run on a model.py (or a package) at any commit of
 its history without editing it. `import_implementation` imports the file under a unique module name
 derived from its path and contents, with its directory on sys.path only while importing, and takes
 sibling modules it imported back out of sys.modules, so two implementations (or two commits of one) can
-live in one process. `adapted_class` subclasses the user's `GPT` so that the harness sees one calling
-convention whatever the history did: forward returns (logits, loss) with logits for every position
-(upstream nanoGPT computes only the last position without targets), and `configure_optimizers` takes
-(weight_decay, learning_rate, betas, device_type) whichever subset the implementation accepts.
-`load_implementation` builds the model with the implementation's own __init__ and its own config class
-(fed only the fields it declares), then loads the checkpoint through our converter
-(`nanogpt.hf.hf_to_nanogpt_state_dict`), never through the implementation's `from_pretrained` (which
-would download): buffers such as causal masks (`attn.bias`) stay as the implementation built them, every
-parameter must receive a value, and a tied checkpoint fills both `wte` and `lm_head` of an untied model.
+live in one process. A file is loaded definitions-only (parity/definitions.py): module-level training
+code is never run, and imports it does not need may fail; `run_module=True` imports it as it is. A file
+with relative imports is imported through its folder as a package (the package's `__init__.py` is not
+run). The adapters of parity/adapters.py give the harness one calling convention and find the config.
+`load_implementation` builds the model with the implementation's own __init__ and config, then loads the
+checkpoint through our converter (`nanogpt.hf.hf_to_nanogpt_state_dict`), never through the
+implementation's `from_pretrained` (which would download): buffers such as causal masks (`attn.bias`)
+stay as the implementation built them, every parameter must receive a value, and a tied checkpoint fills
+both `wte` and `lm_head` of an untied model.
 """
 
 from __future__ import annotations
@@ -21,34 +21,38 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
-import inspect
 import io
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
-from typing import Any
+from types import ModuleType
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nanogpt.hf import LazyWeights, config_from_hf, hf_to_nanogpt_state_dict, read_hf_config, weight_files
 from nanogpt.model import GPTConfig
+from parity.adapters import (  # noqa: F401  (re-exported: the harness imports them from here)
+    ARCHITECTURE_FIELDS,
+    OPTIMIZER_ARGUMENTS,
+    ConfigMaker,
+    ImplementationError,
+    adapted_class,
+    call_configure_optimizers,
+    config_maker,
+    full_logits,
+    implementation_config,
+)
+from parity.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
 
 # Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.
 MODULE_PREFIX = "_nanogpt_parity_impl_"
-# The GPTConfig fields of GPT-2's architecture, as nanoGPT names them; a config gets those it declares.
-ARCHITECTURE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
-# configure_optimizers' arguments in nanoGPT's order (device_type arrived later; minGPT took one object).
-OPTIMIZER_ARGUMENTS = ("weight_decay", "learning_rate", "betas", "device_type")
-
-
-class ImplementationError(Exception):
-    """The implementation cannot be imported, built or loaded (the commit cannot be tested); says why."""
+# Load notes of each module imported in this process (a second import of the same sources reuses it).
+_NOTES: dict[str, list[str]] = {}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,34 +114,114 @@ def _forget(unique: str) -> None:
         del sys.modules[name]
 
 
-def _exec_module(unique: str, init_file: Path, package_dir: Path | None) -> ModuleType:
-    """Create and execute a module (a package when package_dir is given) registered as `unique`."""
+def _package_chain(path: Path, levels: int, unique: str) -> tuple[str, list[tuple[str, Path]]]:
+    """(the file's module name, [(package name, folder)] from the top) for relative imports `levels` deep."""
+    folders = [path.parents[i] for i in range(levels - 1, -1, -1)]
+    names = [unique] + [f"{unique}.{'.'.join(f.name for f in folders[1 : i + 1])}" for i in range(1, levels)]
+    return f"{names[-1]}.{path.stem}", list(zip(names, folders, strict=True))
+
+
+def _stub_packages(chain: list[tuple[str, Path]]) -> None:
+    """Register each folder as a package without running its __init__.py (which may import the world)."""
+    for name, folder in chain:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
+def _plan(path: Path) -> DefinitionsPlan:
+    """The definitions plan of a .py file (a SyntaxError propagates: the import fails with it)."""
+    try:
+        return plan_definitions(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImplementationError(f"cannot read {path}: {e}") from e
+
+
+def _load_file(
+    name: str,
+    path: Path,
+    plan: DefinitionsPlan,
+    run_module: bool,
+    notes: list[str],
+    package_dir: Path | None = None,
+) -> ModuleType:
+    """Execute a .py file as module `name` (a package's __init__ with package_dir): definitions or all."""
     spec = importlib.util.spec_from_file_location(
-        unique, init_file, submodule_search_locations=[str(package_dir)] if package_dir else None
+        name, path, submodule_search_locations=[str(package_dir)] if package_dir else None
     )
     if spec is None or spec.loader is None:
-        raise ImplementationError(f"{init_file}: not importable as Python source")
+        raise ImplementationError(f"{path}: not importable as Python source")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[unique] = module  # dataclasses and relative imports look the module up by name
-    spec.loader.exec_module(module)
+    sys.modules[name] = module  # dataclasses and relative imports look the module up by name
+    if run_module:
+        spec.loader.exec_module(module)
+    else:
+        notes += summary(plan)
+        notes += exec_definitions(plan, module, str(path))
     return module
 
 
-def _take_classes(module: ModuleType, where: str) -> tuple[type[nn.Module], type]:
-    gpt, config = getattr(module, "GPT", None), getattr(module, "GPTConfig", None)
+def _take_gpt(module: ModuleType, where: str) -> type[nn.Module]:
+    gpt = getattr(module, "GPT", None)
     if not (isinstance(gpt, type) and issubclass(gpt, nn.Module)):
         raise ImplementationError(
             f"{where} defines no GPT class (a torch.nn.Module); the nanoGPT convention is `class GPT(nn.Module)`"
         )
-    if not isinstance(config, type):
-        raise ImplementationError(
-            f"{where} defines no GPTConfig class; the nanoGPT convention is `@dataclass class GPTConfig`"
+    return gpt
+
+
+def _import_package(path: Path, unique: str, run_module: bool, notes: list[str]) -> tuple[ModuleType, str]:
+    """A package directory: its __init__.py (definitions only, unless run_module), then its model.py when
+    __init__ has no GPT. Submodules that __init__ imports itself run as they are."""
+    module = sys.modules.get(unique)
+    if module is None:
+        init = path / "__init__.py"
+        module = _load_file(unique, init, _plan(init), run_module, notes, package_dir=path)
+    if not hasattr(module, "GPT") and (path / "model.py").is_file():
+        name = unique + ".model"
+        inner = sys.modules.get(name) or _load_file(
+            name, path / "model.py", _plan(path / "model.py"), run_module, notes
         )
-    return gpt, config
+        return inner, str(path / "model.py")
+    return module, str(path)
 
 
-def _import_classes(path: Path) -> tuple[ModuleType, type[nn.Module], type]:
-    """Import path (a .py file or a package directory) under a unique name; return (module, GPT, GPTConfig)."""
+def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) -> ModuleType:
+    """A .py file, through its folder as a package when it has relative imports."""
+    plan = _plan(path)
+    levels = plan.relative_level
+    if levels == 0:
+        name = unique
+    else:
+        if levels > len(path.parents) - 1:
+            raise ImplementationError(f"{path}: a relative import goes above the file system's root")
+        name, chain = _package_chain(path, levels, unique)
+        if name not in sys.modules:
+            _stub_packages(chain)
+        notes.append(
+            f"imported as {'.'.join([chain[0][1].name, *name.split('.')[1:]])} through its package folder "
+            f"{chain[0][1]} (relative imports; the package's __init__.py not run)"
+        )
+    module = sys.modules.get(name)  # same path, same sources: already imported in this process
+    if module is None:
+        module = _load_file(name, path, plan, run_module, notes)
+        if not run_module and not hasattr(module, "GPT") and "GPT" in plan.left_out_binds:
+            # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load without it.
+            del sys.modules[name]
+            notes[:] = [n for n in notes if not n.startswith("definitions only:")]
+            notes.append(f"GPT is set by module-level code of {path.name}, so the file was imported as it is")
+            module = _load_file(name, path, plan, True, notes)
+    return module
+
+
+def _import_classes(
+    path: Path, run_module: bool
+) -> tuple[ModuleType, type[nn.Module], ConfigMaker, list[str]]:
+    """Import path (a .py file or a package directory); return (module, GPT, its config maker, load notes)."""
     is_package = path.is_dir() and (path / "__init__.py").is_file()
     if path.is_dir() and not is_package:
         if not (path / "model.py").is_file():
@@ -148,206 +232,30 @@ def _import_classes(path: Path) -> tuple[ModuleType, type[nn.Module], type]:
         path = path / "model.py"
     if not is_package and path.suffix != ".py":
         raise ImplementationError(f"{path}: not a .py file; pass a model.py file or a package directory")
-    unique = MODULE_PREFIX + _source_digest(path)
-    search_dir = path.parent
+    unique = MODULE_PREFIX + _source_digest(path) + ("_run" if run_module else "")
     where = str(path)
+    notes = list(_NOTES.get(unique, []))
+    fresh = unique not in sys.modules
     try:
-        with _isolated_import(search_dir, unique):
-            module = sys.modules.get(unique)  # same path, same sources: already imported in this process
-            if module is None:
-                module = _exec_module(
-                    unique, path / "__init__.py" if is_package else path, path if is_package else None
-                )
-            if is_package and not hasattr(module, "GPT") and (path / "model.py").is_file():
-                module = importlib.import_module(unique + ".model")
-                where = str(path / "model.py")
-        gpt, config = _take_classes(module, where)
+        with _isolated_import(path.parent, unique):
+            if is_package:
+                module, where = _import_package(path, unique, run_module, notes if fresh else [])
+            else:
+                module = _import_file(path, unique, run_module, notes if fresh else [])
+        gpt = _take_gpt(module, where)
+        maker = config_maker(module, gpt, where)
     except ImplementationError:
         _forget(unique)
         raise
     except (Exception, SystemExit) as e:  # any failure of the user's code at import time
         _forget(unique)
-        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {e}") from e
-    return module, gpt, config
-
-
-# ----------------------------------------------------------------------------------------------------------
-# one calling convention
-
-
-def _split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, loss) from forward's output: a (logits, loss) tuple, bare logits, or an object with .logits."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0], out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else None
-    if isinstance(out, torch.Tensor):
-        return out, None
-    if isinstance(getattr(out, "logits", None), torch.Tensor):
-        return out.logits, getattr(out, "loss", None)
-    raise ImplementationError(
-        f"forward returned {type(out).__name__}; expected (logits, loss), logits, or an object with .logits"
-    )
-
-
-def _accepts_targets(forward: Callable[..., Any]) -> bool:
-    """True when forward(self, idx, targets) can be called: a second positional parameter or *args."""
-    params = list(inspect.signature(forward).parameters.values())[1:]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
-
-
-def _logits_by(
-    mode: str, model: nn.Module, forward: Callable[..., Any], idx: torch.Tensor
-) -> torch.Tensor | None:
-    """Logits of one of the ways to ask for every position."""
-    if mode == "plain":
-        return _split_output(forward(model, idx))[0]
-    if mode == "dummy-targets":  # upstream computes every position's logits when it needs a loss
-        return _split_output(forward(model, idx, torch.zeros_like(idx)))[0]
-    # "head-hook": lm_head fed the final LayerNorm's output at every position (upstream slices the last
-    # position between the two), and its output taken.
-    hidden: list[torch.Tensor] = []
-    logits: list[torch.Tensor] = []
-    final_norm = getattr(getattr(model, "transformer", None), "ln_f", None)
-    handles = [model.lm_head.register_forward_hook(lambda _m, _i, out: logits.append(out))]
-    if isinstance(final_norm, nn.Module):
-        handles.append(final_norm.register_forward_hook(lambda _m, _i, out: hidden.append(out)))
-        handles.append(model.lm_head.register_forward_pre_hook(lambda _m, args: (hidden[-1], *args[1:])))
-    try:
-        forward(model, idx)
-    finally:
-        for h in handles:
-            h.remove()
-    return logits[-1] if logits else None
-
-
-def full_logits(model: nn.Module, forward: Callable[..., Any], idx: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) logits of every position, whichever way this implementation gives them.
-
-    The way is found on the first call with more than one token (one token cannot tell them apart) and
-    remembered on the adapted class: plain forward, forward with dummy targets, or lm_head applied to the
-    final LayerNorm's output at every position.
-    """
-    cls = type(model)
-    known = cls.__dict__.get("_parity_logits_mode")
-    if known is not None or idx.size(1) == 1:
-        return _logits_by(known or "plain", model, forward, idx)
-    modes = ["plain", "dummy-targets", "head-hook"] if _accepts_targets(forward) else ["plain", "head-hook"]
-    if not isinstance(getattr(model, "lm_head", None), nn.Module):
-        modes.remove("head-hook")
-    shapes = []
-    for mode in modes:
-        logits = _logits_by(mode, model, forward, idx)
-        if logits is not None and logits.dim() == 3 and logits.shape[:2] == idx.shape:
-            cls._parity_logits_mode = mode
-            return logits
-        shapes.append(f"{mode}: {None if logits is None else tuple(logits.shape)}")
-    raise ImplementationError(
-        f"cannot get logits for every position of a {tuple(idx.shape)} batch ({'; '.join(shapes)}); "
-        "forward must return (B, T, vocab) logits with targets, or lm_head must produce them"
-    )
-
-
-def call_configure_optimizers(
-    method: Callable[..., Any], model: nn.Module, values: dict[str, Any]
-) -> torch.optim.Optimizer:
-    """Call an implementation's configure_optimizers with the subset of OPTIMIZER_ARGUMENTS it takes."""
-    sig = inspect.signature(method)
-    params = [p for p in list(sig.parameters.values())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    required = [p for p in params if p.default is p.empty]
-    if all(p.name in values for p in required):
-        return method(model, **{p.name: values[p.name] for p in params if p.name in values})
-    if len(required) == 1:  # minGPT style: one training-config object with these attributes
-        return method(model, SimpleNamespace(**values))
-    if len(required) in (3, 4) and all(p.kind != p.KEYWORD_ONLY for p in required):
-        return method(model, *(values[k] for k in OPTIMIZER_ARGUMENTS[: len(required)]))
-    raise ImplementationError(
-        f"configure_optimizers{sig}: cannot tell which argument is which; nanoGPT's is "
-        "configure_optimizers(self, weight_decay, learning_rate, betas, device_type)"
-    )
-
-
-def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
-    """A subclass of gpt_cls with the harness's calling convention; parameter names are unchanged."""
-    base_forward = gpt_cls.forward
-    base_configure = getattr(gpt_cls, "configure_optimizers", None)
-
-    def forward(
-        self: nn.Module, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits of every position, loss or None); the loss is the implementation's own when it has one."""
-        if targets is None:
-            return full_logits(self, base_forward, idx), None
-        loss = None
-        if _accepts_targets(base_forward):
-            logits, loss = _split_output(base_forward(self, idx, targets))
-            if logits.dim() != 3 or logits.shape[:2] != idx.shape:
-                logits = full_logits(self, base_forward, idx)
-        else:
-            logits = full_logits(self, base_forward, idx)
-        if loss is None:  # nanoGPT's loss: mean cross-entropy, targets of -1 ignored
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
-    def configure_optimizers(
-        self: nn.Module,
-        weight_decay: float,
-        learning_rate: float,
-        betas: tuple[float, float],
-        device_type: str = "cpu",
-    ) -> torch.optim.Optimizer:
-        """The implementation's own optimizer, whatever subset of these arguments its signature takes."""
-        if base_configure is None:
-            raise ImplementationError(f"{gpt_cls.__name__} has no configure_optimizers")
-        values = dict(
-            weight_decay=weight_decay, learning_rate=learning_rate, betas=betas, device_type=device_type
-        )
-        return call_configure_optimizers(base_configure, self, values)
-
-    namespace = {
-        "forward": forward,
-        "configure_optimizers": configure_optimizers,
-        "_parity_logits_mode": None,
-        "__module__": gpt_cls.__module__,
-        "__qualname__": gpt_cls.__qualname__,
-        "__doc__": gpt_cls.__doc__,
-    }
-    return type(gpt_cls.__name__, (gpt_cls,), namespace)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# building and loading
-
-
-def implementation_config(config_cls: type, config: GPTConfig) -> Any:
-    """config_cls built from config's architecture fields, only those its dataclass or signature declares."""
-    values = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
-    if dataclasses.is_dataclass(config_cls):
-        declared = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
-        required = [
-            n for n, f in declared.items()
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]  # fmt: skip
-    else:
-        params = list(inspect.signature(config_cls).parameters.values())
-        if any(p.kind == p.VAR_KEYWORD for p in params):
-            declared = dict.fromkeys(ARCHITECTURE_FIELDS)
-        else:
-            declared = {p.name: p for p in params if p.kind != p.VAR_POSITIONAL}
-        required = [
-            p.name
-            for p in params
-            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-    unknown = [n for n in required if n not in values]
-    if unknown:
-        raise ImplementationError(
-            f"{config_cls.__name__} requires {', '.join(unknown)}, which a GPT-2 checkpoint does not define; "
-            "give it a default"
-        )
-    try:
-        return config_cls(**{k: v for k, v in values.items() if k in declared})
-    except Exception as e:
-        raise ImplementationError(f"{config_cls.__name__}(...) raised {type(e).__name__}: {e}") from e
+        hint = ""
+        if isinstance(e, ImportError) and "relative import" in str(e):
+            hint = "; pass the package folder (the directory with __init__.py) as --impl"
+        text = str(e).replace(unique + ".", "")  # the package's own name, not the harness's alias of it
+        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {text}{hint}") from e
+    _NOTES[unique] = notes
+    return module, gpt, maker, notes
 
 
 @dataclass
@@ -367,11 +275,16 @@ class Implementation:
     source: Path
     module: ModuleType
     gpt_cls: type[nn.Module]
-    config_cls: type
+    config_cls: type | None  # None when a factory classmethod makes the config
+    config_maker: ConfigMaker | None = None  # default: config_cls fed the fields it declares
+    notes: list[str] = field(default_factory=list)  # how it was loaded, for the load summary
     adapted_cls: type[nn.Module] = field(init=False)
 
     def __post_init__(self) -> None:
         self.adapted_cls = adapted_class(self.gpt_cls)
+        if self.config_maker is None:
+            assert self.config_cls is not None
+            self.config_maker = ConfigMaker(self.config_cls.__name__, self.config_cls)
 
     @property
     def has_configure_optimizers(self) -> bool:
@@ -380,7 +293,8 @@ class Implementation:
 
     def build(self, config: GPTConfig) -> tuple[nn.Module, str]:
         """A fresh adapted model from the implementation's own __init__; (model, what it printed)."""
-        cfg = implementation_config(self.config_cls, config)
+        assert self.config_maker is not None
+        cfg = self.config_maker.make(config)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):  # upstream prints its parameter count
@@ -399,16 +313,18 @@ def reference_implementation() -> Implementation:
     return Implementation("nanogpt (reference)", Path(module.__file__), module, module.GPT, module.GPTConfig)
 
 
-def import_implementation(path: str | os.PathLike[str]) -> Implementation:
-    """Import a model.py file or a package directory exposing GPT and GPTConfig, in isolation."""
+def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
+    """Import a model.py file (its definitions only, unless run_module) or a package directory, in isolation."""
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
         raise ImplementationError(
             f"{path}: no such file or directory here (at this commit); pass a model.py file or a package "
             "directory exposing GPT and GPTConfig"
         )
-    module, gpt, config = _import_classes(resolved)
-    return Implementation(str(path), resolved, module, gpt, config)
+    module, gpt, maker, notes = _import_classes(resolved, run_module)
+    if maker.how != "GPTConfig":
+        notes = [*notes, f"config: {maker.how}"]
+    return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes)
 
 
 def _loaded_problems(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ The template's `from_pretrained` raises, so every successful load here also prov
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,19 +235,43 @@ def test_configure_optimizers_signatures_across_history() -> None:
     def renamed(self: object, wd: float, lr: float, b: tuple) -> None:
         seen.append((wd, lr, b))
 
+    def zero(self: object, weight_decay: float, learning_rate: float, betas: tuple, device_type: str,
+             zero_stage: int) -> None:  # fmt: skip
+        seen.append((weight_decay, device_type, zero_stage))
+
+    def defaulted(self: object, weight_decay: float, lr: float, betas: tuple, fused: bool = True) -> None:
+        seen.append((weight_decay, lr, fused))
+
+    def renamed_with_zero(self: object, wd_: float, lr_: float, b_: tuple, zero_stage: int) -> None:
+        seen.append((wd_, lr_, b_, zero_stage))
+
     def unknown(self: object, a: float, b: float) -> None:
         seen.append("called")
 
-    for method in (current, older, mingpt, renamed):
+    def one_unknown(self: object, weight_decay: float, learning_rate: float, betas: tuple,
+                    grad_accum_steps: int) -> None:  # fmt: skip
+        seen.append("called")
+
+    for method in (current, older, mingpt, renamed, zero, defaulted, renamed_with_zero):
         call_configure_optimizers(method, object(), values)
     assert seen == [
         (0.1, 1e-3, (0.9, 0.95), "cpu"),
         (0.1, 1e-3, (0.9, 0.95)),
         (0.1, 1e-3),
         (0.1, 1e-3, (0.9, 0.95)),
+        (0.1, "cpu", 0),  # a ZeRO stage is filled by name: one process, stage 0
+        (0.1, 1e-3, True),  # an extra parameter with a default keeps it; lr is learning_rate's alias
+        (0.1, 1e-3, (0.9, 0.95), 0),
     ]
-    with pytest.raises(ImplementationError, match="cannot tell which argument is which"):
+    with pytest.raises(ImplementationError, match=r"cannot fill a, b \("):
         call_configure_optimizers(unknown, object(), values)
+    # The message names only the parameter it cannot fill.
+    with pytest.raises(ImplementationError, match=r"cannot fill grad_accum_steps \(") as e:
+        call_configure_optimizers(one_unknown, object(), values)
+    assert "give grad_accum_steps a default" in str(e.value) and "cannot fill weight_decay" not in str(
+        e.value
+    )
+    assert seen[-1] != "called"
 
 
 def _run_parity_suite(
@@ -285,3 +310,85 @@ def test_parity_suite_fails_on_a_parity_bug_and_names_it(tmp_path: Path, small_c
     assert "FAIL logits: first divergence at transformer.h.0.mlp" in bad.stdout
     assert "FAIL grads: the forward pass differs already" in bad.stdout
     assert "FAIL loss: the logits differ too: first divergence at transformer.h.0.mlp" in bad.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------
+# adapters for the shapes of real code (each also has a corpus variant run through the bisect command)
+
+CORPUS_DIR = Path(__file__).parent / "bisect_fixtures" / "corpus"
+
+
+def test_config_is_found_under_another_name_from_a_factory_or_by_its_fields(
+    tmp_path: Path, small_checkpoint: Path
+) -> None:
+    renamed = import_implementation(write_model(tmp_path / "renamed", "config-renamed"))
+    assert (
+        renamed.config_maker.how.startswith("ModelArgs (the annotation")
+        and "config: ModelArgs" in renamed.notes[-1]
+    )
+    by_fields = tmp_path / "fields" / "model.py"
+    by_fields.parent.mkdir()
+    by_fields.write_text(model_source().replace("class GPTConfig:", "class Hyper:"))
+    assert (
+        import_implementation(by_fields).config_maker.how
+        == "Hyper (the class declaring n_layer, n_head, n_embd)"
+    )
+    factory = import_implementation(CORPUS_DIR / "mingpt_style.py")
+    config = factory.config_maker.make(SMALL_CONFIG)
+    assert config.model_type is None and (config.n_layer, config.n_embd, config.vocab_size) == (2, 64, 512)
+    assert config.embd_pdrop == config.resid_pdrop == config.attn_pdrop == SMALL_CONFIG.dropout
+    for impl in (renamed, factory):
+        model, _ = load_implementation(impl, small_checkpoint, torch.float64, "cpu")
+        assert same_storage(model.lm_head.weight, model.transformer.wte.weight)
+    no_config = tmp_path / "none" / "model.py"
+    no_config.parent.mkdir()
+    no_config.write_text("import torch.nn as nn\n\nclass GPT(nn.Module):\n    pass\n")
+    with pytest.raises(
+        ImplementationError, match="defines no GPTConfig class, and no other config was found"
+    ):
+        import_implementation(no_config)
+
+
+def test_forward_returning_a_dict(tmp_path: Path, small_checkpoint: Path) -> None:
+    got = verdicts(write_model(tmp_path, "forward-dict"), small_checkpoint, ["logits", "grads"])
+    assert [v.status for v in got.values()] == [Status.PASS, Status.PASS], got
+
+
+def test_a_script_is_loaded_definitions_only_unless_run_module(tmp_path: Path) -> None:
+    impl = import_implementation(write_model(tmp_path, "unused-import-error"))
+    assert any("import of a_module_that_does_not_exist left out" in n for n in impl.notes), impl.notes
+    with pytest.raises(ImplementationError, match="No module named 'a_module_that_does_not_exist'"):
+        import_implementation(tmp_path / "model.py", run_module=True)
+    script = import_implementation(CORPUS_DIR / "script_style.py")
+    assert script.notes[0].startswith("definitions only: 10 module-level statement(s) not run")
+    assert not hasattr(script.module, "model") and not hasattr(script.module, "optimizer")
+
+
+def test_relative_imports_are_resolved_through_the_package(tmp_path: Path, small_checkpoint: Path) -> None:
+    shutil.copytree(CORPUS_DIR / "relative_package", tmp_path / "pkg")
+    modules_before = set(sys.modules)
+    impl = import_implementation(tmp_path / "pkg" / "model.py")
+    assert impl.gpt_cls.__module__.startswith(MODULE_PREFIX) and impl.gpt_cls.__module__.endswith(".model")
+    assert "through its package folder" in impl.notes[0] and "__init__.py not run" in impl.notes[0]
+    assert not any(name.endswith(".trainer") for name in sys.modules)  # the __init__ that imports wandb
+    assert all(name.startswith(MODULE_PREFIX) for name in set(sys.modules) - modules_before)
+    model, _ = load_implementation(impl, small_checkpoint, torch.float64, "cpu")
+    assert same_storage(model.lm_head.weight, model.transformer.wte.weight)
+    # A relative import that cannot be resolved names the module as the package sees it.
+    (tmp_path / "pkg" / "model.py").write_text(
+        "from .nowhere import Block\n\n\nclass GPT(Block):\n    pass\n"
+    )
+    with pytest.raises(ImplementationError, match="ModuleNotFoundError: No module named 'nowhere'"):
+        import_implementation(tmp_path / "pkg" / "model.py")
+
+
+def test_gpt_made_by_module_level_code_is_imported_as_it_is(tmp_path: Path) -> None:
+    """`GPT, GPTConfig = make()` binds GPT only by running the module: it is imported as it is, with a note."""
+    path = tmp_path / "made.py"
+    path.write_text(
+        'import nanogpt.model as m\n\nGPT, GPTConfig = getattr(m, "GPT"), getattr(m, "GPTConfig")\n'
+    )
+    impl = import_implementation(path)
+    assert impl.gpt_cls is GPT and impl.notes == [
+        "GPT is set by module-level code of made.py, so the file was imported as it is"
+    ]

@@ -17,6 +17,15 @@ DECAY = "        decay_params = [p for n, p in param_dict.items() if p.dim() >= 
 NO_DECAY = "        nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]\n"
 PARAM_DICT = "        param_dict = {pn: p for pn, p in self.named_parameters()}\n"
 CONFIGURE = "    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):\n"
+INIT_START = "        self.config = config\n"
+FORWARD_START = "        device = idx.device\n"
+CONFIG_START = "@dataclass\nclass GPTConfig:\n"
+HF_PATCH = """import torch
+import transformers.activations
+
+# Make Hugging Face's GPT-2 use the exact GELU, the same bug as the model next to this file.
+transformers.activations.NewGELUActivation.forward = lambda self, x: torch.nn.functional.gelu(x)
+"""
 
 EDITS: dict[str, list[tuple[str, str]]] = {
     "untied": [(TIE, "")],
@@ -33,7 +42,13 @@ EDITS: dict[str, list[tuple[str, str]]] = {
         (NO_DECAY, NO_DECAY.replace("p.dim() < 2]", 'p.dim() < 2 or n == "transformer.wte.weight"]')),
     ],
     "exact-gelu": [('nn.GELU(approximate="tanh")', "nn.GELU()")],
-    "import-error": [("import inspect\n", "import inspect\nimport a_module_that_does_not_exist\n")],
+    # The model needs the missing module (an unused one would be left out of a definitions-only load).
+    "import-error": [
+        ("import inspect\n", "import inspect\nfrom a_module_that_does_not_exist import fused_gelu\n"),
+        ('nn.GELU(approximate="tanh")', "fused_gelu()"),
+    ],
+    # A module-level import nobody uses (an experiment tracker), as training scripts have.
+    "unused-import-error": [("import inspect\n", "import inspect\nimport a_module_that_does_not_exist\n")],
     "logits-only": [("        return logits, loss\n", "        return logits\n")],
     # forward(idx) without targets: only lm_head's output has every position's logits.
     "no-targets": [
@@ -65,6 +80,42 @@ EDITS: dict[str, list[tuple[str, str]]] = {
             '        self.flash = False\n        self.register_buffer("masked_bias", torch.tensor(-1e4))\n',
         )
     ],
+    # A config class under another name, found from GPT.__init__'s annotation; forward returns a dict.
+    "config-renamed": [
+        ("@dataclass\nclass GPTConfig:\n", "@dataclass\nclass ModelArgs:\n"),
+        (
+            "class GPT(nn.Module):\n    def __init__(self, config):\n",
+            "class GPT(nn.Module):\n    def __init__(self, config: ModelArgs):\n",
+        ),
+    ],
+    "forward-dict": [("        return logits, loss\n", '        return {"logits": logits, "loss": loss}\n')],
+    # configure_optimizers with an extra parameter that nothing can fill: only it is named.
+    "configure-unknown-extra": [
+        (CONFIGURE, CONFIGURE.replace("device_type):", "device_type, grad_accum_steps):"))
+    ],
+    # Hostile code: each must end as "cannot test", never as good.
+    "exit-in-init": [(INIT_START, INIT_START + "        import sys\n\n        sys.exit(0)\n")],
+    "exit-in-forward": [(FORWARD_START, FORWARD_START + "        import sys\n\n        sys.exit(0)\n")],
+    # A class body runs when the class is defined, so definitions-only loading runs it too.
+    "os-exit-0-at-import": [(CONFIG_START, CONFIG_START + "    import os\n\n    os._exit(0)\n")],
+    "os-exit-1-at-import": [("import inspect\n", "import inspect\nimport os\n\nos._exit(1)\n")],
+    "hang-at-import": [(CONFIG_START, CONFIG_START + "    import time\n\n    time.sleep(3600)\n")],
+    "hang-in-forward": [(FORWARD_START, FORWARD_START + "        import time\n\n        time.sleep(3600)\n")],
+    # Prints on every forward (captured; shown with -v) and writes a file where it runs.
+    "print-spam": [
+        (FORWARD_START, FORWARD_START + '        for i in range(200):\n            print(f"spam {i}")\n')
+    ],
+    "writes-files": [
+        (
+            INIT_START,
+            INIT_START + '        with open("scratch.log", "w") as f:\n            f.write("built\\n")\n',
+        )
+    ],
+    # Hides its exact GELU by making transformers' GPT-2 use the exact GELU too (hf_patch.py, next to it).
+    "patches-transformers": [
+        ("import inspect\n", "import inspect\n\nimport hf_patch  # noqa: F401\n"),
+        ('nn.GELU(approximate="tanh")', "nn.GELU()"),
+    ],
     "head-bias": [
         (
             "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n",
@@ -88,8 +139,10 @@ def model_source(*edits: str) -> str:
 
 
 def write_model(directory: Path, *edits: str, name: str = "model.py") -> Path:
-    """Write a variant as directory/name (directories created); return its path."""
+    """Write a variant as directory/name (directories created, hf_patch.py beside it when used); return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(model_source(*edits))
+    if "patches-transformers" in edits:
+        (directory / "hf_patch.py").write_text(HF_PATCH)
     return path

@@ -1,0 +1,175 @@
+"""The corpus: GPT-2 code in the shapes real projects have, and hostile code, each with its expected verdicts.
+
+Correct variants must PASS every check in float64 on the small default model (some with an option, e.g.
+`--tied-decay no` for a library whose policy does not decay the tied matrix). Hostile variants must end
+as CANNOT-TEST (exit 125) within their timeout, never as good. The larger shapes are files under corpus/
+(written for this project, after the shapes of public implementations); the rest are text edits of the
+upstream-style template (variants.py). `CORPUS` is the one table tests/test_corpus.py runs through each
+front end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bisect_fixtures.variants import write_model
+
+from parity.bisect import decide
+from parity.verdicts import Status, Verdict
+
+CORPUS_DIR = Path(__file__).with_name("corpus")
+# The checks every corpus variant is judged on: the registry's, named here so that a new check gets its
+# expected verdicts in this table (test_corpus.py fails until it has them).
+TABLED_CHECKS = (
+    "logits", "loss", "inference", "dropout-sites", "grads", "tied-gradient", "tied-storage", "param-count",
+    "own-count", "optimizer-once", "checkpoint-once", "decay-groups", "train-steps", "init", "init-scheme",
+)  # fmt: skip
+PASS, CANNOT = Status.PASS, Status.CANNOT_TEST
+# Hostile variants run with a short timeout; the command must end within it plus this much (start-up,
+# the fingerprint, killing the process group) on a loaded machine.
+HOSTILE_TIMEOUT_S = 30
+END_MARGIN_S = 60
+
+
+def _all(status: Status, **others: Status) -> dict[str, Status]:
+    """Every tabled check with status, except the named ones (own_count= for own-count)."""
+    return {**dict.fromkeys(TABLED_CHECKS, status), **{k.replace("_", "-"): v for k, v in others.items()}}
+
+
+# A model without get_num_params reports no count of its own; one without dropout modules has no sites.
+NO_OWN_COUNT = {"own_count": CANNOT}
+NO_DROPOUT = {"dropout_sites": CANNOT, "own_count": CANNOT}
+
+
+def _copy(name: str) -> Callable[[Path], Path]:
+    """Write a corpus file (or package folder) into a directory; return the --impl path."""
+
+    def write(directory: Path) -> Path:
+        source = CORPUS_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name)
+            return directory / name
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, directory / name)
+        return directory / name
+
+    return write
+
+
+def _template(*edits: str) -> Callable[[Path], Path]:
+    return lambda directory: write_model(directory, *edits)
+
+
+def _package_model(directory: Path) -> Path:
+    return _copy("relative_package")(directory) / "model.py"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One corpus entry: how to write it, the bisect options it needs, and what it must get."""
+
+    name: str
+    write: Callable[[Path], Path]  # writes the implementation under a directory, returns the --impl path
+    expected: dict[str, Status]
+    options: tuple[str, ...] = ()  # extra arguments of the bisect command
+    says: tuple[str, ...] = ()  # texts the bisect command's output must contain
+    hostile: bool = False
+    pytest_options: tuple[str, ...] = field(default=())  # the same choice for `pytest parity/ --impl`
+
+    @property
+    def correct(self) -> bool:
+        """A correct implementation: no tabled check fails (some may be untestable on its shape)."""
+        return self.expected != _all(CANNOT) and Status.FAIL not in self.expected.values()
+
+    @property
+    def exit_code(self) -> int:
+        """What the bisect command exits with for these verdicts (its own decision rule)."""
+        return decide([Verdict(c, s, "") for c, s in self.expected.items()], {})[0]
+
+
+def _hostile(name: str, *edits: str, says: tuple[str, ...], options: tuple[str, ...] = ()) -> Variant:
+    return Variant(name, _template(*edits), _all(CANNOT), ("--timeout", str(HOSTILE_TIMEOUT_S), *options), says,
+                   hostile=True)  # fmt: skip
+
+
+CORPUS = [
+    Variant("upstream-style", _template(), _all(PASS)),
+    Variant(
+        "script-style",
+        _copy("script_style.py"),
+        _all(PASS, **NO_DROPOUT),
+        says=(
+            "definitions only: 10 module-level statement(s) not run (line 18: torch.manual_seed(1337)",
+            'lines 120-121: with open("input.txt") as f: ...',
+            "line 15: import of wandb left out (No module named 'wandb'",
+        ),
+    ),
+    Variant(
+        "script-style-run-module",
+        _copy("script_style.py"),
+        _all(CANNOT),
+        ("--run-module",),
+        says=("ModuleNotFoundError: No module named 'wandb'",),
+    ),
+    Variant(
+        "mingpt-style-factory-config",
+        _copy("mingpt_style.py"),
+        _all(PASS, **NO_OWN_COUNT),
+        ("--tied-decay", "no"),
+        says=("config: GPT.get_default_config() (a factory; model_type cleared)",),
+    ),
+    Variant("llmc-style-zero-stage-no-dropout-sdpa", _copy("llmc_style.py"), _all(PASS, **NO_DROPOUT)),
+    Variant(
+        "package-with-relative-imports",
+        _package_model,
+        _all(PASS, **NO_OWN_COUNT),
+        says=("through its package folder", "the package's __init__.py not run"),
+    ),
+    Variant(
+        "package-folder",
+        _copy("relative_package"),
+        _all(PASS, **NO_OWN_COUNT),
+        says=("line 4: import of Trainer left out (No module named 'wandb'",),
+    ),
+    Variant(
+        "renamed-config-dict-output",
+        _template("config-renamed", "forward-dict"),
+        _all(PASS),
+        says=("config: ModelArgs (the annotation of GPT.__init__'s config)",),
+    ),
+    Variant("manual-attention-mask-buffers", _template("mask-buffers"), _all(PASS)),
+    Variant(
+        "optimizer-with-unknown-extra",
+        _template("configure-unknown-extra"),
+        _all(PASS, decay_groups=CANNOT, train_steps=CANNOT, optimizer_once=CANNOT),
+        says=("cannot fill grad_accum_steps (", "give grad_accum_steps a default"),
+    ),
+    Variant("print-spam", _template("print-spam"), _all(PASS), says=("-v shows them",)),
+    Variant(
+        "writes-files",
+        _template("writes-files"),
+        _all(PASS),
+        says=("wrote 1 file(s) into its working directory", "scratch.log (6 bytes)"),
+    ),
+    _hostile("exit-0-in-init", "exit-in-init", says=("exited with status 0 during build",)),
+    _hostile("exit-0-in-forward", "exit-in-forward", says=("exited with status 0 during check logits",)),
+    _hostile("os-exit-0-at-import", "os-exit-0-at-import", says=("exited with status 0 during import",)),
+    _hostile(
+        "os-exit-1-at-import",
+        "os-exit-1-at-import",
+        options=("--run-module",),
+        says=("exited with status 1 during import",),
+    ),
+    _hostile(
+        "hang-at-import", "hang-at-import", says=(f"timed out after {HOSTILE_TIMEOUT_S} s during import",)
+    ),
+    _hostile(
+        "hang-in-forward",
+        "hang-in-forward",
+        says=(f"timed out after {HOSTILE_TIMEOUT_S} s during check logits",),
+    ),
+    _hostile("patches-transformers", "patches-transformers", says=("the tested code changed transformers",)),
+]

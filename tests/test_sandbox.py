@@ -1,0 +1,148 @@
+"""The sandboxed child process (parity/sandbox.py): what it trusts, what it captures, how it reports an end.
+
+The hostile corpus (tests/test_corpus.py) covers exits, hangs and a monkeypatched transformers through
+the bisect command; these tests cover the pieces directly: the fingerprint, a forged result, -v.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers.activations
+from bisect_fixtures.variants import model_source
+
+from parity import bisect
+from parity.bisect import EXIT_ABORT, resolve_model, run
+from parity.sandbox import (
+    SMALL_TIMEOUT_S,
+    _describe_end,
+    default_timeout,
+    fingerprint_differs,
+    hf_fingerprint,
+    run_checks_in_child,
+)
+from parity.verdicts import Status
+
+# Forward writes a forged PASS to every descriptor it may hold (the result pipe among them), then exits.
+FORGE = """        import json, os
+        forged = {"kind": "result", "nonce": "a guess", "fingerprints": [],
+                  "verdicts": [{"check": "logits", "status": "PASS", "reason": "forged", "details": ""}]}
+        for fd in range(3, 256):
+            try:
+                os.write(fd, (json.dumps(forged) + "\\n").encode())
+            except OSError:
+                pass
+        os._exit(0)
+"""
+FORWARD_START = "        device = idx.device\n"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fingerprint_sees_a_patched_gelu_and_ignores_the_default_dtype(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clean = hf_fingerprint()
+    assert not fingerprint_differs(clean, hf_fingerprint())
+    monkeypatch.setattr(torch, "get_default_dtype", torch.get_default_dtype)  # restored by monkeypatch
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert not fingerprint_differs(clean, hf_fingerprint())
+    finally:
+        torch.set_default_dtype(torch.float32)
+    monkeypatch.setattr(
+        transformers.activations.NewGELUActivation, "forward", lambda self, x: torch.nn.functional.gelu(x)
+    )
+    assert fingerprint_differs(clean, hf_fingerprint())
+    assert fingerprint_differs(clean, "not a list") and fingerprint_differs(clean, clean[:-1])
+
+
+def test_a_forged_result_without_the_nonce_is_not_trusted(tmp_path: Path) -> None:
+    impl = tmp_path / "model.py"
+    impl.write_text(model_source().replace(FORWARD_START, FORWARD_START + FORGE))
+    target = resolve_model("small", "cpu", None)
+    result = run_checks_in_child(str(impl), False, target, ["logits", "grads"], True, SMALL_TIMEOUT_S)
+    assert [v.status for v in result.verdicts] == [Status.CANNOT_TEST] * 2, result.verdicts
+    assert "exited with status 0 during check logits without returning a verdict" in result.what_happened
+
+
+def test_prints_are_captured_and_shown_only_with_v(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    impl = tmp_path / "model.py"
+    impl.write_text(
+        model_source().replace(FORWARD_START, FORWARD_START + '        print("spam from forward")\n')
+    )
+    assert run(["--impl", str(impl), "--checks", "logits", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "spam from forward" not in out and re.search(
+        r"the tested code printed \d+ line\(s\); -v shows them", out
+    )
+    assert run(["--impl", str(impl), "--checks", "logits", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"captured output of the tested code \(\d+ lines\):\n  \| number of parameters: 0.13M\n  \| spam from forward\n",
+        out,
+    )
+
+
+def test_default_timeout_grows_with_the_model() -> None:
+    small, gpt2, xl = (default_timeout(resolve_model(m, "cpu", None)) for m in ("small", "gpt2", "gpt2-xl"))
+    assert small == SMALL_TIMEOUT_S < gpt2 < xl
+
+
+def test_a_bad_timeout_aborts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--timeout", "0"]) == EXIT_ABORT
+    assert "--timeout 0: give a positive number of seconds" in capsys.readouterr().err
+
+
+def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> None:
+    assert _describe_end(-9, None, "check grads", "a\nb\n\nc\nd\n") == (
+        "the tested code's process killed by signal SIGKILL during check grads; last output: b | c | d"
+    )
+    assert _describe_end(None, 5.0, "import", "").startswith(
+        "the tested code's process timed out after 5 s during import"
+    )
+    assert bisect.EXIT_SKIP == 125
+
+
+def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
+    """Ctrl-C reaches only the command (the child has its own session): the command must kill the child."""
+    pid_file = tmp_path / "child.pid"
+    hang = f'        open({str(pid_file)!r}, "w").write(str(__import__("os").getpid()))\n        __import__("time").sleep(3600)\n'
+    impl = tmp_path / "model.py"
+    impl.write_text(model_source().replace(FORWARD_START, FORWARD_START + hang))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "parity.bisect",
+        "--impl",
+        str(impl),
+        "--checks",
+        "logits",
+        "--timeout",
+        "600",
+    ]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        child = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
