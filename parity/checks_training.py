@@ -119,11 +119,11 @@ def train_steps_check(s: Subject) -> Outcome:
     """TRAIN_STEPS AdamW steps with the implementation's groups, mirrored onto HF: same losses and parameters."""
     why = s.training_fits()
     if why is None:
-        model, hf, config, where = copy.deepcopy(s.model()), copy.deepcopy(s.hf()), s.config, ""
+        model, hf, config, where = s.fresh_implementation(), copy.deepcopy(s.hf()), s.config, ""
         before = dict(s.hf().named_parameters())
     else:
         twin = s.twin(why)
-        model, hf, config = copy.deepcopy(twin.model), copy.deepcopy(twin.hf), twin.config
+        model, hf, config = s.fresh_implementation(twin.checkpoint), copy.deepcopy(twin.hf), twin.config
         before = dict(twin.hf.named_parameters())
         where = f" on the narrow twin (1 layer, {config.n_embd} channels: {why})"
     if callable(getattr(type(model), "configure_optimizers", None)) and s.impl.has_configure_optimizers:

@@ -103,7 +103,12 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
     the given code built by its own __init__ with weights from our converter (parity/impl.py).
     """
     impl = request.config.stash.get(IMPL_KEY, None)
-    s = Subject(impl or reference_implementation(), parity_target, reference_loader=impl is None)
+    s = Subject(
+        impl or reference_implementation(),
+        parity_target,
+        tied_decay=request.config.getoption("--tied-decay") == "yes",
+        reference_loader=impl is None,
+    )
     yield s
     request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = s.unshared
     s.release()

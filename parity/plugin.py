@@ -63,6 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--parity-report", default=None, metavar="PATH", help="write a JSON report of every comparison"
     )
     group.addoption(
+        "--tied-decay",
+        default="yes",
+        choices=("yes", "no"),
+        help="should the tied matrix be weight-decayed (the decay-groups check)? default yes, the reference's policy",
+    )
+    group.addoption(
         "--impl",
         default=None,
         metavar="PATH",

@@ -46,6 +46,7 @@ class Twin:
     model: nn.Module
     hf: Any
     why: str  # why the check runs on the twin rather than the loaded models
+    checkpoint: Path
 
 
 @dataclass
@@ -159,9 +160,19 @@ class Subject:
             checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")
             model, _ = load_implementation(self.impl, checkpoint, self.dtype, self.device)
             hf = load_hf(checkpoint, self.dtype, self.device, tie_word_embeddings=True)
-            self._twin = Twin(config, model, hf, why)
+            self._twin = Twin(config, model, hf, why, checkpoint)
         self._twin.why = why
         return self._twin
+
+    def fresh_implementation(self, checkpoint: Path | None = None) -> nn.Module:
+        """Another copy of the implementation with the checkpoint's weights, built by its own __init__.
+
+        Not copy.deepcopy: code that binds sub-modules in closures (a block's `self.mlpf = lambda x: ...`)
+        would have its copy call the original's modules, and train them.
+        """
+        if checkpoint is None and self.reference_loader:
+            return load_reference(self.checkpoint(), self.dtype, self.device)
+        return load_implementation(self.impl, checkpoint or self.checkpoint(), self.dtype, self.device)[0]
 
     def release(self) -> None:
         """Drop both models and everything computed from them."""

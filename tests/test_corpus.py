@@ -96,17 +96,7 @@ FRONT_ENDS: dict[str, FrontEnd] = {
 }
 # Expected verdicts that wait for a fix elsewhere, as strict xfails: when the fix lands they XPASS and
 # fail, and the entry goes. (variant, front end) -> the reason.
-# The check deep-copies the model; minGPT's `self.mlpf = lambda x: m.c_proj(...)` still calls the original
-# block's MLP from the copy, so the copy trains one set of MLP weights and runs with another.
-DEEPCOPY_LAMBDA = (
-    "train-steps FAILs at step 2 on a deep copy of a model whose blocks call their MLP through a lambda "
-    "(issue 13, item 4: train a freshly built model instead of a deep copy)"
-)
-PENDING: dict[tuple[str, str], str] = {
-    ("mingpt-style-factory-config", "bisect"): DEEPCOPY_LAMBDA,
-    ("mingpt-style-factory-config", "pytest"): DEEPCOPY_LAMBDA,
-    ("mingpt-style-factory-config", "bisect-float32"): DEEPCOPY_LAMBDA,
-}
+PENDING: dict[tuple[str, str], str] = {}  # (variant, front end) -> why it is expected to fail, for now
 
 
 def _cases() -> list:

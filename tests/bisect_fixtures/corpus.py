@@ -120,6 +120,7 @@ CORPUS = [
         _all(PASS, **NO_OWN_COUNT),
         ("--tied-decay", "no"),
         says=("config: GPT.get_default_config() (a factory; model_type cleared)",),
+        pytest_options=("--tied-decay", "no"),
     ),
     Variant("llmc-style-zero-stage-no-dropout-sdpa", _copy("llmc_style.py"), _all(PASS, **NO_DROPOUT)),
     Variant(
