@@ -96,6 +96,20 @@ FRONT_ENDS: dict[str, FrontEnd] = {
 }
 # Expected verdicts that wait for a fix elsewhere, as strict xfails: when the fix lands they XPASS and
 # fail, and the entry goes. (variant, front end) -> the reason.
+# What the default run (and CI) covers: one variant of each real-world shape and each kind of hostility, by
+# the bisect command, and the pytest front end once; `-m slow` runs every (front end, variant) pair. Each
+# case starts two or three interpreters (15-20 s); the whole table is ~9 minutes on 2 cores.
+DEFAULT_CASES = {
+    ("bisect", "script-style"),
+    ("bisect", "mingpt-style-factory-config"),
+    ("bisect", "llmc-style-zero-stage-no-dropout-sdpa"),
+    ("bisect", "package-with-relative-imports"),
+    ("bisect", "exit-0-in-forward"),
+    ("bisect", "os-exit-1-at-import"),
+    ("bisect", "hang-in-forward"),
+    ("bisect", "patches-transformers"),
+    ("pytest", "mingpt-style-factory-config"),
+}
 PENDING: dict[tuple[str, str], str] = {}  # (variant, front end) -> why it is expected to fail, for now
 
 
@@ -106,6 +120,8 @@ def _cases() -> list:
             if spec.applies(v):
                 reason = PENDING.get((v.name, front_end))
                 marks = [*spec.marks, *([pytest.mark.xfail(strict=True, reason=reason)] if reason else [])]
+                if (front_end, v.name) not in DEFAULT_CASES and pytest.mark.slow not in marks:
+                    marks.append(pytest.mark.slow)
                 cases.append(pytest.param(front_end, v, id=f"{front_end}-{v.name}", marks=marks))
     return cases
 

@@ -30,8 +30,11 @@ SOURCES = ("pyproject.toml", "README.md", "nanogpt", "parity", "benchmarks")
 # The smallest checkpoint every parity check runs on: the real vocabulary (the GPT-2 sentence goes
 # through the real tokenizer) and blocks long enough for the 2 x 64-token gradient batch.
 TINY = GPTConfig(block_size=128, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
-# An implementation under test that leaves a trace when imported, so the run proves it used this file.
-IMPL_TRACE = "\nfrom pathlib import Path as _Path\n_Path(__file__).with_name('imported-by-parity').touch()\n"
+# An implementation under test that leaves a trace when its definitions are loaded, so the run proves it
+# used this file (a class body runs when defined; module-level statements would be left out as a script's).
+IMPL_TRACE = (
+    "\nclass _Trace:\n    import pathlib\n\n    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
+)
 USER_CONFTEST = """
 def pytest_addoption(parser):
     parser.addoption("--model", default="mine", help="the user's own option")

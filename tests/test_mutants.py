@@ -65,13 +65,15 @@ class Catalog:
             self.checkpoints[config] = write_synthetic_checkpoint(self.root / config, CONFIGS[config])
         return self.checkpoints[config]
 
-    def verdicts(self, entry: Mutant, out: Path) -> Verdicts:
-        """The entry's verdicts through both front ends, which must agree on every check."""
+    def verdicts(self, entry: Mutant, out: Path, both: bool = True) -> Verdicts:
+        """The entry's verdicts through pytest parity/ --impl and (both) the bisect command, which must agree."""
         impl = implementation_file(entry, out)
         checkpoint = self.checkpoint(entry.config)
         by_pytest = via_pytest(impl, checkpoint, out)
-        by_bisect = via_bisect(impl, checkpoint)
         assert set(by_pytest) == set(CHECK_NAMES), f"pytest parity/ ran {sorted(by_pytest)}"
+        if not both:
+            return by_pytest
+        by_bisect = via_bisect(impl, checkpoint)
         for check in CHECK_NAMES:
             assert by_pytest[check][:2] == by_bisect[check][:2], (
                 f"{entry.name}: the two front ends disagree on {check}:\n"
@@ -109,11 +111,17 @@ def assert_killed(mutant: Mutant, failed: dict[str, str]) -> None:
     )
 
 
+# The bisect command runs each entry in a sandboxed child (two interpreter start-ups, ~6 s): by default the
+# entries that the first of each killing check kills, and the controls, go through both front ends; every
+# entry goes through pytest parity/ --impl. -m slow (test_catalog_through_bisect) runs every entry through both.
+BISECT_SAMPLE = set({m.killed_by: m.name for m in reversed(MUTANTS)}.values())
+
+
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_killed_by_its_check_which_names_the_cause(
     mutant: Mutant, catalog: Catalog, tmp_path: Path, record_property: Any
 ) -> None:
-    failed = killed_by(catalog.verdicts(mutant, tmp_path))
+    failed = killed_by(catalog.verdicts(mutant, tmp_path, both=mutant.name in BISECT_SAMPLE))
     # Read by the kill-rate summary in tests/conftest.py (user properties survive pytest-xdist workers).
     record_property("mutant", mutant.name)
     record_property("mutant_killed_by", ",".join(sorted(failed)))
@@ -127,6 +135,13 @@ def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog, t
     assert not bad, f"false alarm on the correct variant {control.name}:\n" + "\n".join(
         f"{c}: {s} {r}" for c, (s, r, _) in bad.items()
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
+def test_catalog_through_bisect(mutant: Mutant, catalog: Catalog, tmp_path: Path) -> None:
+    """Every entry through both front ends (the default run samples one entry per killing check)."""
+    assert_killed(mutant, killed_by(catalog.verdicts(mutant, tmp_path, both=True)))
 
 
 WIDE = {"tiny": "wide", "square": "wide-square", "long": "wide-long", "one-layer": "wide-one-layer"}
