@@ -12,6 +12,7 @@ from torch import nn
 from parity.batches import gradient_batch
 from parity.chunked import compare_chunked
 from parity.compare import ParityFailure, reference_layout
+from parity.forward import hf_logits, loss_of, reference_logits
 from parity.gradients import check_gradient_decomposition
 from parity.subject import Subject, clean_grads
 from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
@@ -25,8 +26,6 @@ def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, s: Subject) -> 
     if same_storage(head, emb) and head is emb:
         return None
     idx, targets = (t.to(s.device) for t in gradient_batch(s.config))
-    from parity.forward import hf_logits, loss_of, reference_logits
-
     with clean_grads(model, hf):
         loss_of(reference_logits(model, idx), targets).backward()
         loss_of(hf_logits(hf, idx), targets).backward()

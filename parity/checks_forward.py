@@ -38,12 +38,18 @@ SAME_CALLS_DIFFER = "outputs differ between two identical calls"
 
 
 def _diagnosed(s: Subject, idx: torch.Tensor, label: str) -> str:
-    """The logits check's diagnosis on idx (first diverging module), or why the logits themselves match."""
-    try:
-        check_logits(s.model(), s.hf(), idx, s.config.n_layer, label)
-    except ParityFailure as e:
-        return str(e).removeprefix("[logits] ")
-    return ""
+    """The logits check's diagnosis on idx (first diverging module), or "" when the logits match.
+
+    Kept on the subject: the logits and the loss checks both ask for the gradient batch's diagnosis when
+    the shared forward differs, and each costs several forward passes of both models.
+    """
+    if label not in s.diagnoses:
+        try:
+            check_logits(s.model(), s.hf(), idx, s.config.n_layer, label)
+            s.diagnoses[label] = ""
+        except ParityFailure as e:
+            s.diagnoses[label] = str(e).removeprefix("[logits] ")
+    return s.diagnoses[label]
 
 
 def _profile(s: Subject, idx: torch.Tensor, label: str, passed: bool) -> list[dict[str, Any]]:

@@ -59,6 +59,7 @@ class Subject:
     reference_loader: bool = False  # load through GPT.from_pretrained (the reference's own path)
     report: LoadReport | None = None
     unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
+    diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label
     _model: nn.Module | None = field(default=None, repr=False)
     _load_error: ImplementationError | None = field(default=None, repr=False)
     _hf: Any = field(default=None, repr=False)
@@ -177,6 +178,7 @@ class Subject:
     def release(self) -> None:
         """Drop both models and everything computed from them."""
         self._model = self._hf = self._gradient_run = self._twin = None
+        self.diagnoses.clear()
 
 
 @contextlib.contextmanager
