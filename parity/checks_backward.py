@@ -55,9 +55,10 @@ def grads_check(s: Subject) -> Outcome:
     if not any(r.tensor == EMBEDDING for r in run.records):
         raise ParityFailure(f"[grads] the tied matrix's gradient ({EMBEDDING}) was not compared", run.records)
     worst = max(r.max_abs for r in run.records)
+    worst_norm = max(r.rel_norm for r in run.records)
     return Outcome(
-        f"{len(run.records)} parameter gradients match Hugging Face (max abs diff {worst:.1e}, tolerance "
-        f"{gradients_tolerance(s.dtype)})",
+        f"{len(run.records)} parameter gradients match Hugging Face (max abs diff {worst:.1e}, relative "
+        f"difference norm {worst_norm:.1e}, tolerance {gradients_tolerance(s.dtype)})",
         "\n".join(r.summary() for r in run.records),
         run.records,
     )

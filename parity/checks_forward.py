@@ -84,9 +84,10 @@ def logits_check(s: Subject) -> Outcome:
         except ParityFailure as e:
             raise ParityFailure(str(e), records + e.records, profiles + _profile(s, idx, f"logits[{kind}]", False)) from None
     worst = max(r.max_abs for r in records)
+    worst_norm = max(r.rel_norm for r in records)
     return Outcome(
-        f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, "
-        f"tolerance {logits_tolerance(s.dtype)}",
+        f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, relative difference "
+        f"norm {worst_norm:.1e}, tolerance {logits_tolerance(s.dtype)}",
         "\n".join(r.summary() for r in records),
         records,
         profiles,

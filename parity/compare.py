@@ -45,15 +45,26 @@ class Comparison:
     nonfinite: str | None = None
     passed: bool = True
     where: tuple[int, ...] | None = None
+    rel_norm: float = 0.0  # ||actual - expected|| / ||expected|| (0 where ||expected|| is under atol's scale)
+    norm_limit: float | None = None  # the tolerance's bound on rel_norm, if it has one
 
-    def summary(self) -> str:
-        """One line: which tensor, how far off, against what tolerance."""
+    @property
+    def norm_exceeded(self) -> bool:
+        """True when the difference is systematic: its relative norm is above the dtype's rounding noise."""
+        return self.norm_limit is not None and not self.rel_norm <= self.norm_limit
+
+    def summary(self, norm: bool = True) -> str:
+        """One line: which tensor, how far off, against what tolerance (norm: and the relative norm's verdict)."""
         if self.nonfinite:
             return f"{self.tensor}: {self.nonfinite}"
         loc = f" at index {self.where}" if self.where is not None else ""
+        norm_text = ""
+        if norm and self.norm_limit is not None:
+            verdict = "above" if self.norm_exceeded else "within"
+            norm_text = f"; relative difference norm {self.rel_norm:.3e}, {verdict} the limit {self.norm_limit:g}"
         return (
             f"{self.tensor}: {self.mismatched}/{self.total} elements differ; max abs diff {self.max_abs:.3e}{loc}, "
-            f"max rel diff {self.max_rel:.3e} (rtol={self.rtol:g}, atol={self.atol:g})"
+            f"max rel diff {self.max_rel:.3e} (rtol={self.rtol:g}, atol={self.atol:g}){norm_text}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -87,6 +98,7 @@ def compare_tensors(
         return Comparison(check, name, tuple(a.shape), float("nan"), float("nan"), tol.rtol, tol.atol,
                           a.numel(), a.numel(), nonfinite=bad, passed=False)  # fmt: skip
     diff = (a - e).abs()
+    rel_norm = relative_norm(float(diff.square().sum()), float(e.square().sum()), a.numel(), tol)
     allowed = tol.atol + tol.rtol * e.abs()
     mismatch = diff > allowed
     # Relative error where it means something: entries whose expected magnitude exceeds atol.
@@ -97,7 +109,7 @@ def compare_tensors(
     if diff.numel():
         flat = int(torch.argmax(diff))
         where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-    return Comparison(
+    rec = Comparison(
         check=check,
         tensor=name,
         shape=tuple(a.shape),
@@ -107,9 +119,21 @@ def compare_tensors(
         atol=tol.atol,
         mismatched=int(mismatch.sum()),
         total=a.numel(),
-        passed=not bool(mismatch.any()),
         where=where,
+        rel_norm=rel_norm,
+        norm_limit=tol.norm,
     )
+    rec.passed = rec.mismatched == 0 and not rec.norm_exceeded
+    return rec
+
+
+def relative_norm(diff_sq: float, expected_sq: float, n: int, tol: Tolerance) -> float:
+    """||a - e|| / ||e|| from the sums of squares; 0 when ||e|| is within what atol allows for n elements
+    (a tensor that is rounding noise around zero, such as a gradient whose exact value is zero, has no
+    meaningful relative difference: the element-wise bound alone judges it)."""
+    if expected_sq <= tol.atol**2 * n or expected_sq == 0.0:
+        return 0.0
+    return (diff_sq / expected_sq) ** 0.5
 
 
 def hf_counterpart(hf_params: dict[str, torch.Tensor], name: str, vocab: int) -> torch.Tensor | None:
@@ -164,27 +188,32 @@ def compare_gradients(
 def gradient_failure_message(records: Iterable[Comparison], problems: list[str], top: int = 8) -> str:
     """A table of the worst-matching parameters, worst first."""
     records = list(records)
-    failed = sorted(
-        (r for r in records if not r.passed),
-        key=lambda r: (r.nonfinite is None, -r.max_abs / (r.atol + 1e-300)),
-    )
+    failed = sorted((r for r in records if not r.passed), key=lambda r: (r.nonfinite is None, -_severity(r)))
     first = f"; {problems[0]}" if problems else ""  # the verdict line names the cause
     lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ{first}"]
     lines += [f"  - {p}" for p in problems[1:]]
     if failed:
-        lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'mismatch':>14}")
+        lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'rel norm':>10} {'mismatch':>14}")
         for r in failed[:top]:
             if r.nonfinite:
                 lines.append(f"  {r.tensor:<40} {r.nonfinite}")
             else:
                 lines.append(
-                    f"  {r.tensor:<40} {r.max_abs:>10.3e} {r.max_rel:>10.3e} {r.mismatched:>7}/{r.total:<7}"
+                    f"  {r.tensor:<40} {r.max_abs:>10.3e} {r.max_rel:>10.3e} {r.rel_norm:>10.3e} "
+                    f"{r.mismatched:>7}/{r.total:<7}"
                 )
         if len(failed) > top:
             lines.append(f"  ... and {len(failed) - top} more")
-        lines.append(f"  tolerance: rtol={failed[0].rtol:g}, atol={failed[0].atol:g}")
+        norm = f", relative difference norm {failed[0].norm_limit:g}" if failed[0].norm_limit is not None else ""
+        lines.append(f"  tolerance: rtol={failed[0].rtol:g}, atol={failed[0].atol:g}{norm}")
         lines.append("  " + gradient_hint([r.tensor for r in failed]))
     return "\n".join(lines)
+
+
+def _severity(r: Comparison) -> float:
+    """How far past its tolerance a record is: the worse of its element-wise and its norm criterion."""
+    elementwise = r.max_abs / (r.atol + 1e-300) if r.mismatched else 0.0
+    return max(elementwise, r.rel_norm / r.norm_limit if r.norm_limit else 0.0)
 
 
 def gradient_hint(names: list[str]) -> str:

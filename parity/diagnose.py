@@ -5,7 +5,7 @@ Both implementations use the same module names (`transformer.drop`, `transformer
 comparable activations. Walking them in execution order, the first that differs beyond tolerance names the
 first diverging block or sub-module; which of its inputs still matched says what to suspect. A module
 diverges where its output fails the tolerance element-wise or differs by more than the dtype's noise in
-relative norm (parity/tolerances.py `HIDDEN_DIVERGENCE`), which places small systematic bugs exactly.
+relative norm (the `norm` of parity/tolerances.py `LOGITS`), which places small systematic bugs exactly.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def first_divergence(
         limit = hidden_divergence(hf_acts[name].dtype)
         if not rec.passed or rel_norm > limit:
             norm = f"relative difference norm {rel_norm:.2e} (diverged above {limit:g})"
-            where = f"first divergence at {name}: {norm}; {rec.summary()}; suspect {SUSPECTS[kind]}"
+            where = f"first divergence at {name}: {norm}; {rec.summary(norm=False)}; suspect {SUSPECTS[kind]}"
             return where + _unobserved_note(unobserved), records
     if not records:
         return "no comparable modules found (module names differ from GPT-2's); cannot localize", records

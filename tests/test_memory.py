@@ -182,7 +182,11 @@ def test_xdist_workers_share_the_available_memory(monkeypatch: pytest.MonkeyPatc
 
 
 def _same_record(a: Any, b: Any) -> None:
-    assert a.to_json() == b.to_json()
+    """Every field equal; the relative norm up to summation order (chunks sum their squares separately) and,
+    for float32 inputs, the float32 rounding of each screened difference (relative 2**-24)."""
+    a, b = a.to_json(), b.to_json()
+    assert a.pop("rel_norm") == pytest.approx(b.pop("rel_norm"), rel=1e-6, abs=0.0)
+    assert a == b
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 11), (40,), (13, 9)])
@@ -224,6 +228,33 @@ def test_compare_chunked_edge_cases_equal_one_comparison(case: int) -> None:
     tol = Tolerance(rtol=1e-4, atol=1e-5, reason="test")
     _same_record(compare_chunked("t", "x", actual, expected, tol, chunk_elements=20),
                  compare_tensors("t", "x", actual, expected, tol))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_systematic_difference_under_the_elementwise_bound_fails_by_its_norm(dtype: torch.dtype) -> None:
+    # Every element 5e-5 off (relative): under rtol=atol=1e-4 everywhere, but 5e-5 of the norm > 2e-5.
+    g = torch.Generator().manual_seed(8)
+    expected = torch.randn(300, 200, generator=g, dtype=dtype)
+    actual = expected * (1 + 5e-5)
+    tol = Tolerance(rtol=1e-4, atol=1e-4, reason="test", norm=2e-5)
+    for rec in (compare_tensors("t", "x", actual, expected, tol),
+                compare_chunked("t", "x", actual, expected, tol, chunk_elements=1000)):  # fmt: skip
+        assert rec.mismatched == 0 and rec.norm_exceeded and not rec.passed
+        assert rec.rel_norm == pytest.approx(5e-5, rel=1e-2)  # float32 rounds each product
+        assert f"relative difference norm {rec.rel_norm:.3e}, above the limit 2e-05" in rec.summary()
+    # Rounding-sized noise passes both criteria.
+    noisy = expected + 1e-7 * torch.randn(300, 200, generator=g, dtype=dtype)
+    assert compare_chunked("t", "x", noisy, expected, tol, chunk_elements=1000).passed
+
+
+def test_norm_of_a_tensor_within_atol_of_zero_is_not_judged() -> None:
+    # A gradient whose exact value is zero is rounding noise on both sides: the element-wise bound judges it.
+    g = torch.Generator().manual_seed(9)
+    expected = 1e-9 * torch.randn(64, 64, generator=g)
+    actual = 1e-9 * torch.randn(64, 64, generator=g)
+    tol = Tolerance(rtol=1e-3, atol=1e-5, reason="test", norm=2e-5)
+    rec = compare_tensors("t", "x", actual, expected, tol)
+    assert rec.rel_norm == 0.0 and rec.passed
 
 
 @pytest.mark.parametrize("where", ["actual", "expected"])
