@@ -1,7 +1,7 @@
 """Mutants of the harness itself: changes that narrow what it compares, each of which one of our tests must catch.
 
 A harness that compares only the last position's logits, a constant token batch, a report that always says
-PASS, a tolerance 1000x looser, a gradient comparison that skips tensors, a tie check that reads one name
+PASS, a tolerance 1000x looser, a comparison that ignores the relative difference norm, a gradient comparison that skips tensors, a tie check that reads one name
 twice, the implementation's own loss ignored, or a full-block batch cut in half would still pass a correct
 implementation: only a test that needs the harness's full strength notices. Each entry here patches one
 such weakness into the running harness and names the detector, a test of ours that must then fail
@@ -21,6 +21,7 @@ import torch
 
 import parity.batches
 import parity.checks_forward
+import parity.compare
 import parity.forward
 import parity.gradients
 import parity.tie
@@ -69,8 +70,15 @@ def report_always_passed() -> Iterator[None]:
 @contextlib.contextmanager
 def tolerance_1000x_looser() -> Iterator[None]:
     tol = parity.tolerances.LOGITS[torch.float64]
-    looser = parity.tolerances.Tolerance(tol.rtol * 1000, tol.atol * 1000, "harness mutant")
+    assert tol.norm is not None
+    looser = parity.tolerances.Tolerance(tol.rtol * 1000, tol.atol * 1000, "harness mutant", tol.norm * 1000)
     with mock.patch.dict(parity.tolerances.LOGITS, {torch.float64: looser}):
+        yield
+
+
+@contextlib.contextmanager
+def norm_ignored() -> Iterator[None]:
+    with mock.patch.object(parity.compare.Comparison, "norm_exceeded", property(lambda self: False)):
         yield
 
 
@@ -118,6 +126,8 @@ HARNESS_MUTANTS = (
                   "the JSON report writes PASS whatever the verdict"),
     HarnessMutant("logits-tolerance-1000x-looser", tolerance_1000x_looser, "gelu-constant-5-digits",
                   "float64 logits tolerance 1e-6 instead of 1e-9"),
+    HarnessMutant("norm-criterion-ignored", norm_ignored, "test_systematic_difference_fails_by_its_norm",
+                  "only the element-wise bound is checked: a small difference in every element passes"),
     HarnessMutant("gradients-skip-wpe", gradients_skip_positions, "positions-detached",
                   "the gradient comparison leaves out the position embeddings"),
     HarnessMutant("tie-reads-one-name", tie_reads_one_name, "head-not-tied",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_memory
 import test_report
 import torch
 from front_ends import via_pytest
@@ -40,6 +41,9 @@ def run_detector(name: str, tmp_path: Path) -> None:
     """Run a detector; AssertionError when it catches something wrong."""
     if name == "test_batches_cover_the_vocabulary":
         test_batches_cover_the_vocabulary()
+    elif name == "test_systematic_difference_fails_by_its_norm":
+        for dtype in (torch.float32, torch.float64):
+            test_memory.test_systematic_difference_under_the_elementwise_bound_fails_by_its_norm(dtype)
     elif name == "test_failing_run_reports_the_failed_check":
         with pytest.MonkeyPatch.context() as mp:
             test_report.test_failing_run_reports_the_failed_check_its_cause_records_and_profile(tmp_path, mp)
