@@ -170,13 +170,21 @@ def check_memory(target: ParityTarget, checks: list[str]) -> None:
         raise UsageError(problem)
 
 
-def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
-    """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown."""
+def decide(verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[str] = frozenset()) -> tuple[int, str]:
+    """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown.
+
+    A check that does not apply (the implementation has no get_num_params, no dropout, no
+    configure_optimizers: `Verdict.applicable`) is unknown only when it was named (--checks, --expect):
+    under the default, every check, a correct model without dropout must not make every commit a skip.
+    """
     want = {v.check: expect.get(v.check, True) for v in verdicts}
     contradicted = [
         v for v in verdicts if v.status != Status.CANNOT_TEST and (v.status == Status.PASS) != want[v.check]
     ]
-    unknown = [v for v in verdicts if v.status == Status.CANNOT_TEST]
+    named = named | frozenset(expect)
+    unknown = [v for v in verdicts if v.status == Status.CANNOT_TEST and (v.applicable or v.check in named)]
+    absent = [v.check for v in verdicts if v.status == Status.CANNOT_TEST and v not in unknown]
+    not_applicable = f" (not applicable: {', '.join(absent)})" if absent else ""
     if contradicted:
         parts = []
         for got, expected in ((Status.FAIL, "PASS"), (Status.PASS, "FAIL")):
@@ -186,7 +194,10 @@ def decide(verdicts: list[Verdict], expect: dict[str, bool]) -> tuple[int, str]:
         return EXIT_BAD, "bad: " + "; ".join(parts)
     if unknown:
         return EXIT_SKIP, f"cannot test this commit: {', '.join(v.check for v in unknown)} could not run"
-    return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in verdicts)
+    judged = [v for v in verdicts if v.status != Status.CANNOT_TEST]
+    if not judged:
+        return EXIT_SKIP, f"cannot test this commit: no selected check applies{not_applicable}"
+    return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in judged) + not_applicable
 
 
 def print_sandbox_output(result: SandboxResult, details: bool) -> None:
@@ -208,6 +219,8 @@ def run(argv: list[str] | None = None) -> int:
         expect = parse_expectations(args.expect)
         selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
         selected += [c for c in expect if c not in selected]
+        everything = args.checks is None or args.checks.strip() == "all"
+        named = frozenset(() if everything else selected)
         target = resolve_model(args.model, args.device, args.dtype)
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
@@ -229,7 +242,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_ABORT
     print_sandbox_output(result, args.details)
     print(format_verdicts(result.verdicts, args.details))
-    code, why = decide(result.verdicts, expect)
+    code, why = decide(result.verdicts, expect, named)
     print(f"{why} (exit {code})", flush=True)
     return code
 

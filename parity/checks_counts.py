@@ -31,7 +31,7 @@ from parity.tie import (
     unique_parameter_bytes,
     unique_storage_bytes,
 )
-from parity.verdicts import CannotTest, Check, Outcome
+from parity.verdicts import Check, NotApplicable, Outcome
 
 
 def tied_storage_check(s: Subject) -> Outcome:
@@ -99,7 +99,7 @@ def own_count_check(s: Subject) -> Outcome:
     model, hf = s.model(), s.hf()
     count = getattr(model, "get_num_params", None)
     if not callable(count):
-        raise CannotTest(f"[own-count] {s.label} has no get_num_params: it reports no count of its own")
+        raise NotApplicable(f"[own-count] {s.label} has no get_num_params: it reports no count of its own")
     golden = golden_param_count(s.config) + _padding(model, hf)
     wpe = get_tensor(model, "transformer.wpe.weight").numel()
     asked = {}

@@ -24,7 +24,7 @@ from parity.forward import check_logits, hf_logits, loss_comparison
 from parity.subject import Subject
 from parity.tie import twin_config
 from parity.tolerances import logits_tolerance
-from parity.verdicts import CannotTest, Check, Outcome
+from parity.verdicts import Check, NotApplicable, Outcome
 
 # Batches compared by the logits check besides the gradient batch, whose logits the shared forward +
 # backward already compared (parity/gradients.py): one token, a full block, the GPT-2 sentence.
@@ -247,7 +247,7 @@ def dropout_sites_check(s: Subject) -> Outcome:
             "outside training, and use nn.Dropout or training=self.training)"
         )
     if not found:
-        raise CannotTest(
+        raise NotApplicable(
             f"[dropout-sites] {s.label} applies no dropout in train mode with dropout={DROPOUT_P} configured "
             "(no dropout modules, or its config has no dropout setting): nothing to compare with Hugging "
             "Face's dropout sites"

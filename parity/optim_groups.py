@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity.verdicts import CannotTest
+from parity.verdicts import NotApplicable
 
 # The hyper-parameters configure_optimizers is called with (nanoGPT's signature).
 WEIGHT_DECAY = 0.1
@@ -56,7 +56,7 @@ def configured_optimizer(model: nn.Module, device: str) -> Any:
     CannotTest when the implementation has no configure_optimizers.
     """
     if not callable(getattr(model, "configure_optimizers", None)):
-        raise CannotTest(f"{type(model).__name__} has no configure_optimizers: there are no groups to check")
+        raise NotApplicable(f"{type(model).__name__} has no configure_optimizers: there are no groups to check")
     record: list[dict[str, Any]] = []
     try:
         with _recorded_param_groups(record), warnings.catch_warnings():

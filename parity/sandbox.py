@@ -166,7 +166,8 @@ def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | No
     """The result's verdicts, when they are well formed and answer exactly the checks asked for."""
     try:
         verdicts = [
-            Verdict(str(v["check"]), Status(v["status"]), str(v["reason"]), str(v.get("details", "")))
+            Verdict(str(v["check"]), Status(v["status"]), str(v["reason"]), str(v.get("details", "")),
+                    applicable=v.get("applicable", True) is not False)  # fmt: skip
             for v in result["verdicts"]
         ]
     except (KeyError, TypeError, ValueError):

@@ -59,7 +59,7 @@ def _load_notes(subject: Any) -> list[str]:
 
 def _as_message(verdict: Any) -> dict[str, str]:
     return {"check": verdict.check, "status": verdict.status.value, "reason": verdict.reason,
-            "details": verdict.details}  # fmt: skip
+            "details": verdict.details, "applicable": verdict.applicable}  # fmt: skip
 
 
 def main() -> None:

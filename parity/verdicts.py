@@ -38,6 +38,14 @@ class CannotTest(Exception):
     """The check cannot run on this implementation (something it needs is absent); the message says why."""
 
 
+class NotApplicable(CannotTest):
+    """The implementation has no such part (no get_num_params, no dropout, no configure_optimizers).
+
+    Still CANNOT-TEST in every report, but unlike code that could not be run, an absent part is a design
+    choice of a correct model: the bisect command does not skip a commit for it unless the check was named.
+    """
+
+
 @dataclass
 class Outcome:
     """What a passing check says about itself, and the comparisons it made."""
@@ -58,6 +66,7 @@ class Verdict:
     details: str = ""
     records: list[Comparison] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    applicable: bool = True  # False: CANNOT-TEST because the implementation has no such part (NotApplicable)
 
     def line(self) -> str:
         """The verdict line every front end prints: status, check, reason."""
@@ -72,6 +81,7 @@ class Verdict:
             "details": self.details,
             "records": [r.to_json() for r in self.records],
             "profiles": self.profiles,
+            "applicable": self.applicable,
         }
 
 
@@ -99,6 +109,8 @@ def run_check(check: Check, subject: Subject) -> Verdict:
     except ParityFailure as e:
         return Verdict(check.name, Status.FAIL, *_split_message(check.name, str(e)), records=e.records,
                        profiles=e.profiles)  # fmt: skip
+    except NotApplicable as e:
+        return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)), applicable=False)
     except (CannotTest, ImplementationError) as e:
         return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)))
     except CheckpointError:

@@ -63,6 +63,19 @@ def test_decide(statuses: dict[str, Status], expect: dict[str, bool], code: int)
     assert got == code, why
 
 
+def test_a_part_the_model_does_not_have_skips_only_when_its_check_was_named() -> None:
+    verdicts = [_verdict("logits", Status.PASS),
+                Verdict("own-count", Status.CANNOT_TEST, "has no get_num_params", applicable=False)]  # fmt: skip
+    assert decide(verdicts, {}) == (EXIT_GOOD, "good: logits PASS (not applicable: own-count)")
+    assert decide(verdicts, {}, frozenset({"own-count"}))[0] == EXIT_SKIP
+    assert decide(verdicts, {"own-count": True})[0] == EXIT_SKIP  # --expect names it too
+    # Nothing judged at all is never good.
+    assert decide(verdicts[1:], {})[0] == EXIT_SKIP
+    # Code that could not run stays a skip whether or not it was named.
+    crashed = [verdicts[0], _verdict("grads", Status.CANNOT_TEST)]
+    assert decide(crashed, {})[0] == EXIT_SKIP
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--bogus"], ["--checks", "logits,nope"], ["--expect", "logits=maybe"], ["--tied-decay", "sometimes"]],

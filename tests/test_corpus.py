@@ -46,11 +46,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> FrontEndRun:
-    """`python -m parity.bisect --impl IMPL --checks TABLED ...`, from a scratch folder."""
+    """`python -m parity.bisect --impl IMPL ...` (every check, the default), from a scratch folder."""
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "parity.bisect", "--impl", str(impl), "--checks", ",".join(TABLED_CHECKS),
-         *variant.options, *extra],
+        [sys.executable, "-m", "parity.bisect", "--impl", str(impl), *variant.options, *extra],
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     verdicts = {check: Status(status) for status, check in VERDICT_LINE.findall(done.stdout)}
@@ -144,3 +143,10 @@ def test_corpus_variant_gets_its_expected_verdicts(front_end: str, variant: Vari
         assert run.seconds < HOSTILE_TIMEOUT_S + END_MARGIN_S, f"took {run.seconds:.0f} s\n{run.output}"
     # Nothing is written into the user's repository: no __pycache__, no file the code wrote.
     assert _files(tmp_path / "repo") == before
+
+
+def test_corpus_tables_every_registered_check() -> None:
+    """A new check gets its expected verdict for every variant before the corpus runs it."""
+    from parity.registry import CHECK_NAMES
+
+    assert TABLED_CHECKS == CHECK_NAMES
