@@ -42,8 +42,12 @@ class Tolerance:
 # first-divergence diagnosis (parity/diagnose.py) compares each module's output with.
 #
 # FLOAT32_NORM, measured: correct float32 runs differ from Hugging Face's by a relative norm of at most
-# 1.0e-6 (synthetic gpt2 and gpt2-xl, every probed module, several-sequence and full-block batches; 4.6e-7
-# on the logits at 768 channels, 0 where the kernels coincide). 2e-5 keeps 20x above that. A bug below it is
+# 1.0e-6 in hidden states (synthetic gpt2 and gpt2-xl, every probed module, several-sequence and full-block
+# batches) and 2.7e-6 in logits (gpt2-xl's 1-token batch: three logit vectors, so little averaging; 7.1e-7 to
+# 7.6e-7 on its longer batches, 5.6e-7 on synthetic gpt2, 4.6e-7 at 768 channels, 0 where the kernels
+# coincide). 5e-5 keeps 18x above the worst of them and stays 4.6x below exact GELU at GPT-2's width
+# (2.3e-4) and 2.6x below attention scaled by 1/head_dim at 16 channels (1.3e-4, whose every element passes
+# atol). A bug below it is
 # below float32's own rounding of the function, within a few times of it, and only float64 can see it: the
 # tanh GELU with sqrt(2/pi) rounded to 5 digits moves the logits by 2.4e-6 at 768 channels and 1.4e-7 at 16
 # (rounding alone: 5.9e-7 and 1.1e-7, Hugging Face float32 vs float64), exact GELU by 4.1e-7 at 16
@@ -70,7 +74,7 @@ LOGITS: dict[torch.dtype, Tolerance] = {
         reason="fp32 accumulation over 12-48 blocks: measured max |diff| 2.9e-6 on synthetic gpt2, 3.9e-6 on "
         "gpt2-large, 4.8e-6 on gpt2-xl (logits of magnitude ~1); >20x margin; TF32 must be off on GPU. "
         "norm: see FLOAT32_NORM",
-        norm=2e-5,
+        norm=5e-5,
     ),
     torch.bfloat16: Tolerance(
         rtol=1.6e-2,
@@ -105,8 +109,8 @@ GRADIENTS: dict[torch.dtype, Tolerance] = {
         reason="fp32 gradients accumulate over batch x sequence; measured max |diff| 1.6e-7 and max "
         "relative error 3.3e-3 on entries above atol (synthetic gpt2); gpt2-large 1.6e-7 and 4.4e-3, gpt2-xl "
         "2.1e-7 and 7.5e-3 (relative errors of entries a few times atol; every |diff| is >40x below atol). "
-        "norm: each parameter's relative difference norm, measured <= 8.0e-7 (synthetic gpt2; 6.8e-7 at 768 "
-        "channels, 2.1e-7 at 16); 2e-5 keeps 25x above it, as LOGITS does. The exact-GELU mutant moves "
+        "norm: each parameter's relative difference norm, measured <= 1.2e-6 (synthetic gpt2-xl; 8.0e-7 "
+        "gpt2, 6.8e-7 at 768 channels, 2.1e-7 at 16); 2e-5 keeps 17x above it. The exact-GELU mutant moves "
         "ln_2.weight's gradient by 4.5e-4 of its norm at gpt2's size, 8.7e-6 at 16 channels (under it)",
         norm=2e-5,
     ),
