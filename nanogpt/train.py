@@ -19,23 +19,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from nanogpt.checkpoint import (
     CHECKPOINT_FILE,
-    build_model,
     capture_rng_state,
     load_checkpoint,
     load_optimizer_state,
-    model_config_of,
     restore_rng_state,
     save_checkpoint,
     training_payload,
 )
-from nanogpt.config import ConfigError, RunStopped, TrainConfig, check_value, parse_config, run_cli
+from nanogpt.config import ConfigError, RunStopped, TrainConfig, parse_config, run_cli
 from nanogpt.data import BatchSampler, TokenDataset, get_batch
 from nanogpt.distributed import (
     DistContext,
@@ -47,9 +44,11 @@ from nanogpt.distributed import (
 )
 from nanogpt.flops import peak_flops
 from nanogpt.hf import CheckpointError
-from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
+from nanogpt.model import GPT
 from nanogpt.paths import resolve_output_dir, resolve_output_file
 from nanogpt.resources import check_training_fits
+from nanogpt.train_log import Progress, format_log_line
+from nanogpt.train_setup import NOT_INHERITED_ON_RESUME, build_initial_model, inherit_from_checkpoint
 
 DTYPES = {
     "float32": torch.float32,
@@ -201,184 +200,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             f"dtype: {name} autocast is for CUDA; on {device.type} use --dtype=float32 (or float64)"
         )
     return dtype
-
-
-def check_against_model(cfg: TrainConfig, explicit: set[str], model_cfg: GPTConfig, source: str) -> None:
-    """Refuse explicit architecture overrides that contradict a checkpoint's or pretrained model's config."""
-    conflicts = []
-    for key in TrainConfig.MODEL_KEYS:
-        if key not in explicit:
-            continue
-        want, have = getattr(cfg, key), getattr(model_cfg, key)
-        if key == "block_size":
-            continue  # checked separately: a smaller block crops a pretrained model
-        if key == "vocab_size" and want is None:
-            continue
-        if want != have:
-            conflicts.append(f"{key}={want} (it has {have})")
-    if conflicts:
-        raise ConfigError(
-            f"{source} has another architecture than the config asks for: {', '.join(conflicts)}; drop these "
-            "overrides, or use another --out_dir / --init_from"
-        )
-
-
-def is_pretrained_source(init_from: str) -> bool:
-    """True for a GPT-2 size name or a directory holding an HF checkpoint."""
-    return init_from in GPT2_SIZES or Path(init_from).expanduser().is_dir()
-
-
-def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
-    """vocab_size rounded up to a multiple (50257 -> 50304, the faster GPU shape upstream uses)."""
-    return ((vocab_size + multiple - 1) // multiple) * multiple
-
-
-# Keys a resumed run takes from its checkpoint unless given explicitly: the run's semantics. The others
-# describe this machine or this launch (where to run, how to wrap), not the run.
-# out_dir is where this launch reads and writes: a copied project must not write into the original's.
-NOT_INHERITED_ON_RESUME = (
-    "init_from", "out_dir", "device", "compile", "progress", "parallel", "backend", "eval_only",
-)  # fmt: skip
-
-
-def inherit_from_checkpoint(
-    cfg: TrainConfig, explicit: set[str], ckpt: dict[str, Any], path: Path
-) -> TrainConfig:
-    """The config of a resumed run: the checkpoint's settings, overridden only by explicitly given keys.
-
-    An explicit architecture key that contradicts the checkpoint is an error: the weights cannot change
-    shape. Continuing with the checkpoint's batch size, schedule and dtype is what makes a resumed run
-    continue the interrupted one exactly.
-    """
-    model_cfg = model_config_of(ckpt, path)
-    check_against_model(cfg, explicit, model_cfg, f"checkpoint {path}")
-    saved = ckpt["train_config"]
-    if "block_size" in explicit and cfg.block_size != saved.get("block_size", model_cfg.block_size):
-        raise ConfigError(
-            f"block_size: {cfg.block_size}, but {path} was trained with {saved.get('block_size')}; "
-            "a resumed run keeps its block size"
-        )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    where = f"{path}: saved train_config"
-    inherited = {
-        k: check_value(TrainConfig, k, v, where)
-        for k, v in saved.items()
-        if k in known and k not in explicit and k not in NOT_INHERITED_ON_RESUME
-    }
-    cfg = dataclasses.replace(cfg, **inherited)
-    cfg.validate()
-    return cfg
-
-
-@dataclass
-class Setup:
-    """The model to train and where it came from."""
-
-    model_config: GPTConfig
-    model: GPT
-    source: str = "scratch"
-
-
-def build_initial_model(
-    cfg: TrainConfig, explicit: set[str], dataset: TokenDataset, ckpt: dict[str, Any] | None = None
-) -> Setup:
-    """The model to train, validated against the config and the data (nothing is written)."""
-    if cfg.init_from == "scratch":
-        vocab = cfg.vocab_size if cfg.vocab_size is not None else padded_vocab(dataset.vocab_size)
-        if vocab < dataset.vocab_size:
-            raise ConfigError(
-                f"vocab_size: {vocab} is smaller than the dataset's vocabulary ({dataset.vocab_size})"
-            )
-        model_cfg = GPTConfig(
-            block_size=cfg.block_size,
-            vocab_size=vocab,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            n_embd=cfg.n_embd,
-            dropout=cfg.dropout,
-            bias=cfg.bias,
-            logical_vocab_size=dataset.vocab_size if vocab > dataset.vocab_size else None,
-        )
-        check_training_fits(
-            model_cfg, cfg.batch_size, cfg.block_size, cfg.device, cfg.gradient_accumulation_steps
-        )
-        torch.manual_seed(cfg.seed)  # the same init on every rank (FSDP2 does not broadcast it)
-        return Setup(model_cfg, GPT(model_cfg), "scratch")
-    if cfg.init_from == "resume":
-        if ckpt is None:
-            raise ValueError("init_from=resume needs the loaded checkpoint")
-        # dropout is a training setting, not part of the weights: the (possibly inherited) config decides
-        ckpt["model_config"] = dict(ckpt["model_config"], dropout=cfg.dropout)
-        model = build_model(ckpt)
-        return Setup(model.config, model, str(Path(cfg.out_dir) / CHECKPOINT_FILE))
-    if is_pretrained_source(cfg.init_from):
-        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        check_against_model(cfg, explicit, model.config, cfg.init_from)
-        return Setup(model.config, model, cfg.init_from)
-    raise ConfigError(
-        f"init_from: {cfg.init_from!r} is not scratch, resume, a GPT-2 size ({', '.join(GPT2_SIZES)}) or an "
-        "existing Hugging Face checkpoint directory"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# logging
-
-
-class Progress:
-    """A one-line progress display on stderr (iteration, loss, rate, ETA), redrawn at most 4x a second."""
-
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.total, self.start, self.enabled = total, start, enabled
-        self.t0 = time.time()
-        self.last_draw = 0.0
-
-    def update(self, it: int, loss: float | None) -> None:
-        """Redraw for iteration it (1-based count of finished steps)."""
-        now = time.time()
-        if not self.enabled or (now - self.last_draw < 0.25 and it < self.total):
-            return
-        self.last_draw = now
-        done = it - self.start
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - it) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * it / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        loss_text = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(
-            f"\r[{bar}] {it}/{self.total}{loss_text} {rate:.2f} it/s ETA {format_seconds(eta)}   "
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        """End the progress line."""
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def format_seconds(seconds: float) -> str:
-    """12.3s, 4m05s, 1h02m."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def format_log_line(
-    it: int, loss: float, lr: float, dt: float, tokens_per_s: float, mfu: float | None
-) -> str:
-    """The per-iteration log line: loss, learning rate, step time, tokens/s, MFU (n/a without a peak)."""
-    mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a"
-    return (
-        f"iter {it}: loss {loss:.4f}, lr {lr:.3e}, time {dt * 1000:.1f}ms, "
-        f"{tokens_per_s:,.0f} tok/s, mfu {mfu_text}"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------
