@@ -165,10 +165,7 @@ def _messages(raw: bytes, nonce: str) -> list[dict[str, Any]]:
 def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | None:
     """The result's verdicts, when they are well formed and answer exactly the checks asked for."""
     try:
-        verdicts = [
-            Verdict(str(v["check"]), Status(v["status"]), str(v["reason"]), str(v.get("details", "")))
-            for v in result["verdicts"]
-        ]
+        verdicts = [Verdict.from_json(v) for v in result["verdicts"]]
     except (KeyError, TypeError, ValueError):
         return None
     return verdicts if [v.check for v in verdicts] == [c for c in CHECK_NAMES if c in names] else None
