@@ -123,7 +123,8 @@ def target_message(target: ParityTarget) -> dict[str, Any]:
         "reason": target.reason,
         "device": target.device,
         "dtype": str(target.dtype).removeprefix("torch."),
-        "checkpoint": str(target.ensure_checkpoint()),
+        # Absolute: the child runs in a temporary directory, and --model DIR is relative to the caller's.
+        "checkpoint": str(target.ensure_checkpoint().resolve()),
         "seed": target.seed,
         "dtype_reason": target.dtype_reason,
     }

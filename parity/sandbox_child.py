@@ -89,17 +89,19 @@ def main() -> None:
         os._exit(0)
     subject = Subject(impl, _target(request["target"]), tied_decay=request["tied_decay"])
     send(phase="build")
+    checkpoint_error = ""
     try:
         subject.model()
     except ImplementationError:
         pass  # remembered by the subject: every check that needs the model says CANNOT-TEST with it
+    except CheckpointError as e:  # the checkpoint, not the code: the caller stops with it
+        checkpoint_error = str(e)
     if subject.report is not None and subject.report.output:
         sys.stdout.write(subject.report.output)  # what __init__ printed joins the captured output
         sys.stdout.flush()
     fingerprints = [hf_fingerprint()]
     verdicts = []
-    checkpoint_error = ""
-    for name in names:
+    for name in [] if checkpoint_error else names:
         send(phase=f"check {name}")
         try:
             verdicts += run_checks([name], subject)

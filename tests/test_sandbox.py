@@ -34,6 +34,7 @@ from parity.sandbox import (
     fingerprint_differs,
     hf_fingerprint,
     run_checks_in_child,
+    target_message,
 )
 from parity.verdicts import Status, Verdict
 
@@ -128,6 +129,13 @@ def test_verdicts_come_back_whole_and_a_malformed_one_is_refused() -> None:
         corrupt(bad["verdicts"][0])
         assert _verdicts_of(bad, ["grads", "logits"]) is None, bad
     assert _verdicts_of({"verdicts": "logits"}, ["logits"]) is None
+
+
+def test_the_child_gets_an_absolute_checkpoint_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model DIR is relative to the caller's directory; the child runs in a temporary one."""
+    monkeypatch.chdir(tmp_path)
+    target = replace(resolve_model("small", "cpu", None), checkpoint=Path("my-checkpoint"))
+    assert target_message(target)["checkpoint"] == str((tmp_path / "my-checkpoint").resolve())
 
 
 def test_default_timeout_grows_with_the_model() -> None:
