@@ -1,8 +1,8 @@
 """The sandboxed child process (parity/sandbox.py): what it trusts, what it captures, how it reports an end.
 
 The hostile corpus (tests/test_corpus.py) covers exits, hangs and a monkeypatched transformers through
-the bisect command; these tests cover the pieces directly: the fingerprint, a forged result, the verdicts'
-round trip, -v.
+the bisect command and `pytest parity/ --impl`; these tests cover the pieces directly: the fingerprint, a
+forged result, the verdicts' round trip, -v.
 """
 
 from __future__ import annotations
