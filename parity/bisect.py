@@ -27,7 +27,13 @@ from nanogpt.model import GPT2_SIZES, GPTConfig
 from nanogpt.paths import OutputPathError
 from parity.memory import available_memory, ignore_memory_check, memory_problem
 from parity.registry import CHECK_NAMES, CHECKS
-from parity.sandbox import SMALL_TIMEOUT_S, SandboxResult, default_timeout, run_checks_in_child
+from parity.sandbox import (
+    SMALL_TIMEOUT_S,
+    SandboxResult,
+    default_timeout,
+    output_summary,
+    run_checks_in_child,
+)
 from parity.targets import (
     DEVICE_CHOICES,
     DTYPES,
@@ -47,8 +53,6 @@ EXIT_ABORT = 129  # git bisect run: anything above 127 stops the bisection
 # The default model: the GPT-2 architecture at a size where every check takes well under a second.
 SMALL = "small"
 SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
-# Lines of the tested code's captured output that -v prints (the last ones).
-OUTPUT_LINES_SHOWN = 200
 
 
 class BisectArgumentParser(argparse.ArgumentParser):
@@ -202,14 +206,8 @@ def decide(verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[st
 
 def print_sandbox_output(result: SandboxResult, details: bool) -> None:
     """The load summary always; the tested code's captured output with -v, else how much there is."""
-    for note in result.notes:
-        print(f"load: {note}")
-    lines = result.output.splitlines()
-    if details and lines:
-        print(f"captured output of the tested code ({len(lines)} lines):")
-        print("\n".join(f"  | {line}" for line in lines[-OUTPUT_LINES_SHOWN:]))
-    elif lines:
-        print(f"the tested code printed {len(lines)} line(s); -v shows them")
+    for line in output_summary(result, details):
+        print(line)
 
 
 def run(argv: list[str] | None = None) -> int:

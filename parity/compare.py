@@ -9,7 +9,7 @@ Inf in either tensor is reported as such and never passes as "close".
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -73,6 +73,43 @@ class Comparison:
         d["shape"] = list(self.shape)
         d["where"] = list(self.where) if self.where is not None else None
         return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> Comparison:
+        """The record that to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
+        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
+            raise ValueError(f"not a comparison record: {d!r:.200}")
+        where = d["where"]
+        return cls(
+            check=_typed(d["check"], str),
+            tensor=_typed(d["tensor"], str),
+            shape=tuple(_typed(n, int) for n in _typed(d["shape"], list)),
+            max_abs=_number(d["max_abs"]),
+            max_rel=_number(d["max_rel"]),
+            rtol=_number(d["rtol"]),
+            atol=_number(d["atol"]),
+            mismatched=_typed(d["mismatched"], int),
+            total=_typed(d["total"], int),
+            nonfinite=None if d["nonfinite"] is None else _typed(d["nonfinite"], str),
+            passed=_typed(d["passed"], bool),
+            where=None if where is None else tuple(_typed(n, int) for n in _typed(where, list)),
+            rel_norm=_number(d["rel_norm"]),
+            norm_limit=None if d["norm_limit"] is None else _number(d["norm_limit"]),
+        )
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """value when it is a kind (a bool is no int here), else ValueError."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{value!r:.100} is not a {kind.__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    """An int or float (NaN and Inf included: a record may hold them) as a float, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r:.100} is not a number")
+    return float(value)
 
 
 def _nonfinite(t: torch.Tensor, label: str) -> str | None:

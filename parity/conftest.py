@@ -1,7 +1,8 @@
 """Fixtures of the parity suite: one `Subject` per target (parity/subject.py), which every check reads.
 
 The subject is session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); every
-check restores what it changes. Options live in parity/plugin.py. A run that would not fit in the
+check restores what it changes. With --impl the checks run in a child process instead, once per target
+(`verdict_of`, parity/pytest_sandbox.py). Options live in parity/plugin.py. A run that would not fit in the
 available memory stops with a usage error once the tests are collected, before any model is built. The
 header shows each target's dtype policy and memory plan; the terminal summary shows what the synthetic
 checkpoints cost.
@@ -9,7 +10,7 @@ checkpoints cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +25,11 @@ from parity.memory import (
     release_free_memory,
 )
 from parity.plugin import IMPL_KEY, TARGETS_KEY
+from parity.pytest_sandbox import CHILD_RUN_KEY, run_child, selected_checks
+from parity.registry import CHECKS
 from parity.subject import Subject
 from parity.targets import ParityTarget
+from parity.verdicts import Verdict, run_check
 
 # Why the run cannot fit in memory, as found by a pytest-xdist worker (see pytest_collection_finish).
 MEMORY_PROBLEM_KEY = pytest.StashKey[str]()
@@ -99,8 +103,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iterator[Subject]:
     """The implementation under test and Hugging Face's GPT-2 on one target, loaded on first use.
 
-    Without --impl it is the reference nanoGPT, loaded through its own GPT.from_pretrained; with --impl,
-    the given code built by its own __init__ with weights from our converter (parity/impl.py).
+    Without --impl it is the reference nanoGPT, loaded through its own GPT.from_pretrained; with --impl
+    --in-process, the given code built by its own __init__ with weights from our converter (parity/impl.py).
+    With --impl run in a child it is the reference too, and only its Hugging Face side is read here (the
+    harness's self-test, parity/test_untied_control.py).
     """
     impl = request.config.stash.get(IMPL_KEY, None)
     s = Subject(
@@ -112,6 +118,20 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
     yield s
     request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = s.unshared
     s.release()
+
+
+@pytest.fixture(scope="session")
+def verdict_of(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Callable[[str], Verdict]:
+    """A check's verdict on this target: run on the subject when asked, or read from one child's run.
+
+    With --impl (not --in-process), the child runs every check selected on this target at once, when the
+    first of their tests asks; its verdicts carry their records and profiles, as a run here would.
+    """
+    if CHILD_RUN_KEY not in request.config.stash:
+        subject = request.getfixturevalue("subject")
+        return lambda check: run_check(CHECKS[check], subject)
+    result = run_child(request.config, parity_target, selected_checks(request.session.items, parity_target))
+    return {v.check: v for v in result.verdicts}.__getitem__
 
 
 @pytest.fixture(autouse=True)

@@ -221,17 +221,10 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
 def _import_classes(
     path: Path, run_module: bool
 ) -> tuple[ModuleType, type[nn.Module], ConfigMaker, list[str]]:
-    """Import path (a .py file or a package directory); return (module, GPT, its config maker, load notes)."""
+    """Import path (checked by check_implementation_path); return (module, GPT, its config maker, load notes)."""
     is_package = path.is_dir() and (path / "__init__.py").is_file()
     if path.is_dir() and not is_package:
-        if not (path / "model.py").is_file():
-            raise ImplementationError(
-                f"{path}: a directory without __init__.py or model.py; pass a model.py file or a package "
-                "directory exposing GPT and GPTConfig"
-            )
         path = path / "model.py"
-    if not is_package and path.suffix != ".py":
-        raise ImplementationError(f"{path}: not a .py file; pass a model.py file or a package directory")
     unique = MODULE_PREFIX + _source_digest(path) + ("_run" if run_module else "")
     where = str(path)
     notes = list(_NOTES.get(unique, []))
@@ -313,14 +306,32 @@ def reference_implementation() -> Implementation:
     return Implementation("nanogpt (reference)", Path(module.__file__), module, module.GPT, module.GPTConfig)
 
 
-def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
-    """Import a model.py file (its definitions only, unless run_module) or a package directory, in isolation."""
+def check_implementation_path(path: str | os.PathLike[str]) -> Path:
+    """The resolved path, when it names what import_implementation takes; else ImplementationError.
+
+    Nothing is imported: `pytest parity/ --impl` refuses a mistyped path with this before any work, and
+    leaves the importing to the child process that runs the tested code.
+    """
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
         raise ImplementationError(
             f"{path}: no such file or directory here (at this commit); pass a model.py file or a package "
             "directory exposing GPT and GPTConfig"
         )
+    if resolved.is_dir():
+        if not (resolved / "__init__.py").is_file() and not (resolved / "model.py").is_file():
+            raise ImplementationError(
+                f"{resolved}: a directory without __init__.py or model.py; pass a model.py file or a package "
+                "directory exposing GPT and GPTConfig"
+            )
+    elif resolved.suffix != ".py":
+        raise ImplementationError(f"{resolved}: not a .py file; pass a model.py file or a package directory")
+    return resolved
+
+
+def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
+    """Import a model.py file (its definitions only, unless run_module) or a package directory, in isolation."""
+    resolved = check_implementation_path(path)
     module, gpt, maker, notes = _import_classes(resolved, run_module)
     if maker.how != "GPTConfig":
         notes = [*notes, f"config: {maker.how}"]

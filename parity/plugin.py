@@ -2,7 +2,8 @@
 
 Loaded from the root conftest.py, so `pytest parity/ --model gpt2-large` works from the repository root.
 Options are validated in `pytest_configure`, before collection and before any model is built; a bad
-choice is a one-line usage error that lists the valid choices.
+choice is a one-line usage error that lists the valid choices. `--impl` code is run in a child process
+(parity/pytest_sandbox.py) unless `--in-process` asks for it to be imported here.
 """
 
 from __future__ import annotations
@@ -14,8 +15,19 @@ import pytest
 
 from nanogpt.hf import CheckpointError
 from nanogpt.paths import OutputPathError, resolve_output_file
-from parity.impl import Implementation, ImplementationError, import_implementation
+from parity.impl import Implementation, ImplementationError, check_implementation_path, import_implementation
 from parity.loading import versions
+from parity.pytest_sandbox import (
+    CHILD_RUN_KEY,
+    EXIT_CANNOT_TEST,
+    UNTESTABLE_KEY,
+    ChildRun,
+    merge_worker_part,
+    parse_timeout,
+    summary_lines,
+    untestable_models,
+    worker_part,
+)
 from parity.report import ParityReport
 from parity.targets import (
     DEVICE_CHOICES,
@@ -30,8 +42,9 @@ from parity.verdicts import Verdict
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
-IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl
+IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl --in-process
 WORKER_REPORT = "parity_report"  # key of a pytest-xdist worker's report part in its workeroutput
+WORKER_CHILD = "parity_child"  # key of a pytest-xdist worker's child notes and output
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,7 +85,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--impl",
         default=None,
         metavar="PATH",
-        help="implementation under test: a model.py or package exposing GPT and GPTConfig (default: nanogpt)",
+        help="implementation under test: a model.py or package exposing GPT and GPTConfig, run in a child "
+        "process (default: nanogpt, in this process)",
+    )
+    group.addoption(
+        "--impl-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock limit of the child process that runs --impl (default: 120 s for small models, more "
+        "by parameter count); past it, every check is CANNOT-TEST",
+    )
+    group.addoption(
+        "--run-module",
+        action="store_true",
+        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
+        "module-level training code never runs)",
+    )
+    group.addoption(
+        "--in-process",
+        action="store_true",
+        help="import --impl into this pytest process (for pdb): no protection against its exits, hangs or "
+        "patches of transformers",
     )
 
 
@@ -95,11 +128,20 @@ def pytest_configure(config: pytest.Config) -> None:
             resolve_output_file(report_path, "--parity-report")
         except OutputPathError as e:
             raise pytest.UsageError(str(e)) from None
-    if config.getoption("--impl"):
-        try:
-            config.stash[IMPL_KEY] = import_implementation(config.getoption("--impl"))
-        except ImplementationError as e:
-            raise pytest.UsageError(f"--impl: {e}") from None
+    impl, in_process, run_module = (config.getoption(o) for o in ("--impl", "--in-process", "--run-module"))
+    try:
+        timeout = parse_timeout(config.getoption("--impl-timeout"), in_process=bool(impl and in_process))
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+    # Without --impl, the reference runs in this process: --in-process and --run-module change nothing.
+    try:
+        if impl and in_process:
+            config.stash[IMPL_KEY] = import_implementation(impl, run_module=run_module)
+        elif impl:
+            check_implementation_path(impl)  # the child imports it; a mistyped path stops the run now
+            config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
+    except ImplementationError as e:
+        raise pytest.UsageError(f"--impl: {e}") from None
     config.stash[TARGETS_KEY] = targets
     config.stash[REPORT_KEY] = ParityReport(
         {
@@ -117,7 +159,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
     if IMPL_KEY in config.stash:
         impl = config.stash[IMPL_KEY]
-        lines.append(f"parity implementation: {impl.label} ({impl.source}), loaded by the nanoGPT converter")
+        lines.append(
+            f"parity implementation: {impl.label} ({impl.source}), loaded by the nanoGPT converter, in this "
+            "process (--in-process)"
+        )
+    if CHILD_RUN_KEY in config.stash:
+        child = config.stash[CHILD_RUN_KEY]
+        lines.append(
+            f"parity implementation: {child.impl}, loaded by the nanoGPT converter in a child process "
+            f"({'imported as it is' if child.run_module else 'definitions only'}; --in-process imports it here)"
+        )
     for t in config.stash[TARGETS_KEY]:
         lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
         lines.append(
@@ -172,12 +223,15 @@ def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """The verdict of every check on every model in one table; also as Markdown in GITHUB_STEP_SUMMARY."""
+    """The verdict of every check on every model in one table; also as Markdown in GITHUB_STEP_SUMMARY.
+
+    Below it, with --impl run in a child: its load notes and output, and why the exit status is 125.
+    """
     if REPORT_KEY not in config.stash or not config.stash[REPORT_KEY].checks:
         return
     checks = config.stash[REPORT_KEY].checks
     terminalreporter.write_sep("=", "parity verdicts")
-    for line in verdict_table(checks):
+    for line in [*verdict_table(checks), *summary_lines(config)]:
         terminalreporter.write_line(line)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and not hasattr(config, "workerinput"):
@@ -192,24 +246,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write the report (pytest-xdist workers hand their part to the controller instead); with --impl run in
+    a child, exit EXIT_CANNOT_TEST where pytest would exit 0 but some model had no check that could run."""
     config = session.config
+    if REPORT_KEY not in config.stash:
+        return
+    report = config.stash[REPORT_KEY]
+    for t in config.stash[TARGETS_KEY]:
+        if t.generation_seconds is not None:
+            report.timing[f"{t.name}: synthetic checkpoint generation (s)"] = round(t.generation_seconds, 3)
+    if hasattr(config, "workeroutput"):
+        # A pytest-xdist worker: hand its part to the controller, which merges them, writes the file and
+        # decides the exit status.
+        config.workeroutput[WORKER_REPORT] = {
+            "records": report.records,
+            "checks": report.checks,
+            "profiles": report.profiles,
+            "timing": report.timing,
+        }
+        config.workeroutput[WORKER_CHILD] = worker_part(config)
+        return
+    if CHILD_RUN_KEY in config.stash:
+        untestable = untestable_models(report.checks)
+        if untestable and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = EXIT_CANNOT_TEST  # pytest's main returns what this hook leaves here
+            config.stash[UNTESTABLE_KEY] = untestable  # the terminal summary says why
     path = config.getoption("--parity-report")
-    if path and REPORT_KEY in config.stash:
-        report = config.stash[REPORT_KEY]
-        for t in config.stash[TARGETS_KEY]:
-            if t.generation_seconds is not None:
-                report.timing[f"{t.name}: synthetic checkpoint generation (s)"] = round(
-                    t.generation_seconds, 3
-                )
-        if hasattr(config, "workeroutput"):
-            # A pytest-xdist worker: hand its part to the controller, which merges them and writes the file.
-            config.workeroutput[WORKER_REPORT] = {
-                "records": report.records,
-                "checks": report.checks,
-                "profiles": report.profiles,
-                "timing": report.timing,
-            }
-            return
+    if path:
         report.write(path)
 
 
@@ -223,3 +286,4 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         report.checks.extend(part["checks"])
         report.profiles.extend(part.get("profiles", []))
         report.timing.update(part["timing"])
+    merge_worker_part(node.config, getattr(node, "workeroutput", {}).get(WORKER_CHILD, {}))

@@ -49,6 +49,8 @@ FINGERPRINT_ATOL = 1e-10
 # How much captured output comes back, and how much of it a CANNOT-TEST reason quotes.
 OUTPUT_TAIL_BYTES = 64 * 1024
 REASON_TAIL_LINES = 3
+# Lines of the tested code's captured output that -v shows (the last ones).
+OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (
     "the tested code changed transformers (GPT-2 logits in this process differ from a clean process's)"
 )
@@ -63,6 +65,19 @@ class SandboxResult:
     what_happened: str  # "" when the child returned a trusted result
     notes: list[str] = field(default_factory=list)  # load summary: what was left out, config, files written
     checkpoint_error: str = ""  # the checkpoint itself is bad: the caller's mistake, not the commit's
+
+
+def output_summary(result: SandboxResult, details: bool) -> list[str]:
+    """The load notes, then the tested code's captured output (its last OUTPUT_LINES_SHOWN lines) with
+    details, else how many lines there are: what every front end shows of the child."""
+    lines = [f"load: {note}" for note in result.notes]
+    output = result.output.splitlines()
+    if details and output:
+        lines.append(f"captured output of the tested code ({len(output)} lines):")
+        lines += [f"  | {line}" for line in output[-OUTPUT_LINES_SHOWN:]]
+    elif output:
+        lines.append(f"the tested code printed {len(output)} line(s); -v shows them")
+    return lines
 
 
 def default_timeout(target: ParityTarget) -> float:
@@ -123,7 +138,8 @@ def target_message(target: ParityTarget) -> dict[str, Any]:
         "reason": target.reason,
         "device": target.device,
         "dtype": str(target.dtype).removeprefix("torch."),
-        "checkpoint": str(target.ensure_checkpoint()),
+        # Absolute: the child runs in a temporary directory, and --model DIR is relative to the caller's.
+        "checkpoint": str(target.ensure_checkpoint().resolve()),
         "seed": target.seed,
         "dtype_reason": target.dtype_reason,
     }
@@ -165,20 +181,19 @@ def _messages(raw: bytes, nonce: str) -> list[dict[str, Any]]:
 def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | None:
     """The result's verdicts, when they are well formed and answer exactly the checks asked for."""
     try:
-        verdicts = [
-            Verdict(str(v["check"]), Status(v["status"]), str(v["reason"]), str(v.get("details", "")),
-                    applicable=v.get("applicable", True) is not False)  # fmt: skip
-            for v in result["verdicts"]
-        ]
+        verdicts = [Verdict.from_json(v) for v in result["verdicts"]]
     except (KeyError, TypeError, ValueError):
         return None
     return verdicts if [v.check for v in verdicts] == [c for c in CHECK_NAMES if c in names] else None
 
 
-def _describe_end(returncode: int | None, timed_out: float | None, phase: str, output: str) -> str:
-    """What happened to a child that returned no trusted result, in one line."""
+def _describe_end(
+    returncode: int | None, timed_out: float | None, phase: str, output: str, limit_option: str = "--timeout"
+) -> str:
+    """What happened to a child that returned no trusted result, in one line (limit_option names the timeout)."""
     if timed_out is not None:
-        what = f"timed out after {timed_out:g} s during {phase} (its process group was killed; --timeout sets the limit)"
+        what = (f"timed out after {timed_out:g} s during {phase} (its process group was killed; {limit_option} "
+                "sets the limit)")  # fmt: skip
     elif returncode is not None and returncode < 0:
         what = f"killed by signal {signal.Signals(-returncode).name} during {phase}"
     else:
@@ -194,8 +209,12 @@ def run_checks_in_child(
     names: list[str],
     tied_decay: bool,
     timeout: float,
+    limit_option: str = "--timeout",
 ) -> SandboxResult:
-    """The verdicts of the named checks on the implementation at impl_path (None: the reference), run in a child."""
+    """The verdicts of the named checks on the implementation at impl_path (None: the reference), run in a child.
+
+    limit_option is the caller's option that sets timeout, for the message of a child that ran past it.
+    """
     names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
     nonce = secrets.token_hex(16)
@@ -251,7 +270,7 @@ def run_checks_in_child(
         notes_written = _files_written(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
     return _judge(_messages(b"".join(chunks), nonce), names, clean, proc.returncode, timed_out, output,
-                  notes_written)  # fmt: skip
+                  notes_written, limit_option)  # fmt: skip
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -270,6 +289,7 @@ def _judge(
     timed_out: float | None,
     output: str,
     notes_written: list[str],
+    limit_option: str,
 ) -> SandboxResult:
     """The SandboxResult of the child's trusted messages and how it ended."""
     phases = [m["phase"] for m in messages if isinstance(m.get("phase"), str)]
@@ -279,7 +299,7 @@ def _judge(
         return SandboxResult([], output, "", notes_written, str(results[0]["checkpoint_error"]))
     verdicts = _verdicts_of(results[0], names) if len(results) == 1 else None
     if verdicts is None:
-        what = _describe_end(returncode, timed_out, phase, output)
+        what = _describe_end(returncode, timed_out, phase, output, limit_option)
         if results:
             what = f"the tested code's process returned a malformed result during {phase}"
         return SandboxResult([Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what,

@@ -1,9 +1,10 @@
 """The child process of parity/sandbox.py: import the tested code, run the checks, report through the pipe.
 
 `python -m parity.sandbox_child FD` reads its request (with a nonce) from stdin, then writes
-newline-delimited JSON messages to the pipe FD: each phase before it starts, and the result at the end,
-each carrying the nonce. It exits with os._exit right after the result, so nothing the tested code
-registered (atexit handlers, threads) can delay or change it. The parent trusts nothing else it does.
+newline-delimited JSON messages to the pipe FD: each phase before it starts, and the result at the end
+(every verdict as `Verdict.to_json` writes it, comparison records and profiles included), each carrying
+the nonce. It exits with os._exit right after the result, so nothing the tested code registered (atexit
+handlers, threads) can delay or change it. The parent trusts nothing else it does.
 """
 
 from __future__ import annotations
@@ -57,11 +58,6 @@ def _load_notes(subject: Any) -> list[str]:
     return notes
 
 
-def _as_message(verdict: Any) -> dict[str, str]:
-    return {"check": verdict.check, "status": verdict.status.value, "reason": verdict.reason,
-            "details": verdict.details, "applicable": verdict.applicable}  # fmt: skip
-
-
 def main() -> None:
     """Run the request on stdin; see the module docstring."""
     request = json.loads(sys.stdin.readline())
@@ -89,21 +85,23 @@ def main() -> None:
             impl.label = request["label"]
     except ImplementationError as e:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
-        send(kind="result", verdicts=[_as_message(v) for v in verdicts], fingerprints=[hf_fingerprint()])
+        send(kind="result", verdicts=[v.to_json() for v in verdicts], fingerprints=[hf_fingerprint()])
         os._exit(0)
     subject = Subject(impl, _target(request["target"]), tied_decay=request["tied_decay"])
     send(phase="build")
+    checkpoint_error = ""
     try:
         subject.model()
     except ImplementationError:
         pass  # remembered by the subject: every check that needs the model says CANNOT-TEST with it
+    except CheckpointError as e:  # the checkpoint, not the code: the caller stops with it
+        checkpoint_error = str(e)
     if subject.report is not None and subject.report.output:
         sys.stdout.write(subject.report.output)  # what __init__ printed joins the captured output
         sys.stdout.flush()
     fingerprints = [hf_fingerprint()]
     verdicts = []
-    checkpoint_error = ""
-    for name in names:
+    for name in [] if checkpoint_error else names:
         send(phase=f"check {name}")
         try:
             verdicts += run_checks([name], subject)
@@ -114,7 +112,7 @@ def main() -> None:
     fingerprints.append(hf_fingerprint())
     send(
         kind="result",
-        verdicts=[_as_message(v) for v in verdicts],
+        verdicts=[v.to_json() for v in verdicts],
         fingerprints=fingerprints,
         notes=_load_notes(subject),
         checkpoint_error=checkpoint_error,

@@ -2,26 +2,32 @@
 
 A FAIL fails the test with the check's verdict line and its cause; a CANNOT-TEST skips it with the reason.
 Every verdict, whatever its status, reaches the JSON report and the verdict table at the end of the run.
+The verdict comes from `verdict_of` (parity/conftest.py): the check run here, or, with --impl, read from
+the child process that ran it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
 from nanogpt.hf import CheckpointError
 from parity.plugin import record_verdict
-from parity.registry import CHECK_NAMES, CHECKS
-from parity.subject import Subject
-from parity.verdicts import Status, run_check
+from parity.registry import CHECK_NAMES
+from parity.targets import ParityTarget
+from parity.verdicts import Status, Verdict
 
 
 @pytest.mark.parametrize("check", CHECK_NAMES)
-def test_check(check: str, subject: Subject, request: pytest.FixtureRequest) -> None:
+def test_check(
+    check: str, parity_target: ParityTarget, verdict_of: Callable[[str], Verdict], request: pytest.FixtureRequest
+) -> None:
     try:
-        verdict = run_check(CHECKS[check], subject)
+        verdict = verdict_of(check)
     except CheckpointError as e:  # the user's input, not a verdict: one line, the run's usage-error status
         pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
-    record_verdict(request.config, subject.target.name, verdict)
+    record_verdict(request.config, parity_target.name, verdict)
     message = verdict.line() + (f"\n{verdict.details}" if verdict.details else "")
     if verdict.status is Status.FAIL:
         pytest.fail(message, pytrace=False)

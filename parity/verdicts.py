@@ -84,6 +84,23 @@ class Verdict:
             "applicable": self.applicable,
         }
 
+    @classmethod
+    def from_json(cls, d: Any) -> Verdict:
+        """The verdict that to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
+        keys = {"check", "status", "reason", "details", "records", "profiles", "applicable"}
+        if not isinstance(d, dict) or set(d) != keys:
+            raise ValueError(f"not a verdict: {d!r:.200}")
+        texts = [d[k] for k in ("check", "reason", "details")]
+        if not all(isinstance(t, str) for t in texts) or not isinstance(d["records"], list):
+            raise ValueError(f"not a verdict: {d!r:.200}")
+        if not isinstance(d["applicable"], bool):
+            raise ValueError(f"not a verdict's applicable flag: {d['applicable']!r:.200}")
+        if not isinstance(d["profiles"], list) or not all(isinstance(p, dict) for p in d["profiles"]):
+            raise ValueError(f"not a verdict's profiles: {d['profiles']!r:.200}")
+        check, reason, details = texts
+        records = [Comparison.from_json(r) for r in d["records"]]
+        return cls(check, Status(d["status"]), reason, details, records, d["profiles"], d["applicable"])
+
 
 @dataclass(frozen=True)
 class Check:

@@ -97,8 +97,9 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     weights["lm_head.weight"] = torch.randn_like(weights["transformer.wte.weight"]) * 0.02
     write_hf_checkpoint(tmp / "untied", {**hf_config_from_gpt(TINY), "tie_word_embeddings": False}, weights)
     (tmp / "notmodel.py").write_text("x = 1  # a Python file without a GPT class\n")
-    paths = dict(tmp=tmp, good=good, notmodel=tmp / "notmodel.py", empty=tmp / "empty", llama=llama, eps=eps, corrupt=corrupt,
-                 truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
+    (tmp / "notes.txt").write_text("class GPT: ...\n")
+    paths = dict(tmp=tmp, good=good, notmodel=tmp / "notmodel.py", notes=tmp / "notes.txt", empty=tmp / "empty", llama=llama,
+                 eps=eps, corrupt=corrupt, truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
     cases = {name: [a.format(**paths) for a in args] for name, (args, _) in CLI_CASES.items()}
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
     env.update(HF_HUB_CACHE=str(tmp / "empty-hf-home" / "hub"), OMP_NUM_THREADS="1")
@@ -130,7 +131,14 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
     "truncated-safetensors": (["--model", "{truncated}"], r"truncated safetensors file.*re-create or re-download"),
     "untied-checkpoint": (["--model", "{untied}"], r"untied checkpoint.*tie_word_embeddings=True"),
     "impl-missing": (["--impl", "{missing}/model.py"], r"--impl: .*no such file or directory.*exposing GPT and GPTConfig"),
-    "impl-without-gpt": (["--impl", "{notmodel}"], r"--impl: .*defines no GPT class"),
+    "impl-not-python": (["--impl", "{notes}"], r"--impl: .*notes\.txt: not a \.py file"),
+    # Only an import finds that GPT is missing: in a child process that is CANNOT-TEST, in this one a usage error.
+    "impl-without-gpt": (["--impl", "{notmodel}", "--in-process"], r"--impl: .*defines no GPT class"),
+    "impl-timeout-zero": (["--impl", "{notmodel}", "--impl-timeout", "0"], r"--impl-timeout '0': give a positive number of seconds"),
+    "impl-timeout-text": (["--impl-timeout", "soon"], r"--impl-timeout 'soon': give a positive number of seconds"),
+    "impl-timeout-nan": (["--impl", "{notmodel}", "--impl-timeout", "nan"], r"--impl-timeout 'nan': give a positive number"),
+    "impl-timeout-in-process": (["--impl", "{notmodel}", "--in-process", "--impl-timeout", "5"],
+                                r"--impl-timeout limits the child process.*--in-process runs the code in pytest's own"),
     "report-path-is-a-directory": (["--model", "{good}", "--parity-report", "{tmp}"], r"--parity-report .*is a directory"),
 }  # fmt: skip
 

@@ -1,14 +1,15 @@
 """Every corpus variant (tests/bisect_fixtures/corpus.py) gets its expected verdicts from every front end.
 
 A front end is one entry of FRONT_ENDS: a function running an implementation and returning its exit code
-and, where the front end reports them, the verdict of each check. The bisect command runs every variant
-(and, with -m slow, the correct ones again in float32, the CUDA default); `pytest parity/ --impl` runs
-the correct ones (it imports the tested code in its own process, so hostile code is the bisect
-command's, and later the sandboxed fixture's, to judge). Adding a front end is one FRONT_ENDS entry.
+and the verdict of each check. The bisect command and `pytest parity/ --impl` (verdicts from its JSON
+report) run every variant, hostile ones included: both run the tested code in a child process. With -m
+slow the bisect command runs the correct ones again in float32, the CUDA default. Adding a front end is
+one FRONT_ENDS entry.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -32,7 +33,8 @@ class FrontEndRun:
     """What a front end said about one implementation."""
 
     exit_code: int
-    verdicts: dict[str, Status] | None  # None: this front end does not report verdicts per check
+    expected_exit_code: int  # what this front end must exit with for the variant's expected verdicts
+    verdicts: dict[str, Status]
     output: str
     seconds: float
 
@@ -53,25 +55,29 @@ def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> Fro
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     verdicts = {check: Status(status) for status, check in VERDICT_LINE.findall(done.stdout)}
-    return FrontEndRun(done.returncode, verdicts, done.stdout + done.stderr, time.monotonic() - start)
+    return FrontEndRun(done.returncode, variant.exit_code, verdicts, done.stdout + done.stderr,
+                       time.monotonic() - start)  # fmt: skip
 
 
 def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
-    """`python -m pytest parity/ --impl IMPL` on the bisect command's small model, run from a scratch folder
-    (it imports the tested code in its own process: a file the code writes lands there); exit 0 when all pass."""
+    """`python -m pytest parity/ --impl IMPL` on the bisect command's small model, from a scratch folder; the
+    verdicts from its JSON report (none when the run ended without one)."""
     from parity.bisect import resolve_model
 
     checkpoint = resolve_model("small", "cpu", None)
+    report = tmp_path / "parity-report.json"
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(REPO_ROOT / "parity"), "--rootdir", str(REPO_ROOT), "--impl", str(impl),
-         "--model", str(checkpoint.ensure_checkpoint()), "-p", "no:cacheprovider", "-q", *variant.pytest_options],
+         "--model", str(checkpoint.ensure_checkpoint()), "-p", "no:cacheprovider", "-q", "--parity-report", str(report),
+         *variant.pytest_options],
         cwd=tmp_path, env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip
-    return FrontEndRun(
-        done.returncode, None, done.stdout[-5000:] + done.stderr[-3000:], time.monotonic() - start
-    )
+    checks = json.loads(report.read_text())["checks"] if report.is_file() else []
+    verdicts = {c["check"]: Status(c["status"]) for c in checks}
+    return FrontEndRun(done.returncode, variant.pytest_exit_code, verdicts, done.stdout + done.stderr,
+                       time.monotonic() - start)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class FrontEnd:
 
 FRONT_ENDS: dict[str, FrontEnd] = {
     "bisect": FrontEnd(run_bisect, lambda v: True),
-    "pytest": FrontEnd(run_parity_suite, lambda v: v.correct),
+    "pytest": FrontEnd(run_parity_suite, lambda v: True),
     # float32 is the CUDA default: a correct implementation must pass there too (opt-in: -m slow).
     "bisect-float32": FrontEnd(
         lambda v, impl, tmp: run_bisect(v, impl, tmp, "--dtype", "float32"),
@@ -96,8 +102,8 @@ FRONT_ENDS: dict[str, FrontEnd] = {
 # Expected verdicts that wait for a fix elsewhere, as strict xfails: when the fix lands they XPASS and
 # fail, and the entry goes. (variant, front end) -> the reason.
 # What the default run (and CI) covers: one variant of each real-world shape and each kind of hostility, by
-# the bisect command, and the pytest front end once; `-m slow` runs every (front end, variant) pair. Each
-# case starts two or three interpreters (15-20 s); the whole table is ~9 minutes on 2 cores.
+# the bisect command, and the pytest front end on a correct and a hostile variant; `-m slow` runs every
+# (front end, variant) pair. Each case starts two or three interpreters (15-20 s).
 DEFAULT_CASES = {
     ("bisect", "script-style"),
     ("bisect", "mingpt-style-factory-config"),
@@ -108,6 +114,7 @@ DEFAULT_CASES = {
     ("bisect", "hang-in-forward"),
     ("bisect", "patches-transformers"),
     ("pytest", "mingpt-style-factory-config"),
+    ("pytest", "exit-0-in-forward"),
 }
 PENDING: dict[tuple[str, str], str] = {}  # (variant, front end) -> why it is expected to fail, for now
 
@@ -134,11 +141,10 @@ def test_corpus_variant_gets_its_expected_verdicts(front_end: str, variant: Vari
     impl = variant.write(tmp_path / "repo")
     before = _files(tmp_path / "repo")
     run = FRONT_ENDS[front_end].run(variant, impl, tmp_path)
-    assert run.exit_code == (variant.exit_code if run.verdicts is not None else 0), run.output
-    if run.verdicts is not None:
-        assert run.verdicts == variant.expected, run.output
-        for text in variant.says:
-            assert text in run.output, f"{text!r} not in:\n{run.output}"
+    assert run.exit_code == run.expected_exit_code, run.output
+    assert run.verdicts == variant.expected, run.output
+    for text in variant.says:
+        assert text in run.output, f"{text!r} not in:\n{run.output}"
     if variant.hostile:
         assert run.seconds < HOSTILE_TIMEOUT_S + END_MARGIN_S, f"took {run.seconds:.0f} s\n{run.output}"
     # Nothing is written into the user's repository: no __pycache__, no file the code wrote.

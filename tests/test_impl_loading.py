@@ -279,8 +279,10 @@ def _run_parity_suite(
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, NANOGPT_PARITY_CACHE=str(tmp_path / "cache"), PYTHONDONTWRITEBYTECODE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    # In-process saves a child start-up per run; tests/test_sandboxed_pytest.py shows that a run in the
+    # child reports the same verdicts.
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "--impl", str(impl), "--model", str(checkpoint),
+        [sys.executable, "-m", "pytest", "parity/", "--impl", str(impl), "--in-process", "--model", str(checkpoint),
          "-p", "no:cacheprovider", *extra],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -4,8 +4,9 @@ The wheel is built from a copy of the sources (so nothing is written into the ch
 with --no-deps into a fresh virtual environment whose only link to this one is a .pth file naming this
 environment's site-packages, for torch, transformers and pytest: seconds instead of a download. Then,
 from a temporary directory outside any checkout: `nanogpt-parity` runs the suite on a tiny checkpoint
-with `--impl` on a model file placed there, and a user's own conftest that defines `--model` still
-works under plain `pytest`, because installing registers no pytest plugin.
+with `--impl` on a model file placed there (in a child process, started from the wheel too), and a user's
+own conftest that defines `--model` still works under plain `pytest`, because installing registers no
+pytest plugin.
 """
 
 from __future__ import annotations
@@ -118,10 +119,12 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     (user / "my_model.py").write_text((REPO / "nanogpt" / "model.py").read_text() + IMPL_TRACE)
     # A settings file of the user's that would break our run if it were read.
     (user / "pytest.ini").write_text("[pytest]\naddopts = --option-of-the-users-own-plugin\n")
-    out = _run(["nanogpt-parity", "--model", "tiny-checkpoint", "--impl", "my_model.py", "-q",
-                "--parity-report", "report.json"], user, _env(installed))  # fmt: skip
+    out = _run(["nanogpt-parity", "--model", "tiny-checkpoint", "--impl", "my_model.py", "--impl-timeout", "300",
+                "-q", "--parity-report", "report.json"], user, _env(installed))  # fmt: skip
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert " passed" in out.stdout and "failed" not in out.stdout and "error" not in out.stdout
+    # The installed harness starts its child process from the wheel too.
+    assert "checked in a child process, timeout 300 s" in out.stdout, out.stdout[-4000:]
     assert (user / "imported-by-parity").exists(), "--impl my_model.py was not imported"
     assert (user / "report.json").is_file(), "--parity-report is relative to where the command runs"
     assert not (user / ".benchmarks").exists(), "nothing but what the user asked for is written there"

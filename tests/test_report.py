@@ -44,8 +44,11 @@ def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = pytest.main([str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--model",
-                            str(checkpoint), "--parity-report", str(report), "-k", "logits or loss or param-count"])  # fmt: skip
+        # In-process: this test detects a harness mutant (tests/harness_mutants.py), patched into this
+        # process; a child process would run the harness unpatched.
+        code = pytest.main([str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--in-process",
+                            "--model", str(checkpoint), "--parity-report", str(report), "-k",
+                            "logits or loss or param-count"])  # fmt: skip
     assert code == pytest.ExitCode.TESTS_FAILED, out.getvalue()[-3000:]
     data = strict_load(report)
     checks = {c["check"]: c for c in data["checks"]}

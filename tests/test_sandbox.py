@@ -1,17 +1,21 @@
 """The sandboxed child process (parity/sandbox.py): what it trusts, what it captures, how it reports an end.
 
 The hostile corpus (tests/test_corpus.py) covers exits, hangs and a monkeypatched transformers through
-the bisect command; these tests cover the pieces directly: the fingerprint, a forged result, -v.
+the bisect command and `pytest parity/ --impl`; these tests cover the pieces directly: the fingerprint, a
+forged result, the verdicts' round trip, -v.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,15 +25,18 @@ from bisect_fixtures.variants import model_source
 
 from parity import bisect
 from parity.bisect import EXIT_ABORT, resolve_model, run
+from parity.compare import Comparison
 from parity.sandbox import (
     SMALL_TIMEOUT_S,
     _describe_end,
+    _verdicts_of,
     default_timeout,
     fingerprint_differs,
     hf_fingerprint,
     run_checks_in_child,
+    target_message,
 )
-from parity.verdicts import Status
+from parity.verdicts import Status, Verdict
 
 # Forward writes a forged PASS to every descriptor it may hold (the result pipe among them), then exits.
 FORGE = """        import json, os
@@ -91,6 +98,44 @@ def test_prints_are_captured_and_shown_only_with_v(
         r"captured output of the tested code \(\d+ lines\):\n  \| number of parameters: 0.13M\n  \| spam from forward\n",
         out,
     )
+
+
+def test_verdicts_come_back_whole_and_a_malformed_one_is_refused() -> None:
+    """The child sends Verdict.to_json (records and profiles included); the parent rebuilds exactly that, and
+    anything else in the result makes every check CANNOT-TEST."""
+    record = Comparison("logits", "logits[batch]", (2, 3), math.nan, 0.5, 1e-9, 1e-9, 6, 6, "NaN in it", False)
+    profile = {"label": "batch", "modules": ["transformer.h.0.mlp"], "relative_difference": [None], "passed": False}
+    verdicts = [
+        Verdict("logits", Status.FAIL, "first divergence", "details", [record, replace(record, where=(1, 2))],
+                [profile]),
+        Verdict("grads", Status.CANNOT_TEST, "crashed", ""),
+    ]  # fmt: skip
+    sent = json.loads(json.dumps({"verdicts": [v.to_json() for v in verdicts]}))  # NaN travels as NaN
+    back = _verdicts_of(sent, ["grads", "logits"])
+    as_text = lambda vs: json.dumps([v.to_json() for v in vs])  # noqa: E731  (NaN == NaN as text)
+    assert back is not None and as_text(back) == as_text(verdicts)
+    assert back[0].records[1].where == (1, 2) and math.isnan(back[0].records[0].max_abs)
+    for corrupt in (
+        lambda v: v.pop("records"),
+        lambda v: v.update(status="GOOD"),
+        lambda v: v.update(extra=1),
+        lambda v: v.update(profiles=["a string"]),
+        lambda v: v["records"][0].update(mismatched=True),
+        lambda v: v["records"][0].update(shape="2x3"),
+        lambda v: v["records"][0].pop("where"),
+        lambda v: v["records"][0].update(max_abs="0.1"),
+    ):
+        bad = json.loads(json.dumps(sent))
+        corrupt(bad["verdicts"][0])
+        assert _verdicts_of(bad, ["grads", "logits"]) is None, bad
+    assert _verdicts_of({"verdicts": "logits"}, ["logits"]) is None
+
+
+def test_the_child_gets_an_absolute_checkpoint_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model DIR is relative to the caller's directory; the child runs in a temporary one."""
+    monkeypatch.chdir(tmp_path)
+    target = replace(resolve_model("small", "cpu", None), checkpoint=Path("my-checkpoint"))
+    assert target_message(target)["checkpoint"] == str((tmp_path / "my-checkpoint").resolve())
 
 
 def test_default_timeout_grows_with_the_model() -> None:

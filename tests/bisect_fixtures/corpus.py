@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from bisect_fixtures.variants import write_model
 
 from parity.bisect import decide
+from parity.pytest_sandbox import EXIT_CANNOT_TEST, untestable_models
 from parity.verdicts import Status, Verdict
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
@@ -80,7 +82,7 @@ class Variant:
     options: tuple[str, ...] = ()  # extra arguments of the bisect command
     says: tuple[str, ...] = ()  # texts the bisect command's output must contain
     hostile: bool = False
-    pytest_options: tuple[str, ...] = field(default=())  # the same choice for `pytest parity/ --impl`
+    pytest_options: tuple[str, ...] = field(default=())  # the same choices for `pytest parity/ --impl`
 
     @property
     def correct(self) -> bool:
@@ -93,10 +95,18 @@ class Variant:
         absent = ABSENT_PARTS if self.correct else ()
         return decide([Verdict(c, s, "", applicable=c not in absent) for c, s in self.expected.items()], {})[0]
 
+    @property
+    def pytest_exit_code(self) -> int:
+        """What `pytest parity/ --impl` exits with: 1 when a check fails, else 125 when none could run, else 0."""
+        if Status.FAIL in self.expected.values():
+            return int(pytest.ExitCode.TESTS_FAILED)
+        checks = [{"model": "m", "status": s.value} for s in self.expected.values()]
+        return EXIT_CANNOT_TEST if untestable_models(checks) else int(pytest.ExitCode.OK)
+
 
 def _hostile(name: str, *edits: str, says: tuple[str, ...], options: tuple[str, ...] = ()) -> Variant:
     return Variant(name, _template(*edits), _all(CANNOT), ("--timeout", str(HOSTILE_TIMEOUT_S), *options), says,
-                   hostile=True)  # fmt: skip
+                   hostile=True, pytest_options=("--impl-timeout", str(HOSTILE_TIMEOUT_S), *options))  # fmt: skip
 
 
 CORPUS = [
@@ -117,6 +127,7 @@ CORPUS = [
         _all(CANNOT),
         ("--run-module",),
         says=("ModuleNotFoundError: No module named 'wandb'",),
+        pytest_options=("--run-module",),
     ),
     Variant(
         "mingpt-style-factory-config",
