@@ -9,8 +9,10 @@ NAME) and finally the verdicts, every message carrying the nonce. Only a complet
 the nonce is trusted: any other end (an exit without a result, a signal, a hang past the timeout, after
 which the whole process group is killed) makes every check CANNOT-TEST, saying what happened and in which
 phase. The parent, which never imports the tested code, also computes `hf_fingerprint` (the logits of a
-tiny seeded GPT2LMHeadModel); the child computes it again after building the model and after the checks,
-and a difference means the tested code changed transformers in its process: CANNOT-TEST.
+tiny seeded GPT2LMHeadModel) and the witness of Hugging Face's model of the target itself
+(parity/hf_witness.py: a patch may act at the tested model's shape only); the child computes both again
+after building the model and after the checks, and a difference means the tested code changed transformers
+in its process: CANNOT-TEST.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import IO, Any
 
 import torch
 
+from nanogpt.hf import CheckpointError
 from nanogpt.schema import param_count
+from parity.hf_witness import clean_witness, witness_differs
 from parity.registry import CHECK_NAMES
 from parity.targets import ParityTarget
 from parity.verdicts import Status, Verdict
@@ -53,6 +57,10 @@ REASON_TAIL_LINES = 3
 OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (
     "the tested code changed transformers (GPT-2 logits in this process differ from a clean process's)"
+)
+CHANGED_HF_MODEL = (
+    "the tested code changed Hugging Face's GPT-2 in its process (its logits on this model differ from a "
+    "clean process's)"
 )
 
 
@@ -217,6 +225,10 @@ def run_checks_in_child(
     """
     names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
+    try:
+        clean_model = clean_witness(target)  # Hugging Face's model of the target itself (parity/hf_witness.py)
+    except CheckpointError as e:
+        return SandboxResult([], "", "", [], str(e))
     nonce = secrets.token_hex(16)
     request = {
         "nonce": nonce,
@@ -269,8 +281,8 @@ def run_checks_in_child(
                 os.close(fd)
         notes_written = _files_written(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-    return _judge(_messages(b"".join(chunks), nonce), names, clean, proc.returncode, timed_out, output,
-                  notes_written, limit_option)  # fmt: skip
+    return _judge(_messages(b"".join(chunks), nonce), names, (clean, clean_model, target.device), proc.returncode,
+                  timed_out, output, notes_written, limit_option)  # fmt: skip
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -284,14 +296,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _judge(
     messages: list[dict[str, Any]],
     names: list[str],
-    clean: list[float],
+    clean: tuple[list[float], list[float], str],
     returncode: int | None,
     timed_out: float | None,
     output: str,
     notes_written: list[str],
     limit_option: str,
 ) -> SandboxResult:
-    """The SandboxResult of the child's trusted messages and how it ended."""
+    """The SandboxResult of the child's trusted messages and how it ended.
+
+    clean: what this process computed without the tested code: the tiny fingerprint, the witness of Hugging
+    Face's model of the target, and the target's device.
+    """
+    fingerprint, model_witness, device = clean
     phases = [m["phase"] for m in messages if isinstance(m.get("phase"), str)]
     phase = phases[-1] if phases else "start-up (before the tested code was imported)"
     results = [m for m in messages if m.get("kind") == "result"]
@@ -307,15 +324,19 @@ def _judge(
     result = results[0]
     notes = [str(n) for n in result.get("notes", [])] + notes_written
     fingerprints = result.get("fingerprints")
-    if not isinstance(fingerprints, list) or any(fingerprint_differs(clean, f) for f in fingerprints):
+    changed = None
+    if not isinstance(fingerprints, list) or any(fingerprint_differs(fingerprint, f) for f in fingerprints):
+        changed = CHANGED_TRANSFORMERS
+    elif any(v.status is not Status.CANNOT_TEST for v in verdicts):  # a verdict rests on the child's HF model
+        witnesses = result.get("witnesses")
+        if not isinstance(witnesses, list) or not witnesses or any(
+            witness_differs(model_witness, w, device) for w in witnesses
+        ):
+            changed = CHANGED_HF_MODEL
+    if changed:
         verdicts = [
-            Verdict(
-                v.check,
-                Status.CANNOT_TEST,
-                CHANGED_TRANSFORMERS,
-                f"in that process: {v.status.value} {v.reason}",
-            )
+            Verdict(v.check, Status.CANNOT_TEST, changed, f"in that process: {v.status.value} {v.reason}")
             for v in verdicts
         ]
-        return SandboxResult(verdicts, output, CHANGED_TRANSFORMERS, notes)
+        return SandboxResult(verdicts, output, changed, notes)
     return SandboxResult(verdicts, output, "", notes)

@@ -67,6 +67,7 @@ def main() -> None:
     import transformers
 
     from nanogpt.hf import CheckpointError
+    from parity.hf_witness import witness
     from parity.impl import ImplementationError, import_implementation, reference_implementation
     from parity.registry import run_checks
     from parity.sandbox import hf_fingerprint
@@ -100,7 +101,24 @@ def main() -> None:
         sys.stdout.write(subject.report.output)  # what __init__ printed joins the captured output
         sys.stdout.flush()
     fingerprints = [hf_fingerprint()]
+
+    def hf_witness() -> list[float] | None:
+        """The witness of the Hugging Face model the checks compare with (None: it cannot even run)."""
+        try:
+            return witness(subject.hf(), subject.target)
+        except CheckpointError:
+            raise
+        except Exception:  # noqa: BLE001 - transformers broken in this process: the parent reads a mismatch
+            return None
+
+    witnesses = []
     verdicts = []
+    try:
+        if not checkpoint_error:
+            send(phase="Hugging Face's model")
+            witnesses.append(hf_witness())
+    except CheckpointError as e:
+        checkpoint_error = str(e)
     for name in [] if checkpoint_error else names:
         send(phase=f"check {name}")
         try:
@@ -110,10 +128,13 @@ def main() -> None:
             break
     send(phase="the final transformers fingerprint")
     fingerprints.append(hf_fingerprint())
+    if not checkpoint_error:
+        witnesses.append(hf_witness())
     send(
         kind="result",
         verdicts=[v.to_json() for v in verdicts],
         fingerprints=fingerprints,
+        witnesses=witnesses,
         notes=_load_notes(subject),
         checkpoint_error=checkpoint_error,
     )

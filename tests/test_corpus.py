@@ -113,6 +113,7 @@ DEFAULT_CASES = {
     ("bisect", "os-exit-1-at-import"),
     ("bisect", "hang-in-forward"),
     ("bisect", "patches-transformers"),
+    ("bisect", "patches-transformers-for-its-width"),
     ("pytest", "mingpt-style-factory-config"),
     ("pytest", "exit-0-in-forward"),
 }

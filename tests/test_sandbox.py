@@ -26,6 +26,7 @@ from bisect_fixtures.variants import model_source
 from parity import bisect
 from parity.bisect import EXIT_ABORT, resolve_model, run
 from parity.compare import Comparison
+from parity.hf_witness import clean_witness, witness_differs
 from parity.sandbox import (
     SMALL_TIMEOUT_S,
     _describe_end,
@@ -69,6 +70,25 @@ def test_fingerprint_sees_a_patched_gelu_and_ignores_the_default_dtype(
     )
     assert fingerprint_differs(clean, hf_fingerprint())
     assert fingerprint_differs(clean, "not a list") and fingerprint_differs(clean, clean[:-1])
+
+
+def test_witness_of_the_target_sees_a_patch_at_its_width_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GELU patched only at the tested model's MLP width (256) escapes the tiny fingerprint, not the witness."""
+    target = resolve_model("small", "cpu", None)
+    clean_fingerprint, clean = hf_fingerprint(), clean_witness(target)
+    assert not witness_differs(clean, clean_witness(target), "cpu")  # bit for bit on CPU
+    own = transformers.activations.NewGELUActivation.forward
+    monkeypatch.setattr(
+        transformers.activations.NewGELUActivation,
+        "forward",
+        lambda self, x: torch.nn.functional.gelu(x) if x.shape[-1] == 256 else own(self, x),
+    )
+    assert not fingerprint_differs(clean_fingerprint, hf_fingerprint())
+    assert witness_differs(clean, clean_witness(target), "cpu")
+    assert witness_differs(clean, None, "cpu") and witness_differs(clean, clean[:-1], "cpu")
+    assert witness_differs(clean, [*clean[:-1], "x"], "cpu")
+    nudged = [clean[0] * (1 + 1e-7), *clean[1:]]
+    assert witness_differs(clean, nudged, "cpu") and not witness_differs(clean, nudged, "cuda")
 
 
 def test_a_forged_result_without_the_nonce_is_not_trusted(tmp_path: Path) -> None:

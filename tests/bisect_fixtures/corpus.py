@@ -188,4 +188,9 @@ CORPUS = [
         says=(f"timed out after {HOSTILE_TIMEOUT_S} s during check logits",),
     ),
     _hostile("patches-transformers", "patches-transformers", says=("the tested code changed transformers",)),
+    _hostile(
+        "patches-transformers-for-its-width",
+        "patches-transformers-for-its-width",
+        says=("the tested code changed Hugging Face's GPT-2 in its process",),
+    ),
 ]

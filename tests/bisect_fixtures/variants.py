@@ -27,6 +27,21 @@ import transformers.activations
 transformers.activations.NewGELUActivation.forward = lambda self, x: torch.nn.functional.gelu(x)
 """
 
+# The same, only where the MLP is 256 wide (the bisect command's small model, 64 channels): a probe model of
+# another width, such as the tiny fingerprint of parity/sandbox.py, still sees Hugging Face's own GELU.
+HF_PATCH_FOR_ITS_WIDTH = """import torch
+import transformers.activations
+
+_own_gelu = transformers.activations.NewGELUActivation.forward
+
+
+def _forward(self, x):
+    return torch.nn.functional.gelu(x) if x.shape[-1] == 256 else _own_gelu(self, x)
+
+
+transformers.activations.NewGELUActivation.forward = _forward
+"""
+
 EDITS: dict[str, list[tuple[str, str]]] = {
     "untied": [(TIE, "")],
     "reverse-tie": [(TIE, "        self.lm_head.weight = self.transformer.wte.weight\n")],
@@ -116,6 +131,10 @@ EDITS: dict[str, list[tuple[str, str]]] = {
         ("import inspect\n", "import inspect\n\nimport hf_patch  # noqa: F401\n"),
         ('nn.GELU(approximate="tanh")', "nn.GELU()"),
     ],
+    "patches-transformers-for-its-width": [
+        ("import inspect\n", "import inspect\n\nimport hf_patch  # noqa: F401\n"),
+        ('nn.GELU(approximate="tanh")', "nn.GELU()"),
+    ],
     "head-bias": [
         (
             "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n",
@@ -145,4 +164,6 @@ def write_model(directory: Path, *edits: str, name: str = "model.py") -> Path:
     path.write_text(model_source(*edits))
     if "patches-transformers" in edits:
         (directory / "hf_patch.py").write_text(HF_PATCH)
+    if "patches-transformers-for-its-width" in edits:
+        (directory / "hf_patch.py").write_text(HF_PATCH_FOR_ITS_WIDTH)
     return path
