@@ -58,6 +58,7 @@ OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (
     "the tested code changed transformers (GPT-2 logits in this process differ from a clean process's)"
 )
+CHANGED_HARNESS = "the tested code changed the harness or torch in its process (parity/integrity.py)"
 CHANGED_HF_MODEL = (
     "the tested code changed Hugging Face's GPT-2 in its process (its logits on this model differ from a "
     "clean process's)"
@@ -324,8 +325,12 @@ def _judge(
     result = results[0]
     notes = [str(n) for n in result.get("notes", [])] + notes_written
     fingerprints = result.get("fingerprints")
+    harness_changes = result.get("harness_changes", [])
     changed = None
-    if not isinstance(fingerprints, list) or any(fingerprint_differs(fingerprint, f) for f in fingerprints):
+    if not isinstance(harness_changes, list) or harness_changes:
+        names_changed = ", ".join(map(str, harness_changes)) if isinstance(harness_changes, list) else "?"
+        changed = f"{CHANGED_HARNESS}: {names_changed}"
+    elif not isinstance(fingerprints, list) or any(fingerprint_differs(fingerprint, f) for f in fingerprints):
         changed = CHANGED_TRANSFORMERS
     elif any(v.status is not Status.CANNOT_TEST for v in verdicts):  # a verdict rests on the child's HF model
         witnesses = result.get("witnesses")

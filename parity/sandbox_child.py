@@ -67,6 +67,7 @@ def main() -> None:
     import transformers
 
     from nanogpt.hf import CheckpointError
+    from parity import integrity
     from parity.hf_witness import witness
     from parity.impl import ImplementationError, import_implementation, reference_implementation
     from parity.registry import run_checks
@@ -77,6 +78,8 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(request["num_threads"])  # the same rounding as the caller's process
     names: list[str] = request["checks"]
+    hf_fingerprint()  # transformers' first model rebinds a few torch names: before the snapshot, not after
+    untouched = integrity.snapshot()  # the harness and torch before the tested code is imported
     send(phase="import")
     try:
         if request["impl"] is None:
@@ -135,6 +138,7 @@ def main() -> None:
         verdicts=[v.to_json() for v in verdicts],
         fingerprints=fingerprints,
         witnesses=witnesses,
+        harness_changes=integrity.changes(untouched),
         notes=_load_notes(subject),
         checkpoint_error=checkpoint_error,
     )

@@ -23,7 +23,7 @@ import torch
 import transformers.activations
 from bisect_fixtures.variants import model_source
 
-from parity import bisect
+from parity import bisect, integrity
 from parity.bisect import EXIT_ABORT, resolve_model, run
 from parity.compare import Comparison
 from parity.hf_witness import clean_witness, witness_differs
@@ -89,6 +89,26 @@ def test_witness_of_the_target_sees_a_patch_at_its_width_only(monkeypatch: pytes
     assert witness_differs(clean, [*clean[:-1], "x"], "cpu")
     nudged = [clean[0] * (1 + 1e-7), *clean[1:]]
     assert witness_differs(clean, nudged, "cpu") and not witness_differs(clean, nudged, "cuda")
+
+
+def test_integrity_sees_a_rebound_comparison_a_loosened_tolerance_and_a_patched_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import parity.forward
+    import parity.tolerances
+
+    before = integrity.snapshot()
+    assert integrity.changes(before) == []
+    monkeypatch.setattr(parity.forward, "compare_chunked", lambda *a: None)
+    monkeypatch.setitem(parity.tolerances.LOGITS, torch.float64, parity.tolerances.LOGITS[torch.float32])
+    monkeypatch.setattr(torch.Tensor, "abs", lambda self: self)  # shadows the C method: a name added
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    assert integrity.changes(before, limit=10) == [
+        "parity.forward.compare_chunked", "parity.tolerances.LOGITS[torch.float64]", "torch.Tensor (its names)",
+        "torch.allclose",
+    ]  # fmt: skip
+    monkeypatch.undo()
+    assert integrity.changes(before) == []
 
 
 def test_a_forged_result_without_the_nonce_is_not_trusted(tmp_path: Path) -> None:

@@ -189,6 +189,11 @@ CORPUS = [
     ),
     _hostile("patches-transformers", "patches-transformers", says=("the tested code changed transformers",)),
     _hostile(
+        "patches-the-harness",
+        "patches-the-harness",
+        says=("the tested code changed the harness or torch in its process", "parity.forward.compare_chunked"),
+    ),
+    _hostile(
         "patches-transformers-for-its-width",
         "patches-transformers-for-its-width",
         says=("the tested code changed Hugging Face's GPT-2 in its process",),
