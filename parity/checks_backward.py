@@ -75,7 +75,8 @@ def tied_gradient_check(s: Subject) -> Outcome:
 
 
 BACKWARD_CHECKS = (
-    Check("grads", "every parameter's gradient equals Hugging Face's (Conv1D transposes accounted for)",
+    Check("grads", "every parameter's gradient equals Hugging Face's, element by element and in the norm of "
+          "their difference (Conv1D transposes accounted for)",
           "both models; the shared forward + backward", grads_check),
     Check("tied-gradient", "the tied gradient is the sum of its embedding path and its head path",
           "the implementation; one more backward of an untied twin (one V x C copy)", tied_gradient_check),

@@ -266,7 +266,8 @@ def dropout_sites_check(s: Subject) -> Outcome:
 
 
 FORWARD_CHECKS = (
-    Check("logits", "logits of four batches equal Hugging Face's GPT2LMHeadModel (tie_word_embeddings=True)",
+    Check("logits", "logits of four batches equal Hugging Face's GPT2LMHeadModel (tie_word_embeddings=True), "
+          "element by element and in the norm of their difference",
           "both models; the shared forward + backward", logits_check),
     Check("loss", "the implementation's own loss (forward with targets) equals the loss of HF's logits",
           "both models; the shared forward + backward", loss_check),
