@@ -67,14 +67,19 @@ def clean_witness(target: ParityTarget) -> list[float]:
 
 def witness_differs(clean: list[float], other: Any, device: str) -> bool:
     """True unless other is a witness equal to clean within WITNESS_RTOL for the device."""
+    return numbers_differ(clean, other, rtol=WITNESS_RTOL.get(device.split(":")[0], WITNESS_RTOL["cuda"]))
+
+
+def numbers_differ(clean: list[float], other: Any, atol: float = 0.0, rtol: float = 0.0) -> bool:
+    """True unless other (sent by the child: anything) is a list of finite numbers, each within
+    atol + rtol * the larger magnitude of clean's. A non-finite value always differs."""
     if not isinstance(other, list) or len(other) != len(clean):
         return True
-    rtol = WITNESS_RTOL.get(device.split(":")[0], WITNESS_RTOL["cuda"])
     try:
-        values = [float(v) for v in other]
+        pairs = [(float(a), float(b)) for a, b in zip(clean, other, strict=True)]
     except (TypeError, ValueError):
         return True
     return not all(
-        a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rtol * max(abs(a), abs(b)))
-        for a, b in zip(clean, values, strict=True)
+        math.isfinite(a) and math.isfinite(b) and abs(a - b) <= atol + rtol * max(abs(a), abs(b))
+        for a, b in pairs
     )

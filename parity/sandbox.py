@@ -35,7 +35,7 @@ import torch
 
 from nanogpt.hf import CheckpointError
 from nanogpt.schema import param_count
-from parity.hf_witness import clean_witness, witness_differs
+from parity.hf_witness import clean_witness, numbers_differ, witness_differs
 from parity.registry import CHECK_NAMES
 from parity.targets import ParityTarget
 from parity.verdicts import Status, Verdict
@@ -128,14 +128,7 @@ def hf_fingerprint() -> list[float]:
 
 def fingerprint_differs(clean: list[float], other: Any) -> bool:
     """True unless other is a list of numbers equal to clean within FINGERPRINT_ATOL."""
-    if not isinstance(other, list) or len(other) != len(clean):
-        return True
-    try:
-        return any(
-            not abs(float(a) - float(b)) <= FINGERPRINT_ATOL for a, b in zip(clean, other, strict=True)
-        )
-    except (TypeError, ValueError):
-        return True
+    return numbers_differ(clean, other, atol=FINGERPRINT_ATOL)
 
 
 def target_message(target: ParityTarget) -> dict[str, Any]:
