@@ -2,7 +2,7 @@
 
 Command-line options are registered by small plugin modules that live next to the code they configure
 (the parity harness and the benchmarks), loaded here so that `pytest parity/ --model ...` and
-`pytest benchmarks/ ...` work from the repository root; `parity.progress` routes progress lines of long
+`pytest benchmarks/ ...` work from the repository root; `parity.subject.progress` routes progress lines of long
 phases past output capture. Installed, the package registers no pytest11 entry point: these plugins
 load only here and in the `nanogpt-parity` command, never in a user's own pytest runs. This file adds the global-state guard that every
 test gets: torch's default dtype, RNG states, thread count, deterministic-algorithm flags and TF32 flags
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.cli import PLUGINS
+from parity.frontends.cli import PLUGINS
 
 pytest_plugins = PLUGINS  # the same list as the installed `nanogpt-parity` command
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from nanogpt.hf import config_from_hf
 from nanogpt.schema import param_count
-from parity.memory import BASE_BYTES, available_memory, format_bytes
-from parity.targets import ParityTarget, resolve_targets
+from parity.subject.memory import BASE_BYTES, available_memory, format_bytes
+from parity.subject.targets import ParityTarget, resolve_targets
 
 # Activation memory of Hugging Face's GPT-2 forward + backward, in elements per (layer x token x channel)
 # saved for backward: its python GELU keeps several 4C-wide intermediates. Measured with this script:
@@ -112,10 +112,10 @@ def yardstick(model: str, checkpoint: str, dtype: str, repeats: int = YARDSTICK_
     """Child process: time HF forward + backward on the full-block batch; print the seconds as JSON."""
     import torch
 
-    from parity.batches import targets_for, token_batch
-    from parity.forward import hf_logits, loss_of
-    from parity.loading import load_hf
-    from parity.targets import DTYPES
+    from parity.numerics.forward import hf_logits, loss_of
+    from parity.subject.batches import targets_for, token_batch
+    from parity.subject.loading import load_hf
+    from parity.subject.targets import DTYPES
 
     hf = load_hf(Path(checkpoint), DTYPES[dtype], "cpu")
     # Gradients are dropped as they are accumulated: the work is the same, the memory is the activations'.
@@ -143,7 +143,7 @@ def measure(
               t.memory.param_bytes, param_count(t.config) * 4, t.memory.estimated_peak_bytes)  # fmt: skip
     py = sys.executable
     gen = run_child(
-        [py, "-c", "import json, sys; from parity.synthetic import ensure_synthetic_gpt2; "
+        [py, "-c", "import json, sys; from parity.subject.synthetic import ensure_synthetic_gpt2; "
          f"p, s = ensure_synthetic_gpt2({model!r}); print(json.dumps({{'path': str(p), 'seconds': s}}))"],
         workdir / f"{model}-generate.log",
     )  # fmt: skip
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.yardstick:
         yardstick(*args.yardstick, repeats=args.yardstick_repeats)
         return 0
-    from parity.synthetic import cache_root
+    from parity.subject.synthetic import cache_root
 
     cache = Path(args.cache) if args.cache else cache_root()
     workdir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="parity-scaling-"))

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from benchmarks.conftest import CompiledCase
-from parity.tolerances import COMPILE
+from parity.core.tolerances import COMPILE
 
-# Compiled vs eager tolerances, with their reasons: parity/tolerances.py COMPILE.
+# Compiled vs eager tolerances, with their reasons: parity/core/tolerances.py COMPILE.
 COMPILE_TOLERANCES = {k: dict(rtol=t.rtol, atol=t.atol) for k, t in COMPILE.items()}
 
 

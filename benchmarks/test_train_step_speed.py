@@ -23,7 +23,7 @@ from benchmarks.plugin import record_train_step
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train_step
-from parity.train_parity import TrainHyperParams, hf_optimizer
+from parity.checks.train_parity import TrainHyperParams, hf_optimizer
 
 CONFIG = GPTConfig(block_size=64, vocab_size=256, n_layer=2, n_head=2, n_embd=64)
 BATCH_SIZE = 4

@@ -1,8 +1,8 @@
-"""Fixtures of the parity suite: one `Subject` per target (parity/subject.py), which every check reads.
+"""Fixtures of the parity suite: one `Subject` per target (parity/subject/subject.py), which every check reads.
 
 The subject is session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); every
 check restores what it changes. With --impl the checks run in a child process instead, once per target
-(`verdict_of`, parity/pytest_sandbox.py). Options live in parity/plugin.py. A run that would not fit in the
+(`verdict_of`, parity/frontends/pytest_frontend/child_run.py). Options live in parity/frontends/pytest_frontend/plugin.py. A run that would not fit in the
 available memory stops with a usage error once the tests are collected, before any model is built. The
 header shows each target's dtype policy and memory plan; the terminal summary shows what the synthetic
 checkpoints cost.
@@ -15,8 +15,13 @@ from typing import Any
 
 import pytest
 
-from parity.impl import reference_implementation
-from parity.memory import (
+from parity.checks.check import run_check
+from parity.checks.registry import CHECKS
+from parity.core.verdicts import Verdict
+from parity.foreign.impl import reference_implementation
+from parity.frontends.pytest_frontend.child_run import CHILD_RUN_KEY, run_child, selected_checks
+from parity.frontends.pytest_frontend.plugin import IMPL_KEY, TARGETS_KEY
+from parity.subject.memory import (
     available_memory,
     format_bytes,
     ignore_memory_check,
@@ -24,12 +29,8 @@ from parity.memory import (
     per_worker,
     release_free_memory,
 )
-from parity.plugin import IMPL_KEY, TARGETS_KEY
-from parity.pytest_sandbox import CHILD_RUN_KEY, run_child, selected_checks
-from parity.registry import CHECKS
-from parity.subject import Subject
-from parity.targets import ParityTarget
-from parity.verdicts import Verdict, run_check
+from parity.subject.subject import Subject
+from parity.subject.targets import ParityTarget
 
 # Why the run cannot fit in memory, as found by a pytest-xdist worker (see pytest_collection_finish).
 MEMORY_PROBLEM_KEY = pytest.StashKey[str]()
@@ -38,7 +39,7 @@ UNSHARED_KEY = pytest.StashKey[dict[str, list[str]]]()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Each target's dtype policy and memory plan (the options' header lines come from parity/plugin.py)."""
+    """Each target's dtype policy and memory plan (the options' header lines come from parity/frontends/pytest_frontend/plugin.py)."""
     return [
         f"parity policy: {t.name}: {t.dtype_name} ({t.dtype_reason}); {t.memory.describe()}"
         for t in config.stash.get(TARGETS_KEY, [])
@@ -104,9 +105,9 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
     """The implementation under test and Hugging Face's GPT-2 on one target, loaded on first use.
 
     Without --impl it is the reference nanoGPT, loaded through its own GPT.from_pretrained; with --impl
-    --in-process, the given code built by its own __init__ with weights from our converter (parity/impl.py).
+    --in-process, the given code built by its own __init__ with weights from our converter (parity/foreign/impl.py).
     With --impl run in a child it is the reference too, and only its Hugging Face side is read here (the
-    harness's self-test, parity/test_untied_control.py).
+    harness's self-test, parity/suite/test_untied_control.py).
     """
     impl = request.config.stash.get(IMPL_KEY, None)
     s = Subject(

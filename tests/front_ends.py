@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from parity.bisect import run as bisect_run
+from parity.frontends.bisect import run as bisect_run
 
 PARITY_DIR = Path(__file__).resolve().parent.parent / "parity"
 VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s+(.*)$")

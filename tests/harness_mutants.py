@@ -19,15 +19,15 @@ from unittest import mock
 
 import torch
 
-import parity.batches
-import parity.checks_forward
-import parity.compare
-import parity.forward
-import parity.gradients
-import parity.tie
-import parity.tolerances
-import parity.verdicts
-from parity.compare import Comparison
+import parity.checks.forward
+import parity.core.compare
+import parity.core.tolerances
+import parity.core.verdicts
+import parity.numerics.forward
+import parity.numerics.gradients
+import parity.numerics.tie
+import parity.subject.batches
+from parity.core.compare import Comparison
 
 
 @dataclass(frozen=True)
@@ -42,78 +42,78 @@ class HarnessMutant:
 
 @contextlib.contextmanager
 def last_position_only() -> Iterator[None]:
-    original = parity.forward.compare_chunked
+    original = parity.numerics.forward.compare_chunked
 
     def compare(check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, *a: Any) -> Comparison:
         if check == "logits" and actual.dim() == 3:
             actual, expected = actual[:, -1:], expected[:, -1:]
         return original(check, name, actual, expected, *a)
 
-    with mock.patch.object(parity.forward, "compare_chunked", compare), \
-         mock.patch.object(parity.gradients, "compare_chunked", compare):  # fmt: skip
+    with mock.patch.object(parity.numerics.forward, "compare_chunked", compare), \
+         mock.patch.object(parity.numerics.gradients, "compare_chunked", compare):  # fmt: skip
         yield
 
 
 @contextlib.contextmanager
 def constant_tokens() -> Iterator[None]:
-    with mock.patch.object(parity.batches, "_random_tokens", lambda shape, vocab, seed: torch.zeros(shape, dtype=torch.long)):
+    with mock.patch.object(parity.subject.batches, "_random_tokens", lambda shape, vocab, seed: torch.zeros(shape, dtype=torch.long)):
         yield
 
 
 @contextlib.contextmanager
 def report_always_passed() -> Iterator[None]:
-    original = parity.verdicts.Verdict.to_json
-    with mock.patch.object(parity.verdicts.Verdict, "to_json", lambda self: {**original(self), "status": "PASS"}):
+    original = parity.core.verdicts.Verdict.to_json
+    with mock.patch.object(parity.core.verdicts.Verdict, "to_json", lambda self: {**original(self), "status": "PASS"}):
         yield
 
 
 @contextlib.contextmanager
 def tolerance_1000x_looser() -> Iterator[None]:
-    tol = parity.tolerances.LOGITS[torch.float64]
+    tol = parity.core.tolerances.LOGITS[torch.float64]
     assert tol.norm is not None
-    looser = parity.tolerances.Tolerance(tol.rtol * 1000, tol.atol * 1000, "harness mutant", tol.norm * 1000)
-    with mock.patch.dict(parity.tolerances.LOGITS, {torch.float64: looser}):
+    looser = parity.core.tolerances.Tolerance(tol.rtol * 1000, tol.atol * 1000, "harness mutant", tol.norm * 1000)
+    with mock.patch.dict(parity.core.tolerances.LOGITS, {torch.float64: looser}):
         yield
 
 
 @contextlib.contextmanager
 def norm_ignored() -> Iterator[None]:
-    with mock.patch.object(parity.compare.Comparison, "norm_exceeded", property(lambda self: False)):
+    with mock.patch.object(parity.core.compare.Comparison, "norm_exceeded", property(lambda self: False)):
         yield
 
 
 @contextlib.contextmanager
 def gradients_skip_positions() -> Iterator[None]:
-    original = parity.gradients.compared_names
-    with mock.patch.object(parity.gradients, "compared_names", lambda r, h: [n for n in original(r, h) if "wpe" not in n]):
+    original = parity.numerics.gradients.compared_names
+    with mock.patch.object(parity.numerics.gradients, "compared_names", lambda r, h: [n for n in original(r, h) if "wpe" not in n]):
         yield
 
 
 @contextlib.contextmanager
 def tie_reads_one_name() -> Iterator[None]:
-    with mock.patch.object(parity.tie, "HEAD", parity.tie.EMBEDDING):
+    with mock.patch.object(parity.numerics.tie, "HEAD", parity.numerics.tie.EMBEDDING):
         yield
 
 
 @contextlib.contextmanager
 def own_loss_ignored() -> Iterator[None]:
     def logits_and_loss_of_logits(model: Any, idx: torch.Tensor, targets: torch.Tensor) -> Any:
-        logits = parity.forward.reference_logits(model, idx)
-        return logits, parity.forward.loss_of(logits, targets)
+        logits = parity.numerics.forward.reference_logits(model, idx)
+        return logits, parity.numerics.forward.loss_of(logits, targets)
 
-    with mock.patch.object(parity.gradients, "logits_and_own_loss", logits_and_loss_of_logits):
+    with mock.patch.object(parity.numerics.gradients, "logits_and_own_loss", logits_and_loss_of_logits):
         yield
 
 
 @contextlib.contextmanager
 def full_block_halved() -> Iterator[None]:
-    original = parity.batches.token_batch
+    original = parity.subject.batches.token_batch
 
     def token_batch(kind: str, config: Any) -> torch.Tensor:
         idx = original(kind, config)
         return idx[:, : config.block_size // 2] if kind == "full_block" else idx
 
-    with mock.patch.object(parity.checks_forward, "token_batch", token_batch):
+    with mock.patch.object(parity.checks.forward, "token_batch", token_batch):
         yield
 
 

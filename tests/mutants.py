@@ -5,7 +5,7 @@ the bug, or a model whose weights arrive through a converter with one bug (`Conv
 data: `MUTANTS` (each must be killed) and `CONTROLS` (correct variants built with the same scaffolding,
 which must pass every check). tests/test_mutants.py writes each entry as an implementation file
 (`implementation_file`) and runs it through the product's own entry points, `pytest parity/ --impl` and
-the bisect command, on a small synthetic checkpoint: the registry's checks (parity/registry.py) decide,
+the bisect command, on a small synthetic checkpoint: the registry's checks (parity/checks/registry.py) decide,
 never a composition of our own.
 """
 

@@ -32,12 +32,17 @@ from nanogpt.hf import (
 )
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import TokenizerFileError, bpe_files, gpt2_tiktoken
-from parity.batches import token_batch
-from parity.compare import ParityFailure, compare_tensors
-from parity.forward import check_logits
-from parity.loading import load_hf
-from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint, synthetic_hf_weights
-from parity.tolerances import logits_tolerance
+from parity.core.compare import ParityFailure, compare_tensors
+from parity.core.tolerances import logits_tolerance
+from parity.numerics.forward import check_logits
+from parity.subject.batches import token_batch
+from parity.subject.loading import load_hf
+from parity.subject.synthetic import (
+    CACHE_ENV_VAR,
+    checkpoint_name,
+    ensure_synthetic_checkpoint,
+    synthetic_hf_weights,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -235,7 +240,7 @@ WRITE = textwrap.dedent(
     import sys
     from pathlib import Path
     from nanogpt.model import GPTConfig
-    from parity.synthetic import ensure_synthetic_checkpoint
+    from parity.subject.synthetic import ensure_synthetic_checkpoint
     ensure_synthetic_checkpoint(GPTConfig(**{config}), "interrupted", root=Path(sys.argv[1]))
     """
 ).format(config=MEDIUM)

@@ -2,7 +2,7 @@
 
 The history is a sequence of commits of an upstream-style model.py (tests/bisect_fixtures/): no tie, the
 tie, a commit that cannot be imported, the tie reversed, the tied matrix taken out of weight decay, and
-an exact GELU that breaks Hugging Face parity. `git bisect run python -m parity.bisect ...` must name the
+an exact GELU that breaks Hugging Face parity. `git bisect run python -m parity.frontends.bisect ...` must name the
 right commit for each question and skip the one it cannot test.
 """
 
@@ -19,9 +19,11 @@ import torch
 from bisect_fixtures.variants import write_model
 
 from nanogpt.model import gpt2_config
-from parity import bisect, memory
-from parity.bisect import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP, decide, run
-from parity.verdicts import Status, Verdict
+from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
+from parity.core.verdicts import Status, Verdict
+from parity.frontends import bisect
+from parity.frontends.bisect import decide, run
+from parity.subject import memory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +203,7 @@ def test_git_bisect_run_answers_each_question(
         clone = tmp_path / f"question{i}"
         _git(tmp_path, env, "clone", "-q", str(repo), str(clone))
         _git(clone, env, "bisect", "start", commits["gelu"], commits["untied"])
-        command = ["git", "bisect", "run", sys.executable, "-m", "parity.bisect", "--impl", "model.py", *args]
+        command = ["git", "bisect", "run", sys.executable, "-m", "parity.frontends.bisect", "--impl", "model.py", *args]
         runs.append(
             (
                 clone,

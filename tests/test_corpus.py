@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from bisect_fixtures.corpus import CORPUS, END_MARGIN_S, HOSTILE_TIMEOUT_S, TABLED_CHECKS, Variant
 
-from parity.verdicts import Status
+from parity.core.verdicts import Status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s", re.M)
@@ -48,10 +48,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> FrontEndRun:
-    """`python -m parity.bisect --impl IMPL ...` (every check, the default), from a scratch folder."""
+    """`python -m parity.frontends.bisect --impl IMPL ...` (every check, the default), from a scratch folder."""
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "parity.bisect", "--impl", str(impl), *variant.options, *extra],
+        [sys.executable, "-m", "parity.frontends.bisect", "--impl", str(impl), *variant.options, *extra],
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     verdicts = {check: Status(status) for status, check in VERDICT_LINE.findall(done.stdout)}
@@ -62,7 +62,7 @@ def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> Fro
 def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
     """`python -m pytest parity/ --impl IMPL` on the bisect command's small model, from a scratch folder; the
     verdicts from its JSON report (none when the run ended without one)."""
-    from parity.bisect import resolve_model
+    from parity.frontends.bisect import resolve_model
 
     checkpoint = resolve_model("small", "cpu", None)
     report = tmp_path / "parity-report.json"
@@ -154,6 +154,6 @@ def test_corpus_variant_gets_its_expected_verdicts(front_end: str, variant: Vari
 
 def test_corpus_tables_every_registered_check() -> None:
     """A new check gets its expected verdict for every variant before the corpus runs it."""
-    from parity.registry import CHECK_NAMES
+    from parity.checks.registry import CHECK_NAMES
 
     assert TABLED_CHECKS == CHECK_NAMES

@@ -1,4 +1,4 @@
-"""Definitions-only loading (parity/definitions.py): what is kept, what is left out, and that it never runs."""
+"""Definitions-only loading (parity/foreign/definitions.py): what is kept, what is left out, and that it never runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from parity.definitions import exec_definitions, plan_definitions, summary
+from parity.foreign.definitions import exec_definitions, plan_definitions, summary
 
 SCRIPT = textwrap.dedent(
     '''\

@@ -26,11 +26,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPTConfig
-from parity.batches import BATCH_KINDS, gradient_batch, token_batch
-from parity.forward import check_logits
-from parity.gradients import check_gradient_decomposition, check_gradients
-from parity.loading import load_hf, load_reference
-from parity.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint
+from parity.numerics.forward import check_logits
+from parity.numerics.gradients import check_gradient_decomposition, check_gradients
+from parity.subject.batches import BATCH_KINDS, gradient_batch, token_batch
+from parity.subject.loading import load_hf, load_reference
+from parity.subject.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,7 +139,7 @@ GENERATE = textwrap.dedent(
     import sys
     from pathlib import Path
     from nanogpt.model import GPTConfig
-    from parity.synthetic import ensure_synthetic_checkpoint
+    from parity.subject.synthetic import ensure_synthetic_checkpoint
     config = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
     ensure_synthetic_checkpoint(config, "tiny", seed=int(sys.argv[2]), root=Path(sys.argv[1]))
     """

@@ -2,7 +2,7 @@
 
 A module diverges where its output fails the tolerance element-wise or, for small systematic bugs that stay
 under the element-wise tolerance until later LayerNorms amplify them, where the relative norm of the
-difference exceeds the dtype's noise (the `norm` of parity/tolerances.py `LOGITS`). Tiny float32 GPT-2s from a
+difference exceeds the dtype's noise (the `norm` of parity/core/tolerances.py `LOGITS`). Tiny float32 GPT-2s from a
 synthetic checkpoint; the bug is a forward hook that scales one module's output.
 """
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPTConfig
-from parity.batches import token_batch
-from parity.diagnose import first_divergence, relative_norm
-from parity.loading import load_hf, load_reference
-from parity.synthetic import ensure_synthetic_checkpoint
-from parity.tolerances import hidden_divergence, logits_tolerance
+from parity.core.tolerances import hidden_divergence, logits_tolerance
+from parity.numerics.diagnose import first_divergence, relative_norm
+from parity.subject.batches import token_batch
+from parity.subject.loading import load_hf, load_reference
+from parity.subject.synthetic import ensure_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -31,12 +31,12 @@ from nanogpt.data import prepare_dataset
 from nanogpt.distributed import free_port, shard_fsdp, wrap_ddp
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train, train_step
-from parity.tolerances import TRAIN_STEPS_F64
+from parity.core.tolerances import TRAIN_STEPS_F64
 
 TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 TIMEOUT_S = 180  # a 2-process run takes ~10 s; the bound only stops a hung collective from hanging CI
 WORDS = "every rank sees its own half of the batch and the gradients are averaged across ranks".split()
-# float64 AdamW noise vs a wrong reduction: TRAIN_STEPS_F64 in parity/tolerances.py.
+# float64 AdamW noise vs a wrong reduction: TRAIN_STEPS_F64 in parity/core/tolerances.py.
 ATOL = TRAIN_STEPS_F64.atol
 RUN = dict(
     n_layer=2,

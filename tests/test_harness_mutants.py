@@ -20,8 +20,8 @@ from harness_mutants import HARNESS_MUTANTS, HarnessMutant
 from mutants import CONFIGS, ENTRIES, implementation_file
 from test_mutants import assert_killed, killed_by
 
-from parity.batches import BATCH_KINDS, token_batch
-from parity.synthetic import write_synthetic_checkpoint
+from parity.subject.batches import BATCH_KINDS, token_batch
+from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,9 @@ from transformers import GPT2LMHeadModel
 
 from nanogpt.hf import CheckpointError, export_hf_checkpoint
 from nanogpt.model import GPT
-from parity.tolerances import CONVERSION_F64
+from parity.core.tolerances import CONVERSION_F64
 
-# HF vs nanoGPT in float64: CONVERSION_F64 in parity/tolerances.py says why.
+# HF vs nanoGPT in float64: CONVERSION_F64 in parity/core/tolerances.py says why.
 PARITY = dict(rtol=CONVERSION_F64.rtol, atol=CONVERSION_F64.atol)
 
 

@@ -26,7 +26,7 @@ import torch
 from nanogpt.config import run_cli
 from nanogpt.hf import CheckpointError, read_hf_config, write_hf_checkpoint
 from nanogpt.model import GPT, GPTConfig
-from parity.synthetic import CACHE_ENV_VAR, ensure_synthetic_checkpoint, synthetic_hf_weights
+from parity.subject.synthetic import CACHE_ENV_VAR, ensure_synthetic_checkpoint, synthetic_hf_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
@@ -146,7 +146,7 @@ def _env(root: Path) -> dict[str, str]:
 BISECT_DRIVER = textwrap.dedent(
     """
     import contextlib, io, json, sys
-    from parity.bisect import main
+    from parity.frontends.bisect import main
     results = {}
     for name, path in json.loads(sys.argv[1]).items():
         out, err = io.StringIO(), io.StringIO()
@@ -208,7 +208,7 @@ def test_bisect_aborts_with_129_before_judging_a_commit(
     result = bisect_results[case]
     assert result["rc"] == 129, result
     err = str(result["stderr"]).strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m parity.bisect: error: "), err
+    assert len(err) == 1 and err[0].startswith("python -m parity.frontends.bisect: error: "), err
     _one_matching_line(err[0], CASES[case][1])
     assert "PASS" not in str(result["stdout"]) and "FAIL" not in str(result["stdout"])
     _, dirs, digests = variants
@@ -260,7 +260,7 @@ def _tiny_dataset(where: Path) -> None:
 def test_real_bisect_entry_point_aborts_with_129(variants: tuple[Path, dict[str, Path], dict]) -> None:
     root, dirs, _ = variants
     proc = subprocess.run(
-        [sys.executable, "-m", "parity.bisect", "--model", str(dirs["resid-pdrop-5"])],
+        [sys.executable, "-m", "parity.frontends.bisect", "--model", str(dirs["resid-pdrop-5"])],
         cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 129, proc.stdout + proc.stderr

@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 
 from nanogpt.hf import resolve_checkpoint_dir
 from nanogpt.hub import find_cached_snapshot, hf_cache_dir
-from parity.loading import load_hf, load_reference
-from parity.targets import UsageError, resolve_targets
+from parity.core.errors import UsageError
+from parity.subject.loading import load_hf, load_reference
+from parity.subject.targets import resolve_targets
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = "1" * 40

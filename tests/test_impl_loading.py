@@ -19,21 +19,21 @@ import torch
 from bisect_fixtures.variants import model_source, write_model
 
 from nanogpt.model import GPT
-from parity.bisect import SMALL_CONFIG
-from parity.impl import (
+from parity.checks.registry import run_checks
+from parity.core.errors import ImplementationError
+from parity.core.tolerances import logits_tolerance
+from parity.core.verdicts import Status
+from parity.foreign.impl import (
     MODULE_PREFIX,
-    ImplementationError,
     call_configure_optimizers,
     import_implementation,
     load_implementation,
 )
-from parity.registry import run_checks
-from parity.subject import Subject
-from parity.synthetic import ensure_synthetic_checkpoint
-from parity.targets import ParityTarget
-from parity.tie import same_storage
-from parity.tolerances import logits_tolerance
-from parity.verdicts import Status
+from parity.frontends.bisect import SMALL_CONFIG
+from parity.numerics.tie import same_storage
+from parity.subject.subject import Subject
+from parity.subject.synthetic import ensure_synthetic_checkpoint
+from parity.subject.targets import ParityTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

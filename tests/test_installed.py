@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from nanogpt.model import GPTConfig
-from parity.synthetic import write_synthetic_checkpoint
+from parity.subject.synthetic import write_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "nanogpt", "parity", "benchmarks")
@@ -109,8 +109,8 @@ def test_the_wheel_provides_the_packages_and_no_pytest_plugin(installed: dict[st
     parity_file, nanogpt_file, entry_points = out.stdout.splitlines()
     assert Path(parity_file).is_relative_to(installed["purelib"]), "parity imported from outside the wheel"
     assert Path(nanogpt_file).is_relative_to(installed["purelib"])
-    assert entry_points == "['parity.cli:main', 'parity.bisect:main']", "console scripts only, no pytest11"
-    assert (installed["purelib"] / "parity" / "suite.ini").is_file()
+    assert entry_points == "['parity.frontends.cli:main', 'parity.frontends.bisect:main']", "console scripts only, no pytest11"
+    assert (installed["purelib"] / "parity" / "frontends" / "suite.ini").is_file()
 
 
 def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(installed: dict[str, Path]) -> None:
@@ -130,7 +130,7 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     assert not (user / ".benchmarks").exists(), "nothing but what the user asked for is written there"
     # The report of this tiny run, drawn by the installed plot command (once reports carry profiles).
     if "profiles" in json.loads((user / "report.json").read_text()) and importlib.util.find_spec("matplotlib"):
-        drawn = _run([str(installed["bin"] / "python"), "-m", "parity.plot", "report.json", "-o", "profile.png"],
+        drawn = _run([str(installed["bin"] / "python"), "-m", "parity.frontends.plot", "report.json", "-o", "profile.png"],
                      user, _env(installed))  # fmt: skip
         assert drawn.returncode == 0, drawn.stderr
         assert (user / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -156,7 +156,7 @@ def test_a_bad_option_is_one_usage_error_line(installed: dict[str, Path]) -> Non
 
 
 def test_path_options_become_absolute_against_the_callers_directory(tmp_path: Path) -> None:
-    from parity.cli import absolute_path_options
+    from parity.frontends.cli import absolute_path_options
 
     args = ["--impl", "m.py", "--parity-report=out/r.json", "--model", "gpt2", "-k", "--impl"]
     assert absolute_path_options(args, tmp_path) == [

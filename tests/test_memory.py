@@ -21,22 +21,22 @@ from safetensors import safe_open
 
 from nanogpt.model import GPTConfig, gpt2_config
 from nanogpt.schema import CONV1D_SUFFIXES
-from parity import memory
-from parity.batches import gradient_batch
-from parity.chunked import compare_chunked
-from parity.compare import ParityFailure, compare_gradients, compare_tensors
-from parity.forward import check_logits, hf_logits, loss_of, reference_logits
-from parity.gradients import check_gradients
-from parity.loading import load_hf, load_reference, share_parameters
-from parity.memory import Available, available_memory, memory_problem, plan_memory
-from parity.synthetic import (
+from parity.core.compare import ParityFailure, compare_gradients, compare_tensors
+from parity.core.tolerances import Tolerance, gradients_tolerance
+from parity.numerics.chunked import compare_chunked
+from parity.numerics.forward import check_logits, hf_logits, loss_of, reference_logits
+from parity.numerics.gradients import check_gradients
+from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.subject import memory
+from parity.subject.batches import gradient_batch
+from parity.subject.loading import load_hf, load_reference, share_parameters
+from parity.subject.memory import Available, available_memory, memory_problem, plan_memory
+from parity.subject.synthetic import (
     ensure_synthetic_checkpoint,
     synthetic_openai_weights,
     write_synthetic_safetensors,
 )
-from parity.targets import resolve_targets
-from parity.tie import EMBEDDING, HEAD, get_tensor, same_storage
-from parity.tolerances import Tolerance, gradients_tolerance
+from parity.subject.targets import resolve_targets
 
 TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
 GB = 1_000_000_000
@@ -125,7 +125,7 @@ def test_override_env_var(monkeypatch: pytest.MonkeyPatch, value: str, ignored: 
 
 
 def _session(targets: list[Any], uses_parity: bool = True) -> Any:
-    from parity.plugin import TARGETS_KEY
+    from parity.frontends.pytest_frontend.plugin import TARGETS_KEY
 
     config = SimpleNamespace(option=SimpleNamespace(collectonly=False), stash={TARGETS_KEY: targets})
     item = SimpleNamespace(fixturenames=["parity_target"] if uses_parity else ["tmp_path"])

@@ -18,9 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig, gpt2_config
 from nanogpt.schema import GOLDEN_PARAMS, NON_EMBEDDING_PARAMS, UNTIED_GPT2_PARAMS
-from parity.tolerances import SAME_FUNCTION_F64
+from parity.core.tolerances import SAME_FUNCTION_F64
 
-# One float64 function sliced two ways: SAME_FUNCTION_F64 in parity/tolerances.py says why.
+# One float64 function sliced two ways: SAME_FUNCTION_F64 in parity/core/tolerances.py says why.
 F64_ATOL = SAME_FUNCTION_F64.atol
 
 

@@ -2,7 +2,7 @@
 
 Each catalog entry is written as an implementation file and run through what users run: `pytest parity/
 --impl FILE --model CHECKPOINT --parity-report R` (in-process, the verdicts read back from the report) and
-the bisect command (`parity.bisect.run`, its verdict lines parsed). A mutant counts as killed only when its
+the bisect command (`parity.frontends.bisect.run`, its verdict lines parsed). A mutant counts as killed only when its
 named check FAILs in both, with a message that names the cause (a mutant the loader refuses is CANNOT-TEST
 on every check, with the loader's reason); the two front ends must agree on every verdict, line for line;
 the correct controls must PASS every check. The kill rate is printed at the end of the run ("mutant kill
@@ -20,8 +20,8 @@ import pytest
 from front_ends import Verdicts, via_bisect, via_pytest
 from mutants import CONFIGS, CONTROLS, MUTANTS, Mutant, implementation_file
 
-from parity.registry import CHECK_NAMES
-from parity.synthetic import write_synthetic_checkpoint
+from parity.checks.registry import CHECK_NAMES
+from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +165,7 @@ def test_catalog_at_gpt2_width(entry: Mutant, catalog: Catalog, tmp_path: Path) 
 
 # float32, the CUDA default, at GPT-2's width (768 channels, where float32's rounding is what a user's run
 # has): every entry float64 kills, float32 kills with the same check, except a bug smaller than float32's own
-# rounding of the function, which only float64 can see (parity/tolerances.py, LOGITS: the measurements). At 16
+# rounding of the function, which only float64 can see (parity/core/tolerances.py, LOGITS: the measurements). At 16
 # channels exact GELU is one of those too: the activations are too small for the two GELUs to differ.
 FLOAT32_SURVIVORS = {
     "gelu-constant-5-digits": "moves the logits by 2.4e-6 of their norm at 768 channels: 4x float32's own "

@@ -22,8 +22,8 @@ import pytest
 from nanogpt.atomic import atomic_file, remove_stale_temporaries
 from nanogpt.model import GPTConfig
 from nanogpt.paths import OutputPathError, resolve_output_dir, resolve_output_file
-from parity.report import ParityReport
-from parity.synthetic import CACHE_ENV_VAR, ensure_synthetic_checkpoint
+from parity.frontends.report import ParityReport
+from parity.subject.synthetic import CACHE_ENV_VAR, ensure_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
@@ -283,7 +283,7 @@ def test_cache_that_is_a_file_is_one_usage_error_before_any_model(tmp_path: Path
     assert suite.returncode == 4, suite.stdout[-2000:] + suite.stderr[-2000:]
     assert f"{CACHE_ENV_VAR} {blocker}: is a file, not a directory" in suite.stderr + suite.stdout
     assert "Traceback" not in suite.stderr + suite.stdout
-    bisect = subprocess.run([sys.executable, "-m", "parity.bisect", "--checks", "param-count"],
+    bisect = subprocess.run([sys.executable, "-m", "parity.frontends.bisect", "--checks", "param-count"],
                             cwd=root, env=env, capture_output=True, text=True, check=False)  # fmt: skip
     assert bisect.returncode == 129, bisect.stdout + bisect.stderr
     assert bisect.stderr.count("\n") == 1 and "is a file, not a directory" in bisect.stderr, bisect.stderr

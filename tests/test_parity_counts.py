@@ -1,4 +1,4 @@
-"""The checkpoint-once check (parity/checks_counts.py) fails on the bugs it is there for.
+"""The checkpoint-once check (parity/checks/counts.py) fails on the bugs it is there for.
 
 It is called directly on a tiny reference model whose `state_dict` is broken in one way each time: the
 tied matrix stored twice (a copy under lm_head.weight), and a state dict that leaves tensors out.
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from nanogpt.model import GPT
-from parity.checks_counts import checkpoint_once_check
-from parity.compare import ParityFailure
-from parity.tie import HEAD
+from parity.checks.counts import checkpoint_once_check
+from parity.core.compare import ParityFailure
+from parity.numerics.tie import HEAD
 
 
 def checkpoint_check(model: GPT) -> None:

@@ -1,4 +1,4 @@
-"""`python -m parity.plot`: a PNG of per-module relative-difference profiles, or one error line.
+"""`python -m parity.frontends.plot`: a PNG of per-module relative-difference profiles, or one error line.
 
 The reports are built by hand in the schema `--parity-report` writes under "profiles": a float32 run
 that passes (flat near the noise level) and one with a real bug (a step at the module that introduces
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import plot
+from parity.frontends import plot
 
 MODULES = ["transformer.wte+wpe"] + [
     f"transformer.h.{i}.{part}" for i in range(4) for part in ("ln_1", "attn", "ln_2", "mlp")

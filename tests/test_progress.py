@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import progress
+from parity.subject import progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_on_a_tty_a_bar_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> 
 
 PHASE_TEST = textwrap.dedent(
     """
-    from parity.progress import phase
+    from parity.subject.progress import phase
 
     def test_long_work():
         print("captured output")
@@ -77,7 +77,7 @@ def test_under_pytest_the_lines_reach_the_terminal_past_output_capture(tmp_path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "parity.progress", "-p", "no:cacheprovider", "test_phase.py"],
+        [sys.executable, "-m", "pytest", "-p", "parity.subject.progress", "-p", "no:cacheprovider", "test_phase.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

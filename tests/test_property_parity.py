@@ -24,9 +24,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
-from parity.forward import check_logits, check_loss
-from parity.gradients import check_gradient_decomposition, check_gradients
-from parity.tie import tie_problem
+from parity.numerics.forward import check_logits, check_loss
+from parity.numerics.gradients import check_gradient_decomposition, check_gradients
+from parity.numerics.tie import tie_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

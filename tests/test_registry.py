@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from nanogpt.model import GPT2_SIZES
-from parity.bisect import SMALL_CONFIG, build_parser, parse_checks
-from parity.impl import reference_implementation
-from parity.registry import CHECK_NAMES, CHECKS, run_checks
-from parity.subject import Subject
-from parity.synthetic import ensure_synthetic_checkpoint
-from parity.targets import ParityTarget
-from parity.verdicts import Status
+from parity.checks.registry import CHECK_NAMES, CHECKS, run_checks
+from parity.core.verdicts import Status
+from parity.foreign.impl import reference_implementation
+from parity.frontends.bisect import SMALL_CONFIG, build_parser, parse_checks
+from parity.subject.subject import Subject
+from parity.subject.synthetic import ensure_synthetic_checkpoint
+from parity.subject.targets import ParityTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ import pytest
 from front_ends import PARITY_DIR
 from mutants import CONFIGS, ENTRIES, implementation_file
 
-from parity.report import strict_json
-from parity.synthetic import write_synthetic_checkpoint
+from parity.frontends.report import strict_json
+from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The sandboxed child process (parity/sandbox.py): what it trusts, what it captures, how it reports an end.
+"""The sandboxed child process (parity/sandbox/parent.py): what it trusts, what it captures, how it reports an end.
 
 The hostile corpus (tests/test_corpus.py) covers exits, hangs and a monkeypatched transformers through
 the bisect command and `pytest parity/ --impl`; these tests cover the pieces directly: the fingerprint, a
@@ -23,11 +23,13 @@ import torch
 import transformers.activations
 from bisect_fixtures.variants import model_source
 
-from parity import bisect, integrity
-from parity.bisect import EXIT_ABORT, resolve_model, run
-from parity.compare import Comparison
-from parity.hf_witness import clean_witness, witness_differs
-from parity.sandbox import (
+from parity.core.compare import Comparison
+from parity.core.exit_codes import EXIT_ABORT
+from parity.core.verdicts import Status, Verdict
+from parity.frontends import bisect
+from parity.frontends.bisect import resolve_model, run
+from parity.sandbox import integrity
+from parity.sandbox.parent import (
     SMALL_TIMEOUT_S,
     _describe_end,
     _verdicts_of,
@@ -37,7 +39,7 @@ from parity.sandbox import (
     run_checks_in_child,
     target_message,
 )
-from parity.verdicts import Status, Verdict
+from parity.sandbox.witness import clean_witness, witness_differs
 
 # Forward writes a forged PASS to every descriptor it may hold (the result pipe among them), then exits.
 FORGE = """        import json, os
@@ -94,17 +96,17 @@ def test_witness_of_the_target_sees_a_patch_at_its_width_only(monkeypatch: pytes
 def test_integrity_sees_a_rebound_comparison_a_loosened_tolerance_and_a_patched_torch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import parity.forward
-    import parity.tolerances
+    import parity.core.tolerances
+    import parity.numerics.forward
 
     before = integrity.snapshot()
     assert integrity.changes(before) == []
-    monkeypatch.setattr(parity.forward, "compare_chunked", lambda *a: None)
-    monkeypatch.setitem(parity.tolerances.LOGITS, torch.float64, parity.tolerances.LOGITS[torch.float32])
+    monkeypatch.setattr(parity.numerics.forward, "compare_chunked", lambda *a: None)
+    monkeypatch.setitem(parity.core.tolerances.LOGITS, torch.float64, parity.core.tolerances.LOGITS[torch.float32])
     monkeypatch.setattr(torch.Tensor, "abs", lambda self: self)  # shadows the C method: a name added
     monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     assert integrity.changes(before, limit=10) == [
-        "parity.forward.compare_chunked", "parity.tolerances.LOGITS[torch.float64]", "torch.Tensor (its names)",
+        "parity.numerics.forward.compare_chunked", "parity.core.tolerances.LOGITS[torch.float64]", "torch.Tensor (its names)",
         "torch.allclose",
     ]  # fmt: skip
     monkeypatch.undo()
@@ -210,7 +212,7 @@ def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "parity.bisect",
+        "parity.frontends.bisect",
         "--impl",
         str(impl),
         "--checks",

@@ -26,11 +26,17 @@ from bisect_fixtures.corpus import END_MARGIN_S
 from bisect_fixtures.variants import write_model
 from front_ends import run_pytest_parity
 
-from parity import pytest_sandbox
-from parity.bisect import resolve_model
-from parity.pytest_sandbox import CHILD_RUN_KEY, EXIT_CANNOT_TEST, ChildRun, parse_timeout, run_child
-from parity.registry import CHECK_NAMES
-from parity.targets import UsageError
+from parity.checks.registry import CHECK_NAMES
+from parity.core.errors import UsageError
+from parity.frontends.bisect import resolve_model
+from parity.frontends.pytest_frontend import child_run
+from parity.frontends.pytest_frontend.child_run import (
+    CHILD_RUN_KEY,
+    EXIT_CANNOT_TEST,
+    ChildRun,
+    parse_timeout,
+    run_child,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Edits of the upstream-style template (bisect_fixtures/variants.py): the exact GELU fails logits (with a
@@ -160,7 +166,7 @@ def test_a_checkpoint_the_child_cannot_load_ends_the_run_as_a_usage_error(
     impl = write_model(tmp_path / "repo")
     (tmp_path / "empty").mkdir()
     target = replace(resolve_model("small", "cpu", None), checkpoint=tmp_path / "empty")
-    monkeypatch.setattr(pytest_sandbox, "note", lambda text: None)
+    monkeypatch.setattr(child_run, "note", lambda text: None)
     with pytest.raises(pytest.exit.Exception, match="cannot load the checkpoint: .*empty: no config.json") as e:
         run_child(_Config(ChildRun(str(impl), False, None)), target, ["logits", "tied-storage"])
     assert e.value.returncode == pytest.ExitCode.USAGE_ERROR

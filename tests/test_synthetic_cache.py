@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 
 from nanogpt.model import GPT, GPTConfig
-from parity import progress
-from parity.loading import load_hf, load_reference
-from parity.synthetic import (
+from parity.subject import progress
+from parity.subject.loading import load_hf, load_reference
+from parity.subject.synthetic import (
     CHECKSUM_FILE,
     checkpoint_problem,
     ensure_synthetic_checkpoint,

@@ -13,10 +13,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.model import GPT
-from parity.tolerances import TRAIN_STEPS_F64
-from parity.train_parity import TrainHyperParams, compare_train_steps, nanogpt_optimizer
+from parity.checks.train_parity import TrainHyperParams, compare_train_steps, nanogpt_optimizer
+from parity.core.tolerances import TRAIN_STEPS_F64
 
-# float64 AdamW noise vs a real bug: TRAIN_STEPS_F64 in parity/tolerances.py.
+# float64 AdamW noise vs a real bug: TRAIN_STEPS_F64 in parity/core/tolerances.py.
 LOSS_ATOL = PARAM_ATOL = STATE_ATOL = TRAIN_STEPS_F64.atol
 STEPS = 3
 VOCAB, BLOCK, BATCH = 96, 16, 4

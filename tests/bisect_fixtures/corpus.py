@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from bisect_fixtures.variants import write_model
 
-from parity.bisect import decide
-from parity.pytest_sandbox import EXIT_CANNOT_TEST, untestable_models
-from parity.verdicts import Status, Verdict
+from parity.core.verdicts import Status, Verdict
+from parity.frontends.bisect import decide
+from parity.frontends.pytest_frontend.child_run import EXIT_CANNOT_TEST, untestable_models
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
 # The checks every corpus variant is judged on: the registry's, named here so that a new check gets its
@@ -42,7 +42,7 @@ def _all(status: Status, **others: Status) -> dict[str, Status]:
 
 
 # A model without get_num_params reports no count of its own; one without dropout modules has no sites. Both
-# are parts a correct model may not have (parity.verdicts.NotApplicable): the bisect command, checking
+# are parts a correct model may not have (parity.core.verdicts.NotApplicable): the bisect command, checking
 # every check by default, does not skip a commit for them.
 NO_OWN_COUNT = {"own_count": CANNOT}
 NO_DROPOUT = {"dropout_sites": CANNOT, "own_count": CANNOT}
@@ -191,7 +191,7 @@ CORPUS = [
     _hostile(
         "patches-the-harness",
         "patches-the-harness",
-        says=("the tested code changed the harness or torch in its process", "parity.forward.compare_chunked"),
+        says=("the tested code changed the harness or torch in its process", "parity.numerics.forward.compare_chunked"),
     ),
     _hostile(
         "patches-transformers-for-its-width",

@@ -28,7 +28,7 @@ transformers.activations.NewGELUActivation.forward = lambda self, x: torch.nn.fu
 """
 
 # The same, only where the MLP is 256 wide (the bisect command's small model, 64 channels): a probe model of
-# another width, such as the tiny fingerprint of parity/sandbox.py, still sees Hugging Face's own GELU.
+# another width, such as the tiny fingerprint of parity/sandbox/parent.py, still sees Hugging Face's own GELU.
 HF_PATCH_FOR_ITS_WIDTH = """import torch
 import transformers.activations
 
@@ -44,18 +44,18 @@ transformers.activations.NewGELUActivation.forward = _forward
 
 # Exact GELU, and the harness's comparison told to pass everything: imported by the model file, as a plugin of
 # its own would be.
-HARNESS_PATCH = """import parity.forward
-import parity.gradients
+HARNESS_PATCH = """import parity.numerics.forward
+import parity.numerics.gradients
 
-_compare = parity.forward.compare_chunked
+_compare = parity.numerics.forward.compare_chunked
 
 
 def _lenient(check, name, actual, expected, *args, **kwargs):
     return _compare(check, name, expected, expected, *args, **kwargs)
 
 
-parity.forward.compare_chunked = _lenient
-parity.gradients.compare_chunked = _lenient
+parity.numerics.forward.compare_chunked = _lenient
+parity.numerics.gradients.compare_chunked = _lenient
 """
 
 EDITS: dict[str, list[tuple[str, str]]] = {

@@ -1,0 +1,84 @@
+"""Backward checks: every parameter's gradient, and the tied gradient as the sum of its two paths.
+
+Both read the one forward + backward of both models that a Subject runs on the gradient batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from parity.checks.check import Check
+from parity.core.compare import ParityFailure, reference_layout
+from parity.core.tolerances import gradients_tolerance
+from parity.core.verdicts import Outcome
+from parity.numerics.chunked import compare_chunked
+from parity.numerics.forward import hf_logits, loss_of, reference_logits
+from parity.numerics.gradients import check_gradient_decomposition
+from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.subject.batches import gradient_batch
+from parity.subject.subject import Subject, clean_grads
+
+
+def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, s: Subject) -> str | None:
+    """For an untied implementation: do its two matrices' gradients add up to HF's tied gradient?"""
+    head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
+    if same_storage(head, emb) and head is emb:
+        return None
+    idx, targets = (t.to(s.device) for t in gradient_batch(s.config))
+    with clean_grads(model, hf):
+        loss_of(reference_logits(model, idx), targets).backward()
+        loss_of(hf_logits(hf, idx), targets).backward()
+        hf_grad = get_tensor(hf, EMBEDDING).grad
+        if head.grad is None or emb.grad is None or hf_grad is None:
+            return "the implementation is untied (lm_head.weight is not transformer.wte.weight); see tied-storage"
+        summed = reference_layout(EMBEDDING, emb.grad + head.grad, vocab)
+        rec = compare_chunked("grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype))
+    if rec.passed:
+        return (
+            "the implementation is untied: transformer.wte.weight and lm_head.weight each get one of the tied "
+            "gradient's two paths (their sum equals Hugging Face's tied gradient); see tied-storage"
+        )
+    return f"the implementation is untied, and even wte.grad + lm_head.grad differs from Hugging Face's: {rec.summary()}"
+
+
+def grads_check(s: Subject) -> Outcome:
+    """Every parameter's gradient against its Hugging Face counterpart (Conv1D transposes accounted for)."""
+    run = s.gradient_run()
+    if run.failure is not None:
+        note = _untied_gradient_note(s.model(), s.hf(), s.config.output_vocab_size, s)
+        found = run.logits
+        if not note and (isinstance(found, ParityFailure) or not found.passed):
+            note = "the forward pass differs already (see logits), so every gradient after it does"
+        message = f"[grads] {note}\n{run.failure}" if note else str(run.failure)
+        raise ParityFailure(message, run.records)
+    if not any(r.tensor == EMBEDDING for r in run.records):
+        raise ParityFailure(f"[grads] the tied matrix's gradient ({EMBEDDING}) was not compared", run.records)
+    worst = max(r.max_abs for r in run.records)
+    worst_norm = max(r.rel_norm for r in run.records)
+    return Outcome(
+        f"{len(run.records)} parameter gradients match Hugging Face (max abs diff {worst:.1e}, relative "
+        f"difference norm {worst_norm:.1e}, tolerance {gradients_tolerance(s.dtype)})",
+        "\n".join(r.summary() for r in run.records),
+        run.records,
+    )
+
+
+def tied_gradient_check(s: Subject) -> Outcome:
+    """The tied gradient equals embedding-path + head-path gradients of an untied twin of the same model."""
+    model = s.model()
+    idx, targets = (t.to(s.device) for t in gradient_batch(s.config))
+    tied = s.gradient_run().take_tied_gradient()  # None when taken before: then computed again
+    with clean_grads(model):
+        rec = check_gradient_decomposition(model, idx, targets, tied_gradient=tied)
+    return Outcome(f"the tied gradient is the sum of its embedding and head paths ({rec.summary()})", records=[rec])
+
+
+BACKWARD_CHECKS = (
+    Check("grads", "every parameter's gradient equals Hugging Face's, element by element and in the norm of "
+          "their difference (Conv1D transposes accounted for)",
+          "both models; the shared forward + backward", grads_check),
+    Check("tied-gradient", "the tied gradient is the sum of its embedding path and its head path",
+          "the implementation; one more backward of an untied twin (one V x C copy)", tied_gradient_check),
+)  # fmt: skip

@@ -1,0 +1,57 @@
+"""A named check, and how its outcome becomes a verdict.
+
+`run_check` turns a check's outcome into a `Verdict`: PASS, FAIL (a `ParityFailure`, whose message names
+the cause) or CANNOT-TEST (the implementation lacks what the check needs, cannot be loaded, or crashed
+inside the check; the reason says what happened). The checks themselves are listed in
+parity/checks/registry.py.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from nanogpt.errors import CheckpointError
+from parity.core.compare import ParityFailure
+from parity.core.errors import CannotTest, ImplementationError, NotApplicable
+from parity.core.verdicts import Outcome, Status, Verdict
+from parity.subject.subject import Subject
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named check: what PASS means, what it needs, and the function that runs it on a Subject."""
+
+    name: str
+    meaning: str  # one line: PASS when ...
+    needs: str  # what it loads or builds, and where it runs on a twin
+    run: Callable[[Subject], Outcome]
+
+
+def _split_message(check: str, message: str) -> tuple[str, str]:
+    """(first line without the [check] tag, the remaining lines)."""
+    first, _, rest = message.strip().partition("\n")
+    return first.removeprefix(f"[{check}] "), rest
+
+
+def run_check(check: Check, subject: Subject) -> Verdict:
+    """One check's verdict. CheckpointError propagates: a bad checkpoint is the user's input, not the code's."""
+    try:
+        torch.manual_seed(0)  # an implementation with randomness fails the same way every run
+        outcome = check.run(subject)
+    except ParityFailure as e:
+        return Verdict(check.name, Status.FAIL, *_split_message(check.name, str(e)), records=e.records,
+                       profiles=e.profiles)  # fmt: skip
+    except NotApplicable as e:
+        return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)), applicable=False)
+    except (CannotTest, ImplementationError) as e:
+        return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)))
+    except CheckpointError:
+        raise
+    except Exception as e:  # the implementation crashed inside the check: it cannot be judged on this
+        first = f"crashed: {type(e).__name__}: {e}".splitlines()[0]
+        return Verdict(check.name, Status.CANNOT_TEST, first, traceback.format_exc())
+    return Verdict(check.name, Status.PASS, outcome.reason, outcome.details, outcome.records, outcome.profiles)

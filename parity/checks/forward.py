@@ -1,0 +1,281 @@
+"""Forward checks: logits, the implementation's own loss, inference (generation), and where dropout acts.
+
+Each returns an `Outcome` with its comparison records or raises `ParityFailure` naming the cause; a
+failure of the logits or the loss runs the first-divergence diagnosis (parity/numerics/diagnose.py), so the first
+failure a user sees under `-x` already says which module to suspect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from nanogpt.hf import hf_config_from_gpt
+from parity.checks.check import Check
+from parity.core.compare import Comparison, ParityFailure, compare_tensors
+from parity.core.errors import NotApplicable
+from parity.core.tolerances import logits_tolerance
+from parity.core.verdicts import Outcome
+from parity.numerics.diagnose import difference_profile, profile_record
+from parity.numerics.forward import check_logits, hf_logits, loss_comparison
+from parity.numerics.tie import twin_config
+from parity.subject.batches import gradient_batch, token_batch
+from parity.subject.subject import Subject
+
+# Batches compared by the logits check besides the gradient batch, whose logits the shared forward +
+# backward already compared (parity/numerics/gradients.py): one token, a full block, the GPT-2 sentence.
+LOGITS_BATCHES = ("length_1", "full_block", "sentence")
+# Greedy continuation of the inference check: a short prompt of the sentence, then this many new tokens.
+PROMPT_TOKENS = 8
+NEW_TOKENS = 8
+# The probability the dropout-sites check configures on both sides.
+DROPOUT_P = 0.1
+SAME_CALLS_DIFFER = "outputs differ between two identical calls"
+
+
+def _diagnosed(s: Subject, idx: torch.Tensor, label: str) -> str:
+    """The logits check's diagnosis on idx (first diverging module), or "" when the logits match.
+
+    Kept on the subject: the logits and the loss checks both ask for the gradient batch's diagnosis when
+    the shared forward differs, and each costs several forward passes of both models.
+    """
+    if label not in s.diagnoses:
+        try:
+            check_logits(s.model(), s.hf(), idx, s.config.n_layer, label)
+            s.diagnoses[label] = ""
+        except ParityFailure as e:
+            s.diagnoses[label] = str(e).removeprefix("[logits] ")
+    return s.diagnoses[label]
+
+
+def _profile(s: Subject, idx: torch.Tensor, label: str, passed: bool) -> list[dict[str, Any]]:
+    """The per-module difference profile of one batch, for the report (empty when the shapes differ)."""
+    try:
+        profile = difference_profile(s.model(), s.hf(), idx, s.config.n_layer)
+    except Exception:  # noqa: BLE001 - a profile is a picture of a comparison, never a verdict
+        return []
+    return [profile_record(label, profile, s.dtype, logits_tolerance(s.dtype), passed)]
+
+
+def logits_check(s: Subject) -> Outcome:
+    """Logits of four batches against Hugging Face's (tie_word_embeddings=True)."""
+    model, hf = s.model(), s.hf()
+    run = s.gradient_run()
+    records: list[Comparison] = []
+    found = run.logits
+    idx = gradient_batch(s.config)[0].to(s.device)
+    passed = not isinstance(found, ParityFailure) and found.passed
+    profiles = _profile(s, idx, "logits[gradient batch]", passed)
+    if not passed:
+        diagnosis = _diagnosed(s, idx, "gradient batch")
+        summary = str(found).removeprefix("[logits] ") if isinstance(found, ParityFailure) else found.summary()
+        raise ParityFailure(
+            f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
+        )
+    records.append(found)
+    for kind in LOGITS_BATCHES:
+        idx = token_batch(kind, s.config).to(s.device)
+        try:
+            records.append(check_logits(model, hf, idx, s.config.n_layer, kind))
+        except ParityFailure as e:
+            raise ParityFailure(str(e), records + e.records, profiles + _profile(s, idx, f"logits[{kind}]", False)) from None
+    worst = max(r.max_abs for r in records)
+    worst_norm = max(r.rel_norm for r in records)
+    return Outcome(
+        f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, relative difference "
+        f"norm {worst_norm:.1e}, tolerance {logits_tolerance(s.dtype)}",
+        "\n".join(r.summary() for r in records),
+        records,
+        profiles,
+    )
+
+
+def loss_check(s: Subject) -> Outcome:
+    """The implementation's own loss (its forward with targets) equals the loss of HF's logits."""
+    run = s.gradient_run()
+    try:
+        rec = loss_comparison(run.reference_loss, run.hf_loss, s.dtype)
+    except ParityFailure as e:
+        idx = gradient_batch(s.config)[0].to(s.device)
+        diagnosis = _diagnosed(s, idx, "gradient batch")
+        cause = (
+            f"the logits differ too: {diagnosis.splitlines()[0]}"
+            if diagnosis
+            else "the logits match, so the implementation's own loss is computed differently (cross-entropy "
+            "over every position, mean reduction, targets not shifted again, ignore_index=-1)"
+        )
+        raise ParityFailure(f"[loss] {cause}\n  {str(e).removeprefix('[loss] ')}", e.records) from None
+    return Outcome(f"loss {float(run.hf_loss):.6f} matches Hugging Face's ({rec.summary()})", records=[rec])
+
+
+def _forward_differs(s: Subject) -> bool:
+    """True when the shared forward pass's logits already differ from Hugging Face's."""
+    found = s.gradient_run().logits
+    return isinstance(found, ParityFailure) or not found.passed
+
+
+def own_forward_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """The implementation's own forward without targets (what generation calls): its last position's logits."""
+    cls = type(model)
+    # parity.foreign.impl adapts foreign classes by subclassing (full logits without targets): call the original.
+    own = cls.__mro__[1].forward if "_parity_logits_mode" in cls.__dict__ else cls.forward
+    out = own(model, idx)
+    if isinstance(out, dict):
+        out = out["logits"]
+    elif isinstance(out, tuple):
+        out = out[0]
+    elif hasattr(out, "logits"):
+        out = out.logits
+    return out[:, -1, :]
+
+
+def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, str]:
+    """(the continuation, how): the implementation's own generate with top_k=1 when it has one, else a loop."""
+    generate = getattr(model, "generate", None)
+    if callable(generate):
+        try:
+            return generate(prompt, new, top_k=1), "its own generate(top_k=1)"
+        except TypeError:
+            pass
+    idx = prompt
+    for _ in range(new):
+        idx = torch.cat([idx, own_forward_logits(model, idx).argmax(-1, keepdim=True)], dim=1)
+    return idx, "a greedy loop over its forward"
+
+
+def inference_check(s: Subject) -> Outcome:
+    """The call without targets gives HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
+    model, hf = s.model(), s.hf()
+    tol = logits_tolerance(s.dtype)
+    prompt = token_batch("sentence", s.config)[:, : max(1, min(PROMPT_TOKENS, s.config.block_size // 2))]
+    prompt = prompt.to(s.device)
+    new = max(1, min(NEW_TOKENS, s.config.block_size - prompt.size(1)))
+    with torch.no_grad():
+        last = own_forward_logits(model, prompt)
+        rec = compare_tensors("inference", "last-position logits without targets", last,
+                              hf_logits(hf, prompt)[:, -1, :], tol)  # fmt: skip
+        if not rec.passed:
+            forward = "; the forward pass differs already (see logits)" if _forward_differs(s) else ""
+            raise ParityFailure(
+                f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}", [rec]
+            )
+        ours, how = _greedy(model, prompt, new)
+        theirs = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False,
+            use_cache=True, pad_token_id=0,
+        )  # fmt: skip
+    if ours.shape != theirs.shape or not torch.equal(ours, theirs):
+        differ = (ours[0, : theirs.size(1)] != theirs[0, : ours.size(1)]).nonzero()
+        k = int(differ[0]) if len(differ) else min(ours.size(1), theirs.size(1))
+        prefix = theirs[:, :k]
+        with torch.no_grad():
+            step = compare_tensors(
+                "inference", f"logits before token {k}", own_forward_logits(model, prefix),
+                hf_logits(hf, prefix)[:, -1, :], tol,
+            )  # fmt: skip
+        if not step.passed or k >= min(ours.size(1), theirs.size(1)):
+            raise ParityFailure(
+                f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) at "
+                f"token {k}: {ours[0].tolist()} vs {theirs[0].tolist()}; {step.summary()}",
+                [rec, step],
+            )
+    return Outcome(
+        f"last-position logits without targets match, and {new} greedy tokens by {how} equal Hugging Face's "
+        "generate with its KV cache",
+        rec.summary(),
+        [rec],
+    )
+
+
+class DropoutRecorder(TorchFunctionMode):
+    """Records every dropout a forward pass applies: ("attention" or "hidden", p) in call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[tuple[str, float]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (F.dropout, torch.dropout, torch.nn.functional.dropout):
+            p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+            train = args[2] if len(args) > 2 else kwargs.get("training", kwargs.get("train", True))
+            if train and p > 0:
+                self.sites.append(("attention" if args[0].dim() == 4 else "hidden", float(p)))
+        elif func is F.scaled_dot_product_attention:
+            p = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
+            if p > 0:
+                self.sites.append(("attention", float(p)))
+        return func(*args, **kwargs)
+
+
+def _sites(model: nn.Module, idx: torch.Tensor) -> Counter[tuple[str, float]]:
+    """The dropout sites of one forward: the first hidden-state dropout before any attention is the embeddings'."""
+    recorder = DropoutRecorder()
+    with torch.no_grad(), recorder:
+        model(idx)
+    named = []
+    for i, (kind, p) in enumerate(recorder.sites):
+        before_attention = all(k != "attention" for k, _ in recorder.sites[:i])
+        first_hidden = all(k != "hidden" for k, _ in recorder.sites[:i])
+        named.append(("embeddings" if kind == "hidden" and before_attention and first_hidden else
+                      "attention weights" if kind == "attention" else "residual branches", round(p, 6)))  # fmt: skip
+    return Counter(named)
+
+
+def dropout_sites_check(s: Subject) -> Outcome:
+    """Train mode drops where HF drops, with the configured probability; eval mode drops nothing."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = dataclasses.replace(twin_config(s.config), dropout=DROPOUT_P)
+    model = s.impl.build(config)[0].to(s.dtype).to(s.device)
+    hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
+    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(s.dtype).to(s.device)
+    idx = token_batch("several_sequences", config)[:2, :16].to(s.device)
+    hf.train(), model.train()
+    expected, found = _sites(hf, idx), _sites(model, idx)
+    model.eval()
+    in_eval = _sites(model, idx)
+    with torch.no_grad():
+        a, b = own_forward_logits(model, idx), own_forward_logits(model, idx)
+    if in_eval or not torch.equal(a, b):
+        raise ParityFailure(
+            f"[dropout-sites] dropout is active in eval mode ({dict(in_eval) or SAME_CALLS_DIFFER}): eval must apply none (pass dropout_p=0 to scaled_dot_product_attention "
+            "outside training, and use nn.Dropout or training=self.training)"
+        )
+    if not found:
+        raise NotApplicable(
+            f"[dropout-sites] {s.label} applies no dropout in train mode with dropout={DROPOUT_P} configured "
+            "(no dropout modules, or its config has no dropout setting): nothing to compare with Hugging "
+            "Face's dropout sites"
+        )
+    if found != expected:
+        missing = expected - found
+        extra = found - expected
+        parts = [f"missing {n} x {site} (p={p})" for (site, p), n in sorted(missing.items())]
+        parts += [f"unexpected {n} x {site} (p={p})" for (site, p), n in sorted(extra.items())]
+        raise ParityFailure(
+            f"[dropout-sites] train-mode dropout differs from Hugging Face's with p={DROPOUT_P}: {'; '.join(parts)} "
+            f"(Hugging Face drops the embeddings, the attention weights and both residual branches of each block)"
+        )
+    sites = ", ".join(f"{n} x {site}" for (site, _), n in sorted(found.items()))
+    return Outcome(f"train mode drops at Hugging Face's sites with p={DROPOUT_P} ({sites}); eval drops none")
+
+
+FORWARD_CHECKS = (
+    Check("logits", "logits of four batches equal Hugging Face's GPT2LMHeadModel (tie_word_embeddings=True), "
+          "element by element and in the norm of their difference",
+          "both models; the shared forward + backward", logits_check),
+    Check("loss", "the implementation's own loss (forward with targets) equals the loss of HF's logits",
+          "both models; the shared forward + backward", loss_check),
+    Check("inference", "the call without targets gives HF's last-position logits; greedy decoding equals "
+          "HF's generate with its KV cache", "both models", inference_check),
+    Check("dropout-sites", "train mode drops the embeddings, attention weights and both residual branches "
+          "with the configured p, like HF; eval drops nothing", "a fresh narrow twin of each, p=0.1",
+          dropout_sites_check),
+)  # fmt: skip

@@ -1,0 +1,31 @@
+"""The registry of named parity checks: one definition that every front end runs.
+
+`pytest parity/` (one test per check and model, its id the check's name), the bisect command
+(`--checks NAME,...`, listed in its --help), the JSON report and the mutant catalog all take their checks
+from `CHECKS` and run them through `parity.core.verdicts.run_check`. Each check is defined once, in one of the
+check modules: forward (logits, loss, inference, dropout-sites), backward (grads, tied-gradient), counts
+and the tie (tied-storage, param-count, own-count, optimizer-once, checkpoint-once), training (decay-groups,
+train-steps, init, init-scheme).
+"""
+
+from __future__ import annotations
+
+from parity.checks.backward import BACKWARD_CHECKS
+from parity.checks.check import Check, run_check
+from parity.checks.counts import COUNT_CHECKS
+from parity.checks.forward import FORWARD_CHECKS
+from parity.checks.training import TRAINING_CHECKS
+from parity.core.verdicts import NAME_WIDTH, Verdict
+from parity.subject.subject import Subject
+
+# In the order they run: forward, backward, the tie and counts, then the checks that build or train models.
+CHECKS: dict[str, Check] = {c.name: c for c in (*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)}
+CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
+assert max(len(n) for n in CHECK_NAMES) <= NAME_WIDTH, "widen verdicts.NAME_WIDTH"
+
+
+def run_checks(names: list[str], subject: Subject) -> list[Verdict]:
+    """Verdicts of the named checks, in registry order (every check restores what it changes)."""
+    return [run_check(CHECKS[name], subject) for name in CHECK_NAMES if name in names]
+
+

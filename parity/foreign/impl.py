@@ -1,0 +1,389 @@
+"""The implementation under test: any nanoGPT-style `GPT` and its config, imported in isolation and adapted.
+
+Users bisect their own model code, so the harness must run on a model.py (or a package) at any commit of
+its history without editing it. `import_implementation` imports the file under a unique module name
+derived from its path and contents, with its directory on sys.path only while importing, and takes
+sibling modules it imported back out of sys.modules, so two implementations (or two commits of one) can
+live in one process. A file is loaded definitions-only (parity/foreign/definitions.py): module-level training
+code is never run, and imports it does not need may fail; `run_module=True` imports it as it is. A file
+with relative imports is imported through its folder as a package (the package's `__init__.py` is not
+run). The adapters of parity/foreign/adapters.py give the harness one calling convention and find the config.
+`load_implementation` builds the model with the implementation's own __init__ and config, then loads the
+checkpoint through our converter (`nanogpt.hf.hf_to_nanogpt_state_dict`), never through the
+implementation's `from_pretrained` (which would download): buffers such as causal masks (`attn.bias`)
+stay as the implementation built them, every parameter must receive a value, and a tied checkpoint fills
+both `wte` and `lm_head` of an untied model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import io
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from nanogpt.hf import LazyWeights, config_from_hf, hf_to_nanogpt_state_dict, read_hf_config, weight_files
+from nanogpt.model import GPTConfig
+from parity.foreign.adapters import (  # noqa: F401  (re-exported: the harness imports them from here)
+    ARCHITECTURE_FIELDS,
+    OPTIMIZER_ARGUMENTS,
+    ConfigMaker,
+    ImplementationError,
+    adapted_class,
+    call_configure_optimizers,
+    config_maker,
+    full_logits,
+    implementation_config,
+)
+from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
+
+# Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.
+MODULE_PREFIX = "_nanogpt_parity_impl_"
+# Load notes of each module imported in this process (a second import of the same sources reuses it).
+_NOTES: dict[str, list[str]] = {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# importing in isolation
+
+
+def _local_module_names(directory: Path) -> set[str]:
+    """Top-level names a directory on sys.path provides: its .py files, packages and namespace dirs."""
+    names = set()
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            name = entry.stem if entry.suffix == ".py" else entry.name
+            if (
+                (entry.is_dir() or entry.suffix == ".py")
+                and name.isidentifier()
+                and not name.startswith("__")
+            ):
+                names.add(name)
+    return names
+
+
+def _source_digest(path: Path) -> str:
+    """A hash of the implementation's source: the package's .py files, or the file and its .py siblings."""
+    h = hashlib.sha256(str(path).encode())
+    files = sorted(path.rglob("*.py")) if path.is_dir() else sorted(path.parent.glob("*.py"))
+    for f in files:
+        h.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode())
+        with contextlib.suppress(OSError):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _isolated_import(search_dir: Path, unique: str) -> Iterator[None]:
+    """search_dir on sys.path while importing; afterwards sys.path and sys.modules as before, plus `unique`.
+
+    Modules of search_dir already imported under the same names (another implementation's `model`, say)
+    are hidden during the import and put back afterwards; the implementation's own sibling modules are
+    removed from sys.modules afterwards (the implementation keeps its references to them).
+    """
+    saved_path = list(sys.path)
+    local = _local_module_names(search_dir)
+    shadowed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in local}
+    before = set(sys.modules)
+    sys.path.insert(0, str(search_dir))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - before:
+            if name != unique and not name.startswith(unique + ".") and name.split(".")[0] in local:
+                del sys.modules[name]
+        sys.modules.update(shadowed)
+
+
+def _forget(unique: str) -> None:
+    """Remove a failed import's entries from sys.modules."""
+    for name in [n for n in sys.modules if n == unique or n.startswith(unique + ".")]:
+        del sys.modules[name]
+
+
+def _package_chain(path: Path, levels: int, unique: str) -> tuple[str, list[tuple[str, Path]]]:
+    """(the file's module name, [(package name, folder)] from the top) for relative imports `levels` deep."""
+    folders = [path.parents[i] for i in range(levels - 1, -1, -1)]
+    names = [unique] + [f"{unique}.{'.'.join(f.name for f in folders[1 : i + 1])}" for i in range(1, levels)]
+    return f"{names[-1]}.{path.stem}", list(zip(names, folders, strict=True))
+
+
+def _stub_packages(chain: list[tuple[str, Path]]) -> None:
+    """Register each folder as a package without running its __init__.py (which may import the world)."""
+    for name, folder in chain:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
+def _plan(path: Path) -> DefinitionsPlan:
+    """The definitions plan of a .py file (a SyntaxError propagates: the import fails with it)."""
+    try:
+        return plan_definitions(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImplementationError(f"cannot read {path}: {e}") from e
+
+
+def _load_file(
+    name: str,
+    path: Path,
+    plan: DefinitionsPlan,
+    run_module: bool,
+    notes: list[str],
+    package_dir: Path | None = None,
+) -> ModuleType:
+    """Execute a .py file as module `name` (a package's __init__ with package_dir): definitions or all."""
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(package_dir)] if package_dir else None
+    )
+    if spec is None or spec.loader is None:
+        raise ImplementationError(f"{path}: not importable as Python source")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and relative imports look the module up by name
+    if run_module:
+        spec.loader.exec_module(module)
+    else:
+        notes += summary(plan)
+        notes += exec_definitions(plan, module, str(path))
+    return module
+
+
+def _take_gpt(module: ModuleType, where: str) -> type[nn.Module]:
+    gpt = getattr(module, "GPT", None)
+    if not (isinstance(gpt, type) and issubclass(gpt, nn.Module)):
+        raise ImplementationError(
+            f"{where} defines no GPT class (a torch.nn.Module); the nanoGPT convention is `class GPT(nn.Module)`"
+        )
+    return gpt
+
+
+def _import_package(path: Path, unique: str, run_module: bool, notes: list[str]) -> tuple[ModuleType, str]:
+    """A package directory: its __init__.py (definitions only, unless run_module), then its model.py when
+    __init__ has no GPT. Submodules that __init__ imports itself run as they are."""
+    module = sys.modules.get(unique)
+    if module is None:
+        init = path / "__init__.py"
+        module = _load_file(unique, init, _plan(init), run_module, notes, package_dir=path)
+    if not hasattr(module, "GPT") and (path / "model.py").is_file():
+        name = unique + ".model"
+        inner = sys.modules.get(name) or _load_file(
+            name, path / "model.py", _plan(path / "model.py"), run_module, notes
+        )
+        return inner, str(path / "model.py")
+    return module, str(path)
+
+
+def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) -> ModuleType:
+    """A .py file, through its folder as a package when it has relative imports."""
+    plan = _plan(path)
+    levels = plan.relative_level
+    if levels == 0:
+        name = unique
+    else:
+        if levels > len(path.parents) - 1:
+            raise ImplementationError(f"{path}: a relative import goes above the file system's root")
+        name, chain = _package_chain(path, levels, unique)
+        if name not in sys.modules:
+            _stub_packages(chain)
+        notes.append(
+            f"imported as {'.'.join([chain[0][1].name, *name.split('.')[1:]])} through its package folder "
+            f"{chain[0][1]} (relative imports; the package's __init__.py not run)"
+        )
+    module = sys.modules.get(name)  # same path, same sources: already imported in this process
+    if module is None:
+        module = _load_file(name, path, plan, run_module, notes)
+        if not run_module and not hasattr(module, "GPT") and "GPT" in plan.left_out_binds:
+            # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load without it.
+            del sys.modules[name]
+            notes[:] = [n for n in notes if not n.startswith("definitions only:")]
+            notes.append(f"GPT is set by module-level code of {path.name}, so the file was imported as it is")
+            module = _load_file(name, path, plan, True, notes)
+    return module
+
+
+def _import_classes(
+    path: Path, run_module: bool
+) -> tuple[ModuleType, type[nn.Module], ConfigMaker, list[str]]:
+    """Import path (checked by check_implementation_path); return (module, GPT, its config maker, load notes)."""
+    is_package = path.is_dir() and (path / "__init__.py").is_file()
+    if path.is_dir() and not is_package:
+        path = path / "model.py"
+    unique = MODULE_PREFIX + _source_digest(path) + ("_run" if run_module else "")
+    where = str(path)
+    notes = list(_NOTES.get(unique, []))
+    fresh = unique not in sys.modules
+    try:
+        with _isolated_import(path.parent, unique):
+            if is_package:
+                module, where = _import_package(path, unique, run_module, notes if fresh else [])
+            else:
+                module = _import_file(path, unique, run_module, notes if fresh else [])
+        gpt = _take_gpt(module, where)
+        maker = config_maker(module, gpt, where)
+    except ImplementationError:
+        _forget(unique)
+        raise
+    except (Exception, SystemExit) as e:  # any failure of the user's code at import time
+        _forget(unique)
+        hint = ""
+        if isinstance(e, ImportError) and "relative import" in str(e):
+            hint = "; pass the package folder (the directory with __init__.py) as --impl"
+        text = str(e).replace(unique + ".", "")  # the package's own name, not the harness's alias of it
+        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {text}{hint}") from e
+    _NOTES[unique] = notes
+    return module, gpt, maker, notes
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint into an implementation did."""
+
+    checkpoint: Path
+    kept_buffers: list[str]  # buffers left as the implementation built them (causal masks and the like)
+    output: str  # what the implementation printed while being built
+
+
+@dataclass
+class Implementation:
+    """A nanoGPT-style implementation: its module, GPT and GPTConfig, and the adapted GPT the harness uses."""
+
+    label: str
+    source: Path
+    module: ModuleType
+    gpt_cls: type[nn.Module]
+    config_cls: type | None  # None when a factory classmethod makes the config
+    config_maker: ConfigMaker | None = None  # default: config_cls fed the fields it declares
+    notes: list[str] = field(default_factory=list)  # how it was loaded, for the load summary
+    adapted_cls: type[nn.Module] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.adapted_cls = adapted_class(self.gpt_cls)
+        if self.config_maker is None:
+            assert self.config_cls is not None
+            self.config_maker = ConfigMaker(self.config_cls.__name__, self.config_cls)
+
+    @property
+    def has_configure_optimizers(self) -> bool:
+        """True when the implementation defines configure_optimizers."""
+        return callable(getattr(self.gpt_cls, "configure_optimizers", None))
+
+    def build(self, config: GPTConfig) -> tuple[nn.Module, str]:
+        """A fresh adapted model from the implementation's own __init__; (model, what it printed)."""
+        assert self.config_maker is not None
+        cfg = self.config_maker.make(config)
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):  # upstream prints its parameter count
+                model = self.adapted_cls(cfg)
+        except Exception as e:
+            raise ImplementationError(
+                f"{self.gpt_cls.__name__}(config) raised {type(e).__name__}: {e}"
+            ) from e
+        return model, printed.getvalue()
+
+
+def reference_implementation() -> Implementation:
+    """The reference nanoGPT (nanogpt.model), the default implementation under test."""
+    import nanogpt.model as module
+
+    return Implementation("nanogpt (reference)", Path(module.__file__), module, module.GPT, module.GPTConfig)
+
+
+def check_implementation_path(path: str | os.PathLike[str]) -> Path:
+    """The resolved path, when it names what import_implementation takes; else ImplementationError.
+
+    Nothing is imported: `pytest parity/ --impl` refuses a mistyped path with this before any work, and
+    leaves the importing to the child process that runs the tested code.
+    """
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise ImplementationError(
+            f"{path}: no such file or directory here (at this commit); pass a model.py file or a package "
+            "directory exposing GPT and GPTConfig"
+        )
+    if resolved.is_dir():
+        if not (resolved / "__init__.py").is_file() and not (resolved / "model.py").is_file():
+            raise ImplementationError(
+                f"{resolved}: a directory without __init__.py or model.py; pass a model.py file or a package "
+                "directory exposing GPT and GPTConfig"
+            )
+    elif resolved.suffix != ".py":
+        raise ImplementationError(f"{resolved}: not a .py file; pass a model.py file or a package directory")
+    return resolved
+
+
+def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
+    """Import a model.py file (its definitions only, unless run_module) or a package directory, in isolation."""
+    resolved = check_implementation_path(path)
+    module, gpt, maker, notes = _import_classes(resolved, run_module)
+    if maker.how != "GPTConfig":
+        notes = [*notes, f"config: {maker.how}"]
+    return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes)
+
+
+def _loaded_problems(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(parameters the checkpoint gives no value, checkpoint tensors the model has no parameter for)."""
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return sorted(params - set(sd)), sorted(set(sd) - params)
+
+
+def load_implementation(
+    impl: Implementation, checkpoint: Path, dtype: torch.dtype, device: str
+) -> tuple[nn.Module, LoadReport]:
+    """impl's model built by its own __init__, with the checkpoint's weights loaded by our converter, in eval mode.
+
+    Raises CheckpointError for a bad checkpoint and ImplementationError when the implementation cannot be
+    built or some parameter gets no value (the message lists the keys on each side).
+    """
+    checkpoint = Path(checkpoint)
+    config = config_from_hf(read_hf_config(checkpoint))
+    weights = LazyWeights(weight_files(checkpoint))
+    model, printed = impl.build(config)
+    # An implementation that pads its vocabulary (50257 -> 50304) gets the checkpoint's rows and zero padding.
+    rows = dict(model.named_parameters()).get("transformer.wte.weight")
+    if rows is not None and rows.dim() == 2 and rows.size(0) > config.vocab_size:
+        config = dataclasses.replace(config, vocab_size=rows.size(0), logical_vocab_size=config.vocab_size)
+    sd, _ = hf_to_nanogpt_state_dict(weights, config, dtype=dtype, source=str(checkpoint))
+    # A tied checkpoint stores the matrix once; an untied implementation gets the same values in both.
+    sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
+    buffers = sorted(n for n, _ in model.named_buffers())
+    missing, unexpected = _loaded_problems(model, sd)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} parameter(s) get no value from the checkpoint: {', '.join(missing[:6])}"
+            )
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} checkpoint tensor(s) have no parameter: {', '.join(unexpected[:6])}"
+            )
+        raise ImplementationError(
+            f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {'; '.join(parts)}"
+        )
+    try:
+        model.to(dtype=dtype)
+        with torch.no_grad():
+            # Parameters only: buffers (causal masks) stay as the implementation built them.
+            model.load_state_dict(sd, strict=False)
+        model.to(device)
+    except Exception as e:
+        raise ImplementationError(f"loading {checkpoint} into {impl.label}: {type(e).__name__}: {e}") from e
+    return model.eval(), LoadReport(checkpoint, buffers, printed)

@@ -1,0 +1,259 @@
+"""`python -m parity.frontends.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
+
+Runs the named checks of parity/checks/registry.py on an implementation (`--impl path/to/model.py`, default the
+reference nanoGPT) in a sandboxed child process (parity/sandbox/parent.py), prints one line per check, and exits
+with what `git bisect run` understands: 0 good, 1 bad, 125 "cannot test this commit" (import error, no
+GPT class, a crash, an exit or a hang past `--timeout` of the tested code, a changed transformers), and 129 for a usage error of this command, which aborts the bisection instead of marking
+commits bad (argparse's own exit status 2 would read as bad). Good means every selected check passes,
+unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
+or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
+float64 on CPU: seconds per commit); `--model` takes a GPT-2 size or a checkpoint directory.
+
+    git bisect start BAD GOOD
+    git bisect run python -m parity.frontends.bisect --impl model.py --checks tied-storage
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import NoReturn
+
+import transformers
+
+from nanogpt.hf import CheckpointError
+from nanogpt.model import GPT2_SIZES, GPTConfig
+from nanogpt.paths import OutputPathError
+from parity.checks.registry import CHECK_NAMES, CHECKS
+from parity.core.errors import UsageError
+from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
+from parity.core.verdicts import Status, Verdict, format_verdicts
+from parity.sandbox.parent import (
+    SMALL_TIMEOUT_S,
+    SandboxResult,
+    default_timeout,
+    output_summary,
+    run_checks_in_child,
+)
+from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
+from parity.subject.targets import (
+    DEVICE_CHOICES,
+    DTYPES,
+    ParityTarget,
+    resolve_device,
+    resolve_dtype,
+    resolve_targets,
+)
+
+# The default model: the GPT-2 architecture at a size where every check takes well under a second.
+SMALL = "small"
+SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+
+
+class BisectArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error exits with EXIT_ABORT (argparse's 2 would mark the commit bad)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ABORT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the bisect command."""
+    checks_help = "; ".join(f"{c.name}: {c.meaning}" for c in CHECKS.values())
+    p = BisectArgumentParser(
+        prog="python -m parity.frontends.bisect",
+        description="Run named parity checks on a nanoGPT-style implementation; exit 0 good, 1 bad, "
+        "125 untestable (git bisect skip), 129 usage error (aborts git bisect run).",
+    )
+    p.add_argument(
+        "--impl",
+        metavar="PATH",
+        help="a model.py file or a package directory exposing GPT and GPTConfig (default: the reference nanogpt)",
+    )
+    p.add_argument(
+        "--model",
+        default=SMALL,
+        help=f"{SMALL} (default: a synthetic 2-layer model) | {' | '.join(GPT2_SIZES)} | PATH to an HF GPT-2 "
+        "checkpoint directory",
+    )
+    p.add_argument("--checks", default=None, help=f"comma-separated, or all (the default). {checks_help}")
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="CHECK=pass|fail",
+        help="what counts as good for CHECK (repeatable; selects CHECK). Default: every selected check passes",
+    )
+    p.add_argument(
+        "--tied-decay",
+        choices=("yes", "no"),
+        default="yes",
+        help="should the tied matrix be weight-decayed (decay-groups)? default yes, the reference's policy",
+    )
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="default: cuda when available")
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help="default: float64 on CPU for small models"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock limit of the child process that runs the tested code (default: "
+        f"{SMALL_TIMEOUT_S:g} s for small, more by parameter count for larger models); past it: 125",
+    )
+    p.add_argument(
+        "--run-module",
+        action="store_true",
+        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
+        "module-level training code never runs)",
+    )
+    p.add_argument(
+        "-v", "--details", action="store_true", help="print each check's details and the tested code's output"
+    )
+    return p
+
+
+def parse_checks(text: str | None) -> list[str]:
+    """The checks named by --checks (comma-separated, or all)."""
+    if text is None or text.strip() == "all":
+        return list(CHECK_NAMES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown or not names:
+        raise UsageError(
+            f"--checks {text!r}: unknown check(s) {unknown}; choose from {', '.join(CHECK_NAMES)} or all"
+        )
+    return names
+
+
+def parse_expectations(items: list[str]) -> dict[str, bool]:
+    """--expect CHECK=pass|fail, as {check: should pass}."""
+    out = {}
+    for item in items:
+        check, _, want = item.partition("=")
+        if check not in CHECKS or want not in ("pass", "fail"):
+            raise UsageError(
+                f"--expect {item!r}: write CHECK=pass or CHECK=fail, CHECK one of {', '.join(CHECK_NAMES)}"
+            )
+        out[check] = want == "pass"
+    return out
+
+
+def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
+    """The target of --model: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
+    if model == SMALL:
+        device = resolve_device(device)
+        c = SMALL_CONFIG
+        label = f"small-L{c.n_layer}-H{c.n_head}-C{c.n_embd}-V{c.vocab_size}-T{c.block_size}"
+        return ParityTarget(
+            label, c, "synthetic", "seeded synthetic checkpoint", device, resolve_dtype(dtype, device, SMALL)
+        )
+    if model == "all":
+        raise UsageError("--model all: bisect checks one model; name one size")
+    return resolve_targets(model, "auto", device, dtype)[0]
+
+
+def check_memory(target: ParityTarget, checks: list[str]) -> None:
+    """UsageError with the estimate when the run cannot fit in this machine's memory (CPU runs).
+
+    The same plan as `pytest parity/`: checks that train or re-initialise run on copies only where they
+    fit, else on the narrow twin (parity/subject/subject.py), so the plan does not depend on the selection.
+    """
+    if target.device != "cpu" or ignore_memory_check():
+        return
+    what = f"checking {', '.join(c for c in CHECK_NAMES if c in checks)}"
+    problem = memory_problem(target.name, target.memory, available_memory(), what)
+    if problem:
+        raise UsageError(problem)
+
+
+def decide(verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[str] = frozenset()) -> tuple[int, str]:
+    """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown.
+
+    A check that does not apply (the implementation has no get_num_params, no dropout, no
+    configure_optimizers: `Verdict.applicable`) is unknown only when it was named (--checks, --expect):
+    under the default, every check, a correct model without dropout must not make every commit a skip.
+    """
+    want = {v.check: expect.get(v.check, True) for v in verdicts}
+    contradicted = [
+        v for v in verdicts if v.status != Status.CANNOT_TEST and (v.status == Status.PASS) != want[v.check]
+    ]
+    named = named | frozenset(expect)
+    unknown = [v for v in verdicts if v.status == Status.CANNOT_TEST and (v.applicable or v.check in named)]
+    absent = [v.check for v in verdicts if v.status == Status.CANNOT_TEST and v not in unknown]
+    not_applicable = f" (not applicable: {', '.join(absent)})" if absent else ""
+    if contradicted:
+        parts = []
+        for got, expected in ((Status.FAIL, "PASS"), (Status.PASS, "FAIL")):
+            names = [v.check for v in contradicted if v.status == got]
+            if names:
+                parts.append(f"{', '.join(names)} {got.value} (expected {expected})")
+        return EXIT_BAD, "bad: " + "; ".join(parts)
+    if unknown:
+        return EXIT_SKIP, f"cannot test this commit: {', '.join(v.check for v in unknown)} could not run"
+    judged = [v for v in verdicts if v.status != Status.CANNOT_TEST]
+    if not judged:
+        return EXIT_SKIP, f"cannot test this commit: no selected check applies{not_applicable}"
+    return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in judged) + not_applicable
+
+
+def print_sandbox_output(result: SandboxResult, details: bool) -> None:
+    """The load summary always; the tested code's captured output with -v, else how much there is."""
+    for line in output_summary(result, details):
+        print(line)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse, check in a sandboxed child process, print; returns the exit code for git bisect run."""
+    args = build_parser().parse_args(argv)
+    try:
+        expect = parse_expectations(args.expect)
+        selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
+        selected += [c for c in expect if c not in selected]
+        everything = args.checks is None or args.checks.strip() == "all"
+        named = frozenset(() if everything else selected)
+        target = resolve_model(args.model, args.device, args.dtype)
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+        check_memory(target, selected)
+        target.ensure_checkpoint()
+    except (UsageError, CheckpointError, OutputPathError) as e:
+        print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
+        return EXIT_ABORT
+    timeout = args.timeout if args.timeout is not None else default_timeout(target)
+    label = args.impl if args.impl is not None else "nanogpt (reference)"
+    print(f"implementation: {label}; model: {target.name} ({target.weights}), "
+          f"{target.dtype_name} on {target.device}; checked in a child process, timeout {timeout:g} s",
+          flush=True)  # fmt: skip
+    result = run_checks_in_child(
+        args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout
+    )
+    if result.checkpoint_error:
+        print(f"python -m parity.frontends.bisect: error: {result.checkpoint_error}", file=sys.stderr)
+        return EXIT_ABORT
+    print_sandbox_output(result, args.details)
+    print(format_verdicts(result.verdicts, args.details))
+    code, why = decide(result.verdicts, expect, named)
+    print(f"{why} (exit {code})", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; an unexpected error of the command itself aborts the bisection instead of marking bad."""
+    transformers.utils.logging.disable_progress_bar()  # one line per check, no loading bars
+    try:
+        return run(argv)
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"python -m parity.frontends.bisect: internal error (exit {EXIT_ABORT} aborts git bisect run)",
+            file=sys.stderr,
+        )
+        return EXIT_ABORT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The `nanogpt-parity` command: the parity suite of the installed package, from any directory.
+
+`nanogpt-parity --model gpt2-large` is `pytest parity/ --model gpt2-large` run on the installed `parity`
+package: the same options, pytest's own passed through, the exit status pytest's. The plugins are loaded
+here with `-p`, never through a pytest11 entry point, so installing the package changes nothing in a
+user's own pytest runs (a conftest of theirs that defines `--model` keeps working). The suite's own ini
+file replaces whatever pytest.ini or pyproject.toml the current directory has, so a user's addopts or
+collection settings cannot leak into our run; paths on the command line stay relative to where the
+command is run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+# The plugins of `pytest parity/` in a checkout (the root conftest.py loads this same list). progress
+# first: the other two import it, and pytest can rewrite a plugin's asserts only if it imports it first.
+PLUGINS = ["parity.subject.progress", "benchmarks.plugin", "parity.frontends.pytest_frontend.plugin"]
+SUITE_INI = Path(__file__).with_name("suite.ini")
+# Options whose value is a path the user typed relative to their directory.
+PATH_OPTIONS = ("--impl", "--parity-report")
+
+
+def absolute_path_options(args: Sequence[str], cwd: Path) -> list[str]:
+    """Make the values of PATH_OPTIONS absolute against cwd (both `--impl X` and `--impl=X`)."""
+    out: list[str] = []
+    pending: str | None = None
+    for arg in args:
+        if pending is not None:
+            out.append(str(cwd / Path(arg).expanduser()))
+            pending = None
+            continue
+        name, eq, value = arg.partition("=")
+        if name in PATH_OPTIONS and eq:
+            out.append(f"{name}={cwd / Path(value).expanduser()}")
+        else:
+            out.append(arg)
+            pending = arg if arg in PATH_OPTIONS else None
+    return out
+
+
+def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
+    """The pytest command line that runs the installed suite with the user's arguments."""
+    cwd = Path.cwd() if cwd is None else cwd
+    package_parent = Path(__file__).resolve().parents[2]
+    plugins = [a for p in PLUGINS for a in ("-p", p)]
+    return [
+        *plugins,
+        # pytest-benchmark would leave a .benchmarks folder in the user's directory; the suite times nothing.
+        "-p", "no:benchmark",
+        "-c", str(SUITE_INI),
+        # Node ids read parity/test_logits.py::..., as in a checkout; the cache stays with the user.
+        "--rootdir", str(package_parent),
+        "-o", f"cache_dir={cwd / '.pytest_cache'}",
+        "--pyargs", "parity",
+        *absolute_path_options(args, cwd),
+    ]  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the parity suite on the installed package; return pytest's exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    return int(pytest.main(pytest_args(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""pytest plugin of the parity harness: command-line options, validation, header, parametrization, report.
+
+Loaded from the root conftest.py, so `pytest parity/ --model gpt2-large` works from the repository root.
+Options are validated in `pytest_configure`, before collection and before any model is built; a bad
+choice is a one-line usage error that lists the valid choices. `--impl` code is run in a child process
+(parity/frontends/pytest_frontend/child_run.py) unless `--in-process` asks for it to be imported here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from nanogpt.hf import CheckpointError
+from nanogpt.paths import OutputPathError, resolve_output_file
+from parity.core.errors import ImplementationError, UsageError
+from parity.core.tolerances import gradients_tolerance, logits_tolerance
+from parity.core.verdicts import Verdict
+from parity.foreign.impl import Implementation, check_implementation_path, import_implementation
+from parity.frontends.pytest_frontend.child_run import (
+    CHILD_RUN_KEY,
+    EXIT_CANNOT_TEST,
+    UNTESTABLE_KEY,
+    ChildRun,
+    merge_worker_part,
+    parse_timeout,
+    summary_lines,
+    untestable_models,
+    worker_part,
+)
+from parity.frontends.report import ParityReport
+from parity.subject.loading import versions
+from parity.subject.targets import DEVICE_CHOICES, DTYPES, MODEL_CHOICES, ParityTarget, resolve_targets
+
+TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
+REPORT_KEY = pytest.StashKey[ParityReport]()
+IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl --in-process
+WORKER_REPORT = "parity_report"  # key of a pytest-xdist worker's report part in its workeroutput
+WORKER_CHILD = "parity_child"  # key of a pytest-xdist worker's child notes and output
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nanogpt-parity", "GPT-2 parity harness")
+    group.addoption(
+        "--model",
+        default="gpt2",
+        help=f"model to check: {' | '.join(MODEL_CHOICES)} | PATH to a local HF GPT-2 checkpoint (default gpt2)",
+    )
+    group.addoption(
+        "--weights",
+        default="auto",
+        help="auto (pretrained when in the local HF cache, else synthetic) | pretrained | synthetic",
+    )
+    group.addoption(
+        "--revision",
+        default=None,
+        help="pin the cached hub snapshot of a named size: branch, tag or commit (default: refs/main)",
+    )
+    group.addoption(
+        "--device", default=None, help=f"{' | '.join(DEVICE_CHOICES)} (default: cuda when available)"
+    )
+    group.addoption(
+        "--dtype",
+        default=None,
+        help=f"{' | '.join(DTYPES)} (default: float64 on CPU up to gpt2-medium, float32 above and on CUDA)",
+    )
+    group.addoption(
+        "--parity-report", default=None, metavar="PATH", help="write a JSON report of every comparison"
+    )
+    group.addoption(
+        "--tied-decay",
+        default="yes",
+        choices=("yes", "no"),
+        help="should the tied matrix be weight-decayed (the decay-groups check)? default yes, the reference's policy",
+    )
+    group.addoption(
+        "--impl",
+        default=None,
+        metavar="PATH",
+        help="implementation under test: a model.py or package exposing GPT and GPTConfig, run in a child "
+        "process (default: nanogpt, in this process)",
+    )
+    group.addoption(
+        "--impl-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock limit of the child process that runs --impl (default: 120 s for small models, more "
+        "by parameter count); past it, every check is CANNOT-TEST",
+    )
+    group.addoption(
+        "--run-module",
+        action="store_true",
+        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
+        "module-level training code never runs)",
+    )
+    group.addoption(
+        "--in-process",
+        action="store_true",
+        help="import --impl into this pytest process (for pdb): no protection against its exits, hangs or "
+        "patches of transformers",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        targets = resolve_targets(
+            config.getoption("--model"),
+            config.getoption("--weights"),
+            config.getoption("--device"),
+            config.getoption("--dtype"),
+            revision=config.getoption("--revision"),
+        )
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+    report_path = config.getoption("--parity-report")
+    if report_path is not None:
+        # Checked now, not when the report is written after the whole run; written again through
+        # the same validator (ParityReport.write), so a symlink is written through, never replaced.
+        try:
+            resolve_output_file(report_path, "--parity-report")
+        except OutputPathError as e:
+            raise pytest.UsageError(str(e)) from None
+    impl, in_process, run_module = (config.getoption(o) for o in ("--impl", "--in-process", "--run-module"))
+    try:
+        timeout = parse_timeout(config.getoption("--impl-timeout"), in_process=bool(impl and in_process))
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+    # Without --impl, the reference runs in this process: --in-process and --run-module change nothing.
+    try:
+        if impl and in_process:
+            config.stash[IMPL_KEY] = import_implementation(impl, run_module=run_module)
+        elif impl:
+            check_implementation_path(impl)  # the child imports it; a mistyped path stops the run now
+            config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
+    except ImplementationError as e:
+        raise pytest.UsageError(f"--impl: {e}") from None
+    config.stash[TARGETS_KEY] = targets
+    config.stash[REPORT_KEY] = ParityReport(
+        {
+            **versions(),
+            "device": targets[0].device,
+            "models": [
+                {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name}
+                for t in targets
+            ],
+        }
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    if IMPL_KEY in config.stash:
+        impl = config.stash[IMPL_KEY]
+        lines.append(
+            f"parity implementation: {impl.label} ({impl.source}), loaded by the nanoGPT converter, in this "
+            "process (--in-process)"
+        )
+    if CHILD_RUN_KEY in config.stash:
+        child = config.stash[CHILD_RUN_KEY]
+        lines.append(
+            f"parity implementation: {child.impl}, loaded by the nanoGPT converter in a child process "
+            f"({'imported as it is' if child.run_module else 'definitions only'}; --in-process imports it here)"
+        )
+    for t in config.stash[TARGETS_KEY]:
+        lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
+        lines.append(
+            f"parity device: {t.device}; dtype: {t.dtype_name}; tolerances: logits {logits_tolerance(t.dtype)}, "
+            f"gradients {gradients_tolerance(t.dtype)}"
+        )
+    v = versions()
+    lines.append(f"parity versions: torch {v['torch']}, transformers {v['transformers']}")
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """A checkpoint the loaders refuse (corrupt, untied, not GPT-2) ends the run with its one-line message.
+
+    It is the user's input, not a parity failure: without this, every test would repeat the loader's
+    traceback. Only the parity fixtures (parity/conftest.py) are concerned.
+    """
+    try:
+        return (yield)
+    except CheckpointError as e:
+        if not getattr(fixturedef.func, "__module__", "").startswith("parity."):
+            raise
+        pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def record_verdict(config: pytest.Config, model: str, verdict: Verdict) -> None:
+    """Send one verdict to the run's report (the JSON file and the verdict table at the end)."""
+    config.stash[REPORT_KEY].add_verdict(model, verdict)
+
+
+def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[str]:
+    """The verdicts as a check x model table (and each failure's reason below it, in the plain form)."""
+    models = list(dict.fromkeys(c["model"] for c in checks))
+    names = list(dict.fromkeys(c["check"] for c in checks))
+    status = {(c["check"], c["model"]): c["status"] for c in checks}
+    if markdown:
+        lines = ["| check | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
+        lines += [f"| {n} | " + " | ".join(status.get((n, m), "") for m in models) + " |" for n in names]
+        lines += ["", *(f"- **{c['model']} {c['check']}** {c['status']}: {c['reason']}" for c in checks
+                        if c["status"] != "PASS")]  # fmt: skip
+        return lines
+    width = max(len(n) for n in names)
+    cols = [max(len(m), 11) for m in models]
+    lines = [f"{'check':<{width}}  " + "  ".join(f"{m:<{w}}" for m, w in zip(models, cols, strict=True))]
+    lines += [
+        f"{n:<{width}}  " + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
+        for n in names
+    ]
+    lines += [f"{c['model']}: {c['status']} {c['check']}: {c['reason']}" for c in checks if c["status"] != "PASS"]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The verdict of every check on every model in one table; also as Markdown in GITHUB_STEP_SUMMARY.
+
+    Below it, with --impl run in a child: its load notes and output, and why the exit status is 125.
+    """
+    if REPORT_KEY not in config.stash or not config.stash[REPORT_KEY].checks:
+        return
+    checks = config.stash[REPORT_KEY].checks
+    terminalreporter.write_sep("=", "parity verdicts")
+    for line in [*verdict_table(checks), *summary_lines(config)]:
+        terminalreporter.write_line(line)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and not hasattr(config, "workerinput"):
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(["## nanogpt-parity verdicts", "", *verdict_table(checks, markdown=True), ""]) + "\n")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "parity_target" in metafunc.fixturenames:
+        targets = metafunc.config.stash[TARGETS_KEY]
+        metafunc.parametrize("parity_target", targets, ids=[t.name for t in targets], scope="session")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write the report (pytest-xdist workers hand their part to the controller instead); with --impl run in
+    a child, exit EXIT_CANNOT_TEST where pytest would exit 0 but some model had no check that could run."""
+    config = session.config
+    if REPORT_KEY not in config.stash:
+        return
+    report = config.stash[REPORT_KEY]
+    for t in config.stash[TARGETS_KEY]:
+        if t.generation_seconds is not None:
+            report.timing[f"{t.name}: synthetic checkpoint generation (s)"] = round(t.generation_seconds, 3)
+    if hasattr(config, "workeroutput"):
+        # A pytest-xdist worker: hand its part to the controller, which merges them, writes the file and
+        # decides the exit status.
+        config.workeroutput[WORKER_REPORT] = {
+            "records": report.records,
+            "checks": report.checks,
+            "profiles": report.profiles,
+            "timing": report.timing,
+        }
+        config.workeroutput[WORKER_CHILD] = worker_part(config)
+        return
+    if CHILD_RUN_KEY in config.stash:
+        untestable = untestable_models(report.checks)
+        if untestable and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = EXIT_CANNOT_TEST  # pytest's main returns what this hook leaves here
+            config.stash[UNTESTABLE_KEY] = untestable  # the terminal summary says why
+    path = config.getoption("--parity-report")
+    if path:
+        report.write(path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist (controller): merge a finished worker's records into the one report."""
+    part = getattr(node, "workeroutput", {}).get(WORKER_REPORT)
+    if part and REPORT_KEY in node.config.stash:
+        report = node.config.stash[REPORT_KEY]
+        report.records.extend(part["records"])
+        report.checks.extend(part["checks"])
+        report.profiles.extend(part.get("profiles", []))
+        report.timing.update(part["timing"])
+    merge_worker_part(node.config, getattr(node, "workeroutput", {}).get(WORKER_CHILD, {}))

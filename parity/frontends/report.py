@@ -1,0 +1,68 @@
+"""The JSON parity report (`--parity-report PATH`): every check's verdict, its comparisons, and the environment.
+
+Every verdict is stored, passing, failing or cannot-test, with its reason, details and comparison records,
+so a failing run's report says what failed and by how much. The file is strict JSON (non-finite numbers
+become the strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are
+sorted and nothing time-dependent is stored except in the clearly separate `timing` section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from nanogpt.atomic import atomic_file
+from nanogpt.paths import resolve_output_file
+from parity.core.verdicts import Verdict
+
+
+class ParityReport:
+    """Collects comparison records and check outcomes during a run; writes them atomically at the end."""
+
+    def __init__(self, environment: dict[str, Any]) -> None:
+        self.environment = dict(environment, python=platform.python_version(), machine=platform.machine())
+        self.records: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []
+        self.timing: dict[str, float] = {}
+        self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
+
+    def add_verdict(self, model: str, verdict: Verdict) -> None:
+        """Store one check's verdict on one model, and its comparison records."""
+        entry = dict(verdict.to_json(), model=model)
+        self.records.extend(dict(r, model=model) for r in entry.pop("records"))
+        self.profiles.extend(dict(p, model=model) for p in entry.pop("profiles"))
+        self.checks.append(entry)
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report as a JSON-serializable dict, in a stable order."""
+        key = lambda d: (d["model"], d.get("check", ""), d.get("tensor", ""))  # noqa: E731
+        return {
+            "environment": self.environment,
+            "checks": sorted(self.checks, key=key),
+            "records": sorted(self.records, key=key),
+            "profiles": self.profiles,
+            "timing": self.timing,
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report atomically (temporary file in the same directory, then rename)."""
+        out = resolve_output_file(path, "--parity-report")  # through a symlink; never onto a device
+        with atomic_file(out, "w") as fh:
+            json.dump(strict_json(self.to_json()), fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        return out
+
+
+def strict_json(value: Any) -> Any:
+    """value with every non-finite float replaced by "nan", "inf" or "-inf" (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value

@@ -1,0 +1,236 @@
+"""The backward-pass comparisons: every gradient against Hugging Face's, and the tied gradient against its two paths.
+
+`run_gradients` is written to fit gpt2-xl twice in memory: gradients are compared and freed while the
+implementation's backward produces them, so a run holds one set of gradients, not two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nanogpt.schema import CONV1D_SUFFIXES
+from parity.core.compare import Comparison, ParityFailure, gradient_failure_message, reference_layout
+from parity.core.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
+from parity.numerics.chunked import compare_chunked
+from parity.numerics.forward import hf_logits, logits_and_own_loss, loss_of, reference_logits
+from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+
+
+@dataclass
+class GradientRun:
+    """One forward + backward of both implementations on one batch, and what it showed.
+
+    A Subject runs it once per target and four checks read it (parity/subject/subject.py): the logits of the
+    batch, the losses, the gradient comparison, and the implementation's tied gradient for the
+    tied-gradient check.
+    """
+
+    logits: Comparison | ParityFailure  # the two forwards' logits compared, or why they cannot be
+    reference_loss: torch.Tensor  # the reference's own loss (its forward with targets), detached
+    hf_loss: torch.Tensor  # loss_of(HF's logits), detached
+    records: list[Comparison]  # every compared gradient pair, in parameter-name order
+    failure: ParityFailure | None  # what check_gradients raises, or None
+    tied_gradient: torch.Tensor | None = None  # a copy of the reference's tied gradient, when kept
+
+    def take_tied_gradient(self) -> torch.Tensor | None:
+        """The kept tied gradient, handed over once (the run stops holding its memory)."""
+        kept, self.tied_gradient = self.tied_gradient, None
+        return kept
+
+
+def compared_names(ref: dict[str, Any], hf: dict[str, Any]) -> list[str]:
+    """The parameter names whose gradients are compared: every name both models have."""
+    return sorted(set(ref) & set(hf))
+
+
+def check_gradients(
+    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
+) -> list[Comparison]:
+    """Every parameter's gradient matches its HF counterpart: the records of `run_gradients`, or its failure raised."""
+    run = run_gradients(reference, hf_model, idx, targets, vocab)
+    if run.failure is not None:
+        raise run.failure
+    return run.records
+
+
+def run_gradients(
+    reference: torch.nn.Module,
+    hf_model: Any,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    vocab: int,
+    keep_tied_gradient: bool = False,
+) -> GradientRun:
+    """Backward of the same loss in both models; every gradient compared with its HF counterpart.
+
+    HF's backward runs first; then each reference parameter's gradient is compared the moment the
+    reference's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at
+    once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
+    Same records and the same failure message (`gradient_failure_message`) as comparing after both
+    backward passes. (HF first: while one side's gradients wait, the other side's activations are alive,
+    and nanoGPT's are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.)
+    The reference runs its forward with targets, so that the same pass also gives its own loss; the
+    backward is of loss_of(its logits), the loss HF's side uses, so that a reference whose own loss is
+    wrong fails the loss check, not this one. The two forwards' logits are compared as well (`logits`),
+    which makes this batch one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of
+    the reference's gradient of the tied matrix (the decomposition check's "actual").
+    """
+    ref = dict(reference.named_parameters())
+    hf = dict(hf_model.named_parameters())
+    tied = None
+    if keep_tied_gradient:  # a model without the name still gets its gradient comparison
+        with contextlib.suppress(AttributeError):
+            tied = get_tensor(reference, EMBEDDING)
+    tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
+    problems: list[str] = []
+    missing, extra = sorted(set(ref) - set(hf)), sorted(set(hf) - set(ref))
+    if missing or extra:
+        problems.append(
+            f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
+            "(an lm_head.weight on one side only means one model is untied)"
+        )
+    common = compared_names(ref, hf)
+    records: dict[str, Comparison] = {}
+    padding_leaks: set[str] = set()
+    kept: list[torch.Tensor] = []
+
+    def compare(name: str) -> None:
+        g_ref, g_hf = ref[name].grad, hf[name].grad
+        if tied is not None and ref[name] is tied and g_ref is not None:
+            kept.append(g_ref.detach().clone())
+        if g_ref is None or g_hf is None:
+            return  # reported after backward, with the side that has none
+        if name.endswith(CONV1D_SUFFIXES):
+            g_hf = g_hf.t()
+        g_ref_cropped = reference_layout(name, g_ref, vocab)
+        try:
+            rec = compare_chunked("grads", name, g_ref_cropped, g_hf, tol)
+        except ParityFailure as e:  # a shape mismatch; raising inside autograd's hook would lose the context
+            problems.append(str(e))
+            return
+        records[name] = rec
+        if g_ref.size(0) > g_ref_cropped.size(0) and g_ref[vocab:].abs().max() != 0:
+            padding_leaks.add(name)
+        elif rec.passed:
+            ref[name].grad = None
+            hf[name].grad = None
+
+    theirs = hf_logits(hf_model, idx)
+    hf_loss = loss_of(theirs, targets)
+    hf_loss.backward()
+    theirs = theirs.detach()
+    handles = [ref[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
+    try:
+        ours, own_loss = logits_and_own_loss(reference, idx, targets)
+        try:
+            logits: Comparison | ParityFailure = compare_chunked(
+                "logits", "logits[gradient batch]", ours.detach(), theirs, logits_tolerance(theirs.dtype)
+            )
+        except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
+            logits = e
+        del theirs
+        loss_of(ours, targets).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    for name in common:
+        if name not in records and (ref[name].grad is None or hf[name].grad is None):
+            problems.append(
+                f"{name}: no gradient on the {'reference' if ref[name].grad is None else 'HF'} side"
+            )
+    problems += [
+        f"{name}: padding rows (>= {vocab}) received gradient; padded vocabulary leaks"
+        for name in sorted(padding_leaks)
+    ]
+    ordered = [records[n] for n in common if n in records]
+    failure = None
+    if problems or not all(r.passed for r in ordered):
+        failure = ParityFailure(gradient_failure_message(ordered, problems))
+    return GradientRun(
+        logits, own_loss.detach(), hf_loss.detach(), ordered, failure, kept[0] if kept else None
+    )
+
+
+@contextlib.contextmanager
+def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The same model with lm_head given its own copy of the tied matrix; re-tied on exit.
+
+    Every other parameter stays shared, so the twin costs one V x C matrix, not a second model.
+    """
+    head_module = model.lm_head
+    tied = head_module.weight
+    if not same_storage(tied, get_tensor(model, EMBEDDING)):
+        raise ParityFailure(
+            f"[grads] the model is not tied, so it has no untied twin to compare with ({HEAD})"
+        )
+    head_module.weight = torch.nn.Parameter(tied.detach().clone())
+    try:
+        yield model
+    finally:
+        head_module.weight = tied
+
+
+@contextlib.contextmanager
+def only_tied_matrix_requires_grad(model: torch.nn.Module) -> Iterator[None]:
+    """Freeze every parameter but the tied matrix (and a twin's head) for the duration; restore after.
+
+    Backward still runs through every block (the embedding path needs it) but computes no weight gradient
+    there: the decomposition check then costs three V x C matrices of memory instead of a set of gradients.
+    """
+    tied = get_tensor(model, EMBEDDING)
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for p in saved:
+        p.requires_grad_(p is tied)
+    try:
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
+def check_gradient_decomposition(
+    reference: torch.nn.Module,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    tied_gradient: torch.Tensor | None = None,
+) -> Comparison:
+    """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin.
+
+    tied_gradient: the reference's gradient of the tied matrix for this batch and loss, if a full backward
+    already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
+    """
+    reference.zero_grad(set_to_none=True)
+    with only_tied_matrix_requires_grad(reference):
+        if tied_gradient is None:
+            loss_of(reference_logits(reference, idx), targets).backward()
+            tied_gradient = get_tensor(reference, EMBEDDING).grad.detach().clone()
+            reference.zero_grad(set_to_none=True)
+        with untied_twin(reference) as twin:
+            loss_of(reference_logits(twin, idx), targets).backward()
+            emb_grad = get_tensor(twin, EMBEDDING).grad
+            head_grad = get_tensor(twin, HEAD).grad
+            if emb_grad is None or head_grad is None:
+                raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
+            summed = emb_grad.detach().add_(head_grad)  # in place: one V x C matrix fewer at gpt2-xl
+            rec = compare_chunked("grads", "tied = embedding path + head path", tied_gradient, summed,
+                                  decomposition_tolerance(tied_gradient.dtype))  # fmt: skip
+            head_alone = not rec.passed and torch.allclose(tied_gradient, head_grad)
+            del emb_grad, head_grad, summed
+    reference.zero_grad(set_to_none=True)
+    if not rec.passed:
+        raise ParityFailure(
+            f"[grads] the tied gradient is not the sum of its two paths: {rec.summary()}. "
+            + (
+                "It equals the head path alone: the embedding path is lost (the tie is broken during forward)."
+                if head_alone
+                else ""
+            )  # fmt: skip
+        )
+    return rec
+
+

@@ -1,0 +1,340 @@
+"""Run the checks on foreign code in a child process whose only trusted output is a result carrying a nonce.
+
+The tested code may call `sys.exit(0)` in `forward`, `os._exit` at import, hang, crash, print megabytes,
+write files, or monkeypatch transformers to hide its own bug. `run_checks_in_child` starts
+`python -m parity.sandbox.child` in its own session (process group) with a temporary working directory,
+the tested code's stdout and stderr going to a temporary file, and a pipe for messages. The parent sends
+the request and a random nonce on the child's stdin; the child reports each phase (import, build, check
+NAME) and finally the verdicts, every message carrying the nonce. Only a complete, well-formed result with
+the nonce is trusted: any other end (an exit without a result, a signal, a hang past the timeout, after
+which the whole process group is killed) makes every check CANNOT-TEST, saying what happened and in which
+phase. The parent, which never imports the tested code, also computes `hf_fingerprint` (the logits of a
+tiny seeded GPT2LMHeadModel) and the witness of Hugging Face's model of the target itself
+(parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both again
+after building the model and after the checks, and a difference means the tested code changed transformers
+in its process: CANNOT-TEST.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from nanogpt.hf import CheckpointError
+from nanogpt.schema import param_count
+from parity.checks.registry import CHECK_NAMES
+from parity.core.verdicts import Status, Verdict
+from parity.sandbox.witness import clean_witness, numbers_differ, witness_differs
+from parity.subject.targets import ParityTarget
+
+# The harness's own root, put on the child's PYTHONPATH (the child's cwd is a temporary directory).
+HARNESS_ROOT = Path(__file__).resolve().parents[2]
+# Default wall-clock limits: a small model's checks take seconds, plus the child's imports of torch and
+# transformers; a GPT-2 size gets more per parameter (train-steps dominates: AdamW on both models).
+SMALL_TIMEOUT_S = 120.0
+TIMEOUT_S_PER_124M_PARAMS = 600.0
+SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
+# The fingerprint must agree to within rounding (the same float64 ops in another process, maybe another
+# thread count); a monkeypatched GELU or attention moves it by about 1e-3.
+FINGERPRINT_ATOL = 1e-10
+# How much captured output comes back, and how much of it a CANNOT-TEST reason quotes.
+OUTPUT_TAIL_BYTES = 64 * 1024
+REASON_TAIL_LINES = 3
+# Lines of the tested code's captured output that -v shows (the last ones).
+OUTPUT_LINES_SHOWN = 200
+CHANGED_TRANSFORMERS = (
+    "the tested code changed transformers (GPT-2 logits in this process differ from a clean process's)"
+)
+CHANGED_HARNESS = "the tested code changed the harness or torch in its process (parity/sandbox/integrity.py)"
+CHANGED_HF_MODEL = (
+    "the tested code changed Hugging Face's GPT-2 in its process (its logits on this model differ from a "
+    "clean process's)"
+)
+
+
+@dataclass
+class SandboxResult:
+    """The verdicts from the child, or CANNOT-TEST for each check with what happened instead."""
+
+    verdicts: list[Verdict]
+    output: str  # the tested code's stdout and stderr (the last OUTPUT_TAIL_BYTES of it)
+    what_happened: str  # "" when the child returned a trusted result
+    notes: list[str] = field(default_factory=list)  # load summary: what was left out, config, files written
+    checkpoint_error: str = ""  # the checkpoint itself is bad: the caller's mistake, not the commit's
+
+
+def output_summary(result: SandboxResult, details: bool) -> list[str]:
+    """The load notes, then the tested code's captured output (its last OUTPUT_LINES_SHOWN lines) with
+    details, else how many lines there are: what every front end shows of the child."""
+    lines = [f"load: {note}" for note in result.notes]
+    output = result.output.splitlines()
+    if details and output:
+        lines.append(f"captured output of the tested code ({len(output)} lines):")
+        lines += [f"  | {line}" for line in output[-OUTPUT_LINES_SHOWN:]]
+    elif output:
+        lines.append(f"the tested code printed {len(output)} line(s); -v shows them")
+    return lines
+
+
+def default_timeout(target: ParityTarget) -> float:
+    """Seconds the child may take: SMALL_TIMEOUT_S, or scaled by parameter count for larger models."""
+    params = param_count(target.config)
+    if params < SMALL_PARAMS:
+        return SMALL_TIMEOUT_S
+    return float(round(SMALL_TIMEOUT_S + TIMEOUT_S_PER_124M_PARAMS * params / 124e6))
+
+
+def hf_fingerprint() -> list[float]:
+    """The logits of tiny seeded GPT2LMHeadModels (eager and SDPA attention) on a fixed batch, in float64."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    saved = torch.get_default_dtype()
+    out: list[float] = []
+    try:
+        torch.set_default_dtype(torch.float32)  # the tested code may have changed it; init depends on it
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for attention in ("eager", "sdpa"):
+                torch.manual_seed(1234)
+                config = GPT2Config(
+                    n_layer=2,
+                    n_head=2,
+                    n_embd=16,
+                    vocab_size=64,
+                    n_positions=16,
+                    bos_token_id=0,
+                    eos_token_id=0,
+                )
+                config._attn_implementation = attention
+                model = GPT2LMHeadModel(config).to(torch.float64).eval()
+                idx = (torch.arange(12) * 7 % 64).view(2, 6)
+                out += model(idx).logits.flatten().tolist()
+    finally:
+        torch.set_default_dtype(saved)
+    return out
+
+
+def fingerprint_differs(clean: list[float], other: Any) -> bool:
+    """True unless other is a list of numbers equal to clean within FINGERPRINT_ATOL."""
+    return numbers_differ(clean, other, atol=FINGERPRINT_ATOL)
+
+
+def target_message(target: ParityTarget) -> dict[str, Any]:
+    """What the child needs to rebuild the target (the checkpoint already written by the parent)."""
+    return {
+        "name": target.name,
+        "config": dataclasses.asdict(target.config),
+        "weights": target.weights,
+        "reason": target.reason,
+        "device": target.device,
+        "dtype": str(target.dtype).removeprefix("torch."),
+        # Absolute: the child runs in a temporary directory, and --model DIR is relative to the caller's.
+        "checkpoint": str(target.ensure_checkpoint().resolve()),
+        "seed": target.seed,
+        "dtype_reason": target.dtype_reason,
+    }
+
+
+def _read_all(fd: int, chunks: list[bytes]) -> None:
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+
+
+def _output_tail(f: IO[bytes]) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - OUTPUT_TAIL_BYTES))
+    text = f.read().decode("utf-8", errors="replace")
+    return text if size <= OUTPUT_TAIL_BYTES else f"[... {size - OUTPUT_TAIL_BYTES} bytes before]\n{text}"
+
+
+def _files_written(workdir: Path) -> list[str]:
+    files = sorted(p for p in workdir.rglob("*") if p.is_file())
+    listed = ", ".join(f"{p.relative_to(workdir)} ({p.stat().st_size} bytes)" for p in files[:5])
+    return [f"the tested code wrote {len(files)} file(s) into its working directory (a temporary one, "
+            f"removed): {listed}{' ...' if len(files) > 5 else ''}"] if files else []  # fmt: skip
+
+
+def _messages(raw: bytes, nonce: str) -> list[dict[str, Any]]:
+    """The messages that carry the nonce; anything else on the channel is ignored."""
+    out = []
+    for line in raw.split(b"\n"):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("nonce") == nonce:
+            out.append(message)
+    return out
+
+
+def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | None:
+    """The result's verdicts, when they are well formed and answer exactly the checks asked for."""
+    try:
+        verdicts = [Verdict.from_json(v) for v in result["verdicts"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return verdicts if [v.check for v in verdicts] == [c for c in CHECK_NAMES if c in names] else None
+
+
+def _describe_end(
+    returncode: int | None, timed_out: float | None, phase: str, output: str, limit_option: str = "--timeout"
+) -> str:
+    """What happened to a child that returned no trusted result, in one line (limit_option names the timeout)."""
+    if timed_out is not None:
+        what = (f"timed out after {timed_out:g} s during {phase} (its process group was killed; {limit_option} "
+                "sets the limit)")  # fmt: skip
+    elif returncode is not None and returncode < 0:
+        what = f"killed by signal {signal.Signals(-returncode).name} during {phase}"
+    else:
+        what = f"exited with status {returncode} during {phase} without returning a verdict"
+    tail = [line.strip() for line in output.strip().splitlines() if line.strip()][-REASON_TAIL_LINES:]
+    return f"the tested code's process {what}" + (f"; last output: {' | '.join(tail)}" if tail else "")
+
+
+def run_checks_in_child(
+    impl_path: str | None,
+    run_module: bool,
+    target: ParityTarget,
+    names: list[str],
+    tied_decay: bool,
+    timeout: float,
+    limit_option: str = "--timeout",
+) -> SandboxResult:
+    """The verdicts of the named checks on the implementation at impl_path (None: the reference), run in a child.
+
+    limit_option is the caller's option that sets timeout, for the message of a child that ran past it.
+    """
+    names = [c for c in CHECK_NAMES if c in names]
+    clean = hf_fingerprint()  # in this process, which never imports the tested code
+    try:
+        clean_model = clean_witness(target)  # Hugging Face's model of the target itself (parity/sandbox/witness.py)
+    except CheckpointError as e:
+        return SandboxResult([], "", "", [], str(e))
+    nonce = secrets.token_hex(16)
+    request = {
+        "nonce": nonce,
+        "impl": None if impl_path is None else str(Path(impl_path).expanduser().resolve()),
+        "label": impl_path,
+        "run_module": run_module,
+        "target": target_message(target),
+        "checks": names,
+        "tied_decay": tied_decay,
+        # The caller's thread count: CPU reductions split by threads round differently in the last bit.
+        "num_threads": torch.get_num_threads(),
+    }
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS_ROOT), os.environ.get("PYTHONPATH")]))
+    workdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-"))
+    read_fd, write_fd = os.pipe()
+    chunks: list[bytes] = []
+    timed_out = None
+    try:
+        with tempfile.TemporaryFile() as output_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "parity.sandbox.child", str(write_fd)],
+                stdin=subprocess.PIPE, stdout=output_file, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                cwd=workdir, env=env, start_new_session=True,
+            )  # fmt: skip
+            os.close(write_fd)
+            write_fd = -1
+            reader = threading.Thread(target=_read_all, args=(read_fd, chunks), daemon=True)
+            reader.start()
+            read_fd = -1  # the reader owns it now
+            try:
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(json.dumps(request).encode() + b"\n")
+                    proc.stdin.close()
+                except OSError:
+                    pass  # the child died before reading its request: its end says what happened
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = timeout
+            finally:  # also on Ctrl-C: the child's own session does not get the terminal's SIGINT
+                _kill_group(proc)
+                proc.wait()
+            reader.join(timeout=10)
+            output = _output_tail(output_file)
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        notes_written = _files_written(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _judge(_messages(b"".join(chunks), nonce), names, (clean, clean_model, target.device), proc.returncode,
+                  timed_out, output, notes_written, limit_option)  # fmt: skip
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group (what the tested code started too)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _judge(
+    messages: list[dict[str, Any]],
+    names: list[str],
+    clean: tuple[list[float], list[float], str],
+    returncode: int | None,
+    timed_out: float | None,
+    output: str,
+    notes_written: list[str],
+    limit_option: str,
+) -> SandboxResult:
+    """The SandboxResult of the child's trusted messages and how it ended.
+
+    clean: what this process computed without the tested code: the tiny fingerprint, the witness of Hugging
+    Face's model of the target, and the target's device.
+    """
+    fingerprint, model_witness, device = clean
+    phases = [m["phase"] for m in messages if isinstance(m.get("phase"), str)]
+    phase = phases[-1] if phases else "start-up (before the tested code was imported)"
+    results = [m for m in messages if m.get("kind") == "result"]
+    if len(results) == 1 and results[0].get("checkpoint_error"):
+        return SandboxResult([], output, "", notes_written, str(results[0]["checkpoint_error"]))
+    verdicts = _verdicts_of(results[0], names) if len(results) == 1 else None
+    if verdicts is None:
+        what = _describe_end(returncode, timed_out, phase, output, limit_option)
+        if results:
+            what = f"the tested code's process returned a malformed result during {phase}"
+        return SandboxResult([Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what,
+                             notes_written)  # fmt: skip
+    result = results[0]
+    notes = [str(n) for n in result.get("notes", [])] + notes_written
+    fingerprints = result.get("fingerprints")
+    harness_changes = result.get("harness_changes", [])
+    changed = None
+    if not isinstance(harness_changes, list) or harness_changes:
+        names_changed = ", ".join(map(str, harness_changes)) if isinstance(harness_changes, list) else "?"
+        changed = f"{CHANGED_HARNESS}: {names_changed}"
+    elif not isinstance(fingerprints, list) or any(fingerprint_differs(fingerprint, f) for f in fingerprints):
+        changed = CHANGED_TRANSFORMERS
+    elif any(v.status is not Status.CANNOT_TEST for v in verdicts):  # a verdict rests on the child's HF model
+        witnesses = result.get("witnesses")
+        if not isinstance(witnesses, list) or not witnesses or any(
+            witness_differs(model_witness, w, device) for w in witnesses
+        ):
+            changed = CHANGED_HF_MODEL
+    if changed:
+        verdicts = [
+            Verdict(v.check, Status.CANNOT_TEST, changed, f"in that process: {v.status.value} {v.reason}")
+            for v in verdicts
+        ]
+        return SandboxResult(verdicts, output, changed, notes)
+    return SandboxResult(verdicts, output, "", notes)

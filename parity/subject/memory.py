@@ -1,0 +1,195 @@
+"""Memory of a parity run: the storage plan per size, an estimate of the peak, the fit check, RSS readings.
+
+A parity run holds two implementations of the same model and, during the gradient check, one full set of
+gradients. For gpt2-xl in float32 two independent models plus their gradients are ~25 GB, which does not
+fit a 24 GiB machine. Above `SHARE_WEIGHTS_ABOVE_BYTES` the harness therefore lets the reference share
+Hugging Face's weight storage (after checking that it loaded bitwise the same values), compares gradients
+as Hugging Face's backward produces them, and frees each pair at once. `plan_memory` says which storage a
+target gets and estimates the run's peak resident memory; `memory_problem` compares that estimate with the
+memory this machine (or its cgroup) has available, so that a run that cannot fit stops with a usage error
+and the estimate before any model is built, instead of being killed by the OOM killer halfway through.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nanogpt.model import GPTConfig
+from nanogpt.schema import param_count
+from parity.subject.batches import gradient_batch
+
+# Above this many bytes of parameters (one model, in the run's dtype) the reference shares Hugging Face's
+# weight storage. The four sizes in their CPU default dtypes: gpt2 1.0 GB (float64), gpt2-medium 2.8 GB
+# (float64), gpt2-large 3.1 GB (float32), gpt2-xl 6.2 GB (float32). Below it each implementation keeps the
+# weights its own loader produced, so their matmuls also run on different layouts (the stronger check).
+SHARE_WEIGHTS_ABOVE_BYTES = 3_000_000_000
+
+# Peak resident memory in units of one model's parameter bytes, measured (see `plan_memory`):
+# shared: Hugging Face's weights + one set of gradients (or, while loading, the reference's own copy before
+# it is replaced by views); independent: two models + one set of gradients.
+SHARED_PEAK_FACTOR = 2.0
+INDEPENDENT_PEAK_FACTOR = 3.0
+# The interpreter with torch and transformers imported, allocator slack, the tokenizer: measured 0.3-0.5 GB.
+BASE_BYTES = 700_000_000
+# On top of the weights (and the gradients): the full-block forward holds its logits (T x V, once per
+# implementation, plus a float64 chunk); the gradient check holds copies of the tied matrix (V x C: its
+# head-path and embedding-path gradients, their sum, the twin's head) and the reference's activations for
+# the gradient batch (elements per layer, token and channel). Calibrated on the four sizes: the estimate
+# is 0.1-0.5 GB above the measured peak (benchmarks/parity_scaling.py).
+LOGITS_COPIES = 3
+TIED_MATRIX_COPIES = 4
+ACTIVATION_ELEMENTS = 16
+
+IGNORE_ENV_VAR = "NANOGPT_PARITY_IGNORE_MEMORY"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a target's weights are stored and how much resident memory its parity run is expected to need."""
+
+    param_bytes: int  # one model's parameters in the run's dtype
+    share_weights: bool
+    estimated_peak_bytes: int
+
+    def describe(self, with_peak: bool = True) -> str:
+        """One line for the pytest header: the storage, the parameter bytes and (with_peak) the estimate."""
+        storage = (
+            "shared weight storage (reference parameters are views of Hugging Face's)"
+            if self.share_weights
+            else "independent weights (each implementation's own loader)"
+        )
+        line = f"{storage}; parameters {format_bytes(self.param_bytes)} per model"
+        return line + (f"; estimated peak {format_bytes(self.estimated_peak_bytes)}" if with_peak else "")
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as GB with one decimal (decimal units, as the issue and `free -g` style reports use)."""
+    return f"{n / 1e9:.1f} GB"
+
+
+def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
+    """Bytes of one tied model's parameters in dtype."""
+    return param_count(config) * torch.empty((), dtype=dtype).element_size()
+
+
+def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
+    """Memory on top of the weights and gradients: the full-block logits, or the gradient check's extras."""
+    size = torch.empty((), dtype=dtype).element_size()
+    logits = LOGITS_COPIES * config.block_size * config.output_vocab_size * size
+    tokens = gradient_batch(config)[0].numel()
+    activations = ACTIVATION_ELEMENTS * config.n_layer * tokens * config.n_embd * size
+    return max(logits, TIED_MATRIX_COPIES * config.vocab_size * config.n_embd * size + activations)
+
+
+def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
+    """The storage plan and the estimated peak resident memory of a parity run of config in dtype."""
+    params = param_bytes(config, dtype)
+    share = params > SHARE_WEIGHTS_ABOVE_BYTES
+    factor = SHARED_PEAK_FACTOR if share else INDEPENDENT_PEAK_FACTOR
+    return MemoryPlan(params, share, _estimated_peak(config, dtype, factor))
+
+
+def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int:
+    """factor x one model's parameter bytes, plus the transient tensors and the interpreter's base."""
+    return int(factor * param_bytes(config, dtype)) + transient_bytes(config, dtype) + BASE_BYTES
+
+
+@dataclass(frozen=True)
+class Available:
+    """Memory available to new allocations, and where the number comes from."""
+
+    bytes: int
+    source: str
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def available_memory(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> Available | None:
+    """MemAvailable, or the cgroup's remaining limit when that is smaller; None when neither is readable."""
+    candidates: list[Available] = []
+    try:
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    if match:
+        candidates.append(Available(int(match.group(1)) * 1024, "MemAvailable in /proc/meminfo"))
+    # cgroup v2 (memory.max, memory.current), then v1 (memory/memory.limit_in_bytes, usage_in_bytes).
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(cgroup / limit_file), _read_int(cgroup / usage_file)
+        # v1 reports "no limit" as a huge number (2**63 rounded down to a page).
+        if limit is not None and usage is not None and limit < 2**60:
+            candidates.append(Available(max(limit - usage, 0), f"cgroup limit {cgroup / limit_file}"))
+            break
+    return min(candidates, key=lambda a: a.bytes) if candidates else None
+
+
+def per_worker(available: Available | None) -> Available | None:
+    """The memory each pytest-xdist worker may count on: every worker loads both models of its targets."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if available is None or workers <= 1:
+        return available
+    return Available(
+        available.bytes // workers,
+        f"{available.source}, shared by {workers} pytest-xdist workers that each load both models; "
+        "run without -n for large sizes",
+    )
+
+
+def memory_problem(
+    label: str, plan: MemoryPlan, available: Available | None, what: str = "the parity run"
+) -> str | None:
+    """Why label's parity run (or `what`) would not fit in the available memory (with the estimate), or None."""
+    if available is None or plan.estimated_peak_bytes <= available.bytes:
+        return None
+    return (
+        f"--model {label}: {what} needs about {format_bytes(plan.estimated_peak_bytes)} of memory "
+        f"({plan.describe(with_peak=False)}), but only {format_bytes(available.bytes)} is available ({available.source}). "
+        f"Free memory, choose a smaller --model, or set {IGNORE_ENV_VAR}=1 to run anyway"
+    )
+
+
+def ignore_memory_check() -> bool:
+    """True when the user forces a run whatever the estimate says."""
+    return os.environ.get(IGNORE_ENV_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def peak_rss_bytes(children: bool = False) -> int:
+    """Peak resident set size of this process (or of its waited-for children), in bytes."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
+
+
+def release_free_memory() -> None:
+    """Return the C allocator's free pages to the OS (glibc's malloc_trim); a no-op without glibc.
+
+    Freed tensors below glibc's mmap threshold (up to 32 MB: most per-layer gradients) go back to its heap
+    and stay resident: measured 2 GB still counted after gpt2-medium's float64 gradient check, on top of
+    which every later test's peak was measured.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)

@@ -1,0 +1,194 @@
+"""What a check runs on: the implementation under test and Hugging Face's GPT-2, on one target.
+
+A `Subject` loads each model once, lazily, and keeps what several checks share: the one forward + backward
+of both models on the gradient batch (read by the logits, loss, grads and tied-gradient checks), and the
+narrow twins that checks needing more memory than a size leaves run on. Every front end (the tests in
+parity/, the bisect command, the mutant catalog) builds a Subject and hands it to the registry
+(parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and gpt2-xl on their defaults), the
+implementation's parameters become views of Hugging Face's after a bitwise check, so one copy of the
+weights serves both; checks that train or re-initialise then use the twin, never the shared models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanogpt.schema import CONV1D_SUFFIXES
+from parity.core.errors import ImplementationError
+from parity.foreign.impl import Implementation, LoadReport, load_implementation
+from parity.numerics.gradients import GradientRun, run_gradients
+from parity.numerics.tie import twin_config
+from parity.subject.batches import gradient_batch
+from parity.subject.loading import load_hf, load_reference, share_parameters
+from parity.subject.memory import available_memory, format_bytes, param_bytes
+from parity.subject.progress import phase
+from parity.subject.synthetic import ensure_synthetic_checkpoint
+from parity.subject.targets import ParityTarget
+
+# A check that trains both models (AdamW: parameters, gradients and two moment buffers for each, plus the
+# copies it trains) needs this many times one model's parameter bytes on top of what the run already holds.
+TRAINING_BYTES_FACTOR = 8
+# Loading and the shared forward + backward print a progress line from this size of weights on (gpt2 in
+# float32 is 0.5 GB: seconds of silence; a tiny model's whole run takes less).
+PROGRESS_MIN_BYTES = 100_000_000
+
+
+@dataclass
+class Twin:
+    """The implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
+
+    config: Any
+    model: nn.Module
+    hf: Any
+    why: str  # why the check runs on the twin rather than the loaded models
+    checkpoint: Path
+
+
+@dataclass
+class Subject:
+    """The implementation under test on one target; both models are loaded once, on first use."""
+
+    impl: Implementation
+    target: ParityTarget
+    tied_decay: bool = True  # the expected answer of decay-groups: is the tied matrix weight-decayed?
+    reference_loader: bool = False  # load through GPT.from_pretrained (the reference's own path)
+    report: LoadReport | None = None
+    unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
+    diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label
+    _model: nn.Module | None = field(default=None, repr=False)
+    _load_error: ImplementationError | None = field(default=None, repr=False)
+    _hf: Any = field(default=None, repr=False)
+    _gradient_run: GradientRun | None = field(default=None, repr=False)
+    _twin: Twin | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Any:
+        """The target's architecture (nanogpt.model.GPTConfig)."""
+        return self.target.config
+
+    @property
+    def label(self) -> str:
+        """How messages name the implementation."""
+        return self.impl.label
+
+    @property
+    def device(self) -> str:
+        """The target's device."""
+        return self.target.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The target's dtype."""
+        return self.target.dtype
+
+    def checkpoint(self) -> Path:
+        """The target's checkpoint directory (a synthetic one is generated on first use)."""
+        return self.target.ensure_checkpoint()
+
+    def model(self) -> nn.Module:
+        """The implementation with the target's weights, in eval mode (a load failure is remembered)."""
+        if self._load_error is not None:
+            raise self._load_error
+        if self._model is None:
+            if self.target.device == "cuda":  # parity is about the function: no TF32
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+            try:
+                checkpoint = self.checkpoint()  # generated first, with its own progress line
+                with self._progress(f"loading {self.label} ({self.target.name}, {self.target.dtype_name})"):
+                    if self.reference_loader:
+                        model = load_reference(checkpoint, self.dtype, self.device)
+                    else:
+                        model, self.report = load_implementation(self.impl, checkpoint, self.dtype, self.device)
+            except ImplementationError as e:
+                self._load_error = e
+                raise
+            if self.shares_weights:
+                self.unshared = share_parameters(model, self.hf(), transposed=CONV1D_SUFFIXES)
+            self._model = model
+        return self._model
+
+    def hf(self) -> Any:
+        """Hugging Face's GPT2LMHeadModel with tie_word_embeddings=True, from the same checkpoint."""
+        if self._hf is None:
+            with self._progress(f"loading Hugging Face's GPT2LMHeadModel ({self.target.name}, {self.target.dtype_name})"):
+                self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
+        return self._hf
+
+    @property
+    def shares_weights(self) -> bool:
+        """True when the implementation's parameters are views of Hugging Face's (the memory plan)."""
+        return self.target.memory.share_weights
+
+    def gradient_run(self) -> GradientRun:
+        """One forward + backward of both models on the gradient batch, shared by four checks."""
+        if self._gradient_run is None:
+            model, hf = self.model(), self.hf()
+            idx, targets = (t.to(self.device) for t in gradient_batch(self.config))
+            with clean_grads(model, hf), self._progress(f"{self.target.name}: forward + backward of both models"):
+                self._gradient_run = run_gradients(
+                    model, hf, idx, targets, self.config.output_vocab_size, keep_tied_gradient=True
+                )
+        return self._gradient_run
+
+    def _progress(self, label: str) -> contextlib.AbstractContextManager[Any]:
+        """A progress line for work on a model of PROGRESS_MIN_BYTES or more (small ones take no time)."""
+        big = param_bytes(self.config, self.dtype) >= PROGRESS_MIN_BYTES
+        return phase(label) if big else contextlib.nullcontext()
+
+    def training_fits(self) -> str | None:
+        """None when training copies of both loaded models fits in memory, else why the twin is used."""
+        if self.shares_weights:
+            return "the loaded models share one copy of the weights (memory plan), so they are not trained"
+        need = TRAINING_BYTES_FACTOR * param_bytes(self.config, self.dtype)
+        available = available_memory()
+        if self.device == "cpu" and available is not None and need > available.bytes:
+            return (
+                f"training copies of both models needs ~{format_bytes(need)} more, "
+                f"{format_bytes(available.bytes)} is available"
+            )
+        return None
+
+    def twin(self, why: str) -> Twin:
+        """The implementation and Hugging Face's model at the narrow twin config, from a synthetic checkpoint."""
+        if self._twin is None:
+            config = twin_config(self.config)
+            checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")
+            model, _ = load_implementation(self.impl, checkpoint, self.dtype, self.device)
+            hf = load_hf(checkpoint, self.dtype, self.device, tie_word_embeddings=True)
+            self._twin = Twin(config, model, hf, why, checkpoint)
+        self._twin.why = why
+        return self._twin
+
+    def fresh_implementation(self, checkpoint: Path | None = None) -> nn.Module:
+        """Another copy of the implementation with the checkpoint's weights, built by its own __init__.
+
+        Not copy.deepcopy: code that binds sub-modules in closures (a block's `self.mlpf = lambda x: ...`)
+        would have its copy call the original's modules, and train them.
+        """
+        if checkpoint is None and self.reference_loader:
+            return load_reference(self.checkpoint(), self.dtype, self.device)
+        return load_implementation(self.impl, checkpoint or self.checkpoint(), self.dtype, self.device)[0]
+
+    def release(self) -> None:
+        """Drop both models and everything computed from them."""
+        self._model = self._hf = self._gradient_run = self._twin = None
+        self.diagnoses.clear()
+
+
+@contextlib.contextmanager
+def clean_grads(*models: nn.Module) -> Any:
+    """The models start and end the block without gradients."""
+    for m in models:
+        m.zero_grad(set_to_none=True)
+    try:
+        yield
+    finally:
+        for m in models:
+            m.zero_grad(set_to_none=True)

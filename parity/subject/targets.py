@@ -1,0 +1,218 @@
+"""What the harness runs on: the model, where its weights come from, the device and the dtype.
+
+`resolve_targets` turns the command-line choices into a list of `ParityTarget`s and validates everything
+that can be validated cheaply (names, paths, config.json, device, dtype) before any model is built,
+raising `UsageError` with the valid choices. Whether a target fits in memory is checked once the parity
+tests are collected (parity/conftest.py, with `ParityTarget.memory`), still before any model is built.
+Synthetic checkpoints are generated lazily, by the fixture that first needs one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nanogpt.hf import CheckpointError, config_from_hf, read_hf_config
+from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
+from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
+from nanogpt.paths import OutputPathError
+from parity.core.errors import UsageError
+from parity.subject.memory import MemoryPlan, param_bytes, plan_memory
+from parity.subject.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
+
+MODEL_CHOICES = (*GPT2_SIZES, "all")
+WEIGHTS_CHOICES = ("auto", "pretrained", "synthetic")
+DEVICE_CHOICES = ("cpu", "cuda")
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# Dtype policy on CPU: float64 where two models and their gradients fit comfortably (it makes the
+# tolerances ~1e-9 and every real bug obvious), float32 above. bf16/fp16 are never CPU defaults: bf16
+# matmul on CPUs without AVX-512-BF16 is ~200x slower than fp32, and fp16 has no fast CPU kernels.
+# Measured on a 2-core, 24 GiB machine (benchmarks/parity_scaling.py): gpt2-medium in float64 (two
+# independent models) peaks at 10.5 GB and takes ~2.5 minutes, twice gpt2-large's float32 run (float64
+# matmuls run at half the float32 rate); gpt2-large in float64 would hold 6.2 GB per model, as much as
+# gpt2-xl in float32, for an estimated 15.9 GB peak.
+CPU_DEFAULT_DTYPE = {
+    "gpt2": torch.float64,
+    "gpt2-medium": torch.float64,
+    "gpt2-large": torch.float32,
+    "gpt2-xl": torch.float32,
+}
+# A checkpoint of no known size runs in float64 on CPU when its float64 parameters are no larger than
+# gpt2-medium's (2.8 GB), else in float32.
+CPU_FLOAT64_MAX_PARAM_BYTES = 2_900_000_000
+# On GPU, float32 with TF32 disabled: exact enough to be a parity check, fast enough for gpt2-xl.
+CUDA_DEFAULT_DTYPE = torch.float32
+
+
+@dataclass
+class ParityTarget:
+    """One model under test: name, config, checkpoint source, device and dtype."""
+
+    name: str
+    config: GPTConfig
+    weights: str  # "pretrained", "synthetic" or "local"
+    reason: str
+    device: str
+    dtype: torch.dtype
+    checkpoint: Path | None = None  # None until a synthetic checkpoint is generated
+    seed: int = DEFAULT_SEED
+    generation_seconds: float | None = field(default=None, compare=False)
+    dtype_reason: str = ""
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype without the torch. prefix."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def memory(self) -> MemoryPlan:
+        """How the run stores the weights and how much memory it is expected to need."""
+        return plan_memory(self.config, self.dtype)
+
+    def ensure_checkpoint(self) -> Path:
+        """The checkpoint directory, generating the synthetic checkpoint on first use."""
+        if self.checkpoint is None:
+            self.checkpoint, self.generation_seconds = ensure_synthetic_checkpoint(
+                self.config, self.name, self.seed
+            )
+        return self.checkpoint
+
+
+def default_device() -> str:
+    """cuda when a CUDA device is available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """Validate --device."""
+    device = device or default_device()
+    if device not in DEVICE_CHOICES:
+        raise UsageError(f"--device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda: no CUDA device is available "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu"
+        )
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str, model: str, config: GPTConfig | None = None) -> torch.dtype:
+    """Validate --dtype for the device, or choose the default for the device and size."""
+    if dtype is None:
+        if device == "cuda":
+            return CUDA_DEFAULT_DTYPE
+        if model in CPU_DEFAULT_DTYPE or config is None:
+            return CPU_DEFAULT_DTYPE.get(model, torch.float64)
+        fits = param_bytes(config, torch.float64) <= CPU_FLOAT64_MAX_PARAM_BYTES
+        return torch.float64 if fits else torch.float32
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if device == "cpu" and dtype == "float16":
+        raise UsageError(
+            "--dtype float16 is not supported on CPU (no fast fp16 kernels); use float64 or float32"
+        )
+    return DTYPES[dtype]
+
+
+def dtype_reason(dtype: str | None, device: str, model: str) -> str:
+    """Why a target runs in its dtype, for the header: the option, or the default policy that chose it."""
+    if dtype is not None:
+        return f"--dtype {dtype}"
+    if device == "cuda":
+        return "CUDA default (TF32 off)"
+    rule = "float64 while two models and a set of gradients fit comfortably, float32 above"
+    if model in CPU_DEFAULT_DTYPE:
+        return f"CPU default for {model}: {rule} (float64 up to gpt2-medium)"
+    return f"CPU default for a checkpoint of its size: {rule}"
+
+
+def _local_target(path: Path, device: str, dtype: str | None) -> ParityTarget:
+    try:
+        config = config_from_hf(read_hf_config(path))
+    except CheckpointError as e:
+        raise UsageError(f"--model {path}: {e}") from e
+    size = next((n for n in GPT2_SIZES if gpt2_config(n) == config), str(path))
+    return ParityTarget(
+        name=path.name or str(path),
+        config=config,
+        weights="local",
+        reason=f"local checkpoint directory {path}",
+        device=device,
+        dtype=resolve_dtype(dtype, device, size, config),
+        checkpoint=path,
+        dtype_reason=dtype_reason(dtype, device, size),
+    )
+
+
+def _size_target(
+    name: str, weights: str, device: str, dtype: str | None, revision: str | None = None
+) -> ParityTarget:
+    config = gpt2_config(name)
+    cached = find_cached_snapshot(name, revision) if weights in ("auto", "pretrained") else None
+    if revision is not None and cached is None:
+        raise UsageError(
+            f"--revision {revision}: no snapshot of {name} at that revision (branch, tag or commit) in the "
+            f"local Hugging Face cache ({hf_cache_dir()}; repositories {', '.join(HUB_REPOS[name])}); "
+            "download it there where the network allows, or drop --revision"
+        )
+    if weights == "pretrained" and cached is None:
+        raise UsageError(
+            f"--weights pretrained: the real {name} checkpoint is not in the local Hugging Face cache "
+            f"({hf_cache_dir()}) and cannot be downloaded here; download it where the network allows, "
+            "or use --weights synthetic"
+        )
+    if cached is not None:
+        why = "requested" if weights == "pretrained" else "found in the local Hugging Face cache"
+        return ParityTarget(name, config, "pretrained", f"OpenAI weights {why} ({cached})", device,
+                            resolve_dtype(dtype, device, name), checkpoint=cached,
+                            dtype_reason=dtype_reason(dtype, device, name))  # fmt: skip
+    why = "requested" if weights == "synthetic" else "no pretrained weights in the local Hugging Face cache"
+    try:
+        where = cache_root() / checkpoint_name(name, DEFAULT_SEED)
+    except OutputPathError as e:
+        raise UsageError(str(e)) from None
+    return ParityTarget(
+        name, config, "synthetic", f"{why}; seeded synthetic checkpoint at {where}", device,
+        resolve_dtype(dtype, device, name), dtype_reason=dtype_reason(dtype, device, name),
+    )  # fmt: skip
+
+
+def resolve_targets(
+    model: str, weights: str, device: str | None, dtype: str | None, revision: str | None = None
+) -> list[ParityTarget]:
+    """Validate the command-line choices and return the targets, before any model is built.
+
+    revision pins the cached hub snapshot of a named size (a branch, tag or commit; default refs/main).
+    """
+    if weights not in WEIGHTS_CHOICES:
+        raise UsageError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS_CHOICES)}")
+    if revision is not None and weights == "synthetic":
+        raise UsageError("--revision pins pretrained weights; drop it or use --weights pretrained")
+    device = resolve_device(device)
+    if model in GPT2_SIZES or model == "all":
+        names = list(GPT2_SIZES) if model == "all" else [model]
+        targets = [_size_target(n, weights, device, dtype, revision) for n in names]
+    else:
+        path = Path(os.path.expanduser(model))
+        if not path.is_dir():
+            raise UsageError(
+                f"--model {model!r}: not a GPT-2 size and not a checkpoint directory; choose one of "
+                f"{', '.join(MODEL_CHOICES)} or a path to a local Hugging Face GPT-2 checkpoint directory"
+            )
+        if weights == "synthetic":
+            raise UsageError(
+                "--weights synthetic applies to named sizes; a checkpoint directory is its own weights"
+            )
+        if revision is not None:
+            raise UsageError("--revision applies to named sizes; a checkpoint directory is its own weights")
+        targets = [_local_target(path, device, dtype)]
+    return targets

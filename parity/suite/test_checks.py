@@ -1,0 +1,35 @@
+"""Every registered check (parity/checks/registry.py) on every target: one test each, its id the check's name.
+
+A FAIL fails the test with the check's verdict line and its cause; a CANNOT-TEST skips it with the reason.
+Every verdict, whatever its status, reaches the JSON report and the verdict table at the end of the run.
+The verdict comes from `verdict_of` (parity/conftest.py): the check run here, or, with --impl, read from
+the child process that ran it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from nanogpt.hf import CheckpointError
+from parity.checks.registry import CHECK_NAMES
+from parity.core.verdicts import Status, Verdict
+from parity.frontends.pytest_frontend.plugin import record_verdict
+from parity.subject.targets import ParityTarget
+
+
+@pytest.mark.parametrize("check", CHECK_NAMES)
+def test_check(
+    check: str, parity_target: ParityTarget, verdict_of: Callable[[str], Verdict], request: pytest.FixtureRequest
+) -> None:
+    try:
+        verdict = verdict_of(check)
+    except CheckpointError as e:  # the user's input, not a verdict: one line, the run's usage-error status
+        pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
+    record_verdict(request.config, parity_target.name, verdict)
+    message = verdict.line() + (f"\n{verdict.details}" if verdict.details else "")
+    if verdict.status is Status.FAIL:
+        pytest.fail(message, pytrace=False)
+    if verdict.status is Status.CANNOT_TEST:
+        pytest.skip(f"CANNOT-TEST {check}: {verdict.reason}")
