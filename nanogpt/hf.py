@@ -21,7 +21,6 @@ from torch import nn
 
 from nanogpt.atomic import atomic_directory
 from nanogpt.errors import CheckpointError
-from nanogpt.gpt_config import LAYER_NORM_EPS, GPTConfig
 from nanogpt.hf_files import (  # where checkpoints are found and read; importable from here as before
     HF_CONFIG_FILE,
     SAFETENSORS_FILE,
@@ -31,6 +30,7 @@ from nanogpt.hf_files import (  # where checkpoints are found and read; importab
     resolve_checkpoint_dir,
     weight_files,
 )
+from nanogpt.model import LAYER_NORM_EPS, GPTConfig
 from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
 
 # Causal-mask buffers that some transformers versions save; they are not weights.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nanogpt.gpt_config import GPT2_SIZES
+from nanogpt.model import GPT2_SIZES
 
 # Hub repositories of the four OpenAI sizes. The short names are legacy aliases of the same checkpoints.
 HUB_REPOS: dict[str, tuple[str, ...]] = {name: (f"openai-community/{name}", name) for name in GPT2_SIZES}

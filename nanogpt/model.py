@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.gpt_config import GPT2_SIZES, LAYER_NORM_EPS, GPTConfig, gpt2_config
-from nanogpt.hf import load_gpt
+# GPT-2 LayerNorm epsilon (OpenAI's `norm` uses 1e-5; HF's `layer_norm_epsilon` default is 1e-5 too).
+LAYER_NORM_EPS = 1e-5
 
-# GPTConfig and the sizes live in nanogpt/gpt_config.py; they are importable from here as before.
-__all__ = ["GPT", "GPT2_SIZES", "LAYER_NORM_EPS", "GPTConfig", "gpt2_config"]
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no `bias=False` before 2.1)."""
@@ -102,6 +101,69 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+@dataclass
+class GPTConfig:
+    """Hyper-parameters of a GPT-2 model; field names as in upstream nanoGPT."""
+
+    block_size: int = 1024
+    # Rows of the embedding matrix. Upstream nanoGPT trains with 50304 (50257 rounded up to a multiple of
+    # 64, which is faster on GPUs); the extra rows are padding that no real token ever uses.
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster (upstream's note).
+    bias: bool = True
+    # Real tokens when vocab_size is padded (50257 for GPT-2). Logits are cropped to this many columns so
+    # the padding rows can never leak into a softmax. None means "no padding": all vocab_size rows are real.
+    logical_vocab_size: int | None = None
+    # GPT-2 ties lm_head to the token embedding (https://paperswithcode.com/method/weight-tying). False is
+    # only for controls such as the untied twin of the parity harness.
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not problems and self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.logical_vocab_size is not None and not 1 <= self.logical_vocab_size <= self.vocab_size:
+            problems.append(
+                f"logical_vocab_size ({self.logical_vocab_size}) must be between 1 and "
+                f"vocab_size ({self.vocab_size})"
+            )
+        if problems:
+            raise ValueError("invalid GPTConfig: " + "; ".join(problems))
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Columns of the logits: the real tokens, without padding rows."""
+        return self.logical_vocab_size if self.logical_vocab_size is not None else self.vocab_size
+
+
+# The four OpenAI GPT-2 sizes (https://github.com/openai/gpt-2/blob/master/DEVELOPERS.md).
+GPT2_SIZES: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+
+def gpt2_config(name: str, **overrides: Any) -> GPTConfig:
+    """The GPTConfig of an OpenAI GPT-2 size (vocab 50257, block 1024, bias), with optional overrides."""
+    if name not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_SIZES)}")
+    args: dict[str, Any] = dict(GPT2_SIZES[name], vocab_size=50257, block_size=1024, bias=True, dropout=0.0)
+    args.update(overrides)
+    return GPTConfig(**args)
 
 
 class GPT(nn.Module):
@@ -306,4 +368,7 @@ class GPT(nn.Module):
 
         See nanogpt.hf.load_gpt for the keyword arguments (dtype, device, allow_untied, vocab_size, ...).
         """
+        # Imported here, as upstream imports transformers here: the model stays torch-only at import time.
+        from nanogpt.hf import load_gpt
+
         return load_gpt(source, model_cls=cls, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nanogpt.gpt_config import GPT2_SIZES, gpt2_config
+from nanogpt.model import GPT2_SIZES, gpt2_config
 
 # The tied pair: the output head and the token embedding are one matrix.
 HEAD = "lm_head.weight"
