@@ -35,15 +35,13 @@ from parity.subject.memory import BASE_BYTES, available_memory, format_bytes
 from parity.subject.targets import ParityTarget, resolve_targets
 
 # Activation memory of Hugging Face's GPT-2 forward + backward, in elements per (layer x token x channel)
-# saved for backward: its python GELU keeps several 4C-wide intermediates. Measured with this script:
-# 28.6 on gpt2-medium (float64), 32.3 on gpt2-xl (float32, a 17.9 GB peak); rounded up, it decides
-# whether the yardstick step may start.
+# saved for backward: its python GELU keeps several 4C-wide intermediates. Measured at most 32.3 (gpt2-xl;
+# docs/measurements.md); rounded up, it decides whether the yardstick step may start.
 HF_ACTIVATION_FACTOR = 36
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Passes of the yardstick; the first is reported. Like every pass of the suite, it allocates its
-# activations afresh (a second pass in the same process reuses freed memory and ran 10-15% faster on
-# gpt2-xl); --yardstick-repeats shows the spread. On a shared machine one pass varies by up to 30%
-# between runs (40-61 s measured for gpt2-xl).
+# activations afresh (a second pass in the same process reuses freed memory and runs faster);
+# --yardstick-repeats shows the spread, up to 30% between runs on a shared machine.
 YARDSTICK_REPEATS = 1
 
 

@@ -54,20 +54,18 @@ def compare_chunked(
 
     compare_tensors converts both sides to float64 and builds several temporaries of that size; for the
     full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. Chunks are compared on
-    as many Python threads as torch has intra-op threads, each op single-threaded: measured on 2 shared
-    cores, 2-thread parallel regions on 64K-element chunks ran 80x slower than one thread whenever another
-    process held a core (each region waits for the descheduled thread), while independent chunks on two
-    threads are 2x faster than one. Non-finite values take the single-call path, so that their message
-    counts every NaN and Inf.
+    as many Python threads as torch has intra-op threads, each op single-threaded: on shared cores a
+    parallel region waits for any descheduled thread, while independent chunks do not (figures in
+    docs/measurements.md). Non-finite values take the single-call path, so that their message counts
+    every NaN and Inf.
 
     Float64 inputs are compared exactly as compare_tensors does (every field bitwise equal). Float32 and
     half-precision pairs are screened in float32 first (`_finite_record`): the verdict and the mismatch
     count stay exact, and max_abs, max_rel and where are those of float32 arithmetic (relative error
-    <= 2**-22; with near-equal maxima `where` may name either). gpt2-xl's 1.56e9 gradient elements take
-    ~6 s that way instead of ~16 s. Two column-major 2-D tensors (a reference Linear weight that is a view
-    of Hugging Face's Conv1D weight, and their gradients) are compared through their transposes, so that
-    each chunk reads contiguous memory: chunking rows of a column-major tensor reads one float per cache
-    line and ran twice as slowly.
+    <= 2**-22; with near-equal maxima `where` may name either), in under half the time. Two column-major
+    2-D tensors (a reference Linear weight that is a view of Hugging Face's Conv1D weight, and their
+    gradients) are compared through their transposes, so that each chunk reads contiguous memory rather
+    than one float per cache line.
     """
     if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:
         with one_thread():

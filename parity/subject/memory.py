@@ -32,18 +32,18 @@ from parity.subject.batches import gradient_batch
 # weights its own loader produced, so their matmuls also run on different layouts (the stronger check).
 SHARE_WEIGHTS_ABOVE_BYTES = 3_000_000_000
 
-# Peak resident memory in units of one model's parameter bytes, measured (see `plan_memory`):
+# Peak resident memory in units of one model's parameter bytes (see `plan_memory`):
 # shared: Hugging Face's weights + one set of gradients (or, while loading, the reference's own copy before
 # it is replaced by views); independent: two models + one set of gradients.
 SHARED_PEAK_FACTOR = 2.0
 INDEPENDENT_PEAK_FACTOR = 3.0
-# The interpreter with torch and transformers imported, allocator slack, the tokenizer: measured 0.3-0.5 GB.
+# The interpreter with torch and transformers, allocator slack, the tokenizer: measured 0.3-0.5 GB.
 BASE_BYTES = 700_000_000
 # On top of the weights (and the gradients): the full-block forward holds its logits (T x V, once per
 # implementation, plus a float64 chunk); the gradient check holds copies of the tied matrix (V x C: its
 # head-path and embedding-path gradients, their sum, the twin's head) and the reference's activations for
-# the gradient batch (elements per layer, token and channel). Calibrated on the four sizes: the estimate
-# is 0.1-0.5 GB above the measured peak (benchmarks/parity_scaling.py).
+# the gradient batch (elements per layer, token and channel). Calibrated on the four sizes (the figures:
+# docs/measurements.md).
 LOGITS_COPIES = 3
 TIED_MATRIX_COPIES = 4
 ACTIVATION_ELEMENTS = 16
@@ -182,8 +182,7 @@ def release_free_memory() -> None:
     """Return the C allocator's free pages to the OS (glibc's malloc_trim); a no-op without glibc.
 
     Freed tensors below glibc's mmap threshold (up to 32 MB: most per-layer gradients) go back to its heap
-    and stay resident: measured 2 GB still counted after gpt2-medium's float64 gradient check, on top of
-    which every later test's peak was measured.
+    and stay resident (2 GB after gpt2-medium's float64 gradient check), under every later test's peak.
     """
     name = ctypes.util.find_library("c")
     if not name:

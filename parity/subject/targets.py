@@ -36,10 +36,7 @@ DTYPES = {
 # Dtype policy on CPU: float64 where two models and their gradients fit comfortably (it makes the
 # tolerances ~1e-9 and every real bug obvious), float32 above. bf16/fp16 are never CPU defaults: bf16
 # matmul on CPUs without AVX-512-BF16 is ~200x slower than fp32, and fp16 has no fast CPU kernels.
-# Measured on a 2-core, 24 GiB machine (benchmarks/parity_scaling.py): gpt2-medium in float64 (two
-# independent models) peaks at 10.5 GB and takes ~2.5 minutes, twice gpt2-large's float32 run (float64
-# matmuls run at half the float32 rate); gpt2-large in float64 would hold 6.2 GB per model, as much as
-# gpt2-xl in float32, for an estimated 15.9 GB peak.
+# gpt2-large in float64 would hold as much as gpt2-xl in float32 (measured: docs/measurements.md).
 CPU_DEFAULT_DTYPE = {
     "gpt2": torch.float64,
     "gpt2-medium": torch.float64,
