@@ -1,25 +1,27 @@
 """Typed configuration for the command-line tools: dataclasses filled from config files and `--key=value`.
 
 Upstream nanoGPT configures its trainer by `exec`-ing Python files into globals. Here a configuration is
-a plain dataclass whose field types are the schema: values come from JSON or TOML files (applied in
-order) and then from `--key=value` overrides, and every value is type-checked on the way in. An unknown
-key or a wrongly typed value is an error that names the key (and the closest valid key for a typo), and
-ranges are validated before any heavy work starts. `run_cli` turns these user errors into one line on
-stderr and exit status 2, so a mistyped flag never produces a traceback wall.
+a plain dataclass whose fields are the schema: `parse_config` builds an argparse parser from them (one
+`--key` per field, its type converter from the field's annotation, its help from the field's `option`),
+applies JSON or TOML files in order, then the `--key=value` overrides, and type-checks every value on the
+way in. An unknown key or a wrongly typed value is an error that names the key (and the closest valid key
+for a typo), and ranges are validated before any heavy work starts. `run_cli` turns these user errors
+into one line on stderr and exit status 2, so a mistyped flag never produces a traceback wall.
 """
-
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
 import math
 import os
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,9 +30,6 @@ T = TypeVar("T")
 # torch seeds are unsigned 64-bit; the trainer adds the rank and the iteration to the seed.
 MAX_SEED = 2**63 - 1
 MAX_CONFIG_FILE_BYTES = 1 << 20
-MAX_LEARNING_RATE = 1.0
-MAX_EVAL_ITERS = 1_000_000
-MAX_WEIGHT_DECAY = 10.0
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 
@@ -60,135 +59,6 @@ class HelpRequested(Exception):
 def option(default: Any, help: str) -> Any:
     """A dataclass field with a default and a help line (shown by --help)."""
     return field(default=default, metadata={"help": help})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the trainer's configuration
-
-
-@dataclass
-class TrainConfig:
-    """Everything `python -m nanogpt.train` can be told; defaults follow upstream nanoGPT's GPT-2 recipe."""
-
-    # I/O
-    out_dir: str = option("out", "directory for ckpt.pt (created if missing)")
-    data_dir: str = option(
-        "data", "directory made by `python -m nanogpt.data` (train.bin, val.bin, meta.json)"
-    )
-    init_from: str = option(
-        "scratch", "scratch, resume (from out_dir/ckpt.pt), gpt2..gpt2-xl, or a Hugging Face GPT-2 directory"
-    )
-    eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations")
-    eval_iters: int = option(20, "batches per split for each loss estimate")
-    log_interval: int = option(10, "print a log line every this many iterations")
-    eval_only: bool = option(False, "evaluate once and exit")
-    always_save_checkpoint: bool = option(
-        False, "checkpoint at every evaluation, not only on a new best val loss"
-    )
-    progress: bool | None = option(None, "progress display on stderr; none means: when stderr is a terminal")
-    # data
-    batch_size: int = option(12, "micro-batch size per process")
-    block_size: int = option(1024, "context length of the training windows")
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step (per process)")
-    # model (ignored for resume and pretrained inits, which bring their own architecture)
-    n_layer: int = option(12, "transformer blocks")
-    n_head: int = option(12, "attention heads")
-    n_embd: int = option(768, "embedding width")
-    dropout: float = option(0.0, "dropout probability (0 for pre-training, 0.1+ for fine-tuning)")
-    bias: bool = option(True, "biases in Linears and LayerNorms, like GPT-2")
-    vocab_size: int | None = option(None, "embedding rows; none: the dataset's vocabulary rounded up to 64")
-    # AdamW
-    learning_rate: float = option(6e-4, "peak learning rate")
-    max_iters: int = option(5000, "optimizer steps in total")
-    weight_decay: float = option(0.1, "AdamW weight decay of the >= 2-D parameters")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.95, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
-    # learning-rate schedule
-    decay_lr: bool = option(True, "linear warmup then cosine decay; false: constant learning_rate")
-    warmup_iters: int = option(100, "linear warmup steps")
-    lr_decay_iters: int | None = option(None, "step where the cosine reaches min_lr; none: max_iters")
-    min_lr: float | None = option(None, "final learning rate; none: learning_rate / 10")
-    # system
-    device: str = option("auto", DEVICES_HELP)
-    dtype: str = option(
-        "auto", "auto (bfloat16/float16 autocast on CUDA, float32 on CPU) or " + ", ".join(DTYPES[1:])
-    )
-    compile: bool = option(False, "torch.compile the model (the first step then takes a while)")
-    seed: int = option(1337, "seed of the init, the data sampler and dropout")
-    parallel: str = option("ddp", "under torchrun: ddp (replicated) or fsdp (FSDP2 fully_shard)")
-    backend: str = option("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo")
-
-    # The architecture keys: they must agree with a checkpoint or pretrained model when given explicitly.
-    MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "n_layer",
-        "n_head",
-        "n_embd",
-        "bias",
-        "vocab_size",
-        "block_size",
-    )
-
-    @property
-    def decay_iters(self) -> int:
-        """The step where the cosine schedule reaches min_lr."""
-        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
-
-    @property
-    def final_lr(self) -> float:
-        """The learning rate at the end of the cosine schedule."""
-        return self.learning_rate / 10 if self.min_lr is None else self.min_lr
-
-    def validate(self, only: Sequence[str] | None = None) -> None:
-        """Check every range and choice (or only those of the keys in only); ConfigError names each bad key."""
-        p = Problems()
-        for key in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd"):
-            p.at_least(self, key, 1)
-        for key in ("eval_interval", "eval_iters", "log_interval"):
-            p.at_least(self, key, 1)
-        for key in ("max_iters", "warmup_iters", "seed"):
-            p.at_least(self, key, 0)
-        for key in ("learning_rate", "weight_decay", "grad_clip"):
-            p.at_least(self, key, 0.0)
-        # AdamW moves each parameter by about learning_rate per step: above 1 a run can only diverge.
-        p.at_most(self, "learning_rate", MAX_LEARNING_RATE, "AdamW diverges there; GPT-2 used 6e-4")
-        p.at_most(self, "weight_decay", MAX_WEIGHT_DECAY)
-        p.at_most(self, "seed", MAX_SEED)
-        p.at_most(self, "eval_iters", MAX_EVAL_ITERS, "each evaluation draws this many batches per split")
-        if self.vocab_size is not None:
-            p.at_least(self, "vocab_size", 1)
-        if self.lr_decay_iters is not None:
-            p.at_least(self, "lr_decay_iters", 0)
-        if self.min_lr is not None:
-            p.at_least(self, "min_lr", 0.0)
-            p.at_most(self, "min_lr", MAX_LEARNING_RATE)
-            p.check(
-                self.min_lr <= self.learning_rate,
-                "min_lr",
-                f"{self.min_lr} exceeds learning_rate ({self.learning_rate})",
-            )
-        p.check(
-            self.n_embd % max(self.n_head, 1) == 0,
-            "n_embd",
-            f"{self.n_embd} is not divisible by n_head ({self.n_head})",
-        )
-        p.check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} is not in [0, 1)")
-        for key in ("beta1", "beta2"):
-            p.check(0.0 <= getattr(self, key) < 1.0, key, f"{getattr(self, key)} is not in [0, 1)")
-        if self.decay_lr:
-            p.check(
-                self.warmup_iters <= self.decay_iters,
-                "warmup_iters",
-                f"{self.warmup_iters} exceeds lr_decay_iters ({self.decay_iters}); lower --warmup_iters",
-            )
-        p.choice(self, "dtype", DTYPES)
-        p.choice(self, "parallel", ("ddp", "fsdp"))
-        p.choice(self, "backend", ("auto", "nccl", "gloo"))
-        p.device(self, "device")
-        p.check(
-            bool(self.init_from), "init_from", "is empty; use scratch, resume, a GPT-2 size or a directory"
-        )
-        p.raise_if_any(only)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +107,7 @@ class Problems:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# parsing: files, then --key=value
+# field types: what a key accepts
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -272,29 +142,27 @@ def check_key(cls: type, key: str, where: str) -> None:
         raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, valid)}")
 
 
-def convert_string(cls: type, key: str, text: str, where: str) -> Any:
-    """Convert a command-line string to the type of field `key`."""
-    tp = field_types(cls)[key]
+def text_converter(key: str, tp: Any) -> Callable[[str], Any]:
+    """argparse's `type=` for field `key`: a command-line string to the field's type, or ArgumentTypeError."""
     base, optional = _base_type(tp)
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            return int(text)
-        if base is float:
-            return _finite(float(text), key, where)
-        return text
-    except ConfigError:
-        raise
-    except ValueError:
-        raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {text!r}") from None
+
+    def convert(text: str) -> Any:
+        lowered = text.strip().lower()
+        if optional and lowered in ("none", "null", ""):
+            return None
+        if base is bool and lowered in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return lowered in ("1", "true", "yes", "on")
+        try:
+            value = base(text) if base in (int, float) else text if base is str else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{key} expects {_type_name(tp)}, got {text!r}")
+        if base is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{key} must be a finite number, got {value}")
+        return value
+
+    return convert
 
 
 def check_value(cls: type, key: str, value: Any, where: str) -> Any:
@@ -312,14 +180,7 @@ def check_value(cls: type, key: str, value: Any, where: str) -> Any:
     if not ok:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise ConfigError(f"{where}: {key} expects {_type_name(tp)}, got {shown} ({type(value).__name__})")
-    if base is float:
-        return _finite(value, key, where)
-    return value
-
-
-def _finite(value: float, key: str, where: str) -> float:
-    """value, unless it is NaN or infinite (no setting of ours means anything there)."""
-    if not math.isfinite(value):
+    if base is float and not math.isfinite(value):
         raise ConfigError(f"{where}: {key} must be a finite number, got {value}")
     return value
 
@@ -358,22 +219,74 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def help_text(cls: type, prog: str) -> str:
-    """The --help text: usage, then every key with its type, default and help line."""
-    lines = [
-        f"usage: python -m {prog} [CONFIG.json|CONFIG.toml ...] [--key=value ...]",
-        "",
-        "Config files are applied in order, then --key=value overrides. Keys:",
-    ]
-    types_ = field_types(cls)
+# ----------------------------------------------------------------------------------------------------------
+# the command line: argparse built from the dataclass fields
+
+_NO_VALUE = object()  # what a non-boolean `--key` given without a value parses to
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ConfigErrors (one line via run_cli), not usage text and exit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Raise the problem as a ConfigError."""
+        raise ConfigError(f"command line: {message}")
+
+
+class _KeyValueFormatter(argparse.HelpFormatter):
+    """Shows an option as `--key=TYPE`, the form the tools document, under its first name only."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return f"{action.option_strings[0]}={action.metavar}"
+
+
+class _HelpAction(argparse.Action):
+    """-h/--help: raise HelpRequested with the help text (run_cli prints it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        raise HelpRequested(parser.format_help())
+
+
+def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
+    """The argparse parser of a config dataclass: positional config files, then one `--key` per field.
+
+    Each option's type converter, metavar and help line come from its field (the help from the field's
+    `option(..., help)`); `--key-with-dashes` is accepted as well. Options default to SUPPRESS, so the
+    parsed namespace holds exactly the keys given.
+    """
+    parser = _Parser(
+        prog=f"python -m {prog}",
+        usage=f"python -m {prog} [CONFIG.json|CONFIG.toml ...] [--key=value ...]",
+        description="Config files are applied in order, then --key=value overrides.",
+        formatter_class=_KeyValueFormatter,
+        add_help=False,
+        allow_abbrev=False,  # --batch must not mean --batch_size
+        exit_on_error=False,  # a bad value raises ArgumentError, turned into ConfigError by parse_config
+    )
+    # `--learning_rate -1e-3` is a value, not an option (Python >= 3.12.7 reads it so; 3.11 does not)
+    parser._negative_number_matcher = re.compile(r"-\.?\d")
+    parser.add_argument("-h", "--help", nargs=0, action=_HelpAction, default=argparse.SUPPRESS, help="show this help")
+    parser.add_argument("files", nargs="*", default=[], metavar="CONFIG", help="JSON or TOML files (never executed)")
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
+        tp = field_types(cls)[f.name]
+        base = _base_type(tp)[0]
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         default = f.default if f.default is not dataclasses.MISSING else "(required)"
-        lines.append(
-            f"  --{f.name}={default!s:<10} [{_type_name(types_[f.name])}] {f.metadata.get('help', '')}"
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            type=text_converter(f.name, tp),
+            nargs="?",  # `--key value`, `--key=value`, or a bare boolean `--flag`
+            const=True if base is bool else _NO_VALUE,
+            default=argparse.SUPPRESS,
+            metavar=_type_name(tp).replace("str", "text").replace(" or ", "|").upper(),
+            help=f"{f.metadata.get('help', '')} (default: {default!s})".replace("%", "%%"),
         )
-    return "\n".join(lines)
+    return parser
 
 
 def parse_config(
@@ -381,37 +294,28 @@ def parse_config(
 ) -> tuple[T, set[str]]:
     """Build a cls from config files and --key=value overrides; return it with the keys given explicitly.
 
-    Positional arguments are JSON/TOML files applied in order; `--key=value` (or `--key value`, or a bare
-    `--flag` for a boolean) overrides them. Dashes in keys may be written as underscores or dashes. With
-    validate=True the result is checked with its `validate()` method when it has one.
+    Positional arguments are JSON/TOML files applied in order; then `--key=value` (or `--key value`, or a
+    bare `--flag` for a boolean) overrides them. Dashes in keys may be written as underscores or dashes.
+    With validate=True the result is checked with its `validate()` method when it has one.
     """
+    parser = build_parser(cls, prog)
+    try:
+        namespace, unknown = parser.parse_known_intermixed_args(list(argv))
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"command line: {e.message}") from None
+    for arg in unknown:
+        key = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        check_key(cls, key, "command line")  # an unknown --key (an unknown -k also lands here)
+    flags = vars(namespace)
     values: dict[str, Any] = {}
-    types_ = field_types(cls)
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg in ("-h", "--help"):
-            raise HelpRequested(help_text(cls, prog))
-        if not arg.startswith("--"):
-            for key, value in read_config_file(arg).items():
-                check_key(cls, key, arg)
-                values[key] = check_value(cls, key, value, arg)
-            continue
-        key, eq, text = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        check_key(cls, key, "command line")
-        if not eq:
-            is_bool = _base_type(types_[key])[0] is bool
-            if is_bool and (i >= len(args) or args[i].startswith("--")):
-                text = "true"  # a bare --flag
-            elif i < len(args):
-                text = args[i]
-                i += 1
-            else:
-                raise ConfigError(f"command line: --{key} needs a value (--{key}=VALUE)")
-        values[key] = convert_string(cls, key, text, "command line")
+    for path in flags.pop("files"):
+        for key, value in read_config_file(path).items():
+            check_key(cls, key, path)
+            values[key] = check_value(cls, key, value, path)
+    for key, value in flags.items():
+        if value is _NO_VALUE:
+            raise ConfigError(f"command line: --{key} needs a value (--{key}=VALUE)")
+        values[key] = value
     try:
         cfg = cls(**values)
     except ValueError as e:

@@ -32,7 +32,7 @@ from nanogpt.checkpoint import (
     save_checkpoint,
     training_payload,
 )
-from nanogpt.config import ConfigError, RunStopped, TrainConfig, parse_config, run_cli
+from nanogpt.config import ConfigError, RunStopped, parse_config, run_cli
 from nanogpt.data import BatchSampler, TokenDataset, get_batch
 from nanogpt.distributed import (
     DistContext,
@@ -47,6 +47,7 @@ from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT
 from nanogpt.paths import resolve_output_dir, resolve_output_file
 from nanogpt.resources import check_training_fits
+from nanogpt.train_config import TrainConfig
 from nanogpt.train_log import Progress, format_log_line
 from nanogpt.train_setup import NOT_INHERITED_ON_RESUME, build_initial_model, inherit_from_checkpoint
 

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from nanogpt.checkpoint import CHECKPOINT_FILE, build_model, model_config_of
-from nanogpt.config import ConfigError, TrainConfig, check_value
+from nanogpt.config import ConfigError, check_value
 from nanogpt.data import TokenDataset
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
 from nanogpt.resources import check_training_fits
+from nanogpt.train_config import TrainConfig
 
 
 def check_against_model(cfg: TrainConfig, explicit: set[str], model_cfg: GPTConfig, source: str) -> None:

@@ -20,9 +20,9 @@ from nanogpt.checkpoint import (
     strip_wrapper_prefixes,
     training_payload,
 )
-from nanogpt.config import TrainConfig
 from nanogpt.hf import CheckpointError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.train_config import TrainConfig
 
 TINY = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
 

@@ -26,11 +26,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nanogpt.checkpoint import build_model, load_checkpoint
-from nanogpt.config import TrainConfig
 from nanogpt.data import prepare_dataset
 from nanogpt.distributed import free_port, shard_fsdp, wrap_ddp
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train, train_step
+from nanogpt.train_config import TrainConfig
 from parity.core.tolerances import TRAIN_STEPS_F64
 
 TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])

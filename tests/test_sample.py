@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from nanogpt.checkpoint import capture_rng_state, save_checkpoint, training_payload
-from nanogpt.config import ConfigError, TrainConfig, run_cli
+from nanogpt.config import ConfigError, run_cli
 from nanogpt.hf import CheckpointError, export_hf_checkpoint
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import SEPARATOR, SampleConfig, load_model, main, sample
 from nanogpt.tokenizer import decode, encode
+from nanogpt.train_config import TrainConfig
 
 # The GPT-2 vocabulary, so that any prompt encodes; a tiny body keeps it fast.
 CONFIG = GPTConfig(block_size=16, vocab_size=50304, logical_vocab_size=50257, n_layer=1, n_head=2, n_embd=16)

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from nanogpt.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from nanogpt.config import ConfigError, TrainConfig
+from nanogpt.config import ConfigError
 from nanogpt.data import prepare_dataset
 from nanogpt.hf import export_hf_checkpoint
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, get_lr, train, train_step
+from nanogpt.train_config import TrainConfig
 
 WORDS = (
     "the model reads tokens and predicts the next one while gradients flow back through every layer".split()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from nanogpt.checkpoint import build_model, load_checkpoint
-from nanogpt.config import TrainConfig
 from nanogpt.data import prepare_dataset
 from nanogpt.train import train
+from nanogpt.train_config import TrainConfig
 
 
 @pytest.mark.slow

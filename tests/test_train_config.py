@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nanogpt.config import ConfigError, HelpRequested, TrainConfig, parse_config
+from nanogpt.config import ConfigError, HelpRequested, parse_config
+from nanogpt.train_config import TrainConfig
 
 
 def parse(*argv: str) -> tuple[TrainConfig, set[str]]:
