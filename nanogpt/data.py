@@ -24,6 +24,7 @@ import torch
 
 from nanogpt.atomic import atomic_file
 from nanogpt.config import Problems, UserError, option, parse_config, run_cli
+from nanogpt.json_files import JsonFileError, read_json_object
 from nanogpt.paths import OutputPathError, resolve_output_dir, resolve_output_file
 
 META_FILE = "meta.json"
@@ -240,17 +241,9 @@ class TokenDataset:
 def read_meta(path: Path, hint: str) -> dict[str, Any]:
     """meta.json of a dataset, with the type and range of every field the trainer reads checked."""
     try:
-        if path.stat().st_size > MAX_META_BYTES:
-            raise DataError(f"{path}: {path.stat().st_size:,} bytes, not a dataset description; {hint}")
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply; {hint}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(e).split())}); {hint}") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror or e}); {hint}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: expected a JSON object; {hint}")
+        meta = read_json_object(path, "a dataset description", MAX_META_BYTES)
+    except JsonFileError as e:
+        raise DataError(f"{e}; {hint}") from None
     missing = [k for k in ("vocab_size", "dtype", "train_tokens", "val_tokens") if k not in meta]
     if missing:
         raise DataError(f"{path}: missing {', '.join(missing)}; {hint}")

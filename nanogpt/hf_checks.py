@@ -6,18 +6,20 @@ reach torch or transformers and fail there with a long traceback, or, for `n_lay
 weights, allocate without limit. Here every field the loaders read is checked for type and range, and
 the architecture is compared with the tensors the files actually hold (read from the safetensors
 headers, never the data) before anything is allocated. The functions return problems as strings or
-raise ValueError; `nanogpt.hf` turns them into CheckpointError.
+raise ValueError; `nanogpt.hf` turns them into CheckpointError. The JSON files themselves are read by
+`nanogpt.json_files`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from nanogpt.json_files import JsonFileError, parse_json_object
 
 # A GPT-2 config.json is about 1 KB; a safetensors header of gpt2-xl about 50 KB.
 MAX_CONFIG_BYTES = 1 << 20
@@ -93,30 +95,9 @@ def config_field_problems(cfg: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def parse_config_text(raw: bytes, where: str) -> dict[str, Any]:
-    """config.json's bytes as a dict; ValueError (one line) for oversized, undecodable or nested JSON."""
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{where}: {len(raw):,} bytes, not a GPT-2 config (about 1 KB)")
-    try:
-        cfg = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise ValueError(f"{where}: JSON nested too deeply to be a config") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{where}: not valid JSON ({' '.join(str(e).split())})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
-
-
-def parse_shard_index(raw: bytes, where: str) -> list[str]:
-    """The sorted shard file names of a model.safetensors.index.json; ValueError naming what is wrong."""
-    try:
-        index = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise ValueError(f"{where}: JSON nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{where}: not valid JSON ({' '.join(str(e).split())})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+def shard_names(index: Mapping[str, Any], where: str) -> list[str]:
+    """The sorted shard file names of a parsed model.safetensors.index.json; ValueError naming what is wrong."""
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{where}: weight_map is missing or not a non-empty object of tensor -> shard file")
     shards = set()
@@ -144,11 +125,9 @@ def safetensors_header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 f"{path}: corrupt or truncated safetensors file (header length {n} exceeds the file)"
             )
         try:
-            header = json.loads(fh.read(n))
-        except (RecursionError, UnicodeDecodeError, ValueError):
+            header = parse_json_object(fh.read(n), str(path), "a safetensors header")
+        except JsonFileError:
             raise ValueError(f"{path}: corrupt or truncated safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt or truncated safetensors file (unreadable header)")
     shapes = {}
     for name, info in header.items():
         if name == "__metadata__":

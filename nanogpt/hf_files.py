@@ -21,11 +21,11 @@ from nanogpt.hf_checks import (
     architecture_problems,
     config_field_problems,
     is_zip_checkpoint,
-    parse_config_text,
-    parse_shard_index,
     safetensors_header_shapes,
+    shard_names,
 )
 from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
+from nanogpt.json_files import JsonFileError, read_json_object
 
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -79,10 +79,8 @@ def weight_files(directory: Path, required: bool = True) -> list[Path]:
     index = directory / SAFETENSORS_INDEX_FILE
     if index.is_file():
         try:
-            if index.stat().st_size > MAX_INDEX_BYTES:
-                raise ValueError(f"{index}: {index.stat().st_size:,} bytes, too large for a shard index")
-            shards = parse_shard_index(index.read_bytes(), str(index))
-        except (OSError, ValueError) as e:
+            shards = shard_names(read_json_object(index, "a shard index", MAX_INDEX_BYTES), str(index))
+        except ValueError as e:
             raise CheckpointError(f"{e}; re-download the checkpoint or rewrite its index") from None
         paths = [directory / s for s in shards]
         missing = [p.name for p in paths if not p.is_file()]
@@ -112,12 +110,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {HF_CONFIG_FILE}; pass a Hugging Face checkpoint directory")
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"{path}: {path.stat().st_size:,} bytes, not a GPT-2 config (about 1 KB)")
-        cfg = parse_config_text(path.read_bytes(), str(path))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:
+        cfg = read_json_object(path, "a GPT-2 config", MAX_CONFIG_BYTES)
+    except JsonFileError as e:
         raise CheckpointError(f"{e}; re-create or re-download the checkpoint") from None
     check_config_fields(cfg, str(path))  # types and ranges first: the comparison below reads them
     files = weight_files(directory, required=False)

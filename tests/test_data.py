@@ -117,6 +117,23 @@ def test_open_rejects_missing_empty_short_and_truncated(tmp_path: Path) -> None:
         TokenDataset.open(tmp_path / "short")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", r"meta\.json: expected a JSON object, got list; create it with"),
+        ('{"vocab_size": ', r"meta\.json: not valid JSON \(Expecting value: .*\); create it with"),
+        ("[" * 100_000 + "]" * 100_000, r"meta\.json: JSON nested too deeply to be a dataset description; create"),
+    ],
+    ids=["a-list", "invalid", "deep"],
+)
+def test_open_rejects_an_unreadable_meta_json_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+    prepare_dataset(write_text(tmp_path / "a.txt", 50), tmp_path / "d")
+    (tmp_path / "d" / "meta.json").write_text(text)
+    with pytest.raises(DataError, match=message) as caught:
+        TokenDataset.open(tmp_path / "d")
+    assert "\n" not in str(caught.value)
+
+
 def test_prepare_rejects_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file or directory"):
         prepare_dataset(tmp_path / "missing.txt", tmp_path / "out")

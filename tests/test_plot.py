@@ -92,7 +92,7 @@ def _bad_reports(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     del no_tol["tolerance"]
     return {
         "missing file": (tmp_path / "nowhere.json", "no such file"),
-        "not json": (write(tmp_path, "{not json", "a.json"), "not JSON"),
+        "not json": (write(tmp_path, "{not json", "a.json"), "not valid JSON"),
         "no profiles": (write(tmp_path, {"models": []}, "b.json"), 'no "profiles" in the report'),
         "empty profiles": (write(tmp_path, {"profiles": []}, "c.json"), "must be a non-empty list"),
         "length mismatch": (write(tmp_path, {"profiles": [short]}, "d.json"), "as long as modules"),

@@ -12,7 +12,6 @@ exit status 2, checked before anything is drawn.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -21,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanogpt.json_files import JsonFileError, read_json_object
+
 USAGE_ERROR = 2
 # Exact agreement (a relative difference of 0) has no logarithm: it is drawn a decade below the smallest
 # non-zero value, or here when there is none.
 ZERO_FLOOR = 1e-18
 MAX_TICK_LABELS = 28
+MAX_REPORT_BYTES = 1 << 28  # reports hold per-module numbers, not tensors: far below this
 
 
 class ReportError(ValueError):
@@ -98,14 +100,10 @@ def _profile(raw: Any, i: int) -> Profile:
 def read_profiles(path: Path) -> list[Profile]:
     """The profiles of a parity report file, validated; ReportError names the first problem."""
     try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file; pass the JSON file written by --parity-report") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: cannot read it ({e})") from None
-    except ValueError as e:
-        raise ReportError(f"{path}: not JSON ({e}); pass the file written by --parity-report") from None
-    if not isinstance(report, dict) or "profiles" not in report:
+        report = read_json_object(path, "a parity report", MAX_REPORT_BYTES)
+    except JsonFileError as e:
+        raise ReportError(f"{e}; pass the JSON file written by --parity-report") from None
+    if "profiles" not in report:
         raise ReportError(
             f"{path}: no \"profiles\" in the report; it comes from a run whose logits comparisons ran "
             "with diagnosis (pytest parity/ --parity-report PATH)"
