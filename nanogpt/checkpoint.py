@@ -26,6 +26,7 @@ from torch import nn
 from nanogpt.atomic import atomic_file
 from nanogpt.checkpoint_fields import check_training_state, payload_checksum, verify_checksum
 from nanogpt.hf import CheckpointError
+from nanogpt.mismatch import mismatch_clauses
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.paths import resolve_output_file
 
@@ -193,16 +194,9 @@ def check_model_state(
     unexpected = sorted(set(got) - set(expected))
     wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and got[k] != expected[k]]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}")
-        if wrong:
-            parts.append(f"shape {'; '.join(wrong[:3])}")
         raise CheckpointError(
             f"{path}: weights do not fit the model config stored with them "
-            f"(n_layer={config.n_layer}, n_embd={config.n_embd}): {'; '.join(parts)}"
+            f"(n_layer={config.n_layer}, n_embd={config.n_embd}): {mismatch_clauses(missing, unexpected, wrong)}"
         )
 
 

@@ -30,6 +30,7 @@ from nanogpt.hf_files import (  # where checkpoints are found and read; importab
     resolve_checkpoint_dir,
     weight_files,
 )
+from nanogpt.mismatch import mismatch_clauses
 from nanogpt.model import LAYER_NORM_EPS, GPTConfig
 from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
 
@@ -184,14 +185,9 @@ def hf_to_nanogpt_state_dict(
     missing = sorted(set(expected) - set(names))
     unexpected = sorted(set(names) - set(expected) - {"lm_head.weight"})
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {', '.join(unexpected[:3])}")
         raise CheckpointError(
-            f"{source}: weights do not match a GPT-2 with n_layer={config.n_layer}: {'; '.join(parts)}. "
-            "Is config.json from the same checkpoint as the weights?"
+            f"{source}: weights do not match a GPT-2 with n_layer={config.n_layer}: "
+            f"{mismatch_clauses(missing, unexpected)}. Is config.json from the same checkpoint as the weights?"
         )
     shape_of = weights.shape if isinstance(weights, LazyWeights) else (lambda k: tuple(weights[k].shape))
     wrong = []
