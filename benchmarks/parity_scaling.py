@@ -181,7 +181,7 @@ def measure(
 
 
 def table(rows: list[Row]) -> str:
-    """The markdown table of the README."""
+    """The markdown table of docs/measurements.md."""
     head = (
         "| model | dtype | weights | params | peak RSS | peak / param bytes | peak / fp32 param bytes "
         "| wall | HF fwd+bwd (1 x 1024) | wall / fwd+bwd | checkpoint generation (s) | result |\n"

@@ -1,6 +1,6 @@
 """The benchmark regression workflow, end to end: autosave a baseline, then compare against it.
 
-The README promises that `pytest benchmarks/ --benchmark-autosave` saves a baseline and that
+docs/benchmarks.md promises that `pytest benchmarks/ --benchmark-autosave` saves a baseline and that
 `pytest benchmarks/ --benchmark-compare --benchmark-compare-fail=median:10%` fails on a slowdown. These
 tests run exactly those options in a pytest subprocess, on a tiny sleep-based benchmark in tmp_path with
 its storage in tmp_path, and inject a 5x slowdown through an environment variable. Sleeps, not
