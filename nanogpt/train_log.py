@@ -6,6 +6,8 @@ import math
 import sys
 import time
 
+from nanogpt.progress_bar import Redraws, bar, redraw_line
+
 
 class Progress:
     """A one-line progress display on stderr (iteration, loss, rate, ETA), redrawn at most 4x a second."""
@@ -13,25 +15,17 @@ class Progress:
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.total, self.start, self.enabled = total, start, enabled
         self.t0 = time.time()
-        self.last_draw = 0.0
+        self.redraws = Redraws()
 
     def update(self, it: int, loss: float | None) -> None:
         """Redraw for iteration it (1-based count of finished steps)."""
-        now = time.time()
-        if not self.enabled or (now - self.last_draw < 0.25 and it < self.total):
+        if not self.enabled or not self.redraws.due(final=it >= self.total):
             return
-        self.last_draw = now
-        done = it - self.start
-        rate = done / max(now - self.t0, 1e-9)
+        rate = (it - self.start) / max(time.time() - self.t0, 1e-9)
         eta = (self.total - it) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * it / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
         loss_text = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(
-            f"\r[{bar}] {it}/{self.total}{loss_text} {rate:.2f} it/s ETA {format_seconds(eta)}   "
-        )
-        sys.stderr.flush()
+        shown = f"{it}/{self.total}{loss_text} {rate:.2f} it/s ETA {format_seconds(eta)}"
+        redraw_line(f"{bar(it / max(self.total, 1))} {shown}")
 
     def close(self) -> None:
         """End the progress line."""

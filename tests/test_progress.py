@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from nanogpt import progress_bar
+from nanogpt.train_log import Progress
 from parity.subject import progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def test_a_failing_phase_says_so_and_the_error_propagates(monkeypatch: pytest.Mo
 def test_on_a_tty_a_bar_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = Sink(isatty=True)
     monkeypatch.setattr(progress, "_sink", sink)
-    monkeypatch.setattr(progress, "BAR_MIN_INTERVAL_S", 0.0)
+    monkeypatch.setattr(progress_bar, "REDRAW_INTERVAL_S", 0.0)
     with progress.phase("writing", total=4.0, unit="GB") as p:
         p.update(2.0)
         p.update(4.0)
@@ -58,6 +60,29 @@ def test_on_a_tty_a_bar_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> 
     assert "[" + "#" * 30 + "]" in bars[2]
     assert sink.redraws[-1].startswith("writing: done in ")
     assert sink.lines == [""], "the bar's line is ended once, nothing else printed"
+
+
+def test_the_bar_fills_rounded_down_and_clamped() -> None:
+    assert progress_bar.bar(0.5, width=10) == "[#####.....]"
+    assert progress_bar.bar(0.99, width=10) == "[#########.]", "full means done"
+    assert progress_bar.bar(-1.0, width=4) == "[....]" and progress_bar.bar(7.0, width=4) == "[####]"
+
+
+def test_redraws_are_paced_but_the_final_one_always_happens() -> None:
+    redraws = progress_bar.Redraws()
+    assert redraws.due(), "the first draw is never held back"
+    assert not redraws.due(), "a second draw within the interval is skipped"
+    assert redraws.due(final=True)
+
+
+def test_the_trainer_draws_the_same_bar_and_always_its_last_step(capsys: pytest.CaptureFixture[str]) -> None:
+    display = Progress(total=10, start=0, enabled=True)
+    for it in range(1, 11):
+        display.update(it, loss=1.5)  # all within one interval: the first and the last are drawn
+    display.close()
+    err = capsys.readouterr().err
+    assert err.count("\r") == 2 and err.endswith("\n")
+    assert f"{progress_bar.bar(1.0)} 10/10 loss 1.5000 " in err
 
 
 PHASE_TEST = textwrap.dedent(

@@ -18,9 +18,7 @@ from typing import Any
 
 import pytest
 
-BAR_WIDTH = 30
-# A bar redraw costs a terminal write; more often than this is noise.
-BAR_MIN_INTERVAL_S = 0.2
+from nanogpt.progress_bar import Redraws, bar, redraw_line
 
 
 class _StderrSink:
@@ -38,8 +36,7 @@ class _StderrSink:
         self.stream.flush()
 
     def redraw(self, text: str) -> None:
-        self.stream.write("\r\x1b[2K" + text)
-        self.stream.flush()
+        redraw_line(text, self.stream)
 
 
 class _TerminalReporterSink:
@@ -87,7 +84,7 @@ class Phase:
         self.unit = unit
         self.sink = sink
         self.start = time.perf_counter()
-        self._last_draw = 0.0
+        self._redraws = Redraws()
         self.bar = bool(total) and sink.isatty
 
     @property
@@ -96,19 +93,11 @@ class Phase:
         return time.perf_counter() - self.start
 
     def update(self, done: float) -> None:
-        """Record progress (in the phase's unit); draws the bar at most every BAR_MIN_INTERVAL_S on a TTY."""
-        if not self.bar or self.total is None:
+        """Record progress (in the phase's unit); redraws the bar on a TTY, paced by `Redraws`."""
+        if not self.bar or self.total is None or not self._redraws.due(final=done >= self.total):
             return
-        now = time.perf_counter()
-        if now - self._last_draw < BAR_MIN_INTERVAL_S and done < self.total:
-            return
-        self._last_draw = now
-        frac = min(1.0, done / self.total)
-        filled = round(frac * BAR_WIDTH)
-        self.sink.redraw(
-            f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{done:.1f}/{self.total:.1f} {self.unit} {self.elapsed:.1f} s"
-        )
+        shown = f"{done:.1f}/{self.total:.1f} {self.unit} {self.elapsed:.1f} s"
+        self.sink.redraw(f"{self.label} {bar(done / self.total)} {shown}")
 
 
 @contextlib.contextmanager
