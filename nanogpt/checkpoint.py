@@ -195,8 +195,8 @@ def check_model_state(
     wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and got[k] != expected[k]]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{path}: weights do not fit the model config stored with them "
-            f"(n_layer={config.n_layer}, n_embd={config.n_embd}): {mismatch_clauses(missing, unexpected, wrong)}"
+            f"{path}: weights do not fit the model config stored with them (n_layer={config.n_layer}, "
+            f"n_embd={config.n_embd}): {mismatch_clauses(missing, unexpected, wrong)}"
         )
 
 

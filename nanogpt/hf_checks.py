@@ -96,7 +96,7 @@ def config_field_problems(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def shard_names(index: Mapping[str, Any], where: str) -> list[str]:
-    """The sorted shard file names of a parsed model.safetensors.index.json; ValueError naming what is wrong."""
+    """The sorted shard file names of a parsed model.safetensors.index.json; ValueError says what is wrong."""
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{where}: weight_map is missing or not a non-empty object of tensor -> shard file")
@@ -104,7 +104,8 @@ def shard_names(index: Mapping[str, Any], where: str) -> list[str]:
     for tensor, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
             raise ValueError(
-                f"{where}: weight_map[{_shown(tensor)}] is {_shown(shard)}, not a shard file name in the checkpoint directory"
+                f"{where}: weight_map[{_shown(tensor)}] is {_shown(shard)}, "
+                "not a shard file name in the checkpoint directory"
             )
         shards.add(shard)
     return sorted(shards)

@@ -23,7 +23,8 @@ def mismatch_clauses(
 ) -> str:
     """'2 tensor(s) missing: a, b; 1 unexpected tensor(s): c' (shown names per kind); '' if all are empty."""
     clauses = []
-    for names, label in ((missing, missing_label), (unexpected, unexpected_label), (wrong_shape, wrong_shape_label)):
+    kinds = ((missing, missing_label), (unexpected, unexpected_label), (wrong_shape, wrong_shape_label))
+    for names, label in kinds:
         if names:
             more = ", ..." if len(names) > shown else ""
             clauses.append(f"{len(names)} {label}: {', '.join(names[:shown])}{more}")

@@ -122,7 +122,7 @@ def test_open_rejects_missing_empty_short_and_truncated(tmp_path: Path) -> None:
     [
         ("[1, 2]", r"meta\.json: expected a JSON object, got list; create it with"),
         ('{"vocab_size": ', r"meta\.json: not valid JSON \(Expecting value: .*\); create it with"),
-        ("[" * 100_000 + "]" * 100_000, r"meta\.json: JSON nested too deeply to be a dataset description; create"),
+        ("[" * 100_000 + "]" * 100_000, r"meta\.json: JSON nested too deeply to be a dataset description;"),
     ],
     ids=["a-list", "invalid", "deep"],
 )

@@ -7,7 +7,10 @@ from nanogpt.mismatch import mismatch_clauses
 
 def test_each_kind_is_counted_and_named() -> None:
     text = mismatch_clauses(["a", "b"], ["c"], ["d (1,) (expected (2,))"])
-    assert text == "2 tensor(s) missing: a, b; 1 unexpected tensor(s): c; 1 tensor(s) with the wrong shape: d (1,) (expected (2,))"
+    assert text == (
+        "2 tensor(s) missing: a, b; 1 unexpected tensor(s): c; "
+        "1 tensor(s) with the wrong shape: d (1,) (expected (2,))"
+    )
 
 
 def test_only_the_first_names_are_shown_and_empty_kinds_are_left_out() -> None:
@@ -17,5 +20,6 @@ def test_only_the_first_names_are_shown_and_empty_kinds_are_left_out() -> None:
 
 
 def test_a_loader_names_its_own_kinds() -> None:
-    text = mismatch_clauses(["lm_head.bias"], [], missing_label="parameter(s) get no value from the checkpoint")
+    label = "parameter(s) get no value from the checkpoint"
+    text = mismatch_clauses(["lm_head.bias"], [], missing_label=label)
     assert text == "1 parameter(s) get no value from the checkpoint: lm_head.bias"
