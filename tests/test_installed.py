@@ -6,7 +6,7 @@ environment's site-packages, for torch, transformers and pytest: seconds instead
 from a temporary directory outside any checkout: `nanogpt-parity` runs the suite on a tiny checkpoint
 with `--impl` on a model file placed there (in a child process, started from the wheel too), and a user's
 own conftest that defines `--model` still works under plain `pytest`, because installing registers no
-pytest plugin.
+pytest plugin. The wheel holds nanogpt and parity only: benchmarks/ and pytest-benchmark stay in a checkout.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ from nanogpt.model import GPTConfig
 from parity.subject.synthetic import write_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "nanogpt", "parity", "benchmarks")
+# benchmarks/ is copied too, to prove the build leaves it out.
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "nanogpt", "parity", "benchmarks")
 # The smallest checkpoint every parity check runs on: the real vocabulary (the GPT-2 sentence goes
 # through the real tokenizer) and blocks long enough for the 2 x 64-token gradient batch.
 TINY = GPTConfig(block_size=128, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
@@ -81,14 +83,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     python = venv / "bin" / "python"
     purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env)
     # A path line, not a nested site dir: this environment's own .pth files (an editable install of this
-    # checkout among them) stay inactive there, so only the wheel provides nanogpt, parity and benchmarks.
+    # checkout among them) stay inactive there, so only the wheel provides nanogpt and parity.
     Path(purelib.stdout.strip(), "reuse-dependencies.pth").write_text("\n".join(_dependency_dirs()) + "\n")
     inst = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                  str(wheel)], tmp, env)  # fmt: skip
     assert inst.returncode == 0, inst.stdout + inst.stderr
     user = tmp / "user-project"
     user.mkdir()
-    return {"bin": venv / "bin", "user": user, "purelib": Path(purelib.stdout.strip()), "tmp": tmp}
+    purelib_dir = Path(purelib.stdout.strip())
+    return {"bin": venv / "bin", "user": user, "purelib": purelib_dir, "tmp": tmp, "wheel": wheel}
 
 
 def _env(installed: dict[str, Path]) -> dict[str, str]:
@@ -100,17 +103,35 @@ def _env(installed: dict[str, Path]) -> dict[str, str]:
 
 def test_the_wheel_provides_the_packages_and_no_pytest_plugin(installed: dict[str, Path]) -> None:
     probe = (
-        "import importlib.metadata as m, parity, nanogpt, benchmarks; "
+        "import importlib.metadata as m, importlib.util, parity, nanogpt; "
         "print(parity.__file__); print(nanogpt.__file__); "
-        "print([e.value for e in m.distribution('nanogpt-parity').entry_points])"
+        "print([e.value for e in m.distribution('nanogpt-parity').entry_points]); "
+        "print(importlib.util.find_spec('benchmarks'))"
     )
     out = _run([str(installed["bin"] / "python"), "-c", probe], installed["user"], _env(installed))
     assert out.returncode == 0, out.stderr
-    parity_file, nanogpt_file, entry_points = out.stdout.splitlines()
+    parity_file, nanogpt_file, entry_points, benchmarks_spec = out.stdout.splitlines()
+    assert benchmarks_spec == "None", f"benchmarks is installed: {benchmarks_spec}"
     assert Path(parity_file).is_relative_to(installed["purelib"]), "parity imported from outside the wheel"
     assert Path(nanogpt_file).is_relative_to(installed["purelib"])
     assert entry_points == "['parity.frontends.cli:main', 'parity.frontends.bisect:main']", "console scripts only, no pytest11"
     assert (installed["purelib"] / "parity" / "frontends" / "suite.ini").is_file()
+
+
+def test_the_wheel_ships_no_benchmarks_and_needs_no_pytest_benchmark(installed: dict[str, Path]) -> None:
+    with zipfile.ZipFile(installed["wheel"]) as wheel:
+        names = wheel.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        lines = wheel.read(metadata).decode().splitlines()
+    packages = {n.split("/")[0] for n in names} - {metadata.split("/")[0]}
+    assert packages == {"nanogpt", "parity"}, packages
+    requires = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("pytest>=") for r in runtime), requires
+    assert not [r for r in runtime if r.startswith("pytest-benchmark")], f"a runtime dependency: {runtime}"
+    assert any(r.startswith("pytest-benchmark") and 'extra == "bench"' in r for r in requires), requires
+    assert "License-Expression: MIT" in lines and "License-File: LICENSE" in lines, lines[:20]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
 
 
 def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(installed: dict[str, Path]) -> None:

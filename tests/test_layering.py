@@ -87,7 +87,7 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """lint-imports on the packages under root, importing them from there (not from this checkout)."""
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     env = {**os.environ, "PYTHONPATH": str(root)}
-    command = [exe, "--no-cache", "--no-logo"]
+    command = [exe, "--no-cache"]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
