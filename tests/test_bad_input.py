@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from front_ends import run_batch
 
 from nanogpt.hf import (
     CheckpointError,
@@ -52,24 +53,6 @@ SUBPROCESS_TIMEOUT = 300  # seconds
 
 # ----------------------------------------------------------------------------------------------------------
 # the command line of `pytest parity/`
-
-# Runs `pytest parity/ ARGS` once per case in one child process (pytest.main per case: the imports of
-# torch and transformers are paid once, not per case), capturing each run's output and exit code.
-CLI_DRIVER = textwrap.dedent(
-    """
-    import contextlib, io, json, os, sys
-    import pytest
-    results = {}
-    for name, args in json.loads(sys.argv[1]).items():
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            rc = int(pytest.main(["parity/", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]))
-        results[name] = {"rc": rc, "output": out.getvalue()}
-    with open(sys.argv[2], "w") as fh:
-        json.dump(results, fh)
-    """
-)
-
 
 def _edit_config(directory: Path, **changes: object) -> None:
     path = directory / "config.json"
@@ -105,17 +88,12 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     (tmp / "notes.txt").write_text("class GPT: ...\n")
     paths = dict(tmp=tmp, good=good, notmodel=tmp / "notmodel.py", notes=tmp / "notes.txt", empty=tmp / "empty", llama=llama,
                  eps=eps, corrupt=corrupt, truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
-    cases = {name: [a.format(**paths) for a in args] for name, (args, _) in CLI_CASES.items()}
+    # `pytest parity/ -q ARGS` per case, every case in one child process (torch is imported once, not per case).
+    cases = {name: ["-q", *(a.format(**paths) for a in args)] for name, (args, _) in CLI_CASES.items()}
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
     env.update(HF_HUB_CACHE=str(tmp / "empty-hf-home" / "hub"), OMP_NUM_THREADS="1")
     env.pop("PYTEST_ADDOPTS", None)
-    out = tmp / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", CLI_DRIVER, json.dumps(cases), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_batch("pytest", cases, env, tmp / "results.json", timeout=SUBPROCESS_TIMEOUT)
 
 
 # name: (arguments after `pytest parity/`, regex the one error line must match)

@@ -16,12 +16,12 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from front_ends import run_batch
 
 from nanogpt.config import run_cli
 from nanogpt.hf import CheckpointError, read_hf_config, write_hf_checkpoint
@@ -143,56 +143,18 @@ def _env(root: Path) -> dict[str, str]:
 
 
 # One child process per command runs every case (the imports of torch and transformers are paid once).
-BISECT_DRIVER = textwrap.dedent(
-    """
-    import contextlib, io, json, sys
-    from parity.frontends.bisect import main
-    results = {}
-    for name, path in json.loads(sys.argv[1]).items():
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(["--model", path, "--checks", "param-count"])
-        results[name] = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
-    with open(sys.argv[2], "w") as fh:
-        json.dump(results, fh)
-    """
-)
-PYTEST_DRIVER = textwrap.dedent(
-    """
-    import contextlib, io, json, sys
-    import pytest
-    results = {}
-    for name, path in json.loads(sys.argv[1]).items():
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            rc = int(pytest.main(["parity/", "--co", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--model", path]))
-        results[name] = {"rc": rc, "stdout": out.getvalue(), "stderr": out.getvalue()}
-    with open(sys.argv[2], "w") as fh:
-        json.dump(results, fh)
-    """
-)
-
-
-def _drive(driver: str, root: Path, dirs: dict[str, Path], label: str) -> dict[str, dict[str, object]]:
-    out = root / f"{label}.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", driver, json.dumps({k: str(v) for k, v in dirs.items()}), str(out)],
-        cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
 @pytest.fixture(scope="module")
 def bisect_results(variants: tuple[Path, dict[str, Path], dict]) -> dict[str, dict[str, object]]:
     root, dirs, _ = variants
-    return _drive(BISECT_DRIVER, root, dirs, "bisect")
+    cases = {name: ["--model", str(path), "--checks", "param-count"] for name, path in dirs.items()}
+    return run_batch("bisect", cases, _env(root), root / "bisect.json")
 
 
 @pytest.fixture(scope="module")
 def pytest_results(variants: tuple[Path, dict[str, Path], dict]) -> dict[str, dict[str, object]]:
     root, dirs, _ = variants
-    return _drive(PYTEST_DRIVER, root, dirs, "pytest")
+    cases = {name: ["--co", "-q", "--model", str(path)] for name, path in dirs.items()}
+    return run_batch("pytest", cases, _env(root), root / "pytest.json")
 
 
 def _one_matching_line(text: str, pattern: str) -> None:
@@ -218,8 +180,8 @@ def test_bisect_aborts_with_129_before_judging_a_commit(
 @pytest.mark.parametrize("case", CASES)
 def test_parity_suite_stops_with_a_usage_error(case: str, pytest_results: dict) -> None:
     result = pytest_results[case]
-    assert result["rc"] == pytest.ExitCode.USAGE_ERROR, str(result["stdout"])[-3000:]
-    _one_matching_line(str(result["stdout"]), CASES[case][1])
+    assert result["rc"] == pytest.ExitCode.USAGE_ERROR, str(result["output"])[-3000:]
+    _one_matching_line(str(result["output"]), CASES[case][1])
 
 
 @pytest.mark.parametrize("prog", ["nanogpt.sample", "nanogpt.train"])

@@ -1,12 +1,12 @@
 """The product's entry points catch real bugs: every mutant of tests/mutants.py is killed by the check it names.
 
 Each catalog entry is written as an implementation file and run through what users run: `pytest parity/
---impl FILE --model CHECKPOINT --parity-report R` (in-process, the verdicts read back from the report) and
-the bisect command (`parity.frontends.bisect.run`, its verdict lines parsed). A mutant counts as killed only when its
-named check FAILs in both, with a message that names the cause (a mutant the loader refuses is CANNOT-TEST
-on every check, with the loader's reason); the two front ends must agree on every verdict, line for line;
-the correct controls must PASS every check. The kill rate is printed at the end of the run ("mutant kill
-rate: N/N (100%)", see tests/conftest.py) and must stay 100%.
+--impl FILE --model CHECKPOINT --parity-report R` (by pytester, in-process; the verdicts read from the
+report) and the bisect command (`parity.frontends.bisect.run`, its verdict lines parsed). A mutant counts as
+killed only when its named check FAILs in both, with a message that names the cause (a mutant the loader
+refuses is CANNOT-TEST on every check, with the loader's reason); the two front ends must agree on every
+verdict, line for line; the correct controls must PASS every check. The kill rate is printed at the end of
+the run ("mutant kill rate: N/N (100%)", see tests/conftest.py) and must stay 100%.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from parity.checks.registry import CHECK_NAMES
 from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+pytest_plugins = ["pytester"]
 
 # The bug classes the catalog must keep covering: deleting a mutant to keep the kill rate at 100% fails here.
 REQUIRED = {
@@ -65,14 +66,16 @@ class Catalog:
             self.checkpoints[config] = write_synthetic_checkpoint(self.root / config, CONFIGS[config])
         return self.checkpoints[config]
 
-    def verdicts(self, entry: Mutant, out: Path, both: bool = True, dtype: str | None = None) -> Verdicts:
+    def verdicts(
+        self, entry: Mutant, out: Path, pytester: pytest.Pytester, both: bool = True, dtype: str | None = None
+    ) -> Verdicts:
         """The entry's verdicts through pytest parity/ --impl and (both) the bisect command, which must agree.
 
         dtype: run pytest parity/ with --dtype (then pytest alone; the bisect command's dtype is its default).
         """
         impl = implementation_file(entry, out)
         checkpoint = self.checkpoint(entry.config)
-        by_pytest = via_pytest(impl, checkpoint, out, *(("--dtype", dtype) if dtype else ()))
+        by_pytest = via_pytest(pytester, impl, checkpoint, out, *(("--dtype", dtype) if dtype else ()))
         assert dtype is None or not both, "the bisect command runs the catalog at its default dtype"
         assert set(by_pytest) == set(CHECK_NAMES), f"pytest parity/ ran {sorted(by_pytest)}"
         if not both:
@@ -123,9 +126,9 @@ BISECT_SAMPLE = set({m.killed_by: m.name for m in reversed(MUTANTS)}.values())
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_killed_by_its_check_which_names_the_cause(
-    mutant: Mutant, catalog: Catalog, tmp_path: Path, record_property: Any
+    mutant: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester, record_property: Any
 ) -> None:
-    failed = killed_by(catalog.verdicts(mutant, tmp_path, both=mutant.name in BISECT_SAMPLE))
+    failed = killed_by(catalog.verdicts(mutant, tmp_path, pytester, both=mutant.name in BISECT_SAMPLE))
     # Read by the kill-rate summary in tests/conftest.py (user properties survive pytest-xdist workers).
     record_property("mutant", mutant.name)
     record_property("mutant_killed_by", ",".join(sorted(failed)))
@@ -133,8 +136,10 @@ def test_mutant_is_killed_by_its_check_which_names_the_cause(
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=[c.name for c in CONTROLS])
-def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog, tmp_path: Path) -> None:
-    verdicts = catalog.verdicts(control, tmp_path)
+def test_correct_variant_passes_every_check(
+    control: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
+    verdicts = catalog.verdicts(control, tmp_path, pytester)
     bad = {c: v for c, v in verdicts.items() if v[0] != "PASS"}
     assert not bad, f"false alarm on the correct variant {control.name}:\n" + "\n".join(
         f"{c}: {s} {r}" for c, (s, r, _) in bad.items()
@@ -143,9 +148,11 @@ def test_correct_variant_passes_every_check(control: Mutant, catalog: Catalog, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_catalog_through_bisect(mutant: Mutant, catalog: Catalog, tmp_path: Path) -> None:
+def test_catalog_through_bisect(
+    mutant: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
     """Every entry through both front ends (the default run samples one entry per killing check)."""
-    assert_killed(mutant, killed_by(catalog.verdicts(mutant, tmp_path, both=True)))
+    assert_killed(mutant, killed_by(catalog.verdicts(mutant, tmp_path, pytester, both=True)))
 
 
 WIDE = {"tiny": "wide", "square": "wide-square", "long": "wide-long", "one-layer": "wide-one-layer"}
@@ -153,10 +160,12 @@ WIDE = {"tiny": "wide", "square": "wide-square", "long": "wide-long", "one-layer
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", MUTANTS + CONTROLS, ids=[m.name for m in MUTANTS + CONTROLS])
-def test_catalog_at_gpt2_width(entry: Mutant, catalog: Catalog, tmp_path: Path) -> None:
+def test_catalog_at_gpt2_width(
+    entry: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
     """The same verdicts at GPT-2's width (768 channels, 12 heads), where rounding is larger."""
     wide = replace(entry, config=WIDE[entry.config])
-    verdicts = catalog.verdicts(wide, tmp_path)
+    verdicts = catalog.verdicts(wide, tmp_path, pytester)
     if entry in CONTROLS:
         assert all(s == "PASS" for s, _, _ in verdicts.values()), f"false alarm on {entry.name}: {verdicts}"
     else:
@@ -180,11 +189,13 @@ FLOAT32_DEFAULT = {"exact-gelu", "attn-scale-1/head_dim", "gelu-constant-5-digit
     "entry",
     [pytest.param(m, id=m.name, marks=() if m.name in FLOAT32_DEFAULT else (pytest.mark.slow,)) for m in MUTANTS + CONTROLS],
 )  # fmt: skip
-def test_catalog_in_float32_at_gpt2_width(entry: Mutant, catalog: Catalog, tmp_path: Path) -> None:
+def test_catalog_in_float32_at_gpt2_width(
+    entry: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
     """Every bug float64 finds, float32 finds too (through the norm criterion where no element is off by
     more than float32's element-wise tolerance), except the documented survivors; no false alarm."""
     wide = replace(entry, config=WIDE[entry.config])
-    verdicts = catalog.verdicts(wide, tmp_path, both=False, dtype="float32")
+    verdicts = catalog.verdicts(wide, tmp_path, pytester, both=False, dtype="float32")
     if entry in CONTROLS:
         assert all(s == "PASS" for s, _, _ in verdicts.values()), f"false alarm on {entry.name}: {verdicts}"
     elif entry.name in FLOAT32_SURVIVORS:

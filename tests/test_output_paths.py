@@ -14,10 +14,10 @@ import re
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from front_ends import run_batch
 
 from nanogpt.atomic import atomic_file, remove_stale_temporaries
 from nanogpt.model import GPTConfig
@@ -183,21 +183,6 @@ def test_report_is_written_through_a_symlink(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # `pytest parity/ --parity-report PATH`: refused before collection, or written through a link
 
-DRIVER = textwrap.dedent(
-    """
-    import contextlib, io, json, sys
-    import pytest
-    results = {}
-    for name, args in json.loads(sys.argv[1]).items():
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            rc = int(pytest.main(["parity/", "--co", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]))
-        results[name] = {"rc": rc, "output": out.getvalue()}
-    with open(sys.argv[2], "w") as fh:
-        json.dump(results, fh)
-    """
-)
-
 # name: (the --parity-report value, regex of the one error line, or None when the run must succeed)
 REPORT_CASES: dict[str, tuple[str, str | None]] = {
     "empty": ("", r"--parity-report: empty value"),
@@ -229,18 +214,14 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, d
     (tmp / "home").mkdir()
     before = {p.name: fingerprint(p) for p in tmp.iterdir() if p.name not in ("checkpoints", "home")}
     cases = {
-        n: ["--model", str(good), "--parity-report", v.format(tmp=tmp)] for n, (v, _) in REPORT_CASES.items()
+        n: ["--co", "-q", "--model", str(good), "--parity-report", v.format(tmp=tmp)]
+        for n, (v, _) in REPORT_CASES.items()
     }
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "cache"), "HOME": str(tmp / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("PYTEST_ADDOPTS", None)
-    out = tmp / "home" / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(cases), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = run_batch("pytest", cases, env, tmp / "home" / "results.json", timeout=300)
     after = {p.name: fingerprint(p) for p in tmp.iterdir() if p.name in before}
-    return tmp, json.loads(out.read_text()), before, after
+    return tmp, results, before, after
 
 
 @pytest.mark.parametrize("case", REPORT_CASES)

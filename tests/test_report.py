@@ -3,20 +3,19 @@ GitHub step summary; the report is strict JSON."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
 
 import pytest
-from front_ends import PARITY_DIR
+from front_ends import run_pytest_parity
 from mutants import CONFIGS, ENTRIES, implementation_file
 
 from parity.frontends.report import strict_json
 from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+pytest_plugins = ["pytester"]
 
 
 def _reject_constant(name: str) -> None:
@@ -35,21 +34,18 @@ def test_non_finite_numbers_become_strings() -> None:
 
 
 def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester
 ) -> None:
     """pytest parity/ on an exact-GELU implementation: the report, the table and the GitHub summary say so."""
     checkpoint = write_synthetic_checkpoint(tmp_path / "tiny", CONFIGS["tiny"])
     impl = implementation_file(ENTRIES["exact-gelu"], tmp_path)
     report, summary = tmp_path / "r.json", tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        # In-process: this test detects a harness mutant (tests/harness_mutants.py), patched into this
-        # process; a child process would run the harness unpatched.
-        code = pytest.main([str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--in-process",
-                            "--model", str(checkpoint), "--parity-report", str(report), "-k",
-                            "logits or loss or param-count"])  # fmt: skip
-    assert code == pytest.ExitCode.TESTS_FAILED, out.getvalue()[-3000:]
+    # In-process: this test detects a harness mutant (tests/harness_mutants.py), patched into this process;
+    # a child process would run the harness unpatched.
+    only = ("-k", "logits or loss or param-count")
+    code, text, _ = run_pytest_parity(pytester, impl, checkpoint, report, *only)
+    assert code == pytest.ExitCode.TESTS_FAILED, text[-3000:]
     data = strict_load(report)
     checks = {c["check"]: c for c in data["checks"]}
     assert checks["logits"]["status"] == "FAIL" and "first divergence at transformer.h.0.mlp" in checks["logits"]["reason"]
@@ -60,7 +56,6 @@ def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
     profile = data["profiles"][0]
     rel = dict(zip(profile["modules"], profile["relative_difference"], strict=True))
     assert rel["transformer.h.0.attn"] < profile["noise"] < rel["transformer.h.0.mlp"], rel
-    text = out.getvalue()
     assert "parity verdicts" in text and "tiny: FAIL logits: first divergence at transformer.h.0.mlp" in text
     markdown = summary.read_text()
     assert "| logits | FAIL |" in markdown and "| param-count | PASS |" in markdown, markdown

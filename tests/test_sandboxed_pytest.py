@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from bisect_fixtures.corpus import END_MARGIN_S
 from bisect_fixtures.variants import write_model
-from front_ends import run_pytest_parity
+from front_ends import run_batch
 
 from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
@@ -39,6 +38,7 @@ from parity.frontends.pytest_frontend.child_run import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["pytester"]
 # Edits of the upstream-style template (bisect_fixtures/variants.py): the exact GELU fails logits (with a
 # profile), loss, grads, inference and train-steps; print-spam passes and prints 200 lines per forward.
 IMPLEMENTATIONS = {"failing": "exact-gelu", "correct": "print-spam"}
@@ -48,24 +48,30 @@ Run = tuple[int, str, dict[str, Any]]  # exit status, terminal output, report
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Run]:
-    """Each implementation through `pytest parity/ --impl` in this process and in a child; the failing one's
-    child run with -v (the correct one's without), so that both ways of showing its output are seen."""
+    """Each implementation through `pytest parity/ --impl` with --in-process and in a child, all four runs
+    in one child process; the failing one's child run with -v (the correct one's without), so that both ways
+    of showing its output are seen."""
     checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the child runs with the caller's count: the same rounding in both runs
-    try:
-        out: dict[tuple[str, bool], Run] = {}
-        for kind, edit in IMPLEMENTATIONS.items():
-            tmp = tmp_path_factory.mktemp(kind)
-            impl = write_model(tmp / "repo", edit)
-            for in_process in (True, False):
-                report = tmp / f"report-{'in-process' if in_process else 'child'}.json"
-                verbose = kind == "failing" and not in_process
-                out[kind, in_process] = run_pytest_parity(impl, checkpoint, report, in_process=in_process,
-                                                          verbose=verbose)  # fmt: skip
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    cases, reports = {}, {}
+    for kind, edit in IMPLEMENTATIONS.items():
+        tmp = tmp_path_factory.mktemp(kind)
+        impl = write_model(tmp / "repo", edit)
+        for in_process in (True, False):
+            name = f"{kind}-{'in-process' if in_process else 'child'}"
+            reports[kind, in_process] = tmp / f"report-{name}.json"
+            verbosity = "-v" if kind == "failing" and not in_process else "-q"
+            where = ["--in-process"] if in_process else []
+            cases[name] = [verbosity, "--impl", str(impl), "--model", str(checkpoint),
+                           "--parity-report", str(reports[kind, in_process]), *where]  # fmt: skip
+    # One thread: the sandbox's child runs with its caller's count, so both runs round alike.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTEST_ADDOPTS", None)
+    results = run_batch("pytest", cases, env, tmp_path_factory.mktemp("runs") / "results.json")
+    out: dict[tuple[str, bool], Run] = {}
+    for (kind, in_process), report in reports.items():
+        result = results[f"{kind}-{'in-process' if in_process else 'child'}"]
+        out[kind, in_process] = (result["rc"], result["stdout"], json.loads(report.read_text()))
+    return out
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
@@ -172,11 +178,13 @@ def test_a_checkpoint_the_child_cannot_load_ends_the_run_as_a_usage_error(
     assert e.value.returncode == pytest.ExitCode.USAGE_ERROR
 
 
-def test_in_process_and_run_module_without_impl_change_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+def test_in_process_and_run_module_without_impl_change_nothing(pytester: pytest.Pytester) -> None:
     """Without --impl the reference runs in pytest's process anyway: the options are accepted and ignored."""
     args = [str(REPO_ROOT / "parity"), "--co", "-q", "-p", "no:cacheprovider", "--model", "gpt2"]
     untimed = lambda out: re.sub(r" in [0-9.]+s\b", "", out)  # noqa: E731 - the summary line's duration
-    assert pytest.main([*args, "--in-process", "--run-module", "--impl-timeout", "5"]) == pytest.ExitCode.OK
-    with_options = untimed(capsys.readouterr().out)
-    assert pytest.main(args) == pytest.ExitCode.OK
-    assert untimed(capsys.readouterr().out) == with_options and "test_check[gpt2-logits]" in with_options
+    result = pytester.runpytest_inprocess(*args, "--in-process", "--run-module", "--impl-timeout", "5")
+    assert result.ret == pytest.ExitCode.OK
+    with_options = untimed(result.stdout.str())
+    result = pytester.runpytest_inprocess(*args)
+    assert result.ret == pytest.ExitCode.OK
+    assert untimed(result.stdout.str()) == with_options and "test_check[gpt2-logits]" in with_options
