@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_memory
+import test_chunked_comparison
 import test_report
 import torch
 from front_ends import via_pytest
@@ -24,6 +24,7 @@ from parity.subject.batches import BATCH_KINDS, token_batch
 from parity.subject.synthetic import write_synthetic_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+pytest_plugins = ["pytester"]
 
 
 def test_batches_cover_the_vocabulary() -> None:
@@ -37,36 +38,43 @@ def test_batches_cover_the_vocabulary() -> None:
             assert not torch.equal(idx[0], idx[1]), f"{kind}: its sequences are identical"
 
 
-def run_detector(name: str, tmp_path: Path) -> None:
+def run_detector(name: str, tmp_path: Path, pytester: pytest.Pytester) -> None:
     """Run a detector; AssertionError when it catches something wrong."""
     if name == "test_batches_cover_the_vocabulary":
         test_batches_cover_the_vocabulary()
     elif name == "test_systematic_difference_fails_by_its_norm":
         for dtype in (torch.float32, torch.float64):
-            test_memory.test_systematic_difference_under_the_elementwise_bound_fails_by_its_norm(dtype)
+            test_chunked_comparison.test_systematic_difference_under_the_elementwise_bound_fails_by_its_norm(
+                dtype
+            )
     elif name == "test_failing_run_reports_the_failed_check":
         with pytest.MonkeyPatch.context() as mp:
-            test_report.test_failing_run_reports_the_failed_check_its_cause_records_and_profile(tmp_path, mp)
+            test_report.test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
+                tmp_path, mp, pytester
+            )
     else:
         entry = ENTRIES[name]
         checkpoint = write_synthetic_checkpoint(tmp_path / entry.config, CONFIGS[entry.config])
-        assert_killed(entry, killed_by(via_pytest(implementation_file(entry, tmp_path), checkpoint, tmp_path)))
+        impl = implementation_file(entry, tmp_path)
+        assert_killed(entry, killed_by(via_pytest(pytester, impl, checkpoint, tmp_path)))
 
 
 @pytest.mark.parametrize("mutant", HARNESS_MUTANTS, ids=[m.name for m in HARNESS_MUTANTS])
-def test_harness_mutant_is_caught(mutant: HarnessMutant, tmp_path: Path, record_property: Any) -> None:
+def test_harness_mutant_is_caught(
+    mutant: HarnessMutant, tmp_path: Path, pytester: pytest.Pytester, record_property: Any
+) -> None:
     record_property("harness_mutant", mutant.name)
     caught = False
     with mutant.patch():
         try:
-            run_detector(mutant.detector, tmp_path)
+            run_detector(mutant.detector, tmp_path, pytester)
         except AssertionError:
             caught = True
     record_property("harness_mutant_caught", caught)
     assert caught, f"harness mutant {mutant.name} ({mutant.doc}) went unnoticed: {mutant.detector} still passes"
 
 
-def test_every_detector_passes_on_the_real_harness(tmp_path: Path) -> None:
+def test_every_detector_passes_on_the_real_harness(tmp_path: Path, pytester: pytest.Pytester) -> None:
     """Unpatched, the detectors pass: a harness mutant is caught by its weakness, not by a broken detector."""
     for i, name in enumerate(sorted({m.detector for m in HARNESS_MUTANTS})):
-        run_detector(name, tmp_path / str(i))
+        run_detector(name, tmp_path / str(i), pytester)

@@ -130,9 +130,9 @@ def _finite_record(
 
     In float64 (the default): the same arithmetic as compare_tensors, operation for operation (|a - e|;
     atol + rtol * |e|; |a - e| / |e| where |e| > atol, where compare_tensors' clamp is a no-op), so every
-    field is bitwise what compare_tensors returns (tests/test_memory.py checks it). Finiteness comes free:
-    a NaN or Inf on either side makes |a - e| non-finite there, and its maximum with it; the caller then
-    takes compare_tensors' path.
+    field is bitwise what compare_tensors returns (tests/test_chunked_comparison.py checks it). Finiteness
+    comes free: a NaN or Inf on either side makes |a - e| non-finite there, and its maximum with it; the
+    caller then takes compare_tensors' path.
 
     In float32 (float32 or half-precision inputs): a screen. Every element whose |a - e| passes
     atol + rtol * |e| with the bound shrunk by SCREEN_MARGIN passes in exact arithmetic too (see

@@ -1,0 +1,106 @@
+"""Shared weight storage, and gradients compared as they are produced: how gpt2-xl fits twice in memory.
+
+The reference's parameters become views of Hugging Face's (Conv1D weights through their transposes), except
+a parameter loaded wrong, which keeps its own storage and fails the logits; the gradients of the pair are
+compared as backward produces them and freed when they match. A tiny synthetic checkpoint (2 layers, 16
+channels, 97 tokens), written under tmp_path, loads in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nanogpt.model import GPTConfig
+from nanogpt.schema import CONV1D_SUFFIXES
+from parity.core.compare import ParityFailure, compare_gradients
+from parity.core.tolerances import gradients_tolerance
+from parity.numerics.forward import check_logits, hf_logits, loss_of, reference_logits
+from parity.numerics.gradients import check_gradients
+from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.subject.batches import gradient_batch
+from parity.subject.loading import load_hf, load_reference, share_parameters
+from parity.subject.synthetic import ensure_synthetic_checkpoint
+
+TINY = GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    path, _ = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path)
+    return path
+
+
+@pytest.fixture
+def shared_pair(tiny_checkpoint: Path) -> tuple[Any, Any]:
+    """HF and the reference, float32, the reference's parameters views of HF's."""
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    assert share_parameters(ref, hf, transposed=CONV1D_SUFFIXES) == []
+    return ref, hf
+
+
+def test_shared_parameters_are_views_of_hugging_face(shared_pair: tuple[Any, Any]) -> None:
+    ref, hf = shared_pair
+    theirs = dict(hf.named_parameters())
+    for name, p in ref.named_parameters():
+        other = theirs[name].t() if name.endswith(CONV1D_SUFFIXES) else theirs[name]
+        assert same_storage(p, other), name
+    assert ref.is_tied() and get_tensor(ref, HEAD) is get_tensor(ref, EMBEDDING)
+    with torch.no_grad():
+        hf.transformer.h[0].mlp.c_fc.weight[0, 1] += 1.0  # one write is seen through both models
+    assert ref.transformer.h[0].mlp.c_fc.weight[1, 0] == hf.transformer.h[0].mlp.c_fc.weight[0, 1]
+
+
+def test_a_parameter_loaded_wrong_keeps_its_own_storage(tiny_checkpoint: Path) -> None:
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    with torch.no_grad():
+        ref.transformer.h[1].ln_2.bias.add_(0.5)  # as if the loader had read another tensor
+    kept = share_parameters(ref, hf, transposed=CONV1D_SUFFIXES)
+    assert kept == ["transformer.h.1.ln_2.bias"]
+    assert not same_storage(ref.transformer.h[1].ln_2.bias, hf.transformer.h[1].ln_2.bias)
+    idx = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ParityFailure, match="ln_2"):
+        check_logits(ref, hf, idx, TINY.n_layer, "wrong bias")
+
+
+def test_untied_control_shares_everything_but_its_head(tiny_checkpoint: Path) -> None:
+    hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
+    untied = load_hf(tiny_checkpoint, torch.float32, "cpu", tie_word_embeddings=False)
+    assert share_parameters(untied, hf) == [HEAD]
+    assert same_storage(get_tensor(untied, EMBEDDING), get_tensor(hf, EMBEDDING))
+    assert not same_storage(get_tensor(untied, HEAD), get_tensor(untied, EMBEDDING))
+
+
+def test_streamed_gradients_equal_the_comparison_after_both_backwards(
+    tiny_checkpoint: Path, shared_pair: tuple[Any, Any]
+) -> None:
+    ref, hf = shared_pair
+    idx, targets = gradient_batch(TINY)
+    records = check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+    assert all(p.grad is None for p in [*ref.parameters(), *hf.parameters()]), "matching pairs are freed"
+    # The same comparison the old way, on independent models: both backward passes, then compare.
+    ref2 = load_reference(tiny_checkpoint, torch.float32, "cpu")
+    hf2 = load_hf(tiny_checkpoint, torch.float32, "cpu")
+
+    loss_of(reference_logits(ref2, idx), targets).backward()
+    loss_of(hf_logits(hf2, idx), targets).backward()
+    tol = gradients_tolerance(torch.float32)
+    after = compare_gradients(ref2, hf2, TINY.vocab_size, tol)
+    assert [r.tensor for r in records] == [r.tensor for r in after]
+    assert all(r.passed for r in records) and len(records) == len(list(ref.parameters()))
+
+
+def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[Any, Any]) -> None:
+    ref, hf = shared_pair
+    # Untie the reference's c_fc from HF's storage and change it: its gradient (and those upstream) differ.
+    fc = ref.transformer.h[1].mlp.c_fc
+    fc.weight = torch.nn.Parameter(fc.weight.detach().clone() * 3.0)
+    idx, targets = gradient_batch(TINY)
+    with pytest.raises(ParityFailure, match=r"\[grads\] \d+ of \d+ parameter gradients differ"):
+        check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+    assert fc.weight.grad is not None and hf.transformer.h[1].mlp.c_fc.weight.grad is not None
