@@ -14,15 +14,9 @@ import torch
 
 from nanogpt.config import ConfigError
 from nanogpt.model import GPTConfig
+from nanogpt.schema import param_count
 
 GIB = 2**30
-
-
-def parameter_count(config: GPTConfig) -> int:
-    """Parameters of a tied GPT with config (the head shares the token embedding)."""
-    C = config.n_embd
-    per_block = 12 * C * C + 13 * C  # attention (4 C^2 + 4 C), MLP (8 C^2 + 5 C), two LayerNorms (4 C)
-    return config.n_layer * per_block + (config.vocab_size + config.block_size) * C + 2 * C
 
 
 def training_bytes_lower_bound(
@@ -30,7 +24,7 @@ def training_bytes_lower_bound(
 ) -> int:
     """At least this many bytes: weights, gradients, AdamW moments, one micro-batch's logits and their
     gradient, and one step's token batches (x and y in int64; a step draws all its micro-batches first)."""
-    state = 4 * parameter_count(config) * bytes_per
+    state = 4 * param_count(config, vocab_size=config.vocab_size) * bytes_per  # padded rows too
     logits = 2 * batch_size * block_size * config.vocab_size * bytes_per
     batches = 2 * 8 * accumulation * batch_size * block_size
     return state + logits + batches

@@ -81,11 +81,11 @@ def hf_tensor_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     return {k: (s[1], s[0]) if k.endswith(CONV1D_SUFFIXES) else s for k, s in tensor_shapes(config).items()}
 
 
-def param_count(config: Any) -> int:
-    """The tied GPT-2 parameter count of a config (real vocabulary, biases), from the architecture alone."""
+def param_count(config: Any, vocab_size: int | None = None) -> int:
+    """The tied GPT-2 parameter count of a config (real vocabulary unless vocab_size is given, biases)."""
     C, L = config.n_embd, config.n_layer
     per_block = sum(math.prod(s) for s in block_shapes(C).values())
-    vocab = getattr(config, "output_vocab_size", config.vocab_size)
+    vocab = vocab_size if vocab_size is not None else getattr(config, "output_vocab_size", config.vocab_size)
     return vocab * C + config.block_size * C + L * per_block + 2 * C
 
 
