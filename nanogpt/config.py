@@ -8,12 +8,12 @@ way in. An unknown key or a wrongly typed value is an error that names the key (
 for a typo), and ranges are validated before any heavy work starts. `run_cli` turns these user errors
 into one line on stderr and exit status 2, so a mistyped flag never produces a traceback wall.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import os
 import re
@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from nanogpt.json_files import JsonFileError, one_line, read_json_object
 
 T = TypeVar("T")
 
@@ -192,31 +194,28 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found")
     if not path.is_file():  # a FIFO or device would block
         raise ConfigError(f"{path}: not a regular file; pass a .json or .toml config file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            return read_json_object(path, "a config file", MAX_CONFIG_FILE_BYTES)
+        except JsonFileError as e:
+            raise ConfigError(str(e)) from None
+    if suffix != ".toml":
+        raise ConfigError(f"{path}: config files must be .json or .toml (Python files are not executed)")
     if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
         raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, too large for a config file")
-    suffix = path.suffix.lower()
     try:
-        if suffix == ".json":
-            data = json.loads(path.read_text())
-        elif suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                raise ConfigError(f"{path}: TOML config files need Python >= 3.11; use JSON") from None
-            data = tomllib.loads(path.read_text())
-        else:
-            raise ConfigError(f"{path}: config files must be .json or .toml (Python files are not executed)")
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise ConfigError(f"{path}: TOML config files need Python >= 3.11; use JSON") from None
+    try:
+        return tomllib.loads(path.read_text())
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{path}: cannot parse ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table of key = value pairs at the top level")
-    return data
+        raise ConfigError(f"{path}: cannot parse ({one_line(e)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -267,8 +266,12 @@ def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
     )
     # `--learning_rate -1e-3` is a value, not an option (Python >= 3.12.7 reads it so; 3.11 does not)
     parser._negative_number_matcher = re.compile(r"-\.?\d")
-    parser.add_argument("-h", "--help", nargs=0, action=_HelpAction, default=argparse.SUPPRESS, help="show this help")
-    parser.add_argument("files", nargs="*", default=[], metavar="CONFIG", help="JSON or TOML files (never executed)")
+    parser.add_argument(
+        "-h", "--help", nargs=0, action=_HelpAction, default=argparse.SUPPRESS, help="show this help"
+    )
+    parser.add_argument(
+        "files", nargs="*", default=[], metavar="CONFIG", help="JSON or TOML files (never executed)"
+    )
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -342,7 +345,7 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None, pro
     except (UserError, CheckpointError, OutputPathError, TokenizerFileError, RunStopped) as e:
         # Under torchrun every rank hits the same validation error: one copy of the line is enough.
         if os.environ.get("RANK", "0") == "0":
-            text = " ".join(str(e).split())  # one line, whatever the message's own line breaks
+            text = one_line(e)  # one line, whatever the message's own line breaks
             print(f"{prog}: error: {text}", file=sys.stderr)
         raise SystemExit(e.exit_status if isinstance(e, RunStopped) else 2) from None
     except KeyboardInterrupt:

@@ -92,7 +92,7 @@ class TrainConfig:
         return self.learning_rate / 10 if self.min_lr is None else self.min_lr
 
     def validate(self, only: Sequence[str] | None = None) -> None:
-        """Check every range and choice (or only those of the keys in only); ConfigError names each bad key."""
+        """Check every range and choice (or only those of the keys in only); ConfigError names bad keys."""
         p = Problems()
         for key in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd"):
             p.at_least(self, key, 1)
@@ -141,5 +141,3 @@ class TrainConfig:
             bool(self.init_from), "init_from", "is empty; use scratch, resume, a GPT-2 size or a directory"
         )
         p.raise_if_any(only)
-
-

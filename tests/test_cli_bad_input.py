@@ -148,7 +148,7 @@ CASES: dict[str, tuple[str, list[str], str, Callable[[Path], None] | None]] = {
     "train-huge-batch": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--batch_size={10**9}"], r"batch_size=1000000000, .*needs at least", None),
     "train-huge-accumulation": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--gradient_accumulation_steps={10**10}"], r"gradient_accumulation_steps=10000000000: training needs at least", None),
     "train-huge-eval-iters": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--eval_iters={10**12}"], r"eval_iters: must be <= 1e\+06", None),
-    "train-config-file-deep": ("train", ["{p}/deep.json"], r"deep\.json: nested too deeply to be a config file", _deep_config),
+    "train-config-file-deep": ("train", ["{p}/deep.json"], r"deep\.json: JSON nested too deeply to be a config file", _deep_config),
     "train-config-file-fifo": ("train", ["{p}/fifo.json"], r"fifo\.json: not a regular file", _fifo_config),
     "train-token-out-of-range": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"train\.bin: token id 60000 at position \d+ is outside the vocabulary of 50257", _bad_tokens),
     "train-meta-vocab-string": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: vocab_size is 'abc', not an integer", _meta(vocab_size="abc")),

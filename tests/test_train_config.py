@@ -110,8 +110,11 @@ def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("n_layer = = 3\n")
     with pytest.raises(ConfigError, match="bad.toml: cannot parse"):
         parse(str(tmp_path / "bad.toml"))
+    (tmp_path / "bad.json").write_text('{"n_layer": ')
+    with pytest.raises(ConfigError, match=r"bad.json: not valid JSON \(Expecting value"):
+        parse(str(tmp_path / "bad.json"))
     (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="expected a table"):
+    with pytest.raises(ConfigError, match=r"list.json: expected a JSON object, got list"):
         parse(str(tmp_path / "list.json"))
     with pytest.raises(ConfigError, match="config file not found"):
         parse(str(tmp_path / "absent.json"))
@@ -130,5 +133,21 @@ def test_help_lists_every_key() -> None:
         parse("--help")
     for key in ("batch_size", "init_from", "gradient_accumulation_steps", "parallel"):
         assert f"--{key}=" in info.value.text
+    assert "micro-batch size per process (default: 12)" in " ".join(info.value.text.split())
     with pytest.raises(ConfigError, match="--out_dir needs a value"):
         parse("--out_dir")
+
+
+def test_flags_override_files_wherever_they_stand(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"n_layer": 6, "n_head": 6}))
+    cfg, _ = parse("--n_layer=3", str(tmp_path / "a.json"), "--n_embd", "96")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (3, 6, 96)
+
+
+def test_a_negative_number_is_a_value_and_abbreviations_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"learning_rate: must be >= 0.0, got -0.001"):
+        parse("--learning_rate", "-1e-3")
+    with pytest.raises(ConfigError, match=r"unknown key 'batch' \(did you mean batch_size\?\)"):
+        parse("--batch=3")
+    with pytest.raises(ConfigError, match=r"--out_dir needs a value"):
+        parse("--out_dir", "--n_layer=3")
