@@ -1,4 +1,5 @@
-"""Fixtures for the unit tests: a tiny nanoGPT config and model, and a tiny Hugging Face GPT-2 factory.
+"""Fixtures for the unit tests: a tiny nanoGPT config and model, a tiny Hugging Face GPT-2 factory, and the
+trainer tests' one tiny training run (its TrainConfig, its command line, a dataset, a trained checkpoint).
 
 Everything is small enough to run in milliseconds on a CPU (2 layers, 2 heads, 16 channels, a 97-token
 vocabulary, a 32-token context) and in float64, so comparisons between implementations are limited by
@@ -9,7 +10,9 @@ whatever the order the tests run in.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,9 @@ import torch
 from hypothesis import settings
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from nanogpt.data import prepare_dataset
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.train_config import TrainConfig
 
 TINY = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
 
@@ -86,6 +91,86 @@ def one_thread() -> None:
     other make them several times slower.
     """
     torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trainer tests' tiny run: 2 layers, 32 channels, a 16-token context, batch 2 on one CPU thread, a few
+# milliseconds per step. Tests give the settings they rely on as overrides (max_iters, paths, ...).
+
+TINY_TRAIN = dict(
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    block_size=16,
+    batch_size=2,
+    eval_iters=1,
+    eval_interval=2,
+    warmup_iters=1,
+    device="cpu",
+    dtype="float32",
+    progress=False,
+)
+TINY_WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config() -> Callable[..., TrainConfig]:
+    """Factory: the tiny run's TrainConfig with keyword overrides (Path values become strings)."""
+
+    def make(**overrides: object) -> TrainConfig:
+        values = {**TINY_TRAIN, **overrides}
+        return TrainConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_train_args() -> Callable[..., list[str]]:
+    """Factory: the tiny run as `python -m nanogpt.train` flags (`--key=value`) with keyword overrides."""
+
+    def make(**overrides: object) -> list[str]:
+        return [f"--{key}={value}" for key, value in {**TINY_TRAIN, **overrides}.items()]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_token_dataset() -> Callable[..., Path]:
+    """Factory: root/data, a GPT-2-token dataset of n_words words drawn (seeded) from words."""
+
+    def make(
+        root: Path, n_words: int, words: Sequence[str] = TINY_WORDS, seed: int = 1, **prepare: Any
+    ) -> Path:
+        rng = random.Random(seed)
+        (root / "text.txt").write_text(" ".join(rng.choice(words) for _ in range(n_words)))
+        prepare_dataset(root / "text.txt", root / "data", **prepare)
+        return root / "data"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_train_args: Callable[..., list[str]],
+    make_token_dataset: Callable[..., Path],
+) -> Path:
+    """A project root with data/ and out/ckpt.pt after 2 iterations (out_dir saved as an absolute path).
+
+    Shared by the trainer's command-line tests, which only read or copy it (they assert it is unchanged).
+    """
+    from nanogpt.train import main
+
+    root = tmp_path_factory.mktemp("project")
+    make_token_dataset(root, 600)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test one_thread fixture
+    try:
+        main(tiny_train_args(data_dir=root / "data", out_dir=root / "out", max_iters=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert (root / "out" / "ckpt.pt").is_file()
+    return root
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nanogpt.checkpoint import build_model, load_checkpoint
-from nanogpt.data import prepare_dataset
 from nanogpt.distributed import free_port, shard_fsdp, wrap_ddp
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train, train_step
@@ -38,23 +37,17 @@ TIMEOUT_S = 180  # a 2-process run takes ~10 s; the bound only stops a hung coll
 WORDS = "every rank sees its own half of the batch and the gradients are averaged across ranks".split()
 # float64 AdamW noise vs a wrong reduction: TRAIN_STEPS_F64 in parity/core/tolerances.py.
 ATOL = TRAIN_STEPS_F64.atol
+# On top of tests/conftest.py's tiny run: float64, 3 steps of 2 accumulated micro-batches, clipped.
 RUN = dict(
-    n_layer=2,
-    n_head=2,
-    n_embd=32,
-    block_size=16,
     eval_iters=2,
     eval_interval=3,
     max_iters=3,
-    warmup_iters=1,
     learning_rate=1e-3,
     gradient_accumulation_steps=2,
     grad_clip=1.0,
     dtype="float64",
-    device="cpu",
     seed=11,
     always_save_checkpoint=True,
-    progress=False,
 )
 
 
@@ -63,20 +56,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT, dict]:
+def single_process(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_token_dataset: Callable[..., Path],
+    tiny_train_config: Callable[..., TrainConfig],
+) -> tuple[Path, GPT, dict]:
     """The dataset, and the model and evaluations of the 1-process run with batch 4 (= 2 ranks x 2)."""
     root = tmp_path_factory.mktemp("dist")
-    rng = random.Random(2)
-    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1500)))
-    prepare_dataset(root / "text.txt", root / "data")
-    cfg = TrainConfig(**RUN, batch_size=4, data_dir=str(root / "data"), out_dir=str(root / "single"))
+    data_dir = make_token_dataset(root, 1500, WORDS, seed=2)
+    cfg = tiny_train_config(**RUN, batch_size=4, data_dir=data_dir, out_dir=root / "single")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the per-test one_thread fixture
     try:
         result = train(cfg, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    return root / "data", result.model, result.evals
+    return data_dir, result.model, result.evals
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,11 +91,13 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_equal_one(
-    single_process: tuple[Path, GPT, dict], tmp_path: Path, parallel: str
+    single_process: tuple[Path, GPT, dict],
+    tiny_train_args: Callable[..., list[str]],
+    tmp_path: Path,
+    parallel: str,
 ) -> None:
     data_dir, reference, reference_evals = single_process
-    args = [f"--{k}={v}" for k, v in RUN.items()]
-    args += ["--batch_size=2", f"--parallel={parallel}", f"--data_dir={data_dir}", f"--out_dir={tmp_path}"]
+    args = tiny_train_args(**RUN, batch_size=2, parallel=parallel, data_dir=data_dir, out_dir=tmp_path)
     proc = torchrun(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{parallel} x2" in proc.stdout

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -28,23 +27,7 @@ import nanogpt.train as train_module
 from nanogpt.checkpoint import CHECKPOINT_FILE
 from nanogpt.checkpoint_fields import payload_checksum
 from nanogpt.config import run_cli
-from nanogpt.data import prepare_dataset
 from nanogpt.train import main
-
-WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
-TINY_ARGS = [
-    "--n_layer=2",
-    "--n_head=2",
-    "--n_embd=32",
-    "--block_size=16",
-    "--batch_size=2",
-    "--eval_iters=1",
-    "--eval_interval=2",
-    "--warmup_iters=1",
-    "--device=cpu",
-    "--dtype=float32",
-    "--progress=false",
-]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,19 +53,9 @@ def run_cli_status(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tiny_trained_run: Path) -> Path:
     """A project root with data/ and out/ckpt.pt after 2 iterations (out_dir saved as an absolute path)."""
-    root = tmp_path_factory.mktemp("project")
-    rng = random.Random(1)
-    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
-    prepare_dataset(root / "text.txt", root / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main([*TINY_ARGS, f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", "--max_iters=2"])
-    finally:
-        torch.set_num_threads(threads)
-    return root
+    return tiny_trained_run
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,10 +124,14 @@ def test_diverged_run_stops_with_status_3_and_keeps_the_good_checkpoint(
 
 
 def test_scratch_run_that_diverges_saves_nothing(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    tmp_path: Path,
+    tiny_train_args: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(train_module, "train_step", diverge_after(1))
-    argv = [*TINY_ARGS, f"--data_dir={trained / 'data'}", f"--out_dir={tmp_path / 'o'}", "--max_iters=4"]
+    argv = tiny_train_args(data_dir=trained / "data", out_dir=tmp_path / "o", max_iters=4)
     code, err = run_cli_status(argv, capsys)
     assert code == 3 and len(err) == 1 and "nothing was saved" in err[0], err
     assert not (tmp_path / "o" / CHECKPOINT_FILE).exists()
@@ -303,7 +280,10 @@ def test_next_save_removes_the_temporary_of_a_killed_save(trained: Path, tmp_pat
 
 
 def test_symlinked_checkpoint_is_written_through_and_a_fifo_refused(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    tmp_path: Path,
+    tiny_train_args: Callable[..., list[str]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out, store = tmp_path / "out", tmp_path / "store"
     out.mkdir()
@@ -326,18 +306,16 @@ def test_symlinked_checkpoint_is_written_through_and_a_fifo_refused(
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / CHECKPOINT_FILE)
     before = os.lstat(fifo_dir / CHECKPOINT_FILE)
-    code, err = run_cli_status(
-        [*TINY_ARGS, f"--data_dir={trained / 'data'}", f"--out_dir={fifo_dir}"], capsys
-    )
+    code, err = run_cli_status(tiny_train_args(data_dir=trained / "data", out_dir=fifo_dir), capsys)
     assert code == 2 and len(err) == 1 and "ckpt.pt) " in err[0] and "is a FIFO" in err[0], err
     after = os.lstat(fifo_dir / CHECKPOINT_FILE)
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
 
 
 def test_tilde_out_dir_is_the_home_directory(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Path, tmp_path: Path, tiny_train_args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    main([*TINY_ARGS, f"--data_dir={trained / 'data'}", "--out_dir=~/run", "--max_iters=2"])
+    main(tiny_train_args(data_dir=trained / "data", out_dir="~/run", max_iters=2))
     assert (tmp_path / "run" / CHECKPOINT_FILE).is_file() and not (tmp_path / "~").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,6 @@ import torch
 
 from nanogpt.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from nanogpt.config import ConfigError
-from nanogpt.data import prepare_dataset
 from nanogpt.hf import export_hf_checkpoint
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, get_lr, train, train_step
@@ -25,21 +24,11 @@ from nanogpt.train_config import TrainConfig
 WORDS = (
     "the model reads tokens and predicts the next one while gradients flow back through every layer".split()
 )
-TINY = dict(
-    n_layer=2,
-    n_head=2,
-    n_embd=32,
-    block_size=16,
-    batch_size=4,
-    eval_iters=2,
-    eval_interval=4,
-    log_interval=1,
-    warmup_iters=2,
-    learning_rate=1e-3,
-    seed=7,
-    device="cpu",
-    dtype="float32",
-    progress=False,
+MakeConfig = Callable[..., TrainConfig]
+# On top of tests/conftest.py's tiny run: a batch of 4, two batches per loss estimate, an evaluation every
+# 4 steps (the checkpoint tests count on it) and a log line at every step.
+LOOP = dict(
+    batch_size=4, eval_iters=2, eval_interval=4, log_interval=1, warmup_iters=2, learning_rate=1e-3, seed=7
 )
 
 
@@ -48,18 +37,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, make_token_dataset: Callable[..., Path]) -> Path:
     """A dataset of ~3,000 GPT-2 tokens of generated text."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    (root / "corpus.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(2500)))
-    prepare_dataset(root / "corpus.txt", root / "data", val_fraction=0.1)
-    return root / "data"
+    return make_token_dataset(tmp_path_factory.mktemp("corpus"), 2500, WORDS, seed=0, val_fraction=0.1)
 
 
-def tiny_config(data_dir: Path, out_dir: Path, **overrides: object) -> TrainConfig:
-    """The tiny training config with overrides."""
-    return TrainConfig(**{**TINY, "data_dir": str(data_dir), "out_dir": str(out_dir), **overrides})
+@pytest.fixture
+def tiny_config(tiny_train_config: MakeConfig, data_dir: Path) -> MakeConfig:
+    """Factory: the tiny run with this file's LOOP settings on data_dir, writing to out_dir, with overrides."""
+
+    def make(out_dir: Path, **overrides: object) -> TrainConfig:
+        return tiny_train_config(**{**LOOP, "data_dir": data_dir, "out_dir": out_dir, **overrides})
+
+    return make
 
 
 def quiet(_: str) -> None:
@@ -132,9 +122,9 @@ def test_train_step_needs_a_batch() -> None:
 # the loop
 
 
-def test_training_lowers_the_loss_and_logs(data_dir: Path, tmp_path: Path) -> None:
+def test_training_lowers_the_loss_and_logs(tiny_config: MakeConfig, tmp_path: Path) -> None:
     lines: list[str] = []
-    cfg = tiny_config(data_dir, tmp_path, max_iters=30, eval_interval=15, learning_rate=1e-2, log_interval=10)
+    cfg = tiny_config(tmp_path, max_iters=30, eval_interval=15, learning_rate=1e-2, log_interval=10)
     result = train(cfg, log=lines.append)
     assert result.iter_num == 30 and sorted(result.evals) == [0, 15, 30]
     assert result.evals[30]["val"] < result.evals[0]["val"] - 0.5, result.evals
@@ -147,16 +137,16 @@ def test_training_lowers_the_loss_and_logs(data_dir: Path, tmp_path: Path) -> No
     assert result.model.is_tied()
 
 
-def test_resume_continues_bit_identically(data_dir: Path, tmp_path: Path) -> None:
+def test_resume_continues_bit_identically(tiny_config: MakeConfig, tmp_path: Path) -> None:
     """Stop at 4, resume to 8: the losses of steps 4..7 and the final weights equal the uninterrupted run.
 
     dropout > 0 so that the torch RNG state matters, gradient accumulation so the sampler advances twice
     per step: a resume that restored either one wrongly would diverge at once.
     """
     common = dict(dropout=0.1, gradient_accumulation_steps=2, always_save_checkpoint=True, lr_decay_iters=8)
-    full = train(tiny_config(data_dir, tmp_path / "full", max_iters=8, **common), log=quiet)
+    full = train(tiny_config(tmp_path / "full", max_iters=8, **common), log=quiet)
 
-    train(tiny_config(data_dir, tmp_path / "split", max_iters=4, **common), log=quiet)
+    train(tiny_config(tmp_path / "split", max_iters=4, **common), log=quiet)
     assert load_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)["iter_num"] == 4
     # Only what changes is given: everything else (dropout, schedule, batch) comes from the checkpoint.
     resumed_cfg = TrainConfig(init_from="resume", out_dir=str(tmp_path / "split"), max_iters=8, device="cpu")
@@ -171,8 +161,8 @@ def test_resume_continues_bit_identically(data_dir: Path, tmp_path: Path) -> Non
     assert resumed.model.lm_head.weight is resumed.model.transformer.wte.weight
 
 
-def test_resume_refuses_another_architecture(data_dir: Path, tmp_path: Path) -> None:
-    train(tiny_config(data_dir, tmp_path, max_iters=4, always_save_checkpoint=True), log=quiet)
+def test_resume_refuses_another_architecture(tiny_config: MakeConfig, tmp_path: Path) -> None:
+    train(tiny_config(tmp_path, max_iters=4, always_save_checkpoint=True), log=quiet)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     cfg = TrainConfig(init_from="resume", out_dir=str(tmp_path), n_layer=3, max_iters=8)
     with pytest.raises(ConfigError, match=r"n_layer=3 \(it has 2\)"):
@@ -183,34 +173,34 @@ def test_resume_refuses_another_architecture(data_dir: Path, tmp_path: Path) -> 
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
 
 
-def test_eval_only_writes_nothing(data_dir: Path, tmp_path: Path) -> None:
-    result = train(tiny_config(data_dir, tmp_path / "out", eval_only=True, max_iters=10), log=quiet)
+def test_eval_only_writes_nothing(tiny_config: MakeConfig, tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path / "out", eval_only=True, max_iters=10), log=quiet)
     assert list(result.evals) == [0] and result.iter_num == 0 and not result.losses
     assert not (tmp_path / "out" / CHECKPOINT_FILE).exists()
 
 
-def test_checkpoint_only_on_improvement_unless_always(data_dir: Path, tmp_path: Path) -> None:
+def test_checkpoint_only_on_improvement_unless_always(tiny_config: MakeConfig, tmp_path: Path) -> None:
     # lr 0: the weights never change, so the val loss never improves after the first evaluation
-    cfg = tiny_config(data_dir, tmp_path / "a", max_iters=8, learning_rate=0.0, min_lr=0.0)
+    cfg = tiny_config(tmp_path / "a", max_iters=8, learning_rate=0.0, min_lr=0.0)
     assert train(cfg, log=quiet).checkpoints == []  # step 0 is never saved; 4 and 8 did not improve
     cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"), always_save_checkpoint=True)
     assert train(cfg, log=quiet).checkpoints == [4, 8]
 
 
-def test_progress_display(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    train(tiny_config(data_dir, tmp_path, max_iters=3, progress=True, eval_interval=100), log=quiet)
+def test_progress_display(
+    tiny_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train(tiny_config(tmp_path, max_iters=3, progress=True, eval_interval=100), log=quiet)
     err = capsys.readouterr().err
     assert "3/3" in err and "it/s" in err and "ETA" in err
 
 
-def test_init_from_hf_checkpoint_directory(data_dir: Path, tmp_path: Path) -> None:
+def test_init_from_hf_checkpoint_directory(tiny_config: MakeConfig, tmp_path: Path) -> None:
     """A Hugging Face GPT-2 directory is fine-tuned at a cropped context; contradicting overrides fail."""
     torch.manual_seed(3)
     source = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32))
     hf_dir = export_hf_checkpoint(source, tmp_path / "hf")
-    cfg = tiny_config(
-        data_dir, tmp_path / "out", init_from=str(hf_dir), max_iters=2, block_size=16, n_layer=5
-    )
+    cfg = tiny_config(tmp_path / "out", init_from=str(hf_dir), max_iters=2, block_size=16, n_layer=5)
     # n_layer is not explicit here: a pretrained model brings its own architecture
     result = train(cfg, explicit={"init_from", "block_size"}, log=quiet)
     model = result.model
@@ -223,11 +213,11 @@ def test_init_from_hf_checkpoint_directory(data_dir: Path, tmp_path: Path) -> No
         train(dataclasses.replace(cfg, block_size=64), explicit={"init_from"}, log=quiet)
 
 
-def test_unknown_init_from_and_cpu_autocast_are_refused(data_dir: Path, tmp_path: Path) -> None:
+def test_unknown_init_from_and_cpu_autocast_are_refused(tiny_config: MakeConfig, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="init_from: 'gpt3' is not scratch, resume"):
-        train(tiny_config(data_dir, tmp_path, init_from="gpt3"), log=quiet)
+        train(tiny_config(tmp_path, init_from="gpt3"), log=quiet)
     with pytest.raises(ConfigError, match="dtype: bfloat16 autocast is for CUDA"):
-        train(tiny_config(data_dir, tmp_path, dtype="bfloat16"), log=quiet)
+        train(tiny_config(tmp_path, dtype="bfloat16"), log=quiet)
     with pytest.raises(ConfigError, match="smaller than the dataset's vocabulary"):
-        train(tiny_config(data_dir, tmp_path, vocab_size=1000), log=quiet)
+        train(tiny_config(tmp_path, vocab_size=1000), log=quiet)
     assert not (tmp_path / CHECKPOINT_FILE).exists()

@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from nanogpt.config import run_cli
-from nanogpt.data import prepare_dataset
 from nanogpt.train import main
-
-WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
-TINY_ARGS = [
-    "--n_layer=2",
-    "--n_head=2",
-    "--n_embd=32",
-    "--block_size=16",
-    "--batch_size=2",
-    "--eval_iters=1",
-    "--eval_interval=2",
-    "--warmup_iters=1",
-    "--device=cpu",
-    "--dtype=float32",
-    "--progress=false",
-]
-
 
 # Tiny models gain nothing from a second thread: tests/conftest.py one_thread.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A root with data/ (a tiny dataset) and out/ckpt.pt (2 iterations of a tiny model)."""
-    root = tmp_path_factory.mktemp("run")
-    rng = random.Random(1)
-    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
-    prepare_dataset(root / "text.txt", root / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one_thread fixture
-    try:
-        main([*TINY_ARGS, f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", "--max_iters=2"])
-    finally:
-        torch.set_num_threads(threads)
-    assert (root / "out" / "ckpt.pt").is_file()
-    return root
+def trained(tiny_trained_run: Path) -> Path:
+    """A root with data/ (a tiny dataset) and out/ckpt.pt (2 iterations of tests/conftest.py's tiny run)."""
+    return tiny_trained_run
 
 
 def run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -93,27 +64,25 @@ def test_bad_override_from_a_real_process(tmp_path: Path) -> None:
     ids=["negative-lr", "typo", "other-architecture", "other-block", "bad-resume-override", "text-too-short"],
 )
 def test_bad_input_leaves_the_checkpoint_alone(
-    trained: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str
+    trained: Path,
+    tiny_train_args: Callable[..., list[str]],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    expected: str,
 ) -> None:
     ckpt = trained / "out" / "ckpt.pt"
     before = ckpt.read_bytes()
-    argv = [
-        *TINY_ARGS,
-        f"--data_dir={trained / 'data'}",
-        f"--out_dir={trained / 'out'}",
-        "--max_iters=4",
-        *extra,
-    ]
+    argv = [*tiny_train_args(data_dir=trained / "data", out_dir=trained / "out", max_iters=4), *extra]
     line = run_in_process(argv, capsys)
     assert expected in line
     assert ckpt.read_bytes() == before
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt.pt"]
 
 
-def test_missing_and_empty_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = run_in_process(
-        [*TINY_ARGS, f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'o'}"], capsys
-    )
+def test_missing_and_empty_data(
+    tmp_path: Path, tiny_train_args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_in_process(tiny_train_args(data_dir=tmp_path / "none", out_dir=tmp_path / "o"), capsys)
     assert "no such directory" in line and "python -m nanogpt.data" in line
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "meta.json").write_text(
@@ -121,9 +90,7 @@ def test_missing_and_empty_data(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     (tmp_path / "empty" / "train.bin").write_bytes(b"")
     (tmp_path / "empty" / "val.bin").write_bytes(b"")
-    line = run_in_process(
-        [*TINY_ARGS, f"--data_dir={tmp_path / 'empty'}", f"--out_dir={tmp_path / 'o'}"], capsys
-    )
+    line = run_in_process(tiny_train_args(data_dir=tmp_path / "empty", out_dir=tmp_path / "o"), capsys)
     assert "train.bin: empty" in line
     assert not (tmp_path / "o").exists()
 
@@ -141,8 +108,10 @@ def test_damaged_checkpoint_is_refused_and_kept(
     assert (tmp_path / "ckpt.pt").read_bytes() == bad  # left for the user to inspect or restore
 
 
-def test_config_file_drives_the_cli(trained: Path, tmp_path: Path) -> None:
+def test_config_file_drives_the_cli(
+    trained: Path, tmp_path: Path, tiny_train_args: Callable[..., list[str]]
+) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'data_dir = "{trained / "data"}"\nout_dir = "{tmp_path / "o"}"\nmax_iters = 2\n')
-    main([str(cfg), *TINY_ARGS])
+    main([str(cfg), *tiny_train_args()])
     assert (tmp_path / "o" / "ckpt.pt").is_file()

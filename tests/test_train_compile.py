@@ -6,43 +6,25 @@ test_checkpoint.py; this one compiles, trains, and loads the checkpoint into an 
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from nanogpt.checkpoint import build_model, load_checkpoint
-from nanogpt.data import prepare_dataset
 from nanogpt.train import train
 from nanogpt.train_config import TrainConfig
 
 
 @pytest.mark.slow
-def test_compiled_training_checkpoint_loads_uncompiled(tmp_path: Path) -> None:
+def test_compiled_training_checkpoint_loads_uncompiled(
+    tmp_path: Path, make_token_dataset: Callable[..., Path], tiny_train_config: Callable[..., TrainConfig]
+) -> None:
     torch.set_num_threads(1)  # the root conftest restores the previous count
-    rng = random.Random(0)
-    (tmp_path / "t.txt").write_text(
-        " ".join(rng.choice(["a", "b", "c", "tie", "weights"]) for _ in range(800))
-    )
-    prepare_dataset(tmp_path / "t.txt", tmp_path / "data")
-    cfg = TrainConfig(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        block_size=16,
-        batch_size=2,
-        max_iters=2,
-        eval_interval=2,
-        eval_iters=1,
-        warmup_iters=1,
-        device="cpu",
-        dtype="float32",
-        compile=True,
-        always_save_checkpoint=True,
-        progress=False,
-        data_dir=str(tmp_path / "data"),
-        out_dir=str(tmp_path / "out"),
+    data_dir = make_token_dataset(tmp_path, 800, ["a", "b", "c", "tie", "weights"], seed=0)
+    cfg = tiny_train_config(
+        max_iters=2, compile=True, always_save_checkpoint=True, data_dir=data_dir, out_dir=tmp_path / "out"
     )
     result = train(cfg, log=lambda _: None)
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt.pt")
