@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=REGENERATE, description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is stale")
     args = parser.parse_args(argv)
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        parser.error(f"{REPO_ROOT} is not a checkout of the repository: the pages live in a checkout's docs/")
     if args.check:
         stale = stale_pages()
         for relative in stale:
