@@ -29,13 +29,12 @@ from parity.core.verdicts import Status, Verdict
 from parity.frontends import bisect
 from parity.frontends.bisect import resolve_model, run
 from parity.sandbox import integrity
+from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
 from parity.sandbox.parent import (
     SMALL_TIMEOUT_S,
     _describe_end,
     _verdicts_of,
     default_timeout,
-    fingerprint_differs,
-    hf_fingerprint,
     run_checks_in_child,
     target_message,
 )
@@ -106,7 +105,7 @@ def test_integrity_sees_a_rebound_comparison_a_loosened_tolerance_and_a_patched_
     monkeypatch.setattr(torch.Tensor, "abs", lambda self: self)  # shadows the C method: a name added
     monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     assert integrity.changes(before, limit=10) == [
-        "parity.numerics.forward.compare_chunked", "parity.core.tolerances.LOGITS[torch.float64]", "torch.Tensor (its names)",
+        "parity.core.tolerances.LOGITS[torch.float64]", "parity.numerics.forward.compare_chunked", "torch.Tensor (its names)",
         "torch.allclose",
     ]  # fmt: skip
     monkeypatch.undo()

@@ -50,7 +50,7 @@ def _load_notes(subject: Any) -> list[str]:
     report = subject.report
     if report is not None:
         buffers = ", ".join(report.kept_buffers[:4]) + (" ..." if len(report.kept_buffers) > 4 else "")
-        mode = type(subject._model).__dict__.get("_parity_logits_mode")
+        mode = type(subject.loaded_model).__dict__.get("_parity_logits_mode")
         notes.append(
             f"loaded {report.checkpoint} with the nanoGPT converter; buffers left as built: "
             f"{buffers or 'none'}" + (f"; every position's logits by: {mode}" if mode else "")
@@ -72,7 +72,7 @@ def main() -> None:
     from parity.core.verdicts import Status, Verdict
     from parity.foreign.impl import import_implementation, reference_implementation
     from parity.sandbox import integrity
-    from parity.sandbox.parent import hf_fingerprint
+    from parity.sandbox.fingerprint import hf_fingerprint
     from parity.sandbox.witness import witness
     from parity.subject.subject import Subject
 

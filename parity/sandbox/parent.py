@@ -9,7 +9,7 @@ NAME) and finally the verdicts, every message carrying the nonce. Only a complet
 the nonce is trusted: any other end (an exit without a result, a signal, a hang past the timeout, after
 which the whole process group is killed) makes every check CANNOT-TEST, saying what happened and in which
 phase. The parent, which never imports the tested code, also computes `hf_fingerprint` (the logits of a
-tiny seeded GPT2LMHeadModel) and the witness of Hugging Face's model of the target itself
+tiny seeded GPT2LMHeadModel, parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the target itself
 (parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both again
 after building the model and after the checks, and a difference means the tested code changed transformers
 in its process: CANNOT-TEST.
@@ -37,7 +37,8 @@ from nanogpt.hf import CheckpointError
 from nanogpt.schema import param_count
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
-from parity.sandbox.witness import clean_witness, numbers_differ, witness_differs
+from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
+from parity.sandbox.witness import clean_witness, witness_differs
 from parity.subject.targets import ParityTarget
 
 # The harness's own root, put on the child's PYTHONPATH (the child's cwd is a temporary directory).
@@ -47,9 +48,6 @@ HARNESS_ROOT = Path(__file__).resolve().parents[2]
 SMALL_TIMEOUT_S = 120.0
 TIMEOUT_S_PER_124M_PARAMS = 600.0
 SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
-# The fingerprint must agree to within rounding (the same float64 ops in another process, maybe another
-# thread count); a monkeypatched GELU or attention moves it by about 1e-3.
-FINGERPRINT_ATOL = 1e-10
 # How much captured output comes back, and how much of it a CANNOT-TEST reason quotes.
 OUTPUT_TAIL_BYTES = 64 * 1024
 REASON_TAIL_LINES = 3
@@ -95,40 +93,6 @@ def default_timeout(target: ParityTarget) -> float:
     if params < SMALL_PARAMS:
         return SMALL_TIMEOUT_S
     return float(round(SMALL_TIMEOUT_S + TIMEOUT_S_PER_124M_PARAMS * params / 124e6))
-
-
-def hf_fingerprint() -> list[float]:
-    """The logits of tiny seeded GPT2LMHeadModels (eager and SDPA attention) on a fixed batch, in float64."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    saved = torch.get_default_dtype()
-    out: list[float] = []
-    try:
-        torch.set_default_dtype(torch.float32)  # the tested code may have changed it; init depends on it
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for attention in ("eager", "sdpa"):
-                torch.manual_seed(1234)
-                config = GPT2Config(
-                    n_layer=2,
-                    n_head=2,
-                    n_embd=16,
-                    vocab_size=64,
-                    n_positions=16,
-                    bos_token_id=0,
-                    eos_token_id=0,
-                )
-                config._attn_implementation = attention
-                model = GPT2LMHeadModel(config).to(torch.float64).eval()
-                idx = (torch.arange(12) * 7 % 64).view(2, 6)
-                out += model(idx).logits.flatten().tolist()
-    finally:
-        torch.set_default_dtype(saved)
-    return out
-
-
-def fingerprint_differs(clean: list[float], other: Any) -> bool:
-    """True unless other is a list of numbers equal to clean within FINGERPRINT_ATOL."""
-    return numbers_differ(clean, other, atol=FINGERPRINT_ATOL)
 
 
 def target_message(target: ParityTarget) -> dict[str, Any]:

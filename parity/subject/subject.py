@@ -114,6 +114,11 @@ class Subject:
             self._model = model
         return self._model
 
+    @property
+    def loaded_model(self) -> nn.Module | None:
+        """The implementation's model if `model()` has loaded it, else None (never loads anything)."""
+        return self._model
+
     def hf(self) -> Any:
         """Hugging Face's GPT2LMHeadModel with tie_word_embeddings=True, from the same checkpoint."""
         if self._hf is None:
