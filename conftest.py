@@ -20,7 +20,9 @@ import torch
 
 from parity.frontends.cli import PLUGINS
 
-pytest_plugins = PLUGINS  # the same list as the installed `nanogpt-parity` command
+# The installed `nanogpt-parity` command's plugins, and the benchmarks' options and reports (a checkout only:
+# the command never imports benchmarks).
+pytest_plugins = [*PLUGINS, "benchmarks.plugin"]
 
 
 @pytest.fixture(autouse=True)

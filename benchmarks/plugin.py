@@ -1,12 +1,11 @@
-"""pytest plugin for device requirements, benchmark options and the torch.compile report.
+"""pytest plugin for the benchmarks' options and the torch.compile report.
 
-A test marked `@pytest.mark.gpu` needs CUDA. On a machine without it the test is skipped with a reason
-that says so, unless `--require-gpu` is given: then it fails, so a misconfigured GPU CI runner (no driver,
-CPU-only torch) cannot pass by skipping everything. The plugin also carries the session-level report of
-the torch.compile suite: the speed-up of compiled over eager (eager median / compiled median, both
-measured in this session), printed in the terminal summary and saved with `--benchmark-autosave` under
-"compile_speedups"; and the non-failing warnings the compile gates saw, listed so nobody has to rerun with
--s to read them. Loaded from the root conftest.py.
+The `gpu` marker and `--require-gpu` belong to the parity harness's pytest plugin
+(parity/frontends/pytest_frontend/plugin.py), which the root conftest.py loads before this one. This
+plugin adds `--speed-rounds` and carries the session-level report of the torch.compile suite: the
+speed-up of compiled over eager (eager median / compiled median, both measured in this session), printed
+in the terminal summary and saved with `--benchmark-autosave` under "compile_speedups"; and the
+non-failing warnings the compile gates saw, listed so nobody has to rerun with -s to read them.
 """
 
 from __future__ import annotations
@@ -26,13 +25,6 @@ TRAIN_STEP_MEDIANS = pytest.StashKey[dict[str, dict[str, float]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("nanogpt-parity devices")
-    group.addoption(
-        "--require-gpu",
-        action="store_true",
-        default=False,
-        help="fail, instead of skip, tests marked gpu when CUDA is not available (for GPU CI runners)",
-    )
     bench = parser.getgroup("nanogpt-parity benchmarks")
     bench.addoption(
         "--speed-rounds",
@@ -47,29 +39,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SPEED_RESULTS] = {}
     config.stash[COMPILE_WARNINGS] = {}
     config.stash[TRAIN_STEP_MEDIANS] = {}
-
-
-def cuda_unavailable_reason() -> str | None:
-    """Why CUDA cannot be used here, or None when it can."""
-    if not torch.cuda.is_available():
-        build = (
-            "a CPU-only torch build"
-            if torch.version.cuda is None
-            else f"torch built for CUDA {torch.version.cuda}"
-        )
-        return f"needs a CUDA device; none is available ({build}, torch {torch.__version__})"
-    return None
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("gpu") is None:
-        return
-    reason = cuda_unavailable_reason()
-    if reason is None:
-        return
-    if item.config.getoption("--require-gpu"):
-        pytest.fail(f"--require-gpu: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def reproducibility_settings() -> dict[str, Any]:

@@ -23,31 +23,18 @@ from typing import NoReturn
 import transformers
 
 from nanogpt.hf import CheckpointError
-from nanogpt.model import GPT2_SIZES, GPTConfig
+from nanogpt.model import GPTConfig
 from nanogpt.paths import OutputPathError
-from parity.checks.registry import CHECK_NAMES, CHECKS
+from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
 from parity.core.verdicts import Status, Verdict, format_verdicts
-from parity.sandbox.parent import (
-    SMALL_TIMEOUT_S,
-    SandboxResult,
-    default_timeout,
-    output_summary,
-    run_checks_in_child,
-)
+from parity.frontends.options import BISECT, SMALL, OptionError, add_options, parse_checks
+from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
-from parity.subject.targets import (
-    DEVICE_CHOICES,
-    DTYPES,
-    ParityTarget,
-    resolve_device,
-    resolve_dtype,
-    resolve_targets,
-)
+from parity.subject.targets import ParityTarget, resolve_device, resolve_dtype, resolve_targets
 
-# The default model: the GPT-2 architecture at a size where every check takes well under a second.
-SMALL = "small"
+# The default model, options.SMALL: GPT-2's architecture at a size where every check takes under a second.
 SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
 
 
@@ -60,86 +47,14 @@ class BisectArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of the bisect command."""
-    checks_help = "; ".join(f"{c.name}: {c.meaning}" for c in CHECKS.values())
-    p = BisectArgumentParser(
+    """The command line of the bisect command (its options are declared in parity/frontends/options.py)."""
+    parser = BisectArgumentParser(
         prog="python -m parity.frontends.bisect",
         description="Run named parity checks on a nanoGPT-style implementation; exit 0 good, 1 bad, "
         "125 untestable (git bisect skip), 129 usage error (aborts git bisect run).",
     )
-    p.add_argument(
-        "--impl",
-        metavar="PATH",
-        help="a model.py file or a package directory exposing GPT and GPTConfig (default: the reference nanogpt)",
-    )
-    p.add_argument(
-        "--model",
-        default=SMALL,
-        help=f"{SMALL} (default: a synthetic 2-layer model) | {' | '.join(GPT2_SIZES)} | PATH to an HF GPT-2 "
-        "checkpoint directory",
-    )
-    p.add_argument("--checks", default=None, help=f"comma-separated, or all (the default). {checks_help}")
-    p.add_argument(
-        "--expect",
-        action="append",
-        default=[],
-        metavar="CHECK=pass|fail",
-        help="what counts as good for CHECK (repeatable; selects CHECK). Default: every selected check passes",
-    )
-    p.add_argument(
-        "--tied-decay",
-        choices=("yes", "no"),
-        default="yes",
-        help="should the tied matrix be weight-decayed (decay-groups)? default yes, the reference's policy",
-    )
-    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="default: cuda when available")
-    p.add_argument(
-        "--dtype", choices=tuple(DTYPES), default=None, help="default: float64 on CPU for small models"
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="wall-clock limit of the child process that runs the tested code (default: "
-        f"{SMALL_TIMEOUT_S:g} s for small, more by parameter count for larger models); past it: 125",
-    )
-    p.add_argument(
-        "--run-module",
-        action="store_true",
-        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
-        "module-level training code never runs)",
-    )
-    p.add_argument(
-        "-v", "--details", action="store_true", help="print each check's details and the tested code's output"
-    )
-    return p
-
-
-def parse_checks(text: str | None) -> list[str]:
-    """The checks named by --checks (comma-separated, or all)."""
-    if text is None or text.strip() == "all":
-        return list(CHECK_NAMES)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CHECKS]
-    if unknown or not names:
-        raise UsageError(
-            f"--checks {text!r}: unknown check(s) {unknown}; choose from {', '.join(CHECK_NAMES)} or all"
-        )
-    return names
-
-
-def parse_expectations(items: list[str]) -> dict[str, bool]:
-    """--expect CHECK=pass|fail, as {check: should pass}."""
-    out = {}
-    for item in items:
-        check, _, want = item.partition("=")
-        if check not in CHECKS or want not in ("pass", "fail"):
-            raise UsageError(
-                f"--expect {item!r}: write CHECK=pass or CHECK=fail, CHECK one of {', '.join(CHECK_NAMES)}"
-            )
-        out[check] = want == "pass"
-    return out
+    add_options(parser.add_argument, BISECT, OptionError)
+    return parser
 
 
 def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
@@ -208,19 +123,17 @@ def print_sandbox_output(result: SandboxResult, details: bool) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse, check in a sandboxed child process, print; returns the exit code for git bisect run."""
-    args = build_parser().parse_args(argv)
     try:
-        expect = parse_expectations(args.expect)
+        args = build_parser().parse_args(argv)  # a bad value: OptionError; an unknown option: exits 129
+        expect = dict(args.expect)
         selected = parse_checks(args.checks) if args.checks is not None or not expect else list(expect)
         selected += [c for c in expect if c not in selected]
         everything = args.checks is None or args.checks.strip() == "all"
         named = frozenset(() if everything else selected)
         target = resolve_model(args.model, args.device, args.dtype)
-        if args.timeout is not None and not args.timeout > 0:
-            raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
         check_memory(target, selected)
         target.ensure_checkpoint()
-    except (UsageError, CheckpointError, OutputPathError) as e:
+    except (OptionError, UsageError, CheckpointError, OutputPathError) as e:
         print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
         return EXIT_ABORT
     timeout = args.timeout if args.timeout is not None else default_timeout(target)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-# The plugins of `pytest parity/` in a checkout (the root conftest.py loads this same list). progress
-# first: the other two import it, and pytest can rewrite a plugin's asserts only if it imports it first.
-PLUGINS = ["parity.subject.progress", "benchmarks.plugin", "parity.frontends.pytest_frontend.plugin"]
+# The plugins of `pytest parity/` (a checkout's root conftest.py loads this list, and the benchmarks' own
+# plugin). progress first: the other imports it, and pytest can rewrite a plugin's asserts only if it
+# imports it first.
+PLUGINS = ["parity.subject.progress", "parity.frontends.pytest_frontend.plugin"]
 SUITE_INI = Path(__file__).with_name("suite.ini")
 # Options whose value is a path the user typed relative to their directory.
 PATH_OPTIONS = ("--impl", "--parity-report")
@@ -51,6 +52,7 @@ def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
     return [
         *plugins,
         # pytest-benchmark would leave a .benchmarks folder in the user's directory; the suite times nothing.
+        # pytest only blocks the name: without pytest-benchmark installed, the option changes nothing.
         "-p", "no:benchmark",
         "-c", str(SUITE_INI),
         # Node ids read parity/test_logits.py::..., as in a checkout; the cache stays with the user.

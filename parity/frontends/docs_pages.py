@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nanogpt.atomic import atomic_file
 from parity.checks.registry import CHECKS
+from parity.frontends.options import render_options_page
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "python -m parity.frontends.docs_pages"
@@ -54,11 +55,12 @@ def render_checks_page() -> str:
 
 
 # Every generated page: (path relative to the repository root, the function that renders its text).
-PAGES: tuple[tuple[str, Callable[[], str]], ...] = (("docs/checks.md", render_checks_page),)
-# Pages linked from the docs whose renderer has not joined PAGES yet; a link to one may dangle until it
-# does. docs/options.md: rendered from the option spec both front ends share (parity/frontends/options.py);
-# once ("docs/options.md", render_options_page) is in PAGES, remove it here.
-PLANNED_PAGES: tuple[str, ...] = ("docs/options.md",)
+PAGES: tuple[tuple[str, Callable[[], str]], ...] = (
+    ("docs/checks.md", render_checks_page),
+    ("docs/options.md", render_options_page),
+)
+# Pages linked from the docs whose renderer has not joined PAGES yet; a link to one may dangle until it does.
+PLANNED_PAGES: tuple[str, ...] = ()
 
 
 def stale_pages(root: Path = REPO_ROOT) -> list[str]:

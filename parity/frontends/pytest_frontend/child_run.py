@@ -12,7 +12,6 @@ CI never reads "all skipped" as green. `--in-process` imports the code into pyte
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_SKIP
 from parity.core.verdicts import Status
+from parity.frontends.options import parse_seconds
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.progress import note
 from parity.subject.targets import ParityTarget
@@ -50,16 +50,11 @@ RESULTS_KEY = pytest.StashKey[dict[str, SandboxResult]]()
 UNTESTABLE_KEY = pytest.StashKey[list[str]]()
 
 
-def parse_timeout(text: str | None, in_process: bool) -> float | None:
+def parse_timeout(text: str | float | None, in_process: bool) -> float | None:
     """--impl-timeout as seconds (None when not given); UsageError unless a positive, finite number."""
     if text is None:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise UsageError(f"{TIMEOUT_OPTION} {text!r}: give a positive number of seconds")
+    seconds = parse_seconds(TIMEOUT_OPTION, text)
     if in_process:
         raise UsageError(
             f"{TIMEOUT_OPTION} limits the child process that runs --impl; --in-process runs the code in "

@@ -1,9 +1,13 @@
 """pytest plugin of the parity harness: command-line options, validation, header, parametrization, report.
 
 Loaded from the root conftest.py, so `pytest parity/ --model gpt2-large` works from the repository root.
-Options are validated in `pytest_configure`, before collection and before any model is built; a bad
-choice is a one-line usage error that lists the valid choices. `--impl` code is run in a child process
+The options are declared in parity/frontends/options.py, with the bisect command's: each value is
+converted while the command line is parsed, and what needs several options is validated in
+`pytest_configure`, before collection and before any model is built; a bad choice is a one-line usage
+error that lists the valid choices. `--impl` code is run in a child process
 (parity/frontends/pytest_frontend/child_run.py) unless `--in-process` asks for it to be imported here.
+A test marked `gpu` is skipped without CUDA, or fails with `--require-gpu`, so a misconfigured GPU CI
+runner (no driver, a CPU-only torch) cannot pass by skipping everything; the benchmarks use it too.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import os
 from typing import Any
 
 import pytest
+import torch
 
 from nanogpt.hf import CheckpointError
-from nanogpt.paths import OutputPathError, resolve_output_file
 from parity.core.errors import ImplementationError, UsageError
 from parity.core.tolerances import gradients_tolerance, logits_tolerance
 from parity.core.verdicts import Verdict
-from parity.foreign.impl import Implementation, check_implementation_path, import_implementation
+from parity.foreign.impl import Implementation, import_implementation
+from parity.frontends.options import PYTEST, add_options
 from parity.frontends.pytest_frontend.child_run import (
     CHILD_RUN_KEY,
     EXIT_CANNOT_TEST,
@@ -32,7 +37,7 @@ from parity.frontends.pytest_frontend.child_run import (
 )
 from parity.frontends.report import ParityReport
 from parity.subject.loading import versions
-from parity.subject.targets import DEVICE_CHOICES, DTYPES, MODEL_CHOICES, ParityTarget, resolve_targets
+from parity.subject.targets import ParityTarget, resolve_targets
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
@@ -43,64 +48,7 @@ WORKER_CHILD = "parity_child"  # key of a pytest-xdist worker's child notes and 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nanogpt-parity", "GPT-2 parity harness")
-    group.addoption(
-        "--model",
-        default="gpt2",
-        help=f"model to check: {' | '.join(MODEL_CHOICES)} | PATH to a local HF GPT-2 checkpoint (default gpt2)",
-    )
-    group.addoption(
-        "--weights",
-        default="auto",
-        help="auto (pretrained when in the local HF cache, else synthetic) | pretrained | synthetic",
-    )
-    group.addoption(
-        "--revision",
-        default=None,
-        help="pin the cached hub snapshot of a named size: branch, tag or commit (default: refs/main)",
-    )
-    group.addoption(
-        "--device", default=None, help=f"{' | '.join(DEVICE_CHOICES)} (default: cuda when available)"
-    )
-    group.addoption(
-        "--dtype",
-        default=None,
-        help=f"{' | '.join(DTYPES)} (default: float64 on CPU up to gpt2-medium, float32 above and on CUDA)",
-    )
-    group.addoption(
-        "--parity-report", default=None, metavar="PATH", help="write a JSON report of every comparison"
-    )
-    group.addoption(
-        "--tied-decay",
-        default="yes",
-        choices=("yes", "no"),
-        help="should the tied matrix be weight-decayed (the decay-groups check)? default yes, the reference's policy",
-    )
-    group.addoption(
-        "--impl",
-        default=None,
-        metavar="PATH",
-        help="implementation under test: a model.py or package exposing GPT and GPTConfig, run in a child "
-        "process (default: nanogpt, in this process)",
-    )
-    group.addoption(
-        "--impl-timeout",
-        default=None,
-        metavar="SECONDS",
-        help="wall-clock limit of the child process that runs --impl (default: 120 s for small models, more "
-        "by parameter count); past it, every check is CANNOT-TEST",
-    )
-    group.addoption(
-        "--run-module",
-        action="store_true",
-        help="import the --impl file as it is (default: only its imports, definitions and constants, so "
-        "module-level training code never runs)",
-    )
-    group.addoption(
-        "--in-process",
-        action="store_true",
-        help="import --impl into this pytest process (for pdb): no protection against its exits, hangs or "
-        "patches of transformers",
-    )
+    add_options(group.addoption, PYTEST, pytest.UsageError)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -114,28 +62,20 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
-    report_path = config.getoption("--parity-report")
-    if report_path is not None:
-        # Checked now, not when the report is written after the whole run; written again through
-        # the same validator (ParityReport.write), so a symlink is written through, never replaced.
-        try:
-            resolve_output_file(report_path, "--parity-report")
-        except OutputPathError as e:
-            raise pytest.UsageError(str(e)) from None
     impl, in_process, run_module = (config.getoption(o) for o in ("--impl", "--in-process", "--run-module"))
     try:
         timeout = parse_timeout(config.getoption("--impl-timeout"), in_process=bool(impl and in_process))
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
     # Without --impl, the reference runs in this process: --in-process and --run-module change nothing.
-    try:
-        if impl and in_process:
+    # The path was checked when the options were parsed (options.implementation_path); the child imports it.
+    if impl and in_process:
+        try:
             config.stash[IMPL_KEY] = import_implementation(impl, run_module=run_module)
-        elif impl:
-            check_implementation_path(impl)  # the child imports it; a mistyped path stops the run now
-            config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
-    except ImplementationError as e:
-        raise pytest.UsageError(f"--impl: {e}") from None
+        except ImplementationError as e:
+            raise pytest.UsageError(f"--impl: {e}") from None
+    elif impl:
+        config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
     config.stash[TARGETS_KEY] = targets
     config.stash[REPORT_KEY] = ParityReport(
         {
@@ -237,6 +177,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "parity_target" in metafunc.fixturenames:
         targets = metafunc.config.stash[TARGETS_KEY]
         metafunc.parametrize("parity_target", targets, ids=[t.name for t in targets], scope="session")
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA cannot be used here, or None when it can."""
+    if torch.cuda.is_available():
+        return None
+    cuda = torch.version.cuda
+    build = "a CPU-only torch build" if cuda is None else f"torch built for CUDA {cuda}"
+    return f"needs a CUDA device; none is available ({build}, torch {torch.__version__})"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked gpu when CUDA is missing; fail it instead under --require-gpu."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return
+    if item.config.getoption("--require-gpu"):
+        pytest.fail(f"--require-gpu: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
