@@ -1,7 +1,8 @@
 """Bad input everywhere a user can reach it: clear errors that name the problem, never a wall of traceback.
 
 The command line of `pytest parity/` (every option, and checkpoints that are corrupt, truncated, untied or
-not GPT-2) must stop with one usage-error line that names the valid choices or the fix. The library must
+not GPT-2) must stop with one usage-error line that names the valid choices or the fix, and the bisect
+command refuses a value of an option it shares with the same message. The library must
 refuse token ids outside the vocabulary and sequences longer than the block with a ValueError naming the
 range, the harness must report NaN and Inf as such (never as "close"), a wrong tokenizer file is refused,
 and a synthetic checkpoint write killed half-way leaves nothing half-written under the final name.
@@ -34,7 +35,9 @@ from nanogpt.hf import (
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import TokenizerFileError, bpe_files, gpt2_tiktoken
 from parity.core.compare import ParityFailure, compare_tensors
+from parity.core.exit_codes import EXIT_ABORT
 from parity.core.tolerances import logits_tolerance
+from parity.frontends.bisect import run as bisect_run
 from parity.numerics.forward import check_logits
 from parity.subject.batches import token_batch
 from parity.subject.loading import load_hf
@@ -105,6 +108,7 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
     "cuda-without-cuda": (["--device", "cuda"], r"--device cuda: no CUDA device is available.*use --device cpu"),
     "float16-on-cpu": (["--device", "cpu", "--dtype", "float16"], r"float16 is not supported on CPU.*float64 or float32"),
     "bad-dtype": (["--dtype", "bogus"], r"--dtype 'bogus': choose one of float64, float32, bfloat16, float16"),
+    "bad-tied-decay": (["--tied-decay", "sometimes"], r"--tied-decay 'sometimes': choose one of yes, no"),
     "pretrained-not-cached": (["--weights", "pretrained"], r"not in the local Hugging Face cache.*--weights synthetic"),
     "synthetic-for-a-path": (["--model", "{good}", "--weights", "synthetic"], r"applies to named sizes"),
     "path-without-config": (["--model", "{empty}"], r"no config\.json"),
@@ -138,6 +142,24 @@ def test_bad_command_line_is_one_usage_error_line(
     assert "Traceback" not in output and not re.search(r"^E\s", output, re.M), f"traceback wall:\n{output}"
     matching = [line for line in output.splitlines() if re.search(CLI_CASES[case][1], line)]
     assert len(matching) == 1, f"expected one error line matching /{CLI_CASES[case][1]}/:\n{output[-3000:]}"
+
+
+# The options the bisect command shares with `pytest parity/` (parity/frontends/options.py): one converter
+# or one validator, so the same bad value gets the same message from both.
+SHARED_WITH_BISECT = ("bad-device", "cuda-without-cuda", "float16-on-cpu", "bad-dtype", "bad-tied-decay")
+
+
+@pytest.mark.parametrize("case", SHARED_WITH_BISECT)
+def test_the_bisect_command_refuses_a_shared_option_with_the_same_message(
+    case: str, cli_results: dict[str, dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    if case == "cuda-without-cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so --device cuda is valid")
+    args, pattern = CLI_CASES[case]
+    (line,) = [line for line in str(cli_results[case]["output"]).splitlines() if re.search(pattern, line)]
+    message = line.removeprefix("ERROR: ")
+    assert bisect_run(args) == EXIT_ABORT
+    assert capsys.readouterr().err == f"python -m parity.frontends.bisect: error: {message}\n"
 
 
 # ----------------------------------------------------------------------------------------------------------
