@@ -49,15 +49,13 @@ from nanogpt.paths import resolve_output_dir, resolve_output_file
 from nanogpt.resources import check_training_fits
 from nanogpt.train_config import TrainConfig
 from nanogpt.train_log import Progress, format_log_line
-from nanogpt.train_setup import NOT_INHERITED_ON_RESUME, build_initial_model, inherit_from_checkpoint
-
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
+from nanogpt.train_setup import (
+    NOT_INHERITED_ON_RESUME,
+    build_initial_model,
+    inherit_from_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # one optimization step
@@ -171,36 +169,6 @@ def estimate_loss(
         out[split] = ctx.all_reduce_mean(losses.mean()).item()
     model.train()
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# setup: device, model, optimizer
-
-
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    """The device for this process: cuda:LOCAL_RANK under torchrun on GPUs."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use --device=cpu")
-        if name == "cuda":
-            name = f"cuda:{ctx.local_rank}"
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The training dtype: autocast bfloat16 (or float16) on CUDA, float32 on CPU, unless given."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    dtype = DTYPES[name]
-    if dtype in (torch.bfloat16, torch.float16) and device.type != "cuda":
-        raise ConfigError(
-            f"dtype: {name} autocast is for CUDA; on {device.type} use --dtype=float32 (or float64)"
-        )
-    return dtype
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The model a training run starts from: from scratch, from our checkpoint (resume), or from an HF GPT-2.
+"""Where a training run starts: its device and dtype, and its model (scratch, resume, or an HF GPT-2).
 
 A resumed run takes its settings from the checkpoint unless a key is given explicitly, so that it continues
 the interrupted run exactly; explicit architecture overrides that contradict the checkpoint or the
@@ -17,9 +17,43 @@ import torch
 from nanogpt.checkpoint import CHECKPOINT_FILE, build_model, model_config_of
 from nanogpt.config import ConfigError, check_value
 from nanogpt.data import TokenDataset
+from nanogpt.distributed import DistContext
 from nanogpt.model import GPT, GPT2_SIZES, GPTConfig
 from nanogpt.resources import check_training_fits
 from nanogpt.train_config import TrainConfig
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """The device for this process: cuda:LOCAL_RANK under torchrun on GPUs."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use --device=cpu")
+        if name == "cuda":
+            name = f"cuda:{ctx.local_rank}"
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The training dtype: autocast bfloat16 (or float16) on CUDA, float32 on CPU, unless given."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = DTYPES[name]
+    if dtype in (torch.bfloat16, torch.float16) and device.type != "cuda":
+        raise ConfigError(
+            f"dtype: {name} autocast is for CUDA; on {device.type} use --dtype=float32 (or float64)"
+        )
+    return dtype
 
 
 def check_against_model(cfg: TrainConfig, explicit: set[str], model_cfg: GPTConfig, source: str) -> None:
