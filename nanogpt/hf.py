@@ -32,7 +32,7 @@ from nanogpt.hf_files import (  # where checkpoints are found and read; importab
 )
 from nanogpt.mismatch import mismatch_clauses
 from nanogpt.model import LAYER_NORM_EPS, GPTConfig
-from nanogpt.schema import CONV1D_SUFFIXES, tensor_shapes
+from nanogpt.schema import is_conv1d, tensor_shapes, to_conv1d_layout, to_linear_layout
 
 # Causal-mask buffers that some transformers versions save; they are not weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -144,7 +144,7 @@ def _strip_prefix(key: str) -> str:
 
 def _hf_shape(key: str, shape: tuple[int, ...], config: GPTConfig) -> tuple[int, ...]:
     """The nanoGPT shape of an HF tensor (Conv1D transposed, vocabulary padded)."""
-    if key.endswith(CONV1D_SUFFIXES) and len(shape) == 2:
+    if is_conv1d(key) and len(shape) == 2:
         shape = (shape[1], shape[0])
     if key in ("transformer.wte.weight", "lm_head.weight") and len(shape) == 2:
         shape = (config.vocab_size, shape[1])
@@ -155,7 +155,7 @@ def _expected_hf_shape(key: str, want: tuple[int, ...], config: GPTConfig) -> tu
     """The shape an HF checkpoint stores for key (Conv1D transposed, the vocabulary unpadded)."""
     if key in ("transformer.wte.weight", "lm_head.weight"):
         return (config.output_vocab_size, *want[1:])
-    return (want[1], want[0]) if key.endswith(CONV1D_SUFFIXES) and len(want) == 2 else want
+    return (want[1], want[0]) if is_conv1d(key) and len(want) == 2 else want
 
 
 def hf_to_nanogpt_state_dict(
@@ -207,9 +207,7 @@ def hf_to_nanogpt_state_dict(
 
     def convert(key: str) -> torch.Tensor:
         stored = weights[names[key]]
-        t = stored if dtype is None else stored.to(dtype)
-        if key.endswith(CONV1D_SUFFIXES):
-            t = t.t()
+        t = to_linear_layout(key, stored if dtype is None else stored.to(dtype))
         if key in ("transformer.wte.weight", "lm_head.weight") and config.vocab_size > t.size(0):
             pad = t.new_zeros(config.vocab_size - t.size(0), t.size(1))
             t = torch.cat([t, pad])  # padding rows: never read as logits (cropped), zero by convention
@@ -250,9 +248,7 @@ def nanogpt_to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, t in model.state_dict().items():
         if key == "lm_head.weight":
             continue  # the tie: HF rebuilds it from transformer.wte.weight
-        t = t.detach()
-        if key.endswith(CONV1D_SUFFIXES):
-            t = t.t()
+        t = to_conv1d_layout(key, t.detach())
         if key == "transformer.wte.weight":
             t = t[:vocab]
         out[key] = t.contiguous()

@@ -9,9 +9,12 @@ transposed with respect to nn.Linear).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nanogpt.model import GPT2_SIZES, gpt2_config
+
+if TYPE_CHECKING:
+    import torch
 
 # The tied pair: the output head and the token embedding are one matrix.
 HEAD = "lm_head.weight"
@@ -78,7 +81,22 @@ def tensor_shapes(config: Any, vocab_size: int | None = None) -> dict[str, tuple
 
 def hf_tensor_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     """tensor_shapes in Hugging Face's layout: the Conv1D weights (in, out), i.e. transposed."""
-    return {k: (s[1], s[0]) if k.endswith(CONV1D_SUFFIXES) else s for k, s in tensor_shapes(config).items()}
+    return {k: (s[1], s[0]) if is_conv1d(k) else s for k, s in tensor_shapes(config).items()}
+
+
+def is_conv1d(name: str) -> bool:
+    """True for a weight HF keeps as Conv1D, (in, out), where nanoGPT keeps an nn.Linear's (out, in)."""
+    return name.endswith(CONV1D_SUFFIXES)
+
+
+def to_linear_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """An HF tensor (or its gradient or optimizer state) in nanoGPT's layout: Conv1D weights transposed."""
+    return tensor.t() if is_conv1d(name) else tensor
+
+
+def to_conv1d_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A nanoGPT tensor in Hugging Face's layout: Linear weights of the Conv1D set transposed."""
+    return to_linear_layout(name, tensor)  # a transpose is its own inverse
 
 
 def param_count(config: Any, vocab_size: int | None = None) -> int:

@@ -84,8 +84,13 @@ def norm_ignored() -> Iterator[None]:
 
 @contextlib.contextmanager
 def gradients_skip_positions() -> Iterator[None]:
-    original = parity.numerics.gradients.compared_names
-    with mock.patch.object(parity.numerics.gradients, "compared_names", lambda r, h: [n for n in original(r, h) if "wpe" not in n]):
+    original = parity.numerics.gradients.compared_parameters
+
+    def without_positions(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[list[str], list[str]]:
+        names, problems = original(ours, theirs)
+        return [n for n in names if "wpe" not in n], problems
+
+    with mock.patch.object(parity.numerics.gradients, "compared_parameters", without_positions):
         yield
 
 
@@ -98,7 +103,7 @@ def tie_reads_one_name() -> Iterator[None]:
 @contextlib.contextmanager
 def own_loss_ignored() -> Iterator[None]:
     def logits_and_loss_of_logits(model: Any, idx: torch.Tensor, targets: torch.Tensor) -> Any:
-        logits = parity.numerics.forward.reference_logits(model, idx)
+        logits = parity.numerics.forward.implementation_logits(model, idx)
         return logits, parity.numerics.forward.loss_of(logits, targets)
 
     with mock.patch.object(parity.numerics.gradients, "logits_and_own_loss", logits_and_loss_of_logits):

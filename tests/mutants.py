@@ -510,7 +510,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
     ),
     Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
-    Mutant("positions-detached", PositionsDetached, "grads", r"transformer\.wpe\.weight: no gradient on the reference side"),
+    Mutant("positions-detached", PositionsDetached, "grads",
+           r"transformer\.wpe\.weight: no gradient on the implementation side"),
     Mutant("loss-shifts-targets-again", LossShiftsTargetsAgain, "loss", r"the logits match.*own loss"),
     Mutant("attention-window-64", gpt_with(SlidingWindow64), cause=r"transformer\.h\.0\.attn.*logits\[full_block\]",
            config="long"),

@@ -38,7 +38,7 @@ from parity.core.compare import ParityFailure, compare_tensors
 from parity.core.exit_codes import EXIT_ABORT
 from parity.core.tolerances import logits_tolerance
 from parity.frontends.bisect import run as bisect_run
-from parity.numerics.forward import check_logits
+from parity.numerics.forward import compare_logits
 from parity.subject.batches import token_batch
 from parity.subject.loading import load_hf
 from parity.subject.synthetic import (
@@ -226,8 +226,8 @@ def test_nan_weight_is_reported_as_nan_by_the_logits_check(tmp_path: Path) -> No
     theirs = load_hf(checkpoint, torch.float64, "cpu")
     with torch.no_grad():
         ours.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
-    with pytest.raises(ParityFailure, match=r"reference nanoGPT contains \d+ NaN"):
-        check_logits(ours, theirs, token_batch("several_sequences", TINY), TINY.n_layer, "nan")
+    with pytest.raises(ParityFailure, match=r"the implementation contains \d+ NaN"):
+        compare_logits(ours, theirs, token_batch("several_sequences", TINY), TINY.n_layer, "nan")
 
 
 # ----------------------------------------------------------------------------------------------------------

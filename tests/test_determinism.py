@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from nanogpt.model import GPTConfig
-from parity.numerics.forward import check_logits
-from parity.numerics.gradients import check_gradient_decomposition, check_gradients
+from parity.numerics.forward import compare_logits
+from parity.numerics.gradients import compare_gradient_decomposition, compare_gradients
 from parity.subject.batches import BATCH_KINDS, gradient_batch, token_batch
 from parity.subject.loading import load_hf, load_reference
 from parity.subject.synthetic import CACHE_ENV_VAR, checkpoint_name, ensure_synthetic_checkpoint
@@ -73,10 +73,10 @@ def all_records(checkpoint: Path) -> list[dict[str, Any]]:
     """Every comparison record of the logits and gradient checks, from freshly loaded models."""
     ours = load_reference(checkpoint, torch.float64, "cpu")
     theirs = load_hf(checkpoint, torch.float64, "cpu")
-    records = [check_logits(ours, theirs, token_batch(k, TINY), TINY.n_layer, k) for k in BATCH_KINDS]
+    records = [compare_logits(ours, theirs, token_batch(k, TINY), TINY.n_layer, k) for k in BATCH_KINDS]
     idx, targets = gradient_batch(TINY)
-    records += check_gradients(ours, theirs, idx, targets, TINY.vocab_size)
-    records.append(check_gradient_decomposition(ours, idx, targets))
+    records += compare_gradients(ours, theirs, idx, targets, TINY.vocab_size)
+    records.append(compare_gradient_decomposition(ours, idx, targets))
     return [r.to_json() for r in records]
 
 

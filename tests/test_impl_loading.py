@@ -23,12 +23,8 @@ from parity.checks.registry import run_checks
 from parity.core.errors import ImplementationError
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Status
-from parity.foreign.impl import (
-    MODULE_PREFIX,
-    call_configure_optimizers,
-    import_implementation,
-    load_implementation,
-)
+from parity.foreign.adapters import call_configure_optimizers
+from parity.foreign.impl import MODULE_PREFIX, import_implementation, load_implementation
 from parity.frontends.bisect import SMALL_CONFIG
 from parity.numerics.tie import same_storage
 from parity.subject.subject import Subject

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from nanogpt.model import GPT
+from nanogpt.schema import HEAD
 from parity.checks.counts import checkpoint_once_check
 from parity.core.compare import ParityFailure
-from parity.numerics.tie import HEAD
 
 
 def checkpoint_check(model: GPT) -> None:

@@ -24,8 +24,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
-from parity.numerics.forward import check_logits, check_loss
-from parity.numerics.gradients import check_gradient_decomposition, check_gradients
+from parity.numerics.forward import compare_logits, compare_loss
+from parity.numerics.gradients import compare_gradient_decomposition, compare_gradients
 from parity.numerics.tie import tie_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,8 +89,8 @@ def test_reference_matches_hf_on_random_configs_and_batches(case: Case) -> None:
     idx, targets = torch.tensor(case.idx), torch.tensor(case.targets)
     assert tie_problem(ours, "reference nanoGPT") is None
     assert tie_problem(hf_model, "Hugging Face", is_hf=True) is None
-    check_logits(ours, hf_model, idx, case.config.n_layer, "random")
-    check_loss(ours, hf_model, idx, targets)
-    records = check_gradients(ours, hf_model, idx, targets, case.config.vocab_size)
+    compare_logits(ours, hf_model, idx, case.config.n_layer, "random")
+    compare_loss(ours, hf_model, idx, targets)
+    records = compare_gradients(ours, hf_model, idx, targets, case.config.vocab_size)
     assert any(r.tensor == "transformer.wte.weight" for r in records), "the tied gradient was not compared"
-    check_gradient_decomposition(ours, idx, targets)
+    compare_gradient_decomposition(ours, idx, targets)

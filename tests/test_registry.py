@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -11,7 +12,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPT2_SIZES
-from parity.checks.registry import CHECK_NAMES, CHECKS, run_checks
+from parity.checks.backward import BACKWARD_CHECKS
+from parity.checks.counts import COUNT_CHECKS
+from parity.checks.forward import FORWARD_CHECKS
+from parity.checks.registry import CHECK_NAMES, CHECKS, build_registry, run_checks
+from parity.checks.training import TRAINING_CHECKS
 from parity.core.verdicts import Status
 from parity.foreign.impl import reference_implementation
 from parity.frontends.bisect import SMALL_CONFIG, build_parser, parse_checks
@@ -22,8 +27,15 @@ from parity.subject.targets import ParityTarget
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_the_registry_refuses_a_duplicate_name() -> None:
+    twin = dataclasses.replace(CHECKS["grads"], name="logits")
+    with pytest.raises(ValueError, match="two checks are named 'logits'"):
+        build_registry([CHECKS["logits"], CHECKS["loss"], twin])
+    assert list(build_registry([CHECKS["loss"], CHECKS["logits"]])) == ["loss", "logits"]
+
+
 def test_every_check_is_defined_once_with_its_meaning_and_needs() -> None:
-    assert len(CHECK_NAMES) == len(set(CHECK_NAMES))
+    assert list(CHECKS.values()) == [*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS]
     for name, check in CHECKS.items():
         assert check.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name), name
         assert check.meaning and check.needs and callable(check.run), name

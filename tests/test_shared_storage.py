@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPTConfig
-from nanogpt.schema import CONV1D_SUFFIXES
-from parity.core.compare import ParityFailure, compare_gradients
+from nanogpt.schema import CONV1D_SUFFIXES, to_linear_layout
+from parity.core.compare import ParityFailure, compare_tensors, without_padding_rows
 from parity.core.tolerances import gradients_tolerance
-from parity.numerics.forward import check_logits, hf_logits, loss_of, reference_logits
-from parity.numerics.gradients import check_gradients
+from parity.numerics.forward import compare_logits, hf_logits, implementation_logits, loss_of
+from parity.numerics.gradients import compare_gradients
 from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf, load_reference, share_parameters
@@ -65,7 +65,7 @@ def test_a_parameter_loaded_wrong_keeps_its_own_storage(tiny_checkpoint: Path) -
     assert not same_storage(ref.transformer.h[1].ln_2.bias, hf.transformer.h[1].ln_2.bias)
     idx = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ParityFailure, match="ln_2"):
-        check_logits(ref, hf, idx, TINY.n_layer, "wrong bias")
+        compare_logits(ref, hf, idx, TINY.n_layer, "wrong bias")
 
 
 def test_untied_control_shares_everything_but_its_head(tiny_checkpoint: Path) -> None:
@@ -81,17 +81,21 @@ def test_streamed_gradients_equal_the_comparison_after_both_backwards(
 ) -> None:
     ref, hf = shared_pair
     idx, targets = gradient_batch(TINY)
-    records = check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+    records = compare_gradients(ref, hf, idx, targets, TINY.vocab_size)
     assert all(p.grad is None for p in [*ref.parameters(), *hf.parameters()]), "matching pairs are freed"
     # The same comparison the old way, on independent models: both backward passes, then compare.
     ref2 = load_reference(tiny_checkpoint, torch.float32, "cpu")
     hf2 = load_hf(tiny_checkpoint, torch.float32, "cpu")
 
-    loss_of(reference_logits(ref2, idx), targets).backward()
+    loss_of(implementation_logits(ref2, idx), targets).backward()
     loss_of(hf_logits(hf2, idx), targets).backward()
     tol = gradients_tolerance(torch.float32)
-    after = compare_gradients(ref2, hf2, TINY.vocab_size, tol)
-    assert [r.tensor for r in records] == [r.tensor for r in after]
+    theirs = dict(hf2.named_parameters())
+    after = []
+    for n, p in sorted(ref2.named_parameters()):
+        ours = without_padding_rows(n, p.grad, TINY.vocab_size)
+        after.append(compare_tensors("grads", n, ours, to_linear_layout(n, theirs[n].grad), tol))
+    assert [r.tensor for r in records] == [r.tensor for r in after] and all(r.passed for r in after)
     assert all(r.passed for r in records) and len(records) == len(list(ref.parameters()))
 
 
@@ -102,5 +106,5 @@ def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[
     fc.weight = torch.nn.Parameter(fc.weight.detach().clone() * 3.0)
     idx, targets = gradient_batch(TINY)
     with pytest.raises(ParityFailure, match=r"\[grads\] \d+ of \d+ parameter gradients differ"):
-        check_gradients(ref, hf, idx, targets, TINY.vocab_size)
+        compare_gradients(ref, hf, idx, targets, TINY.vocab_size)
     assert fc.weight.grad is not None and hf.transformer.h[1].mlp.c_fc.weight.grad is not None

@@ -13,7 +13,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.model import GPT
-from parity.checks.train_parity import TrainHyperParams, compare_train_steps, nanogpt_optimizer
+from parity.checks.train_parity import TrainHyperParams, compare_train_steps
 from parity.core.tolerances import TRAIN_STEPS_F64
 
 # float64 AdamW noise vs a real bug: TRAIN_STEPS_F64 in parity/core/tolerances.py.
@@ -89,16 +89,17 @@ def test_train_step_matches_plain_hf_loop(micro_batches: int, grad_clip: float) 
 def test_tied_matrix_in_two_groups_is_caught() -> None:
     """Mutant: the tied matrix listed in a second param group is updated twice per step; parity must fail."""
 
-    def double_update(model, hp):
-        opt = nanogpt_optimizer(model, hp)
+    ours, hf = tiny_pair()
+    configure_optimizers = ours.configure_optimizers
+
+    def double_update(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        opt = configure_optimizers(*args, **kwargs)
         # append directly: add_param_group() would refuse the duplicate, a hand-rolled optimizer may not
-        opt.param_groups.append(dict(opt.param_groups[1], params=[model.lm_head.weight], weight_decay=0.0))
+        opt.param_groups.append(dict(opt.param_groups[1], params=[ours.lm_head.weight], weight_decay=0.0))
         return opt
 
-    ours, hf = tiny_pair()
-    result = compare_train_steps(
-        ours, hf, make_batches(STEPS, 1), TrainHyperParams(), make_nanogpt_optimizer=double_update
-    )
+    ours.configure_optimizers = double_update  # the model's own method, as the trainer calls it
+    result = compare_train_steps(ours, hf, make_batches(STEPS, 1), TrainHyperParams())
     problems = result.problems(LOSS_ATOL, PARAM_ATOL, STATE_ATOL)
     assert any("transformer.wte.weight: optimizer step count nanogpt 6" in p for p in problems), problems
     assert any(p.startswith("step 1: loss") for p in problems), problems  # step 0 loss precedes any update

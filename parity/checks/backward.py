@@ -9,31 +9,32 @@ from typing import Any
 
 from torch import nn
 
+from nanogpt.schema import EMBEDDING, HEAD
 from parity.checks.check import Check
-from parity.core.compare import ParityFailure, reference_layout
+from parity.core.compare import ParityFailure, without_padding_rows
 from parity.core.tolerances import gradients_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.chunked import compare_chunked
-from parity.numerics.forward import hf_logits, loss_of, reference_logits
-from parity.numerics.gradients import check_gradient_decomposition
-from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.numerics.forward import hf_logits, implementation_logits, loss_of
+from parity.numerics.gradients import compare_gradient_decomposition
+from parity.numerics.tie import get_tensor, same_storage
 from parity.subject.batches import gradient_batch
 from parity.subject.subject import Subject, clean_grads
 
 
-def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, s: Subject) -> str | None:
+def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, subject: Subject) -> str | None:
     """For an untied implementation: do its two matrices' gradients add up to HF's tied gradient?"""
     head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
     if same_storage(head, emb) and head is emb:
         return None
-    idx, targets = (t.to(s.device) for t in gradient_batch(s.config))
+    idx, targets = (t.to(subject.device) for t in gradient_batch(subject.config))
     with clean_grads(model, hf):
-        loss_of(reference_logits(model, idx), targets).backward()
+        loss_of(implementation_logits(model, idx), targets).backward()
         loss_of(hf_logits(hf, idx), targets).backward()
         hf_grad = get_tensor(hf, EMBEDDING).grad
         if head.grad is None or emb.grad is None or hf_grad is None:
             return "the implementation is untied (lm_head.weight is not transformer.wte.weight); see tied-storage"
-        summed = reference_layout(EMBEDDING, emb.grad + head.grad, vocab)
+        summed = without_padding_rows(EMBEDDING, emb.grad + head.grad, vocab)
         rec = compare_chunked("grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype))
     if rec.passed:
         return (
@@ -43,11 +44,11 @@ def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, s: Subject) -> 
     return f"the implementation is untied, and even wte.grad + lm_head.grad differs from Hugging Face's: {rec.summary()}"
 
 
-def grads_check(s: Subject) -> Outcome:
+def grads_check(subject: Subject) -> Outcome:
     """Every parameter's gradient against its Hugging Face counterpart (Conv1D transposes accounted for)."""
-    run = s.gradient_run()
+    run = subject.gradient_run()
     if run.failure is not None:
-        note = _untied_gradient_note(s.model(), s.hf(), s.config.output_vocab_size, s)
+        note = _untied_gradient_note(subject.model(), subject.hf(), subject.config.output_vocab_size, subject)
         found = run.logits
         if not note and (isinstance(found, ParityFailure) or not found.passed):
             note = "the forward pass differs already (see logits), so every gradient after it does"
@@ -59,19 +60,19 @@ def grads_check(s: Subject) -> Outcome:
     worst_norm = max(r.rel_norm for r in run.records)
     return Outcome(
         f"{len(run.records)} parameter gradients match Hugging Face (max abs diff {worst:.1e}, relative "
-        f"difference norm {worst_norm:.1e}, tolerance {gradients_tolerance(s.dtype)})",
+        f"difference norm {worst_norm:.1e}, tolerance {gradients_tolerance(subject.dtype)})",
         "\n".join(r.summary() for r in run.records),
         run.records,
     )
 
 
-def tied_gradient_check(s: Subject) -> Outcome:
+def tied_gradient_check(subject: Subject) -> Outcome:
     """The tied gradient equals embedding-path + head-path gradients of an untied twin of the same model."""
-    model = s.model()
-    idx, targets = (t.to(s.device) for t in gradient_batch(s.config))
-    tied = s.gradient_run().take_tied_gradient()  # None when taken before: then computed again
+    model = subject.model()
+    idx, targets = (t.to(subject.device) for t in gradient_batch(subject.config))
+    tied = subject.gradient_run().take_tied_gradient()  # None when taken before: then computed again
     with clean_grads(model):
-        rec = check_gradient_decomposition(model, idx, targets, tied_gradient=tied)
+        rec = compare_gradient_decomposition(model, idx, targets, tied_gradient=tied)
     return Outcome(f"the tied gradient is the sum of its embedding and head paths ({rec.summary()})", records=[rec])
 
 

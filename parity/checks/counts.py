@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanogpt.schema import golden_param_count
+from nanogpt.schema import EMBEDDING, HEAD, golden_param_count
 from parity.checks.check import Check
 from parity.checks.optim_groups import configured_optimizer, decay_membership
 from parity.core.compare import ParityFailure
@@ -21,8 +21,6 @@ from parity.core.errors import NotApplicable
 from parity.core.verdicts import Outcome
 from parity.numerics.gradients import untied_twin
 from parity.numerics.tie import (
-    EMBEDDING,
-    HEAD,
     get_tensor,
     inplace_update_problem,
     optimizer_step_problem,
@@ -36,18 +34,18 @@ from parity.numerics.tie import (
 from parity.subject.subject import Subject
 
 
-def tied_storage_check(s: Subject) -> Outcome:
+def tied_storage_check(subject: Subject) -> Outcome:
     """One storage after loading, through an in-place write, an optimizer step, .to(), deepcopy and a round trip."""
-    model, label = s.model(), s.label
+    model, label = subject.model(), subject.label
     problem = tie_problem(model, label)
     if problem:
         raise ParityFailure(f"[tied-storage] {problem}")
     problems = [p for p in (inplace_update_problem(model, label), optimizer_step_problem(model, label)) if p]
     # .to(), deepcopy and the round trip on a fresh 1-layer, narrow twin of the same class (tie.twin_config).
-    small = twin_config(s.config)
+    small = twin_config(subject.config)
 
     def rebuild() -> nn.Module:
-        return s.impl.build(small)[0].to(s.dtype)
+        return subject.impl.build(small)[0].to(subject.dtype)
 
     problems += survival_problems(rebuild(), f"{label} (fresh 1-layer model)", rebuild)
     if problems:
@@ -76,10 +74,10 @@ def _twice_hint(model: nn.Module, counted: int, expected: int) -> str:
     return f"; the difference is exactly one {tuple(emb.shape)} matrix: the head is untied"
 
 
-def param_count_check(s: Subject) -> Outcome:
+def param_count_check(subject: Subject) -> Outcome:
     """parameters() totals the golden count of the size and Hugging Face's num_parameters()."""
-    model, hf = s.model(), s.hf()
-    golden = golden_param_count(s.config)
+    model, hf = subject.model(), subject.hf()
+    golden = golden_param_count(subject.config)
     padding = _padding(model, hf)
     ours = sum(p.numel() for p in model.parameters())
     theirs = int(hf.num_parameters())
@@ -93,16 +91,20 @@ def param_count_check(s: Subject) -> Outcome:
         only_ours = sorted(set(dict(model.named_parameters())) - set(dict(hf.named_parameters())))
         extra = f"; parameters Hugging Face does not have: {', '.join(only_ours[:5])}" if only_ours else ""
         raise ParityFailure("[param-count] " + "; ".join(problems) + extra + _twice_hint(model, ours - padding, golden))
-    return Outcome(f"{ours:,} parameters{padded}: the golden count of {s.target.name} and HF's num_parameters()")
+    return Outcome(
+        f"{ours:,} parameters{padded}: the golden count of {subject.target.name} and HF's num_parameters()"
+    )
 
 
-def own_count_check(s: Subject) -> Outcome:
+def own_count_check(subject: Subject) -> Outcome:
     """The implementation's own count (get_num_params) equals the golden count (minus wpe for non_embedding)."""
-    model, hf = s.model(), s.hf()
+    model, hf = subject.model(), subject.hf()
     count = getattr(model, "get_num_params", None)
     if not callable(count):
-        raise NotApplicable(f"[own-count] {s.label} has no get_num_params: it reports no count of its own")
-    golden = golden_param_count(s.config) + _padding(model, hf)
+        raise NotApplicable(
+            f"[own-count] {subject.label} has no get_num_params: it reports no count of its own"
+        )
+    golden = golden_param_count(subject.config) + _padding(model, hf)
     wpe = get_tensor(model, "transformer.wpe.weight").numel()
     asked = {}
     with contextlib.suppress(TypeError):  # an implementation whose get_num_params has no non_embedding
@@ -119,10 +121,10 @@ def own_count_check(s: Subject) -> Outcome:
     return Outcome("; ".join(f"{call} = {got:,}" for call, (got, _) in asked.items()) + " as the golden count says")
 
 
-def optimizer_once_check(s: Subject) -> Outcome:
+def optimizer_once_check(subject: Subject) -> Outcome:
     """configure_optimizers lists every parameter in exactly one group: the tied matrix once, one AdamW state."""
-    model = s.model()
-    optimizer = configured_optimizer(model, s.device)
+    model = subject.model()
+    optimizer = configured_optimizer(model, subject.device)
     membership = decay_membership(optimizer, model)
     bad = {n: wds for n, wds in membership.items() if len(wds) != 1}
     if bad:
@@ -151,9 +153,9 @@ class _ByteCounter:
         pass
 
 
-def checkpoint_once_check(s: Subject) -> Outcome:
+def checkpoint_once_check(subject: Subject) -> Outcome:
     """state_dict() stores the tied matrix once, and the tied model occupies one V x C matrix less than untied."""
-    model = s.model()
+    model = subject.model()
     state = model.state_dict()
     emb = get_tensor(model, EMBEDDING)
     tied_bytes = emb.numel() * emb.element_size()

@@ -20,10 +20,11 @@ from nanogpt.hf import hf_config_from_gpt
 from parity.checks.check import Check
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
 from parity.core.errors import NotApplicable
+from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
-from parity.numerics.forward import check_logits, hf_logits, loss_comparison
+from parity.numerics.forward import compare_logits, hf_logits, loss_comparison
 from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch, token_batch
 from parity.subject.subject import Subject
@@ -39,71 +40,72 @@ DROPOUT_P = 0.1
 SAME_CALLS_DIFFER = "outputs differ between two identical calls"
 
 
-def _diagnosed(s: Subject, idx: torch.Tensor, label: str) -> str:
+def _diagnosed(subject: Subject, idx: torch.Tensor, label: str) -> str:
     """The logits check's diagnosis on idx (first diverging module), or "" when the logits match.
 
     Kept on the subject: the logits and the loss checks both ask for the gradient batch's diagnosis when
     the shared forward differs, and each costs several forward passes of both models.
     """
-    if label not in s.diagnoses:
+    if label not in subject.diagnoses:
         try:
-            check_logits(s.model(), s.hf(), idx, s.config.n_layer, label)
-            s.diagnoses[label] = ""
+            compare_logits(subject.model(), subject.hf(), idx, subject.config.n_layer, label)
+            subject.diagnoses[label] = ""
         except ParityFailure as e:
-            s.diagnoses[label] = str(e).removeprefix("[logits] ")
-    return s.diagnoses[label]
+            subject.diagnoses[label] = str(e).removeprefix("[logits] ")
+    return subject.diagnoses[label]
 
 
-def _profile(s: Subject, idx: torch.Tensor, label: str, passed: bool) -> list[dict[str, Any]]:
+def _profile(subject: Subject, idx: torch.Tensor, label: str, passed: bool) -> list[dict[str, Any]]:
     """The per-module difference profile of one batch, for the report (empty when the shapes differ)."""
     try:
-        profile = difference_profile(s.model(), s.hf(), idx, s.config.n_layer)
+        profile = difference_profile(subject.model(), subject.hf(), idx, subject.config.n_layer)
     except Exception:  # noqa: BLE001 - a profile is a picture of a comparison, never a verdict
         return []
-    return [profile_record(label, profile, s.dtype, logits_tolerance(s.dtype), passed)]
+    return [profile_record(label, profile, subject.dtype, logits_tolerance(subject.dtype), passed)]
 
 
-def logits_check(s: Subject) -> Outcome:
+def logits_check(subject: Subject) -> Outcome:
     """Logits of four batches against Hugging Face's (tie_word_embeddings=True)."""
-    model, hf = s.model(), s.hf()
-    run = s.gradient_run()
+    model, hf = subject.model(), subject.hf()
+    run = subject.gradient_run()
     records: list[Comparison] = []
     found = run.logits
-    idx = gradient_batch(s.config)[0].to(s.device)
+    idx = gradient_batch(subject.config)[0].to(subject.device)
     passed = not isinstance(found, ParityFailure) and found.passed
-    profiles = _profile(s, idx, "logits[gradient batch]", passed)
+    profiles = _profile(subject, idx, "logits[gradient batch]", passed)
     if not passed:
-        diagnosis = _diagnosed(s, idx, "gradient batch")
+        diagnosis = _diagnosed(subject, idx, "gradient batch")
         summary = str(found).removeprefix("[logits] ") if isinstance(found, ParityFailure) else found.summary()
         raise ParityFailure(
             f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
         )
     records.append(found)
     for kind in LOGITS_BATCHES:
-        idx = token_batch(kind, s.config).to(s.device)
+        idx = token_batch(kind, subject.config).to(subject.device)
         try:
-            records.append(check_logits(model, hf, idx, s.config.n_layer, kind))
+            records.append(compare_logits(model, hf, idx, subject.config.n_layer, kind))
         except ParityFailure as e:
-            raise ParityFailure(str(e), records + e.records, profiles + _profile(s, idx, f"logits[{kind}]", False)) from None
+            more = _profile(subject, idx, f"logits[{kind}]", False)
+            raise ParityFailure(str(e), records + e.records, profiles + more) from None
     worst = max(r.max_abs for r in records)
     worst_norm = max(r.rel_norm for r in records)
     return Outcome(
         f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, relative difference "
-        f"norm {worst_norm:.1e}, tolerance {logits_tolerance(s.dtype)}",
+        f"norm {worst_norm:.1e}, tolerance {logits_tolerance(subject.dtype)}",
         "\n".join(r.summary() for r in records),
         records,
         profiles,
     )
 
 
-def loss_check(s: Subject) -> Outcome:
+def loss_check(subject: Subject) -> Outcome:
     """The implementation's own loss (its forward with targets) equals the loss of HF's logits."""
-    run = s.gradient_run()
+    run = subject.gradient_run()
     try:
-        rec = loss_comparison(run.reference_loss, run.hf_loss, s.dtype)
+        rec = loss_comparison(run.implementation_loss, run.hf_loss, subject.dtype)
     except ParityFailure as e:
-        idx = gradient_batch(s.config)[0].to(s.device)
-        diagnosis = _diagnosed(s, idx, "gradient batch")
+        idx = gradient_batch(subject.config)[0].to(subject.device)
+        diagnosis = _diagnosed(subject, idx, "gradient batch")
         cause = (
             f"the logits differ too: {diagnosis.splitlines()[0]}"
             if diagnosis
@@ -114,25 +116,19 @@ def loss_check(s: Subject) -> Outcome:
     return Outcome(f"loss {float(run.hf_loss):.6f} matches Hugging Face's ({rec.summary()})", records=[rec])
 
 
-def _forward_differs(s: Subject) -> bool:
+def _forward_differs(subject: Subject) -> bool:
     """True when the shared forward pass's logits already differ from Hugging Face's."""
-    found = s.gradient_run().logits
+    found = subject.gradient_run().logits
     return isinstance(found, ParityFailure) or not found.passed
 
 
 def own_forward_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """The implementation's own forward without targets (what generation calls): its last position's logits."""
     cls = type(model)
-    # parity.foreign.impl adapts foreign classes by subclassing (full logits without targets): call the original.
+    # parity.foreign.adapters adapts foreign classes by subclassing (full logits without targets): call
+    # the original.
     own = cls.__mro__[1].forward if "_parity_logits_mode" in cls.__dict__ else cls.forward
-    out = own(model, idx)
-    if isinstance(out, dict):
-        out = out["logits"]
-    elif isinstance(out, tuple):
-        out = out[0]
-    elif hasattr(out, "logits"):
-        out = out.logits
-    return out[:, -1, :]
+    return split_output(own(model, idx))[0][:, -1, :]
 
 
 def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, str]:
@@ -149,19 +145,20 @@ def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Ten
     return idx, "a greedy loop over its forward"
 
 
-def inference_check(s: Subject) -> Outcome:
+def inference_check(subject: Subject) -> Outcome:
     """The call without targets gives HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
-    model, hf = s.model(), s.hf()
-    tol = logits_tolerance(s.dtype)
-    prompt = token_batch("sentence", s.config)[:, : max(1, min(PROMPT_TOKENS, s.config.block_size // 2))]
-    prompt = prompt.to(s.device)
-    new = max(1, min(NEW_TOKENS, s.config.block_size - prompt.size(1)))
+    model, hf = subject.model(), subject.hf()
+    tol = logits_tolerance(subject.dtype)
+    prompt_length = max(1, min(PROMPT_TOKENS, subject.config.block_size // 2))
+    prompt = token_batch("sentence", subject.config)[:, :prompt_length]
+    prompt = prompt.to(subject.device)
+    new = max(1, min(NEW_TOKENS, subject.config.block_size - prompt.size(1)))
     with torch.no_grad():
         last = own_forward_logits(model, prompt)
         rec = compare_tensors("inference", "last-position logits without targets", last,
                               hf_logits(hf, prompt)[:, -1, :], tol)  # fmt: skip
         if not rec.passed:
-            forward = "; the forward pass differs already (see logits)" if _forward_differs(s) else ""
+            forward = "; the forward pass differs already (see logits)" if _forward_differs(subject) else ""
             raise ParityFailure(
                 f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}", [rec]
             )
@@ -228,15 +225,15 @@ def _sites(model: nn.Module, idx: torch.Tensor) -> Counter[tuple[str, float]]:
     return Counter(named)
 
 
-def dropout_sites_check(s: Subject) -> Outcome:
+def dropout_sites_check(subject: Subject) -> Outcome:
     """Train mode drops where HF drops, with the configured probability; eval mode drops nothing."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = dataclasses.replace(twin_config(s.config), dropout=DROPOUT_P)
-    model = s.impl.build(config)[0].to(s.dtype).to(s.device)
+    config = dataclasses.replace(twin_config(subject.config), dropout=DROPOUT_P)
+    model = subject.impl.build(config)[0].to(subject.dtype).to(subject.device)
     hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
-    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(s.dtype).to(s.device)
-    idx = token_batch("several_sequences", config)[:2, :16].to(s.device)
+    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(subject.dtype).to(subject.device)
+    idx = token_batch("several_sequences", config)[:2, :16].to(subject.device)
     hf.train(), model.train()
     expected, found = _sites(hf, idx), _sites(model, idx)
     model.eval()
@@ -250,7 +247,8 @@ def dropout_sites_check(s: Subject) -> Outcome:
         )
     if not found:
         raise NotApplicable(
-            f"[dropout-sites] {s.label} applies no dropout in train mode with dropout={DROPOUT_P} configured "
+            f"[dropout-sites] {subject.label} applies no dropout in train mode with dropout={DROPOUT_P} "
+            "configured "
             "(no dropout modules, or its config has no dropout setting): nothing to compare with Hugging "
             "Face's dropout sites"
         )

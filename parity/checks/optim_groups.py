@@ -1,13 +1,16 @@
-"""The implementation's optimizer groups: recorded as configure_optimizers builds them, read by name.
+"""Optimizer groups: the implementation's, recorded as configure_optimizers builds them, read by name.
 
 torch.optim refuses a tensor listed in two groups before an optimizer exists, so the groups are recorded
-from `torch.optim.Optimizer.__init__` while configure_optimizers runs: a check can then say *which*
-parameter is in two groups and with which weight decays, instead of repeating torch's error.
+from `torch.optim.Optimizer.__init__` while configure_optimizers runs (on the calling thread only, and
+restored on exit): a check can then say *which* parameter is in two groups and with which weight decays,
+instead of repeating torch's error. Also here: which groups hold each parameter (`decay_membership`), and
+the Hugging Face Trainer's rule of what does not decay.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -24,30 +27,40 @@ LEARNING_RATE = 1e-3
 BETAS = (0.9, 0.95)
 
 
+# One recording at a time: two interleaved ones would each restore the other's wrapper.
+_RECORDING = threading.Lock()
+
+
 def _as_list(params: Any) -> list[torch.Tensor]:
     return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 @contextlib.contextmanager
 def _recorded_param_groups(record: list[dict[str, Any]]) -> Iterator[None]:
-    """Record the parameter groups every torch optimizer is constructed with (even one torch refuses)."""
-    original = torch.optim.Optimizer.__init__
+    """Record the parameter groups of every torch optimizer this thread constructs (even one torch refuses).
 
-    def recording_init(self: torch.optim.Optimizer, params: Any, defaults: dict[str, Any]) -> None:
-        if not isinstance(params, torch.Tensor):
-            params = list(params)  # a generator would be consumed by the recording
-            if params and isinstance(params[0], dict):
-                params = [dict(g, params=_as_list(g["params"])) for g in params]
-                record[:] = [{**defaults, **g} for g in params]
-            else:
-                record[:] = [{**defaults, "params": params}]
-        original(self, params, defaults)
+    Optimizer.__init__ is wrapped for the duration and restored on exit, whatever is raised; optimizers
+    that other threads construct meanwhile pass through unrecorded.
+    """
+    owner = threading.get_ident()
+    with _RECORDING:
+        original = torch.optim.Optimizer.__init__
 
-    torch.optim.Optimizer.__init__ = recording_init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.optim.Optimizer.__init__ = original  # type: ignore[method-assign]
+        def recording_init(self: torch.optim.Optimizer, params: Any, defaults: dict[str, Any]) -> None:
+            if threading.get_ident() == owner and not isinstance(params, torch.Tensor):
+                params = list(params)  # a generator would be consumed by the recording
+                if params and isinstance(params[0], dict):
+                    params = [dict(g, params=_as_list(g["params"])) for g in params]
+                    record[:] = [{**defaults, **g} for g in params]
+                else:
+                    record[:] = [{**defaults, "params": params}]
+            original(self, params, defaults)
+
+        torch.optim.Optimizer.__init__ = recording_init  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            torch.optim.Optimizer.__init__ = original  # type: ignore[method-assign]
 
 
 def configured_optimizer(model: nn.Module, device: str) -> Any:
@@ -88,3 +101,8 @@ def decay_membership(optimizer: Any, model: nn.Module) -> dict[str, list[float]]
                 group.get("weight_decay", 0.0)
             )
     return membership
+
+
+def hf_no_decay(name: str) -> bool:
+    """The HF Trainer's rule: biases and LayerNorm weights do not decay."""
+    return name.endswith(".bias") or ".ln_" in name or name.startswith("transformer.ln_f")

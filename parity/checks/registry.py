@@ -2,13 +2,15 @@
 
 `pytest parity/` (one test per check and model, its id the check's name), the bisect command
 (`--checks NAME,...`, listed in its --help), the JSON report and the mutant catalog all take their checks
-from `CHECKS` and run them through `parity.core.verdicts.run_check`. Each check is defined once, in one of the
+from `CHECKS` and run them through `parity.checks.check.run_check`. Each check is defined once, in one of the
 check modules: forward (logits, loss, inference, dropout-sites), backward (grads, tied-gradient), counts
 and the tie (tied-storage, param-count, own-count, optimizer-once, checkpoint-once), training (decay-groups,
 train-steps, init, init-scheme).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.check import Check, run_check
@@ -18,8 +20,21 @@ from parity.checks.training import TRAINING_CHECKS
 from parity.core.verdicts import NAME_WIDTH, Verdict
 from parity.subject.subject import Subject
 
+
+def build_registry(checks: Iterable[Check]) -> dict[str, Check]:
+    """The checks by name, in the order given; ValueError when two checks share a name."""
+    registry: dict[str, Check] = {}
+    for check in checks:
+        if check.name in registry:
+            raise ValueError(f"two checks are named {check.name!r}: a check's name must be unique")
+        registry[check.name] = check
+    return registry
+
+
 # In the order they run: forward, backward, the tie and counts, then the checks that build or train models.
-CHECKS: dict[str, Check] = {c.name: c for c in (*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)}
+CHECKS: dict[str, Check] = build_registry(
+    (*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)
+)
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
 assert max(len(n) for n in CHECK_NAMES) <= NAME_WIDTH, "widen verdicts.NAME_WIDTH"
 

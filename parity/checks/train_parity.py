@@ -14,18 +14,18 @@ embedding/head matrix once, so it is updated once per step. Both models are trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nanogpt.schema import CONV1D_SUFFIXES
+from nanogpt.schema import to_linear_layout
 from nanogpt.train import StepConfig, train_step
+from parity.checks.optim_groups import decay_membership, hf_no_decay
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-OptimizerFactory = Callable[[nn.Module, "TrainHyperParams"], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,6 @@ def nanogpt_optimizer(model: nn.Module, hp: TrainHyperParams) -> torch.optim.Opt
     return model.configure_optimizers(hp.weight_decay, hp.learning_rate, hp.betas, "cpu")
 
 
-def hf_no_decay(name: str) -> bool:
-    """The HF Trainer's rule: biases and LayerNorm weights do not decay."""
-    return name.endswith(".bias") or ".ln_" in name or name.startswith("transformer.ln_f")
-
-
 def hf_optimizer(hf_model: nn.Module, hp: TrainHyperParams) -> torch.optim.Optimizer:
     """A plain torch.optim.AdamW over the HF model, grouped by the HF Trainer's decay rule."""
     decay, no_decay = [], []
@@ -203,20 +198,6 @@ def run_hf_steps(
 # comparing
 
 
-def _as_nanogpt_layout(name: str, t: torch.Tensor) -> torch.Tensor:
-    """An HF tensor (parameter or its optimizer state) in nanoGPT's layout: Conv1D weights transposed."""
-    return t.t() if name.endswith(CONV1D_SUFFIXES) else t
-
-
-def _group_membership(optimizer: torch.optim.Optimizer) -> dict[int, list[float]]:
-    """id(param) -> the weight decay of every group that lists it (twice if listed twice)."""
-    member: dict[int, list[float]] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            member.setdefault(id(p), []).append(group["weight_decay"])
-    return member
-
-
 def _step_count(state: dict) -> float:
     step = state.get("step", 0)
     return float(step.item() if isinstance(step, torch.Tensor) else step)
@@ -229,12 +210,10 @@ def decay_rows(
     hf_opt: torch.optim.Optimizer,
 ) -> list[DecayRow]:
     """Weight decay and group count of every parameter on both sides, by nanoGPT name."""
-    ours, theirs = _group_membership(nano_opt), _group_membership(hf_opt)
-    hf_params = dict(hf_model.named_parameters())
+    ours, theirs = decay_membership(nano_opt, nanogpt_model), decay_membership(hf_opt, hf_model)
     rows = []
-    for name, p in nanogpt_model.named_parameters():
-        q = hf_params.get(name)
-        wd_ours, wd_hf = ours.get(id(p), []), theirs.get(id(q), []) if q is not None else []
+    for name, _ in nanogpt_model.named_parameters():
+        wd_ours, wd_hf = ours.get(name, []), theirs.get(name, [])
         rows.append(
             DecayRow(
                 name, wd_ours[0] if wd_ours else None, wd_hf[0] if wd_hf else None, len(wd_ours), len(wd_hf)
@@ -248,18 +227,15 @@ def compare_train_steps(
     hf_model: nn.Module,
     batches: Sequence[Sequence[Batch]],
     hp: TrainHyperParams,
-    *,
-    make_nanogpt_optimizer: OptimizerFactory = nanogpt_optimizer,
-    make_hf_optimizer: OptimizerFactory = hf_optimizer,
 ) -> TrainParityResult:
     """Train both models in place on the same batches; return losses and end-of-run differences.
 
     batches[i] is the list of micro-batches (x, y) of step i; y is x shifted by one token. The models must
     start from the same weights (e.g. GPT.from_pretrained(hf_model)) in the same dtype and device, with
-    dropout off. The optimizer factories are the seams for mutation tests.
+    dropout off.
     """
-    nano_opt = make_nanogpt_optimizer(nanogpt_model, hp)
-    hf_opt = make_hf_optimizer(hf_model, hp)
+    nano_opt = nanogpt_optimizer(nanogpt_model, hp)
+    hf_opt = hf_optimizer(hf_model, hp)
     decay = decay_rows(nanogpt_model, nano_opt, hf_model, hf_opt)
 
     nano_losses = run_nanogpt_steps(nanogpt_model, nano_opt, batches, hp)
@@ -274,11 +250,11 @@ def compare_train_steps(
             notes.append(f"{name}: no HF parameter of this name")
             param_diff[name] = float("inf")
             continue
-        param_diff[name] = (p.detach() - _as_nanogpt_layout(name, q.detach())).abs().max().item()
+        param_diff[name] = (p.detach() - to_linear_layout(name, q.detach())).abs().max().item()
         s_ours, s_hf = nano_opt.state.get(p, {}), hf_opt.state.get(q, {})
         for key, table in (("exp_avg", avg_diff), ("exp_avg_sq", sq_diff)):
             if key in s_ours and key in s_hf:
-                table[name] = (s_ours[key] - _as_nanogpt_layout(name, s_hf[key])).abs().max().item()
+                table[name] = (s_ours[key] - to_linear_layout(name, s_hf[key])).abs().max().item()
             else:
                 table[name] = float("inf")
                 notes.append(f"{name}: no {key} state on {'nanogpt' if key not in s_ours else 'hf'} side")

@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from nanogpt.hf import hf_config_from_gpt
-from nanogpt.schema import CONV1D_SUFFIXES, EMBEDDING, HEAD, init_spec
+from nanogpt.schema import EMBEDDING, HEAD, init_spec, to_linear_layout
 from parity.checks.check import Check
-from parity.checks.optim_groups import BETAS, LEARNING_RATE, WEIGHT_DECAY, configured_optimizer
-from parity.checks.train_parity import hf_no_decay
-from parity.core.compare import ParityFailure, reference_layout
+from parity.checks.optim_groups import BETAS, LEARNING_RATE, WEIGHT_DECAY, configured_optimizer, hf_no_decay
+from parity.core.compare import ParityFailure, without_padding_rows
 from parity.core.errors import CannotTest
 from parity.core.tolerances import (
     INIT_LOSS_ATOL,
@@ -32,7 +31,7 @@ from parity.core.tolerances import (
     train_update_tolerance,
 )
 from parity.core.verdicts import Outcome
-from parity.numerics.forward import hf_logits, logits_and_own_loss, loss_of, reference_logits
+from parity.numerics.forward import hf_logits, implementation_logits, logits_and_own_loss, loss_of
 from parity.numerics.tie import get_tensor, same_storage, twin_config
 from parity.subject.batches import gradient_batch
 from parity.subject.subject import Subject
@@ -43,32 +42,29 @@ TRAIN_STEPS = 3
 MIRRORED_OPTIONS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "momentum", "dampening", "nesterov")
 
 
-def decay_groups_check(s: Subject) -> Outcome:
+def decay_groups_check(subject: Subject) -> Outcome:
     """The tied matrix is weight-decayed (or not) as the policy says, in every group that holds it."""
-    model = s.model()
-    optimizer = configured_optimizer(model, s.device)
+    model = subject.model()
+    optimizer = configured_optimizer(model, subject.device)
     emb, head = get_tensor(model, EMBEDDING), get_tensor(model, HEAD)
     matrices = [("the tied matrix (transformer.wte.weight = lm_head.weight)", emb)]
     if not same_storage(emb, head):
         matrices = [(f"{EMBEDDING} (untied)", emb), (f"{HEAD} (untied)", head)]
-    want = "weight-decayed" if s.tied_decay else "not weight-decayed"
+    want = "weight-decayed" if subject.tied_decay else "not weight-decayed"
     problems, found = [], []
     for what, tensor in matrices:
         decays = [g.get("weight_decay", 0.0) for g in optimizer.param_groups for p in g["params"] if same_storage(p, tensor)]
         found.append(f"{what}: weight_decay {decays}")
         if not decays:
             problems.append(f"{what} is in no optimizer group: it is never trained")
-        elif any((d > 0) != s.tied_decay for d in decays):
+        elif any((d > 0) != subject.tied_decay for d in decays):
             problems.append(
-                f"{what} has weight_decay {decays}, expected {want} (policy: --tied-decay={'yes' if s.tied_decay else 'no'})"
+                f"{what} has weight_decay {decays}, expected {want} "
+                f"(policy: --tied-decay={'yes' if subject.tied_decay else 'no'})"
             )
     if problems:
         raise ParityFailure("[decay-groups] " + "\n".join(problems))
     return Outcome(f"{'; '.join(found)}: {want}, as the policy says")
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def _mirrored_optimizer(optimizer: Any, model: nn.Module, hf: nn.Module) -> torch.optim.Optimizer:
@@ -123,31 +119,34 @@ def _step(optimizer: Any, loss_of_batch: Any, batch: tuple[torch.Tensor, torch.T
     return loss.item()
 
 
-def train_steps_check(s: Subject) -> Outcome:
+def train_steps_check(subject: Subject) -> Outcome:
     """TRAIN_STEPS AdamW steps with the implementation's groups, mirrored onto HF: same losses and parameters."""
-    why = s.training_fits()
+    why = subject.training_fits()
     if why is None:
-        model, hf, config, where = s.fresh_implementation(), copy.deepcopy(s.hf()), s.config, ""
-        before = dict(s.hf().named_parameters())
+        model, hf, config = subject.fresh_implementation(), copy.deepcopy(subject.hf()), subject.config
+        where = ""
+        before = dict(subject.hf().named_parameters())
     else:
-        twin = s.twin(why)
-        model, hf, config = s.fresh_implementation(twin.checkpoint), copy.deepcopy(twin.hf), twin.config
+        twin = subject.twin(why)
+        model, hf, config = subject.fresh_implementation(twin.checkpoint), copy.deepcopy(twin.hf), twin.config
         before = dict(twin.hf.named_parameters())
         where = f" on the narrow twin (1 layer, {config.n_embd} channels: {why})"
-    if callable(getattr(type(model), "configure_optimizers", None)) and s.impl.has_configure_optimizers:
-        optimizer = configured_optimizer(model, s.device)
+    if callable(getattr(type(model), "configure_optimizers", None)) and subject.impl.has_configure_optimizers:
+        optimizer = configured_optimizer(model, subject.device)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise CannotTest("[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses; see optimizer-once")
         grouping = f"the implementation's configure_optimizers ({type(optimizer).__name__}), mirrored onto HF"
     else:
-        optimizer, grouping = _expected_policy(model, s.tied_decay), "no configure_optimizers: the expected grouping"
+        optimizer = _expected_policy(model, subject.tied_decay)
+        grouping = "no configure_optimizers: the expected grouping"
     hf_optimizer = _mirrored_optimizer(optimizer, model, hf)
     g = torch.Generator().manual_seed(7)
     t = min(32, config.block_size)
     batches = []
     for _ in range(TRAIN_STEPS):
         seq = torch.randint(0, config.output_vocab_size, (2, t + 1), generator=g)
-        batches.append((seq[:, :-1].contiguous().to(s.device), seq[:, 1:].contiguous().to(s.device)))
+        x, y = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+        batches.append((x.to(subject.device), y.to(subject.device)))
     model.eval(), hf.eval()
     for m in (model, hf):  # dropout off: the two sides must see the same function
         for mod in m.modules():
@@ -157,7 +156,7 @@ def train_steps_check(s: Subject) -> Outcome:
     theirs_losses = [_step(hf_optimizer, lambda x, y: loss_of(hf_logits(hf, x), y), b) for b in batches]
     for m in (model, hf):
         m.zero_grad(set_to_none=True)
-    full = logits_tolerance(s.dtype)  # element-wise only: three scalars, whose norm says nothing more
+    full = logits_tolerance(subject.dtype)  # element-wise only: three scalars, whose norm says nothing more
     loss_tol = Tolerance(full.rtol, full.atol, full.reason)
     for step, (a, b) in enumerate(zip(ours_losses, theirs_losses, strict=True)):
         if not abs(a - b) <= loss_tol.atol + loss_tol.rtol * abs(b):
@@ -166,16 +165,14 @@ def train_steps_check(s: Subject) -> Outcome:
                 f"losses {ours_losses} vs {theirs_losses}"
                 + ("; see logits and grads" if step == 0 else "; the first step's update differs: see grads and optimizer-once")
             )
-    limit = train_update_tolerance(s.dtype)
+    limit = train_update_tolerance(subject.dtype)
     theirs = dict(hf.named_parameters())
     diffs = {}
     for name, p in model.named_parameters():
         key = EMBEDDING if name == HEAD else name
-        q = theirs[key].detach()
-        q0 = before[key].detach()
-        if name.endswith(CONV1D_SUFFIXES):  # HF's Conv1D layout is (in, out)
-            q, q0 = q.t(), q0.t()
-        ours = reference_layout(key, p.detach(), config.output_vocab_size)
+        q = to_linear_layout(name, theirs[key].detach())
+        q0 = to_linear_layout(name, before[key].detach())
+        ours = without_padding_rows(key, p.detach(), config.output_vocab_size)
         if name.endswith("attn.c_attn.bias"):
             ours, q, q0 = (_without_key_bias(t, config.n_embd) for t in (ours, q, q0))
         diffs[name] = _relative_update_difference(ours, q, q0)
@@ -194,30 +191,33 @@ def train_steps_check(s: Subject) -> Outcome:
     )
 
 
-def _fresh(s: Subject) -> tuple[nn.Module, Any, str]:
+def _fresh(subject: Subject) -> tuple[nn.Module, Any, str]:
     """The implementation from its own __init__ (seed 0, dropout off), its config, and where it runs."""
-    config, where = s.config, ""
-    if s.shares_weights:
-        config = twin_config(s.config)
-        where = f" (narrow twin, 1 layer, {config.n_embd} channels: a fresh {s.target.name} beside two loaded ones does not fit)"
+    config, where = subject.config, ""
+    if subject.shares_weights:
+        config = twin_config(subject.config)
+        where = (
+            f" (narrow twin, 1 layer, {config.n_embd} channels: a fresh {subject.target.name} beside two "
+            "loaded ones does not fit)"
+        )
     config = dataclasses.replace(config, dropout=0.0)
     torch.manual_seed(0)
-    model = s.impl.build(config)[0].to(s.dtype).to(s.device).eval()
+    model = subject.impl.build(config)[0].to(subject.dtype).to(subject.device).eval()
     return model, config, where
 
 
-def init_check(s: Subject) -> Outcome:
+def init_check(subject: Subject) -> Outcome:
     """Built from scratch, the loss at init is that of GPT-2's init (about ln(vocab)), and the tied matrix has
     the scale of an output projection."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model, config, where = _fresh(s)
-    idx, targets = (t.to(s.device) for t in gradient_batch(config))
+    model, config, where = _fresh(subject)
+    idx, targets = (t.to(subject.device) for t in gradient_batch(config))
     torch.manual_seed(0)
     hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
-    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(s.dtype).to(s.device).eval()
+    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(subject.dtype).to(subject.device).eval()
     with torch.no_grad():
-        ours = float(loss_of(reference_logits(model, idx), targets))
+        ours = float(loss_of(implementation_logits(model, idx), targets))
         theirs = float(loss_of(hf_logits(hf, idx), targets))
     ln_v = math.log(config.output_vocab_size)
     tied = get_tensor(model, EMBEDDING).detach()
@@ -243,10 +243,10 @@ def init_check(s: Subject) -> Outcome:
     return Outcome(f"{summary}{where}")
 
 
-def init_scheme_check(s: Subject) -> Outcome:
+def init_scheme_check(subject: Subject) -> Outcome:
     """Each parameter's init statistics follow GPT-2's scheme (N(0, 0.02), residual projections / sqrt(2 n_layer),
     zero biases, unit LayerNorm gains)."""
-    model, config, where = _fresh(s)
+    model, config, where = _fresh(subject)
     problems, checked = [], 0
     for name, p in model.named_parameters():
         mean_want, std_want = init_spec(name, config.n_layer)

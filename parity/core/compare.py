@@ -1,4 +1,4 @@
-"""Numeric comparison of two implementations: tensors, logits, gradients, with diagnosing messages.
+"""Numeric comparison of two tensors, the implementation's and Hugging Face's, with diagnosing messages.
 
 Every comparison produces a `Comparison` record (what, shape, max absolute and relative error, tolerance,
 verdict) that the JSON report stores, and a failure raises `ParityFailure` whose message says which
@@ -8,13 +8,11 @@ Inf in either tensor is reported as such and never passes as "close".
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
-from nanogpt.schema import CONV1D_SUFFIXES
 from parity.core.tolerances import Tolerance
 
 
@@ -123,14 +121,15 @@ def _nonfinite(t: torch.Tensor, label: str) -> str | None:
 def compare_tensors(
     check: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance
 ) -> Comparison:
-    """Compare actual (reference nanoGPT) with expected (Hugging Face) element-wise, assert_close style."""
+    """Compare actual (the implementation) with expected (Hugging Face) element-wise, assert_close style."""
     if actual.shape != expected.shape:
         raise ParityFailure(
-            f"[{check}] {name}: shape {tuple(actual.shape)} (reference) vs {tuple(expected.shape)} (Hugging Face)"
+            f"[{check}] {name}: shape {tuple(actual.shape)} (implementation) vs {tuple(expected.shape)} "
+            "(Hugging Face)"
         )
     a = actual.detach().to(torch.float64)
     e = expected.detach().to(torch.float64)
-    bad = _nonfinite(a, "reference nanoGPT") or _nonfinite(e, "Hugging Face")
+    bad = _nonfinite(a, "the implementation") or _nonfinite(e, "Hugging Face")
     if bad:
         return Comparison(check, name, tuple(a.shape), float("nan"), float("nan"), tol.rtol, tol.atol,
                           a.numel(), a.numel(), nonfinite=bad, passed=False)  # fmt: skip
@@ -164,106 +163,18 @@ def compare_tensors(
     return rec
 
 
-def relative_norm(diff_sq: float, expected_sq: float, n: int, tol: Tolerance) -> float:
-    """||a - e|| / ||e|| from the sums of squares; 0 when ||e|| is within what atol allows for n elements
+def relative_norm(diff_sq: float, expected_sq: float, elements: int, tol: Tolerance) -> float:
+    """||a - e|| / ||e|| from the sums of squares; 0 when ||e|| is within what atol allows for that many elements
     (a tensor that is rounding noise around zero, such as a gradient whose exact value is zero, has no
     meaningful relative difference: the element-wise bound alone judges it)."""
-    if expected_sq <= tol.atol**2 * n or expected_sq == 0.0:
+    if expected_sq <= tol.atol**2 * elements or expected_sq == 0.0:
         return 0.0
     return (diff_sq / expected_sq) ** 0.5
 
 
-def hf_counterpart(hf_params: dict[str, torch.Tensor], name: str, vocab: int) -> torch.Tensor | None:
-    """The HF tensor for a reference parameter name, in nanoGPT layout (Conv1D transposed), or None."""
-    t = hf_params.get(name)
-    if t is None:
-        return None
-    if name.endswith(CONV1D_SUFFIXES):
-        t = t.t()
-    return t
-
-
-def reference_layout(name: str, t: torch.Tensor, vocab: int) -> torch.Tensor:
-    """A reference tensor cropped to the real vocabulary (padding rows are not HF's)."""
-    if name in ("transformer.wte.weight", "lm_head.weight") and t.size(0) > vocab:
-        return t[:vocab]
-    return t
-
-
-def compare_gradients(
-    reference: torch.nn.Module, hf_model: torch.nn.Module, vocab: int, tol: Tolerance
-) -> list[Comparison]:
-    """Compare every parameter's .grad with its HF counterpart; raise ParityFailure with the worst ones."""
-    ref = dict(reference.named_parameters())
-    hf = dict(hf_model.named_parameters())
-    problems: list[str] = []
-    missing = sorted(set(ref) - set(hf))
-    extra = sorted(set(hf) - set(ref))
-    if missing or extra:
-        problems.append(
-            f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
-            "(an lm_head.weight on one side only means one model is untied)"
-        )
-    records = []
-    for name in sorted(set(ref) & set(hf)):
-        g_ref, g_hf = ref[name].grad, hf[name].grad
-        if g_ref is None or g_hf is None:
-            problems.append(f"{name}: no gradient on the {'reference' if g_ref is None else 'HF'} side")
-            continue
-        if name.endswith(CONV1D_SUFFIXES):
-            g_hf = g_hf.t()
-        g_ref_cropped = reference_layout(name, g_ref, vocab)
-        records.append(compare_tensors("grads", name, g_ref_cropped, g_hf, tol))
-        if g_ref.size(0) > g_ref_cropped.size(0) and g_ref[vocab:].abs().max() != 0:
-            problems.append(f"{name}: padding rows (>= {vocab}) received gradient; padded vocabulary leaks")
-    failed = [r for r in records if not r.passed]
-    if failed or problems:
-        raise ParityFailure(gradient_failure_message(records, problems))
-    return records
-
-
-def gradient_failure_message(records: Iterable[Comparison], problems: list[str], top: int = 8) -> str:
-    """A table of the worst-matching parameters, worst first."""
-    records = list(records)
-    failed = sorted((r for r in records if not r.passed), key=lambda r: (r.nonfinite is None, -_severity(r)))
-    first = f"; {problems[0]}" if problems else ""  # the verdict line names the cause
-    lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ{first}"]
-    lines += [f"  - {p}" for p in problems[1:]]
-    if failed:
-        lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'rel norm':>10} {'mismatch':>14}")
-        for r in failed[:top]:
-            if r.nonfinite:
-                lines.append(f"  {r.tensor:<40} {r.nonfinite}")
-            else:
-                lines.append(
-                    f"  {r.tensor:<40} {r.max_abs:>10.3e} {r.max_rel:>10.3e} {r.rel_norm:>10.3e} "
-                    f"{r.mismatched:>7}/{r.total:<7}"
-                )
-        if len(failed) > top:
-            lines.append(f"  ... and {len(failed) - top} more")
-        norm = f", relative difference norm {failed[0].norm_limit:g}" if failed[0].norm_limit is not None else ""
-        lines.append(f"  tolerance: rtol={failed[0].rtol:g}, atol={failed[0].atol:g}{norm}")
-        lines.append("  " + gradient_hint([r.tensor for r in failed]))
-    return "\n".join(lines)
-
-
-def _severity(r: Comparison) -> float:
-    """How far past its tolerance a record is: the worse of its element-wise and its norm criterion."""
-    elementwise = r.max_abs / (r.atol + 1e-300) if r.mismatched else 0.0
-    return max(elementwise, r.rel_norm / r.norm_limit if r.norm_limit else 0.0)
-
-
-def gradient_hint(names: list[str]) -> str:
-    """The likely cause of a set of mismatching gradients."""
-    if names == ["transformer.wte.weight"] or names == ["lm_head.weight"]:
-        return (
-            "likely cause: only the tied matrix differs, so one side is missing one of its two gradient "
-            "paths (embedding or output head): the tie is broken or points at another tensor"
-        )
-    if all(n.endswith(CONV1D_SUFFIXES) for n in names):
-        return (
-            "likely cause: only Conv1D weights differ: a transpose (in, out) vs (out, in) is missing or extra"
-        )
-    return (
-        "likely cause: the forward pass already differs upstream of these parameters (see the logits check)"
-    )
+def without_padding_rows(name: str, tensor: torch.Tensor, vocab: int) -> torch.Tensor:
+    """An implementation's embedding or head (or its gradient) cropped to the real vocabulary (padding
+    rows are not Hugging Face's); any other tensor as it is."""
+    if name in ("transformer.wte.weight", "lm_head.weight") and tensor.size(0) > vocab:
+        return tensor[:vocab]
+    return tensor

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from nanogpt.model import GPTConfig
 from parity.core.errors import ImplementationError
+from parity.core.outputs import split_output
 
 # The GPTConfig fields of GPT-2's architecture, as nanoGPT names them; a config gets those it declares.
 ARCHITECTURE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
@@ -51,23 +52,6 @@ CONFIG_FACTORIES = ("get_default_config", "default_config")
 # one calling convention
 
 
-def _split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, loss) from forward's output: a (logits, loss) tuple, bare logits, or an object with .logits."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0], out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else None
-    if isinstance(out, torch.Tensor):
-        return out, None
-    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-        loss = out.get("loss")
-        return out["logits"], loss if isinstance(loss, torch.Tensor) else None
-    if isinstance(getattr(out, "logits", None), torch.Tensor):
-        return out.logits, getattr(out, "loss", None)
-    raise ImplementationError(
-        f"forward returned {type(out).__name__}; expected (logits, loss), logits, a dict with 'logits', "
-        "or an object with .logits"
-    )
-
-
 def _accepts_targets(forward: Callable[..., Any]) -> bool:
     """True when forward(self, idx, targets) can be called: a second positional parameter or *args."""
     params = list(inspect.signature(forward).parameters.values())[1:]
@@ -80,9 +64,9 @@ def _logits_by(
 ) -> torch.Tensor | None:
     """Logits of one of the ways to ask for every position."""
     if mode == "plain":
-        return _split_output(forward(model, idx))[0]
+        return split_output(forward(model, idx))[0]
     if mode == "dummy-targets":  # upstream computes every position's logits when it needs a loss
-        return _split_output(forward(model, idx, torch.zeros_like(idx)))[0]
+        return split_output(forward(model, idx, torch.zeros_like(idx)))[0]
     # "head-hook": lm_head fed the final LayerNorm's output at every position (upstream slices the last
     # position between the two), and its output taken.
     hidden: list[torch.Tensor] = []
@@ -178,7 +162,7 @@ def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
             return full_logits(self, base_forward, idx), None
         loss = None
         if _accepts_targets(base_forward):
-            logits, loss = _split_output(base_forward(self, idx, targets))
+            logits, loss = split_output(base_forward(self, idx, targets))
             if logits.dim() != 3 or logits.shape[:2] != idx.shape:
                 logits = full_logits(self, base_forward, idx)
         else:

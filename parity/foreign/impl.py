@@ -36,17 +36,8 @@ from torch import nn
 
 from nanogpt.hf import LazyWeights, config_from_hf, hf_to_nanogpt_state_dict, read_hf_config, weight_files
 from nanogpt.model import GPTConfig
-from parity.foreign.adapters import (  # noqa: F401  (re-exported: the harness imports them from here)
-    ARCHITECTURE_FIELDS,
-    OPTIMIZER_ARGUMENTS,
-    ConfigMaker,
-    ImplementationError,
-    adapted_class,
-    call_configure_optimizers,
-    config_maker,
-    full_logits,
-    implementation_config,
-)
+from parity.core.errors import ImplementationError
+from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
 from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
 
 # Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.

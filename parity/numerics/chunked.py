@@ -63,8 +63,8 @@ def compare_chunked(
     half-precision pairs are screened in float32 first (`_finite_record`): the verdict and the mismatch
     count stay exact, and max_abs, max_rel and where are those of float32 arithmetic (relative error
     <= 2**-22; with near-equal maxima `where` may name either), in under half the time. Two column-major
-    2-D tensors (a reference Linear weight that is a view of Hugging Face's Conv1D weight, and their
-    gradients) are compared through their transposes, so that each chunk reads contiguous memory rather
+    2-D tensors (an implementation's Linear weight that is a view of Hugging Face's Conv1D weight, and
+    their gradients) are compared through their transposes, so that each chunk reads contiguous memory rather
     than one float per cache line.
     """
     if actual.shape != expected.shape or actual.dim() == 0 or actual.numel() <= chunk_elements:

@@ -124,15 +124,15 @@ def relative_norm(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def difference_profile(
-    reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int
+    model: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int
 ) -> list[tuple[str, float | None]]:
     """(module, ||ours - theirs|| / ||theirs||) at every probe point in forward order; None where unobserved."""
     names = [n for n, _ in probe_points(n_layer)]
-    ref_acts = capture_activations(reference, names, lambda: reference(idx))
-    hf_acts = capture_activations(hf_model, names, lambda: hf_model(idx))
+    ours = capture_activations(model, names, lambda: model(idx))
+    theirs = capture_activations(hf_model, names, lambda: hf_model(idx))
     profile: list[tuple[str, float | None]] = []
     for name in names:
-        a, e = ref_acts.get(name), hf_acts.get(name)
+        a, e = ours.get(name), theirs.get(name)
         profile.append((name, relative_norm(a, e) if a is not None and e is not None and a.shape == e.shape else None))
     return profile
 
@@ -153,38 +153,39 @@ def profile_record(
 
 
 def first_divergence(
-    reference: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
+    model: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
 ) -> tuple[str, list[Comparison]]:
     """A diagnosis naming the first module whose output differs, and all per-module comparisons."""
     points = probe_points(n_layer)
     names = [n for n, _ in points]
-    ref_acts = capture_activations(reference, names, lambda: reference(idx))
-    hf_acts = capture_activations(hf_model, names, lambda: hf_model(idx))
+    ours = capture_activations(model, names, lambda: model(idx))
+    theirs = capture_activations(hf_model, names, lambda: hf_model(idx))
     records: list[Comparison] = []
     unobserved: list[str] = []
     ran: dict[str, set[str]] = {}
     for name, kind in points:
-        if name not in ref_acts or name not in hf_acts:
+        if name not in ours or name not in theirs:
             if not ran:
-                ran = {"reference": ran_modules(reference, lambda: reference(idx)),
+                ran = {"implementation": ran_modules(model, lambda: model(idx)),
                        "Hugging Face": ran_modules(hf_model, lambda: hf_model(idx))}  # fmt: skip
             skipped = _not_called(
-                name, {"reference": (reference, ran["reference"]), "Hugging Face": (hf_model, ran["Hugging Face"])}
+                name,
+                {"implementation": (model, ran["implementation"]), "Hugging Face": (hf_model, ran["Hugging Face"])},
             )
             if skipped:
                 return f"first divergence at {name}: {skipped}; suspect {SUSPECTS[kind]}", records
-            if name in dict(reference.named_modules()) or name in dict(hf_model.named_modules()):
+            if name in dict(model.named_modules()) or name in dict(hf_model.named_modules()):
                 unobserved.append(name)
             continue
-        if ref_acts[name].shape != hf_acts[name].shape:
+        if ours[name].shape != theirs[name].shape:
             return (
-                f"{name}: output shapes differ {tuple(ref_acts[name].shape)} vs {tuple(hf_acts[name].shape)}",
+                f"{name}: output shapes differ {tuple(ours[name].shape)} vs {tuple(theirs[name].shape)}",
                 records,
             )
-        rec = compare_tensors("hidden", name, ref_acts[name], hf_acts[name], tol)
+        rec = compare_tensors("hidden", name, ours[name], theirs[name], tol)
         records.append(rec)
-        rel_norm = relative_norm(ref_acts[name], hf_acts[name])
-        limit = hidden_divergence(hf_acts[name].dtype)
+        rel_norm = relative_norm(ours[name], theirs[name])
+        limit = hidden_divergence(theirs[name].dtype)
         if not rec.passed or rel_norm > limit:
             norm = f"relative difference norm {rel_norm:.2e} (diverged above {limit:g})"
             where = f"first divergence at {name}: {norm}; {rec.summary(norm=False)}; suspect {SUSPECTS[kind]}"

@@ -11,19 +11,15 @@ import torch
 from torch.nn import functional as F
 
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
+from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.numerics.chunked import compare_chunked
 from parity.numerics.diagnose import first_divergence
 
 
-def reference_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+def implementation_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Full-sequence logits of a model whose forward returns logits, (logits, loss), a dict or an HF output."""
-    out = model(idx)
-    if isinstance(out, tuple):
-        return out[0]
-    if isinstance(out, dict):
-        return out["logits"]
-    return getattr(out, "logits", out)
+    return split_output(model(idx))[0]
 
 
 def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -31,8 +27,8 @@ def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
     return model(idx, use_cache=False).logits
 
 
-def check_logits(
-    reference: torch.nn.Module,
+def compare_logits(
+    model: torch.nn.Module,
     hf_model: Any,
     idx: torch.Tensor,
     n_layer: int,
@@ -44,24 +40,24 @@ def check_logits(
     hf_out: Hugging Face's logits for idx if the caller already has them (saves a forward pass).
     """
     with torch.no_grad():
-        ours = reference_logits(reference, idx)
+        ours = implementation_logits(model, idx)
         theirs = hf_logits(hf_model, idx) if hf_out is None else hf_out
     if ours.shape[:-1] == theirs.shape[:-1] and ours.size(-1) > theirs.size(-1):
         raise ParityFailure(
-            f"[logits] logits[{label}]: the reference returns {ours.size(-1)} vocabulary columns, Hugging Face "
-            f"{theirs.size(-1)}: padded vocabulary rows leak into the logits and every softmax (crop the logits "
+            f"[logits] logits[{label}]: the implementation returns {ours.size(-1)} vocabulary columns, "
+            f"Hugging Face {theirs.size(-1)}: padded vocabulary rows leak into the logits and every softmax (crop the logits "
             "to the real vocabulary, logical_vocab_size)"
         )
     tol = logits_tolerance(ours.dtype)
     rec = compare_chunked("logits", f"logits[{label}]", ours, theirs, tol)
     if not rec.passed:
-        where, _ = first_divergence(reference, hf_model, idx, n_layer, tol)
+        where, _ = first_divergence(model, hf_model, idx, n_layer, tol)
         with torch.no_grad():
-            again = reference_logits(reference, idx)
+            again = implementation_logits(model, idx)
         if not torch.equal(again, ours):
             where += (
-                "\n  the reference's logits differ between two identical calls: dropout (or other randomness) "
-                "is active, though the model should be in eval mode"
+                "\n  the implementation's logits differ between two identical calls: dropout (or other "
+                "randomness) is active, though the model should be in eval mode"
             )
         raise ParityFailure(f"[logits] {where}\n  {rec.summary()}")
     return rec
@@ -76,20 +72,19 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def logits_and_own_loss(
-    reference: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's forward with targets: its logits and its own loss (ours if it returns none)."""
-    out = reference(idx, targets)
-    if isinstance(out, tuple):
-        logits, loss = out[0], out[1]
-        return logits, loss if loss is not None else loss_of(logits, targets)
-    return out, loss_of(out, targets)
+    """The implementation's forward with targets: its logits and its own loss (ours if it returns none)."""
+    logits, loss = split_output(model(idx, targets))
+    return logits, loss if loss is not None else loss_of(logits, targets)
 
 
-def check_loss(reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor) -> Comparison:
+def compare_loss(
+    model: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor
+) -> Comparison:
     """The implementation's own loss (forward with targets) equals HF's loss for the same labels."""
     with torch.no_grad():
-        ours = logits_and_own_loss(reference, idx, targets)[1]
+        ours = logits_and_own_loss(model, idx, targets)[1]
         theirs = loss_of(hf_logits(hf_model, idx), targets)
     return loss_comparison(ours, theirs, ours.dtype)
 

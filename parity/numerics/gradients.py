@@ -7,18 +7,18 @@ implementation's backward produces them, so a run holds one set of gradients, no
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nanogpt.schema import CONV1D_SUFFIXES
-from parity.core.compare import Comparison, ParityFailure, gradient_failure_message, reference_layout
+from nanogpt.schema import EMBEDDING, HEAD, is_conv1d, to_linear_layout
+from parity.core.compare import Comparison, ParityFailure, without_padding_rows
 from parity.core.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
 from parity.numerics.chunked import compare_chunked
-from parity.numerics.forward import hf_logits, logits_and_own_loss, loss_of, reference_logits
-from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
+from parity.numerics.forward import hf_logits, implementation_logits, logits_and_own_loss, loss_of
+from parity.numerics.tie import get_tensor, same_storage
 
 
 @dataclass
@@ -31,11 +31,11 @@ class GradientRun:
     """
 
     logits: Comparison | ParityFailure  # the two forwards' logits compared, or why they cannot be
-    reference_loss: torch.Tensor  # the reference's own loss (its forward with targets), detached
+    implementation_loss: torch.Tensor  # the implementation's own loss (its forward with targets), detached
     hf_loss: torch.Tensor  # loss_of(HF's logits), detached
     records: list[Comparison]  # every compared gradient pair, in parameter-name order
-    failure: ParityFailure | None  # what check_gradients raises, or None
-    tied_gradient: torch.Tensor | None = None  # a copy of the reference's tied gradient, when kept
+    failure: ParityFailure | None  # what compare_gradients raises, or None
+    tied_gradient: torch.Tensor | None = None  # a copy of the implementation's tied gradient, when kept
 
     def take_tied_gradient(self) -> torch.Tensor | None:
         """The kept tied gradient, handed over once (the run stops holding its memory)."""
@@ -43,23 +43,31 @@ class GradientRun:
         return kept
 
 
-def compared_names(ref: dict[str, Any], hf: dict[str, Any]) -> list[str]:
-    """The parameter names whose gradients are compared: every name both models have."""
-    return sorted(set(ref) & set(hf))
+def compared_parameters(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The names whose gradients are compared (every name both models have, sorted), and the problem when the
+    two models' parameter sets differ (none when they are the same)."""
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    problems = []
+    if missing or extra:
+        problems.append(
+            f"parameter sets differ: only in the implementation {missing[:5]}, only in HF {extra[:5]} "
+            "(an lm_head.weight on one side only means one model is untied)"
+        )
+    return sorted(set(ours) & set(theirs)), problems
 
 
-def check_gradients(
-    reference: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
+def compare_gradients(
+    model: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
 ) -> list[Comparison]:
     """Every parameter's gradient matches its HF counterpart: the records of `run_gradients`, or its failure raised."""
-    run = run_gradients(reference, hf_model, idx, targets, vocab)
+    run = run_gradients(model, hf_model, idx, targets, vocab)
     if run.failure is not None:
         raise run.failure
     return run.records
 
 
 def run_gradients(
-    reference: torch.nn.Module,
+    model: torch.nn.Module,
     hf_model: Any,
     idx: torch.Tensor,
     targets: torch.Tensor,
@@ -68,81 +76,72 @@ def run_gradients(
 ) -> GradientRun:
     """Backward of the same loss in both models; every gradient compared with its HF counterpart.
 
-    HF's backward runs first; then each reference parameter's gradient is compared the moment the
-    reference's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed at
-    once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
+    HF's backward runs first; then each implementation parameter's gradient is compared the moment
+    the implementation's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is
+    freed at once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
     Same records and the same failure message (`gradient_failure_message`) as comparing after both
     backward passes. (HF first: while one side's gradients wait, the other side's activations are alive,
     and nanoGPT's are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.)
-    The reference runs its forward with targets, so that the same pass also gives its own loss; the
-    backward is of loss_of(its logits), the loss HF's side uses, so that a reference whose own loss is
+    The implementation runs its forward with targets, so that the same pass also gives its own loss; the
+    backward is of loss_of(its logits), the loss HF's side uses, so that an implementation whose own loss is
     wrong fails the loss check, not this one. The two forwards' logits are compared as well (`logits`),
     which makes this batch one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of
-    the reference's gradient of the tied matrix (the decomposition check's "actual").
+    the implementation's gradient of the tied matrix (the decomposition check's "actual").
     """
-    ref = dict(reference.named_parameters())
-    hf = dict(hf_model.named_parameters())
+    our_params = dict(model.named_parameters())
+    theirs_params = dict(hf_model.named_parameters())
     tied = None
     if keep_tied_gradient:  # a model without the name still gets its gradient comparison
         with contextlib.suppress(AttributeError):
-            tied = get_tensor(reference, EMBEDDING)
+            tied = get_tensor(model, EMBEDDING)
     tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
-    problems: list[str] = []
-    missing, extra = sorted(set(ref) - set(hf)), sorted(set(hf) - set(ref))
-    if missing or extra:
-        problems.append(
-            f"parameter sets differ: only in reference {missing[:5]}, only in HF {extra[:5]} "
-            "(an lm_head.weight on one side only means one model is untied)"
-        )
-    common = compared_names(ref, hf)
+    common, problems = compared_parameters(our_params, theirs_params)
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []
 
     def compare(name: str) -> None:
-        g_ref, g_hf = ref[name].grad, hf[name].grad
-        if tied is not None and ref[name] is tied and g_ref is not None:
-            kept.append(g_ref.detach().clone())
-        if g_ref is None or g_hf is None:
+        g_ours, g_hf = our_params[name].grad, theirs_params[name].grad
+        if tied is not None and our_params[name] is tied and g_ours is not None:
+            kept.append(g_ours.detach().clone())
+        if g_ours is None or g_hf is None:
             return  # reported after backward, with the side that has none
-        if name.endswith(CONV1D_SUFFIXES):
-            g_hf = g_hf.t()
-        g_ref_cropped = reference_layout(name, g_ref, vocab)
+        g_ours_cropped = without_padding_rows(name, g_ours, vocab)
         try:
-            rec = compare_chunked("grads", name, g_ref_cropped, g_hf, tol)
+            rec = compare_chunked("grads", name, g_ours_cropped, to_linear_layout(name, g_hf), tol)
         except ParityFailure as e:  # a shape mismatch; raising inside autograd's hook would lose the context
             problems.append(str(e))
             return
         records[name] = rec
-        if g_ref.size(0) > g_ref_cropped.size(0) and g_ref[vocab:].abs().max() != 0:
+        if g_ours.size(0) > g_ours_cropped.size(0) and g_ours[vocab:].abs().max() != 0:
             padding_leaks.add(name)
         elif rec.passed:
-            ref[name].grad = None
-            hf[name].grad = None
+            our_params[name].grad = None
+            theirs_params[name].grad = None
 
     theirs = hf_logits(hf_model, idx)
     hf_loss = loss_of(theirs, targets)
     hf_loss.backward()
     theirs = theirs.detach()
-    handles = [ref[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
+    handles = [our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
     try:
-        ours, own_loss = logits_and_own_loss(reference, idx, targets)
+        own_logits, own_loss = logits_and_own_loss(model, idx, targets)
         try:
             logits: Comparison | ParityFailure = compare_chunked(
-                "logits", "logits[gradient batch]", ours.detach(), theirs, logits_tolerance(theirs.dtype)
+                "logits", "logits[gradient batch]", own_logits.detach(), theirs,
+                logits_tolerance(theirs.dtype),
             )
         except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
             logits = e
         del theirs
-        loss_of(ours, targets).backward()
+        loss_of(own_logits, targets).backward()
     finally:
         for h in handles:
             h.remove()
     for name in common:
-        if name not in records and (ref[name].grad is None or hf[name].grad is None):
-            problems.append(
-                f"{name}: no gradient on the {'reference' if ref[name].grad is None else 'HF'} side"
-            )
+        if name not in records and (our_params[name].grad is None or theirs_params[name].grad is None):
+            side = "implementation" if our_params[name].grad is None else "HF"
+            problems.append(f"{name}: no gradient on the {side} side")
     problems += [
         f"{name}: padding rows (>= {vocab}) received gradient; padded vocabulary leaks"
         for name in sorted(padding_leaks)
@@ -193,25 +192,25 @@ def only_tied_matrix_requires_grad(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def check_gradient_decomposition(
-    reference: torch.nn.Module,
+def compare_gradient_decomposition(
+    model: torch.nn.Module,
     idx: torch.Tensor,
     targets: torch.Tensor,
     tied_gradient: torch.Tensor | None = None,
 ) -> Comparison:
     """The tied gradient equals embedding-path gradient + head-path gradient of an untied twin.
 
-    tied_gradient: the reference's gradient of the tied matrix for this batch and loss, if a full backward
-    already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
+    tied_gradient: the implementation's gradient of the tied matrix for this batch and loss, if a full
+    backward already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
     """
-    reference.zero_grad(set_to_none=True)
-    with only_tied_matrix_requires_grad(reference):
+    model.zero_grad(set_to_none=True)
+    with only_tied_matrix_requires_grad(model):
         if tied_gradient is None:
-            loss_of(reference_logits(reference, idx), targets).backward()
-            tied_gradient = get_tensor(reference, EMBEDDING).grad.detach().clone()
-            reference.zero_grad(set_to_none=True)
-        with untied_twin(reference) as twin:
-            loss_of(reference_logits(twin, idx), targets).backward()
+            loss_of(implementation_logits(model, idx), targets).backward()
+            tied_gradient = get_tensor(model, EMBEDDING).grad.detach().clone()
+            model.zero_grad(set_to_none=True)
+        with untied_twin(model) as twin:
+            loss_of(implementation_logits(twin, idx), targets).backward()
             emb_grad = get_tensor(twin, EMBEDDING).grad
             head_grad = get_tensor(twin, HEAD).grad
             if emb_grad is None or head_grad is None:
@@ -221,7 +220,7 @@ def check_gradient_decomposition(
                                   decomposition_tolerance(tied_gradient.dtype))  # fmt: skip
             head_alone = not rec.passed and torch.allclose(tied_gradient, head_grad)
             del emb_grad, head_grad, summed
-    reference.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
     if not rec.passed:
         raise ParityFailure(
             f"[grads] the tied gradient is not the sum of its two paths: {rec.summary()}. "
@@ -234,3 +233,49 @@ def check_gradient_decomposition(
     return rec
 
 
+def gradient_failure_message(records: Iterable[Comparison], problems: list[str], top: int = 8) -> str:
+    """A table of the worst-matching parameters, worst first."""
+    records = list(records)
+    failed = sorted((r for r in records if not r.passed), key=lambda r: (r.nonfinite is None, -_severity(r)))
+    first = f"; {problems[0]}" if problems else ""  # the verdict line names the cause
+    lines = [f"[grads] {len(failed)} of {len(records)} parameter gradients differ{first}"]
+    lines += [f"  - {p}" for p in problems[1:]]
+    if failed:
+        lines.append(f"  {'parameter':<40} {'max abs':>10} {'max rel':>10} {'rel norm':>10} {'mismatch':>14}")
+        for r in failed[:top]:
+            if r.nonfinite:
+                lines.append(f"  {r.tensor:<40} {r.nonfinite}")
+            else:
+                lines.append(
+                    f"  {r.tensor:<40} {r.max_abs:>10.3e} {r.max_rel:>10.3e} {r.rel_norm:>10.3e} "
+                    f"{r.mismatched:>7}/{r.total:<7}"
+                )
+        if len(failed) > top:
+            lines.append(f"  ... and {len(failed) - top} more")
+        limit = failed[0].norm_limit
+        norm = f", relative difference norm {limit:g}" if limit is not None else ""
+        lines.append(f"  tolerance: rtol={failed[0].rtol:g}, atol={failed[0].atol:g}{norm}")
+        lines.append("  " + gradient_hint([r.tensor for r in failed]))
+    return "\n".join(lines)
+
+
+def _severity(r: Comparison) -> float:
+    """How far past its tolerance a record is: the worse of its element-wise and its norm criterion."""
+    elementwise = r.max_abs / (r.atol + 1e-300) if r.mismatched else 0.0
+    return max(elementwise, r.rel_norm / r.norm_limit if r.norm_limit else 0.0)
+
+
+def gradient_hint(names: list[str]) -> str:
+    """The likely cause of a set of mismatching gradients."""
+    if names == ["transformer.wte.weight"] or names == ["lm_head.weight"]:
+        return (
+            "likely cause: only the tied matrix differs, so one side is missing one of its two gradient "
+            "paths (embedding or output head): the tie is broken or points at another tensor"
+        )
+    if all(is_conv1d(n) for n in names):
+        return (
+            "likely cause: only Conv1D weights differ: a transpose (in, out) vs (out, in) is missing or extra"
+        )
+    return (
+        "likely cause: the forward pass already differs upstream of these parameters (see the logits check)"
+    )

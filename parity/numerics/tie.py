@@ -38,13 +38,13 @@ def get_tensor(model: torch.nn.Module, dotted: str) -> torch.Tensor:
     return obj
 
 
-def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when a and b are the same memory: same storage, offset, shape and strides."""
+def same_storage(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """True when both tensors are the same memory: same storage, offset, shape and strides."""
     return (
-        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-        and a.storage_offset() == b.storage_offset()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
+        first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+        and first.storage_offset() == second.storage_offset()
+        and first.shape == second.shape
+        and first.stride() == second.stride()
     )
 
 

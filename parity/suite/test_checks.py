@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from nanogpt.hf import CheckpointError
+from nanogpt.errors import CheckpointError
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
 from parity.frontends.pytest_frontend.plugin import record_verdict

@@ -14,15 +14,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nanogpt.schema import HEAD
 from parity.core.compare import ParityFailure
-from parity.numerics.forward import check_logits
-from parity.numerics.tie import HEAD, inplace_update_problem, optimizer_step_problem, tie_problem
+from parity.numerics.forward import compare_logits
+from parity.numerics.tie import inplace_update_problem, optimizer_step_problem, tie_problem
 from parity.subject.batches import token_batch
 from parity.subject.loading import load_hf, share_parameters
 from parity.subject.subject import Subject
 
 
-def test_untied_hf_reference_is_detected(subject: Subject) -> None:
+def test_untied_hf_control_is_detected(subject: Subject) -> None:
     target, tied = subject.target, subject.hf()
     untied = load_hf(subject.checkpoint(), "auto", target.device, tie_word_embeddings=False)
     kept = share_parameters(untied, tied, convert=True)
@@ -38,11 +39,11 @@ def test_untied_hf_reference_is_detected(subject: Subject) -> None:
     untied.lm_head.to(target.dtype)
     problem = tie_problem(untied, "Hugging Face", is_hf=True)
     assert problem is not None and "tie_word_embeddings" in problem, problem
-    # The short sentence batch: a random head shows on any batch, and a failing check_logits runs the
+    # The short sentence batch: a random head shows on any batch, and a failing compare_logits runs the
     # models several times (the check, the divergence search, a repeat).
     idx = token_batch("sentence", target.config).to(target.device)
     with pytest.raises(ParityFailure, match="tie_word_embeddings=True"):
-        check_logits(tied, untied, idx, target.config.n_layer, "untied control")
+        compare_logits(tied, untied, idx, target.config.n_layer, "untied control")
 
 
 def test_hugging_face_tie_is_real(subject: Subject) -> None:
