@@ -22,7 +22,9 @@ class TwoGroups(nn.Module):
         self.w = nn.Parameter(torch.zeros(2, 2))
         self.b = nn.Parameter(torch.zeros(2))
 
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, **_: Any) -> torch.optim.Optimizer:
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, **_: Any
+    ) -> torch.optim.Optimizer:
         groups = [
             {"params": [self.w, self.b], "weight_decay": weight_decay},
             {"params": [self.w], "weight_decay": 0.0},
