@@ -55,8 +55,10 @@ def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
         # pytest only blocks the name: without pytest-benchmark installed, the option changes nothing.
         "-p", "no:benchmark",
         "-c", str(SUITE_INI),
-        # Node ids read parity/test_logits.py::..., as in a checkout; the cache stays with the user.
+        # Node ids read parity/suite/test_checks.py::..., as in a checkout; the cache stays with the user.
         "--rootdir", str(package_parent),
+        # The ini file sits in parity/frontends/, which would stop conftest lookup below parity/conftest.py.
+        "--confcutdir", str(package_parent),
         "-o", f"cache_dir={cwd / '.pytest_cache'}",
         "--pyargs", "parity",
         *absolute_path_options(args, cwd),
