@@ -12,8 +12,6 @@ and saved with --benchmark-autosave (benchmarks/plugin.py). Compare against a sa
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -29,6 +27,7 @@ from benchmarks.conftest import GATE_BATCH_SIZE, GATE_CONFIG
 from benchmarks.plugin import record_speed_result, reproducibility_settings
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT, GPTConfig, gpt2_config
+from parity.subject.memory import peak_rss_bytes
 
 
 @dataclass(frozen=True)
@@ -143,8 +142,7 @@ def device_name(device: str) -> str:
 
 def process_peak_rss_mib() -> float:
     """This process's peak resident memory so far (a high-water mark: it includes earlier tests)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak_rss_bytes() / 2**20
 
 
 def mfu(model: GPT, case: SpeedCase, mode: str, seconds: float) -> float | None:

@@ -17,6 +17,7 @@ import ctypes.util
 import os
 import re
 import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,8 @@ def ignore_memory_check() -> bool:
 def peak_rss_bytes(children: bool = False) -> int:
     """Peak resident set size of this process (or of its waited-for children), in bytes."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
+    peak = resource.getrusage(who).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def release_free_memory() -> None:
