@@ -39,7 +39,7 @@ def shared_pair(tiny_checkpoint: Path) -> tuple[Any, Any]:
     """HF and the reference, float32, the reference's parameters views of HF's."""
     hf = load_hf(tiny_checkpoint, torch.float32, "cpu")
     ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
-    assert share_parameters(ref, hf, transposed=CONV1D_SUFFIXES) == []
+    assert share_parameters(ref, hf, source_is_hf=True) == []
     return ref, hf
 
 
@@ -60,7 +60,7 @@ def test_a_parameter_loaded_wrong_keeps_its_own_storage(tiny_checkpoint: Path) -
     ref = load_reference(tiny_checkpoint, torch.float32, "cpu")
     with torch.no_grad():
         ref.transformer.h[1].ln_2.bias.add_(0.5)  # as if the loader had read another tensor
-    kept = share_parameters(ref, hf, transposed=CONV1D_SUFFIXES)
+    kept = share_parameters(ref, hf, source_is_hf=True)
     assert kept == ["transformer.h.1.ln_2.bias"]
     assert not same_storage(ref.transformer.h[1].ln_2.bias, hf.transformer.h[1].ln_2.bias)
     idx = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from nanogpt.hf import LazyWeights, config_from_hf, hf_to_nanogpt_state_dict, read_hf_config, weight_files
+from nanogpt.mismatch import mismatch_clauses
 from nanogpt.model import GPTConfig
 from parity.core.errors import ImplementationError
 from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
@@ -357,18 +358,14 @@ def load_implementation(
     buffers = sorted(n for n, _ in model.named_buffers())
     missing, unexpected = _loaded_problems(model, sd)
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(
-                f"{len(missing)} parameter(s) get no value from the checkpoint: {', '.join(missing[:6])}"
-            )
-        if unexpected:
-            parts.append(
-                f"{len(unexpected)} checkpoint tensor(s) have no parameter: {', '.join(unexpected[:6])}"
-            )
-        raise ImplementationError(
-            f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {'; '.join(parts)}"
+        problems = mismatch_clauses(
+            missing,
+            unexpected,
+            missing_label="parameter(s) get no value from the checkpoint",
+            unexpected_label="checkpoint tensor(s) have no parameter",
+            shown=6,
         )
+        raise ImplementationError(f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {problems}")
     try:
         model.to(dtype=dtype)
         with torch.no_grad():

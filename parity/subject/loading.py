@@ -18,6 +18,7 @@ import torch
 import transformers
 
 from nanogpt.model import GPT
+from nanogpt.schema import is_conv1d, to_linear_layout
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
@@ -60,12 +61,12 @@ def _parameter_places(model: torch.nn.Module) -> dict[str, list[tuple[torch.nn.M
 
 
 def share_parameters(
-    model: torch.nn.Module, source: torch.nn.Module, transposed: tuple[str, ...] = (), convert: bool = False
+    model: torch.nn.Module, source: torch.nn.Module, source_is_hf: bool = False, convert: bool = False
 ) -> list[str]:
     """Replace model's parameters by views of source's same-named tensors where they hold the same values.
 
-    Names ending in one of `transposed` are views of the transposed source tensor (nanoGPT's Linear vs
-    HF's Conv1D). Only a bitwise-equal tensor of the same shape and device is shared, so whatever the
+    With source_is_hf, Conv1D weights are views of the transposed source tensor (nanoGPT's Linear vs HF's
+    Conv1D, nanogpt/schema.py). Only a bitwise-equal tensor of the same shape and device is shared, so whatever the
     model's own loader got wrong keeps its own tensor and still fails the parity checks; with convert,
     "equal" is after converting the model's tensor to the source's dtype (a float32 load shares a float64
     model's exact upcasts), else the dtypes must match. A tied parameter gets one new Parameter under all
@@ -77,13 +78,13 @@ def share_parameters(
     kept = []
     # Untransposed tensors first: a float32 loader may return them as views of its own memory map of the
     # checkpoint, which keeps every page it read resident until the last of them is gone.
-    for name in sorted(places, key=lambda n: n.endswith(transposed)):
+    for name in sorted(places, key=lambda n: source_is_hf and is_conv1d(n)):
         module, attr = places[name][0]
         own, other = getattr(module, attr), theirs.get(name)
         if other is None:
             kept.append(name)
             continue
-        view = other.detach().t() if name.endswith(transposed) else other.detach()
+        view = to_linear_layout(name, other.detach()) if source_is_hf else other.detach()
         same_kind = (
             view.shape == own.shape and view.device == own.device and (convert or view.dtype == own.dtype)
         )

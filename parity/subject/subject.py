@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanogpt.schema import CONV1D_SUFFIXES
 from parity.core.errors import ImplementationError
 from parity.foreign.impl import Implementation, LoadReport, load_implementation
 from parity.numerics.gradients import GradientRun, run_gradients
@@ -110,7 +109,7 @@ class Subject:
                 self._load_error = e
                 raise
             if self.shares_weights:
-                self.unshared = share_parameters(model, self.hf(), transposed=CONV1D_SUFFIXES)
+                self.unshared = share_parameters(model, self.hf(), source_is_hf=True)
             self._model = model
         return self._model
 
