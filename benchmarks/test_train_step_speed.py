@@ -20,10 +20,10 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.plugin import record_train_step
+from benchmarks.train_parity import TrainHyperParams, hf_optimizer
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import StepConfig, train_step
-from parity.checks.train_parity import TrainHyperParams, hf_optimizer
 
 CONFIG = GPTConfig(block_size=64, vocab_size=256, n_layer=2, n_head=2, n_embd=64)
 BATCH_SIZE = 4

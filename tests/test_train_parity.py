@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from benchmarks.train_parity import TrainHyperParams, compare_train_steps
 from nanogpt.model import GPT
-from parity.checks.train_parity import TrainHyperParams, compare_train_steps
 from parity.core.tolerances import TRAIN_STEPS_F64
 
 # float64 AdamW noise vs a real bug: TRAIN_STEPS_F64 in parity/core/tolerances.py.

@@ -132,7 +132,7 @@ CONVERSION_F64 = Tolerance(rtol=0.0, atol=1e-12, reason="float64 kernel-order ro
 # the library's cross-entropy vs ours on the same logits): a few ulps (tests/test_model.py).
 SAME_FUNCTION_F64 = Tolerance(rtol=0.0, atol=1e-12, reason="a few float64 ulps; any real bug is >1e-6")
 
-# Training-step parity in float64 (parity/checks/train_parity.py users, DDP/FSDP vs one process, the bisect
+# Training-step parity in float64 (benchmarks/train_parity.py users, DDP/FSDP vs one process, the bisect
 # command's train-steps check): a real bug (a double update, a wrong reduction) moves values by ~lr = 1e-3.
 TRAIN_STEPS_F64 = Tolerance(
     rtol=0.0, atol=1e-10, reason="float64 AdamW noise, measured <= 1.4e-15; a real bug moves ~1e-3"
