@@ -8,6 +8,7 @@ right commit for each question and skip the one it cannot test.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -156,6 +157,52 @@ def test_expectations_select_and_decide(
     assert re.search(r"^FAIL\s+tied-storage\s", out, re.M) and "logits" not in out  # --expect selects
     assert run(["--impl", untied, "--checks", "tied-storage", "-v"]) == EXIT_BAD
     assert "bad: tied-storage FAIL (expected PASS)" in capsys.readouterr().out
+
+
+# (edits of the template, exit code, status of tied-storage): a good, a bad and an untestable commit
+REPORTED = {
+    "good": ((), EXIT_GOOD, "PASS"),
+    "bad": (("untied",), EXIT_BAD, "FAIL"),
+    "untestable": (("import-error",), EXIT_SKIP, "CANNOT-TEST"),
+}
+
+
+def test_the_report_holds_the_verdicts_of_a_good_a_bad_and_an_untestable_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--parity-report writes pytest parity/'s schema whatever the exit code, the verdicts the lines print."""
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    target = bisect.resolve_model("small", "cpu", None)
+    for name, (edits, code, tied_storage) in REPORTED.items():
+        impl, report = write_model(tmp_path / name, *edits), tmp_path / f"{name}.json"
+        argv = ["--impl", str(impl), "--checks", "tied-storage,logits", "--parity-report", str(report)]
+        assert run(argv) == code, name
+        out, data = capsys.readouterr().out, json.loads(report.read_text())
+        assert set(data) == {"environment", "checks", "records", "profiles", "timing"}, name
+        (model,) = data["environment"]["models"]
+        assert model["name"] == target.name and model["weights"] == "synthetic", model
+        statuses = {c["check"]: c["status"] for c in data["checks"]}
+        logits = "CANNOT-TEST" if name == "untestable" else "PASS"
+        assert statuses == {"tied-storage": tied_storage, "logits": logits}, name
+        for c in data["checks"]:
+            assert c["model"] == target.name and c["reason"] and re.search(
+                rf"^{c['status']}\s+{c['check']}\s+{re.escape(c['reason'])}$", out, re.M
+            ), f"{name}: {c} not printed:\n{out}"
+        logits_records = [r for r in data["records"] if r["check"] == "logits"]
+        assert bool(logits_records) == (name != "untestable"), data["records"]
+
+
+def test_a_usage_error_writes_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    report = tmp_path / "report.json"
+    # The path is checked while the command line is parsed, as pytest parity/ checks it.
+    assert run(["--parity-report", str(tmp_path), "--model", str(tmp_path / "absent")]) == EXIT_ABORT
+    assert f"error: --parity-report {tmp_path}: is a directory" in capsys.readouterr().err
+    for argv in (["--checks", "logits,nope"], ["--model", str(tmp_path / "no-such-checkpoint")]):
+        assert run([*argv, "--parity-report", str(report)]) == EXIT_ABORT, argv
+        assert "error" in capsys.readouterr().err and not report.exists(), argv
 
 
 def _git(repo: Path, env: dict[str, str], *args: str) -> str:

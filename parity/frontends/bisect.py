@@ -8,6 +8,8 @@ commits bad (argparse's own exit status 2 would read as bad). Good means every s
 unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
 or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
 float64 on CPU: seconds per commit); `--model` takes a GPT-2 size or a checkpoint directory.
+`--parity-report PATH` writes the verdicts as `pytest parity/` does (parity/frontends/report.py), whether
+the commit is good, bad or untestable; a usage error writes nothing.
 
     git bisect start BAD GOOD
     git bisect run python -m parity.frontends.bisect --impl model.py --checks tied-storage
@@ -30,6 +32,7 @@ from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
 from parity.core.verdicts import Status, Verdict, format_verdicts
 from parity.frontends.options import BISECT, SMALL, OptionError, add_options, parse_checks
+from parity.frontends.report import ParityReport
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
 from parity.subject.targets import ParityTarget, resolve_device, resolve_dtype, resolve_targets
@@ -121,6 +124,14 @@ def print_sandbox_output(result: SandboxResult, details: bool) -> None:
         print(line)
 
 
+def write_report(path: str, target: ParityTarget, verdicts: list[Verdict]) -> None:
+    """The JSON report of verdicts on target at path, in the schema of `pytest parity/ --parity-report`."""
+    report = ParityReport.for_targets([target])
+    for verdict in verdicts:
+        report.add_verdict(target.name, verdict)
+    report.write(path)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse, check in a sandboxed child process, print; returns the exit code for git bisect run."""
     try:
@@ -150,6 +161,12 @@ def run(argv: list[str] | None = None) -> int:
     print_sandbox_output(result, args.details)
     print(format_verdicts(result.verdicts, args.details))
     code, why = decide(result.verdicts, expect, named)
+    if args.parity_report:
+        try:
+            write_report(args.parity_report, target, result.verdicts)
+        except (OutputPathError, OSError) as e:  # checked while parsing; changed since
+            print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
+            return EXIT_ABORT
     print(f"{why} (exit {code})", flush=True)
     return code
 

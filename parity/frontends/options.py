@@ -281,8 +281,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         ("--parity-report",),
-        "write a JSON report of every comparison",
-        front_ends=(PYTEST,),
+        "write a JSON report of every verdict and its comparisons",
         metavar="PATH",
         default_text="none",
         convert=report_path,

@@ -1,9 +1,10 @@
 """The JSON parity report (`--parity-report PATH`): every check's verdict, its comparisons, and the environment.
 
-Every verdict is stored, passing, failing or cannot-test, with its reason, details and comparison records,
-so a failing run's report says what failed and by how much. The file is strict JSON (non-finite numbers
-become the strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are
-sorted and nothing time-dependent is stored except in the clearly separate `timing` section.
+`pytest parity/` and the bisect command write the same schema through `ParityReport.write`. Every verdict
+is stored, passing, failing or cannot-test, with its reason, details and comparison records, so a failing
+run's report says what failed and by how much. The file is strict JSON (non-finite numbers become the
+strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are sorted and
+nothing time-dependent is stored except in the clearly separate `timing` section.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nanogpt.atomic import atomic_file
 from nanogpt.paths import resolve_output_file
 from parity.core.verdicts import Verdict
+from parity.subject.loading import versions
+from parity.subject.targets import ParityTarget
 
 
 class ParityReport:
@@ -29,6 +33,14 @@ class ParityReport:
         self.checks: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}
         self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
+
+    @classmethod
+    def for_targets(cls, targets: Sequence[ParityTarget]) -> ParityReport:
+        """An empty report on targets: the versions that decide numerics, the device, each model checked."""
+        models = [
+            {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name} for t in targets
+        ]
+        return cls({**versions(), "device": targets[0].device, "models": models})
 
     def add_verdict(self, model: str, verdict: Verdict) -> None:
         """Store one check's verdict on one model, and its comparison records."""

@@ -77,16 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     elif impl:
         config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
     config.stash[TARGETS_KEY] = targets
-    config.stash[REPORT_KEY] = ParityReport(
-        {
-            **versions(),
-            "device": targets[0].device,
-            "models": [
-                {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name}
-                for t in targets
-            ],
-        }
-    )
+    config.stash[REPORT_KEY] = ParityReport.for_targets(targets)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
