@@ -3,10 +3,11 @@
 `run_pytest_parity` runs `pytest parity/ --impl FILE --model CHECKPOINT --parity-report R` through pytest's
 own `pytester` fixture, in this process and isolated from it (modules, paths, working directory, output),
 and returns the JSON report; `via_pytest` turns that report into verdicts. `via_bisect` runs the bisect
-command with -v and parses its verdict lines. The mutant catalog, the harness mutants and the report tests
-all drive the product through these. `pytest parity/` runs here with `--in-process` by default: the harness
-mutants patch the harness in this process, and the catalog saves a child start-up per entry. `run_batch`
-sends many command lines through one front end in one child process, which imports torch once per batch.
+command with `--parity-report R` and reads its verdicts the same way. The mutant catalog, the harness
+mutants and the report tests all drive the product through these. `pytest parity/` runs here with
+`--in-process` by default: the harness mutants patch the harness in this process, and the catalog saves a
+child start-up per entry. `run_batch` sends many command lines through one front end in one child
+process, which imports torch once per batch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +29,6 @@ from parity.frontends.bisect import run as bisect_run
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 PARITY_DIR = REPO_ROOT / "parity"
-VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s+(.*)$")
 
 # {check: (status, reason, details)}
 Verdicts = dict[str, tuple[str, str, str]]
@@ -63,26 +62,24 @@ def via_pytest(
     )
     expected = (0, 1) if in_process else (0, 1, 125)  # 125: no check could run in the child
     assert code in expected, f"pytest parity/ --impl {impl.name} ended with exit status {code}:\n{output[-3000:]}"
+    return report_verdicts(data)
+
+
+def via_bisect(impl: Path, checkpoint: Path, out: Path) -> Verdicts:
+    """The bisect command on impl, in-process (the tested code in its child); its JSON report's verdicts."""
+    report = out / f"{impl.stem}-bisect.json"
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):  # -v: the details and the tested code's output, for a failure
+        code = bisect_run(
+            ["--impl", str(impl), "--model", str(checkpoint), "-v", "--parity-report", str(report)]
+        )
+    assert code in (0, 1, 125), f"the bisect command exited {code}:\n{output.getvalue()}"
+    return report_verdicts(json.loads(report.read_text()))
+
+
+def report_verdicts(data: dict[str, Any]) -> Verdicts:
+    """{check: (status, reason, details)} from a JSON report of one model (`--parity-report`)."""
     return {c["check"]: (c["status"], c["reason"], c["details"]) for c in data["checks"]}
-
-
-def via_bisect(impl: Path, checkpoint: Path) -> Verdicts:
-    """The bisect command on impl, in-process; its verdict lines (and -v details) parsed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = bisect_run(["--impl", str(impl), "--model", str(checkpoint), "-v"])
-    assert code in (0, 1, 125), f"the bisect command exited {code}:\n{out.getvalue()}"
-    verdicts: Verdicts = {}
-    last = None
-    for line in out.getvalue().splitlines():
-        m = VERDICT_LINE.match(line)
-        if m:
-            last = m.group(2)
-            verdicts[last] = (m.group(1), m.group(3), "")
-        elif last and line.startswith("    "):
-            status, reason, details = verdicts[last]
-            verdicts[last] = (status, reason, (details + "\n" + line[4:]).strip("\n"))
-    return verdicts
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,17 +1,16 @@
 """Every corpus variant (tests/bisect_fixtures/corpus.py) gets its expected verdicts from every front end.
 
 A front end is one entry of FRONT_ENDS: a function running an implementation and returning its exit code
-and the verdict of each check. The bisect command and `pytest parity/ --impl` (verdicts from its JSON
-report) run every variant, hostile ones included: both run the tested code in a child process. With -m
-slow the bisect command runs the correct ones again in float32, the CUDA default. Adding a front end is
-one FRONT_ENDS entry.
+and the verdict of each check, read from the JSON report it writes (`--parity-report`). The bisect command
+and `pytest parity/ --impl` run every variant, hostile ones included: both run the tested code in a child
+process. With -m slow the bisect command runs the correct ones again in float32, the CUDA default. Adding
+a front end is one FRONT_ENDS entry.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from bisect_fixtures.corpus import CORPUS, END_MARGIN_S, HOSTILE_TIMEOUT_S, TABL
 from parity.core.verdicts import Status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VERDICT_LINE = re.compile(r"^(PASS|FAIL|CANNOT-TEST)\s+(\S+)\s", re.M)
 
 
 @dataclass
@@ -47,15 +45,23 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def report_verdicts(report: Path) -> dict[str, Status]:
+    """Each check's status in a front end's JSON report; none when the run ended without one."""
+    checks = json.loads(report.read_text())["checks"] if report.is_file() else []
+    return {c["check"]: Status(c["status"]) for c in checks}
+
+
 def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> FrontEndRun:
-    """`python -m parity.frontends.bisect --impl IMPL ...` (every check, the default), from a scratch folder."""
+    """`python -m parity.frontends.bisect --impl IMPL ...` (every check, the default), from a scratch folder;
+    the verdicts from its JSON report."""
+    report = tmp_path / "bisect-report.json"
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "parity.frontends.bisect", "--impl", str(impl), *variant.options, *extra],
+        [sys.executable, "-m", "parity.frontends.bisect", "--impl", str(impl), *variant.options, *extra,
+         "--parity-report", str(report)],
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    verdicts = {check: Status(status) for status, check in VERDICT_LINE.findall(done.stdout)}
-    return FrontEndRun(done.returncode, variant.exit_code, verdicts, done.stdout + done.stderr,
+    return FrontEndRun(done.returncode, variant.exit_code, report_verdicts(report), done.stdout + done.stderr,
                        time.monotonic() - start)  # fmt: skip
 
 
@@ -74,10 +80,8 @@ def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRu
         cwd=tmp_path, env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip
-    checks = json.loads(report.read_text())["checks"] if report.is_file() else []
-    verdicts = {c["check"]: Status(c["status"]) for c in checks}
-    return FrontEndRun(done.returncode, variant.pytest_exit_code, verdicts, done.stdout + done.stderr,
-                       time.monotonic() - start)  # fmt: skip
+    return FrontEndRun(done.returncode, variant.pytest_exit_code, report_verdicts(report),
+                       done.stdout + done.stderr, time.monotonic() - start)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each catalog entry is written as an implementation file and run through what users run: `pytest parity/
 --impl FILE --model CHECKPOINT --parity-report R` (by pytester, in-process; the verdicts read from the
-report) and the bisect command (`parity.frontends.bisect.run`, its verdict lines parsed). A mutant counts as
+report) and the bisect command (`parity.frontends.bisect.run`, its own report read). A mutant counts as
 killed only when its named check FAILs in both, with a message that names the cause (a mutant the loader
 refuses is CANNOT-TEST on every check, with the loader's reason); the two front ends must agree on every
 verdict, line for line; the correct controls must PASS every check. The kill rate is printed at the end of
@@ -80,7 +80,7 @@ class Catalog:
         assert set(by_pytest) == set(CHECK_NAMES), f"pytest parity/ ran {sorted(by_pytest)}"
         if not both:
             return by_pytest
-        by_bisect = via_bisect(impl, checkpoint)
+        by_bisect = via_bisect(impl, checkpoint, out)
         for check in CHECK_NAMES:
             assert by_pytest[check][:2] == by_bisect[check][:2], (
                 f"{entry.name}: the two front ends disagree on {check}:\n"
