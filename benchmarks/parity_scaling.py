@@ -137,14 +137,24 @@ def measure(
     """All steps for one size."""
     os.environ["NANOGPT_PARITY_CACHE"] = str(cache)
     (t,) = resolve_targets(model, "synthetic", "cpu", None)
-    row = Row(model, t.dtype_name, "shared" if t.memory.share_weights else "independent",
-              t.memory.param_bytes, param_count(t.config) * 4, t.memory.estimated_peak_bytes)  # fmt: skip
+    row = Row(
+        model,
+        t.dtype_name,
+        "shared" if t.memory.share_weights else "independent",
+        t.memory.param_bytes,
+        param_count(t.config) * 4,
+        t.memory.estimated_peak_bytes,
+    )
     py = sys.executable
     gen = run_child(
-        [py, "-c", "import json, sys; from parity.subject.synthetic import ensure_synthetic_gpt2; "
-         f"p, s = ensure_synthetic_gpt2({model!r}); print(json.dumps({{'path': str(p), 'seconds': s}}))"],
+        [
+            py,
+            "-c",
+            "import json, sys; from parity.subject.synthetic import ensure_synthetic_gpt2; "
+            f"p, s = ensure_synthetic_gpt2({model!r}); print(json.dumps({{'path': str(p), 'seconds': s}}))",
+        ],
         workdir / f"{model}-generate.log",
-    )  # fmt: skip
+    )
     if gen.returncode != 0:
         row.outcome = f"checkpoint generation failed: {gen.tail}"
         return row
@@ -153,10 +163,23 @@ def measure(
     if not yardstick_only and fits(t.memory.estimated_peak_bytes, force, "parity suite", row.notes):
         report = workdir / f"{model}-report.json"
         row.suite = run_child(
-            [py, "-m", "pytest", "parity/", "--model", model, "--weights", "synthetic", "-q",
-             "-p", "no:cacheprovider", "--parity-report", str(report)],
+            [
+                py,
+                "-m",
+                "pytest",
+                "parity/",
+                "--model",
+                model,
+                "--weights",
+                "synthetic",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--parity-report",
+                str(report),
+            ],
             workdir / f"{model}-suite.log",
-        )  # fmt: skip
+        )
         row.outcome = row.suite.tail
     if fits(yardstick_estimate(t), force, "HF forward + backward yardstick", row.notes):
         row.yardstick = run_child(
@@ -170,7 +193,7 @@ def measure(
                 t.dtype_name,
                 "--yardstick-repeats",
                 str(repeats),
-            ],  # fmt: skip
+            ],
             workdir / f"{model}-yardstick.log",
         )
         if row.yardstick.returncode == 0:

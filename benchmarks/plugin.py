@@ -83,7 +83,9 @@ def compile_speedups(config: pytest.Config) -> dict[str, float]:
     }
 
 
-def record_train_step(config: pytest.Config, label: str, reference_median_s: float, hf_median_s: float) -> None:
+def record_train_step(
+    config: pytest.Config, label: str, reference_median_s: float, hf_median_s: float
+) -> None:
     """Remember the reference's and HF's median train-step times, for the summary and the saved JSON."""
     config.stash[TRAIN_STEP_MEDIANS][label] = {"reference": reference_median_s, "hf": hf_median_s}
 

@@ -38,7 +38,6 @@ from nanogpt.schema import is_conv1d, tensor_shapes, to_conv1d_layout, to_linear
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # configs
 

@@ -43,8 +43,6 @@ def check_config_fields(hf_config: Mapping[str, Any], where: str = "config.json"
         )
 
 
-
-
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
     """The directory of an HF GPT-2 checkpoint: a size name found in the local HF cache, or a local path.
 
@@ -207,5 +205,3 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._where)
-
-

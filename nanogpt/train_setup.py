@@ -90,8 +90,15 @@ def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
 # describe this machine or this launch (where to run, how to wrap), not the run.
 # out_dir is where this launch reads and writes: a copied project must not write into the original's.
 NOT_INHERITED_ON_RESUME = (
-    "init_from", "out_dir", "device", "compile", "progress", "parallel", "backend", "eval_only",
-)  # fmt: skip
+    "init_from",
+    "out_dir",
+    "device",
+    "compile",
+    "progress",
+    "parallel",
+    "backend",
+    "eval_only",
+)
 
 
 def inherit_from_checkpoint(

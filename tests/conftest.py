@@ -209,7 +209,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if harness:
         caught = sum(harness.values())
         terminalreporter.write_sep("-", "harness mutants")
-        terminalreporter.write_line(f"harness mutant kill rate: {caught}/{len(harness)} ({100 * caught // len(harness)}%)")
+        terminalreporter.write_line(
+            f"harness mutant kill rate: {caught}/{len(harness)} ({100 * caught // len(harness)}%)"
+        )
         missed = sorted(n for n, c in harness.items() if not c)
         if missed:
             terminalreporter.write_line(f"unnoticed harness mutants: {', '.join(missed)}")

@@ -46,9 +46,19 @@ def run_pytest_parity(
     """`pytest parity/ --impl impl --model checkpoint --parity-report report`, -q or -v, by pytester in this
     process (the tested code too, with in_process); (exit status, terminal output, the report)."""
     result = pytester.runpytest_inprocess(
-        str(PARITY_DIR), "-v" if verbose else "-q", "-p", "no:cacheprovider", "--impl", str(impl), "--model",
-        str(checkpoint), "--parity-report", str(report), *(["--in-process"] if in_process else []), *extra,
-    )  # fmt: skip
+        str(PARITY_DIR),
+        "-v" if verbose else "-q",
+        "-p",
+        "no:cacheprovider",
+        "--impl",
+        str(impl),
+        "--model",
+        str(checkpoint),
+        "--parity-report",
+        str(report),
+        *(["--in-process"] if in_process else []),
+        *extra,
+    )
     data = json.loads(report.read_text()) if report.is_file() else {}
     return int(result.ret), result.stdout.str(), data
 
@@ -61,7 +71,9 @@ def via_pytest(
         pytester, impl, checkpoint, out / f"{impl.stem}.json", *extra, in_process=in_process
     )
     expected = (0, 1) if in_process else (0, 1, 125)  # 125: no check could run in the child
-    assert code in expected, f"pytest parity/ --impl {impl.name} ended with exit status {code}:\n{output[-3000:]}"
+    assert code in expected, (
+        f"pytest parity/ --impl {impl.name} ended with exit status {code}:\n{output[-3000:]}"
+    )
     return report_verdicts(data)
 
 
@@ -102,8 +114,12 @@ def run_batch(
     env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, "-c", BATCH_MAIN, front_end, json.dumps(cases), str(results)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(results.read_text())
 
@@ -133,4 +149,3 @@ def run_cases_here(front_end: str, cases: str, results: str) -> None:
                 rc = bisect_main(args)
         out[name] = dict(rc=rc, stdout=stdout.getvalue(), stderr=stderr.getvalue(), output=both.getvalue())
     Path(results).write_text(json.dumps(out))
-

@@ -49,21 +49,29 @@ def last_position_only() -> Iterator[None]:
             actual, expected = actual[:, -1:], expected[:, -1:]
         return original(check, name, actual, expected, *a)
 
-    with mock.patch.object(parity.numerics.forward, "compare_chunked", compare), \
-         mock.patch.object(parity.numerics.gradients, "compare_chunked", compare):  # fmt: skip
+    with (
+        mock.patch.object(parity.numerics.forward, "compare_chunked", compare),
+        mock.patch.object(parity.numerics.gradients, "compare_chunked", compare),
+    ):
         yield
 
 
 @contextlib.contextmanager
 def constant_tokens() -> Iterator[None]:
-    with mock.patch.object(parity.subject.batches, "_random_tokens", lambda shape, vocab, seed: torch.zeros(shape, dtype=torch.long)):
+    with mock.patch.object(
+        parity.subject.batches,
+        "_random_tokens",
+        lambda shape, vocab, seed: torch.zeros(shape, dtype=torch.long),
+    ):
         yield
 
 
 @contextlib.contextmanager
 def report_always_passed() -> Iterator[None]:
     original = parity.core.verdicts.Verdict.to_json
-    with mock.patch.object(parity.core.verdicts.Verdict, "to_json", lambda self: {**original(self), "status": "PASS"}):
+    with mock.patch.object(
+        parity.core.verdicts.Verdict, "to_json", lambda self: {**original(self), "status": "PASS"}
+    ):
         yield
 
 
@@ -71,7 +79,9 @@ def report_always_passed() -> Iterator[None]:
 def tolerance_1000x_looser() -> Iterator[None]:
     tol = parity.core.tolerances.LOGITS[torch.float64]
     assert tol.norm is not None
-    looser = parity.core.tolerances.Tolerance(tol.rtol * 1000, tol.atol * 1000, "harness mutant", tol.norm * 1000)
+    looser = parity.core.tolerances.Tolerance(
+        tol.rtol * 1000, tol.atol * 1000, "harness mutant", tol.norm * 1000
+    )
     with mock.patch.dict(parity.core.tolerances.LOGITS, {torch.float64: looser}):
         yield
 
@@ -123,25 +133,61 @@ def full_block_halved() -> Iterator[None]:
 
 
 HARNESS_MUTANTS = (
-    HarnessMutant("logits-last-position-only", last_position_only, "causal-mask-missing-one-layer",
-                  "logits compared at the last position only (where a missing causal mask changes nothing)"),
-    HarnessMutant("constant-token-batch", constant_tokens, "test_batches_cover_the_vocabulary",
-                  "every random token batch is token 0"),
-    HarnessMutant("report-always-passed", report_always_passed, "test_failing_run_reports_the_failed_check",
-                  "the JSON report writes PASS whatever the verdict"),
-    HarnessMutant("logits-tolerance-1000x-looser", tolerance_1000x_looser, "gelu-constant-5-digits",
-                  "float64 logits tolerance 1e-6 instead of 1e-9"),
-    HarnessMutant("norm-criterion-ignored", norm_ignored, "test_systematic_difference_fails_by_its_norm",
-                  "only the element-wise bound is checked: a small difference in every element passes"),
-    HarnessMutant("gradients-skip-wpe", gradients_skip_positions, "positions-detached",
-                  "the gradient comparison leaves out the position embeddings"),
-    HarnessMutant("tie-reads-one-name", tie_reads_one_name, "head-not-tied",
-                  "the tie checks read transformer.wte.weight where they should read lm_head.weight"),
-    HarnessMutant("own-loss-ignored", own_loss_ignored, "loss-shifts-targets-again",
-                  "the loss check recomputes the loss from the logits instead of taking the implementation's own"),
-    HarnessMutant("full-block-halved", full_block_halved, "attention-window-64",
-                  "the full-block batch is cut to half the block"),
-)  # fmt: skip
+    HarnessMutant(
+        "logits-last-position-only",
+        last_position_only,
+        "causal-mask-missing-one-layer",
+        "logits compared at the last position only (where a missing causal mask changes nothing)",
+    ),
+    HarnessMutant(
+        "constant-token-batch",
+        constant_tokens,
+        "test_batches_cover_the_vocabulary",
+        "every random token batch is token 0",
+    ),
+    HarnessMutant(
+        "report-always-passed",
+        report_always_passed,
+        "test_failing_run_reports_the_failed_check",
+        "the JSON report writes PASS whatever the verdict",
+    ),
+    HarnessMutant(
+        "logits-tolerance-1000x-looser",
+        tolerance_1000x_looser,
+        "gelu-constant-5-digits",
+        "float64 logits tolerance 1e-6 instead of 1e-9",
+    ),
+    HarnessMutant(
+        "norm-criterion-ignored",
+        norm_ignored,
+        "test_systematic_difference_fails_by_its_norm",
+        "only the element-wise bound is checked: a small difference in every element passes",
+    ),
+    HarnessMutant(
+        "gradients-skip-wpe",
+        gradients_skip_positions,
+        "positions-detached",
+        "the gradient comparison leaves out the position embeddings",
+    ),
+    HarnessMutant(
+        "tie-reads-one-name",
+        tie_reads_one_name,
+        "head-not-tied",
+        "the tie checks read transformer.wte.weight where they should read lm_head.weight",
+    ),
+    HarnessMutant(
+        "own-loss-ignored",
+        own_loss_ignored,
+        "loss-shifts-targets-again",
+        "the loss check recomputes the loss from the logits instead of taking the implementation's own",
+    ),
+    HarnessMutant(
+        "full-block-halved",
+        full_block_halved,
+        "attention-window-64",
+        "the full-block batch is cut to half the block",
+    ),
+)
 
 
 def detector_path(name: str) -> Path:

@@ -71,7 +71,9 @@ class ReimplementedGPT(GPT):
             logits = logits[..., : self.config.output_vocab_size]
         loss = None
         if targets is not None:
-            scored, wanted = (logits[:, :-1], targets[:, 1:]) if self.shift_targets_again else (logits, targets)
+            scored, wanted = (
+                (logits[:, :-1], targets[:, 1:]) if self.shift_targets_again else (logits, targets)
+            )
             loss = F.cross_entropy(scored.reshape(-1, logits.size(-1)), wanted.reshape(-1), ignore_index=-1)
         return logits, loss
 

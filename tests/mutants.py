@@ -63,7 +63,9 @@ CONFIGS = {
     "wide-long": GPTConfig(block_size=96, vocab_size=1000, n_layer=2, n_head=12, n_embd=768, dropout=0.1),
     # One block: the last position's logits cannot show a missing causal mask (it sees every token anyway).
     "one-layer": GPTConfig(block_size=32, vocab_size=97, n_layer=1, n_head=2, n_embd=16, dropout=0.1),
-    "wide-one-layer": GPTConfig(block_size=64, vocab_size=1000, n_layer=1, n_head=12, n_embd=768, dropout=0.1),
+    "wide-one-layer": GPTConfig(
+        block_size=64, vocab_size=1000, n_layer=1, n_head=12, n_embd=768, dropout=0.1
+    ),
 }
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -108,16 +110,18 @@ MUTANTS: tuple[Mutant, ...] = (
         "tied-storage",
         r"tied to transformer\.wpe\.weight",
         config="square",
-    ),  # fmt: skip
+    ),
     Mutant("head-tied-to-copy", HeadTiedToCopy, "tied-storage", r"a copy, not a tie"),
     # the converter
-    Mutant("c_proj-not-transposed", CProjNotTransposed, cause=r"first divergence at transformer\.h\.0\.attn:"),
+    Mutant(
+        "c_proj-not-transposed", CProjNotTransposed, cause=r"first divergence at transformer\.h\.0\.attn:"
+    ),
     Mutant("c_fc-not-transposed", CFcNotTransposed, "load", r"size mismatch.*mlp\.c_fc\.weight"),
     Mutant(
         "c_attn-reshaped-not-transposed",
         CAttnReshapedNotTransposed,
         cause=r"first divergence at transformer\.h\.0\.attn:",
-    ),  # fmt: skip
+    ),
     # attention
     Mutant("qkv-split-order", gpt_with(QKVWrongOrder), cause=r"first divergence at transformer\.h\.0\.attn:"),
     Mutant(
@@ -149,7 +153,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "attn-bias-dropped", gpt_with(AttnBiasDropped), cause=r"first divergence at transformer\.h\.0\.attn:"
     ),
-    Mutant("dropout-in-eval", gpt_with(DropoutInEval), "dropout-sites", r"active in eval mode.*attention weights"),
+    Mutant(
+        "dropout-in-eval", gpt_with(DropoutInEval), "dropout-sites", r"active in eval mode.*attention weights"
+    ),
     # MLP, LayerNorm, the forward pass
     Mutant("exact-gelu", gpt_with(ExactGelu), cause=r"first divergence at transformer\.h\.0\.mlp:.*GELU"),
     Mutant(
@@ -166,17 +172,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "positions-not-added", PositionsNotAdded, cause=r"first divergence at transformer\.drop:.*position"
     ),
     Mutant("ln_f-missing", FinalNormMissing, cause=r"transformer\.ln_f"),
-    Mutant("positions-detached", PositionsDetached, "grads",
-           r"transformer\.wpe\.weight: no gradient on the implementation side"),
+    Mutant(
+        "positions-detached",
+        PositionsDetached,
+        "grads",
+        r"transformer\.wpe\.weight: no gradient on the implementation side",
+    ),
     Mutant("loss-shifts-targets-again", LossShiftsTargetsAgain, "loss", r"the logits match.*own loss"),
-    Mutant("attention-window-64", gpt_with(SlidingWindow64), cause=r"transformer\.h\.0\.attn.*logits\[full_block\]",
-           config="long"),
-    Mutant("gelu-constant-5-digits", gpt_with(GeluConstantFiveDigits), cause=r"first divergence at transformer\.h\.0\.mlp:"),
+    Mutant(
+        "attention-window-64",
+        gpt_with(SlidingWindow64),
+        cause=r"transformer\.h\.0\.attn.*logits\[full_block\]",
+        config="long",
+    ),
+    Mutant(
+        "gelu-constant-5-digits",
+        gpt_with(GeluConstantFiveDigits),
+        cause=r"first divergence at transformer\.h\.0\.mlp:",
+    ),
     Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", padded=True),
     Mutant("lm_head-bias", HeadBias, "load", r"no value from the checkpoint: lm_head\.bias"),
     # counting and the optimizer
     Mutant("parameters-count-tie-twice", ParametersCountTieTwice, "param-count", r"counted twice"),
-    Mutant("num-params-count-tie-twice", NumParamsCountTieTwice, "own-count", r"get_num_params.*counted twice"),
+    Mutant(
+        "num-params-count-tie-twice", NumParamsCountTieTwice, "own-count", r"get_num_params.*counted twice"
+    ),
     Mutant(
         "tied-in-two-groups", TiedInTwoGroups, "decay-groups", r"transformer\.wte\.weight.*\[0\.1, 0\.0\]"
     ),
@@ -185,7 +205,7 @@ MUTANTS: tuple[Mutant, ...] = (
         TiedTwiceInDecayGroup,
         "optimizer-once",
         r"transformer\.wte\.weight.*\[0\.1, 0\.1\]",
-    ),  # fmt: skip
+    ),
 )
 
 # Correct variants built with the mutants' scaffolding: each must pass every check.

@@ -57,6 +57,7 @@ SUBPROCESS_TIMEOUT = 300  # seconds
 # ----------------------------------------------------------------------------------------------------------
 # the command line of `pytest parity/`
 
+
 def _edit_config(directory: Path, **changes: object) -> None:
     path = directory / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
@@ -89,8 +90,19 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     write_hf_checkpoint(tmp / "untied", {**hf_config_from_gpt(TINY), "tie_word_embeddings": False}, weights)
     (tmp / "notmodel.py").write_text("x = 1  # a Python file without a GPT class\n")
     (tmp / "notes.txt").write_text("class GPT: ...\n")
-    paths = dict(tmp=tmp, good=good, notmodel=tmp / "notmodel.py", notes=tmp / "notes.txt", empty=tmp / "empty", llama=llama,
-                 eps=eps, corrupt=corrupt, truncated=truncated, untied=tmp / "untied", missing=tmp / "nowhere")  # fmt: skip
+    paths = dict(
+        tmp=tmp,
+        good=good,
+        notmodel=tmp / "notmodel.py",
+        notes=tmp / "notes.txt",
+        empty=tmp / "empty",
+        llama=llama,
+        eps=eps,
+        corrupt=corrupt,
+        truncated=truncated,
+        untied=tmp / "untied",
+        missing=tmp / "nowhere",
+    )
     # `pytest parity/ -q ARGS` per case, every case in one child process (torch is imported once, not per case).
     cases = {name: ["-q", *(a.format(**paths) for a in args)] for name, (args, _) in CLI_CASES.items()}
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
@@ -101,33 +113,74 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 
 # name: (arguments after `pytest parity/`, regex the one error line must match)
 CLI_CASES: dict[str, tuple[list[str], str]] = {
-    "unknown-model": (["--model", "gpt3"], r"--model 'gpt3'.*choose one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, all"),
-    "missing-model-path": (["--model", "{missing}"], r"not a GPT-2 size and not a checkpoint directory; choose one of"),
+    "unknown-model": (
+        ["--model", "gpt3"],
+        r"--model 'gpt3'.*choose one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, all",
+    ),
+    "missing-model-path": (
+        ["--model", "{missing}"],
+        r"not a GPT-2 size and not a checkpoint directory; choose one of",
+    ),
     "bad-weights": (["--weights", "bogus"], r"--weights 'bogus': choose one of auto, pretrained, synthetic"),
     "bad-device": (["--device", "tpu"], r"--device 'tpu': choose one of cpu, cuda"),
-    "cuda-without-cuda": (["--device", "cuda"], r"--device cuda: no CUDA device is available.*use --device cpu"),
-    "float16-on-cpu": (["--device", "cpu", "--dtype", "float16"], r"float16 is not supported on CPU.*float64 or float32"),
-    "bad-dtype": (["--dtype", "bogus"], r"--dtype 'bogus': choose one of float64, float32, bfloat16, float16"),
+    "cuda-without-cuda": (
+        ["--device", "cuda"],
+        r"--device cuda: no CUDA device is available.*use --device cpu",
+    ),
+    "float16-on-cpu": (
+        ["--device", "cpu", "--dtype", "float16"],
+        r"float16 is not supported on CPU.*float64 or float32",
+    ),
+    "bad-dtype": (
+        ["--dtype", "bogus"],
+        r"--dtype 'bogus': choose one of float64, float32, bfloat16, float16",
+    ),
     "bad-tied-decay": (["--tied-decay", "sometimes"], r"--tied-decay 'sometimes': choose one of yes, no"),
-    "pretrained-not-cached": (["--weights", "pretrained"], r"not in the local Hugging Face cache.*--weights synthetic"),
+    "pretrained-not-cached": (
+        ["--weights", "pretrained"],
+        r"not in the local Hugging Face cache.*--weights synthetic",
+    ),
     "synthetic-for-a-path": (["--model", "{good}", "--weights", "synthetic"], r"applies to named sizes"),
     "path-without-config": (["--model", "{empty}"], r"no config\.json"),
     "another-architecture": (["--model", "{llama}"], r"model_type is 'llama', not 'gpt2'"),
     "gpt2-with-other-eps": (["--model", "{eps}"], r"not the GPT-2 architecture: layer_norm_epsilon=1e-06"),
-    "corrupt-safetensors": (["--model", "{corrupt}"], r"corrupt or truncated safetensors file.*re-create or re-download"),
-    "truncated-safetensors": (["--model", "{truncated}"], r"truncated safetensors file.*re-create or re-download"),
+    "corrupt-safetensors": (
+        ["--model", "{corrupt}"],
+        r"corrupt or truncated safetensors file.*re-create or re-download",
+    ),
+    "truncated-safetensors": (
+        ["--model", "{truncated}"],
+        r"truncated safetensors file.*re-create or re-download",
+    ),
     "untied-checkpoint": (["--model", "{untied}"], r"untied checkpoint.*tie_word_embeddings=True"),
-    "impl-missing": (["--impl", "{missing}/model.py"], r"--impl: .*no such file or directory.*exposing GPT and GPTConfig"),
+    "impl-missing": (
+        ["--impl", "{missing}/model.py"],
+        r"--impl: .*no such file or directory.*exposing GPT and GPTConfig",
+    ),
     "impl-not-python": (["--impl", "{notes}"], r"--impl: .*notes\.txt: not a \.py file"),
     # Only an import finds that GPT is missing: in a child process that is CANNOT-TEST, in this one a usage error.
     "impl-without-gpt": (["--impl", "{notmodel}", "--in-process"], r"--impl: .*defines no GPT class"),
-    "impl-timeout-zero": (["--impl", "{notmodel}", "--impl-timeout", "0"], r"--impl-timeout '0': give a positive number of seconds"),
-    "impl-timeout-text": (["--impl-timeout", "soon"], r"--impl-timeout 'soon': give a positive number of seconds"),
-    "impl-timeout-nan": (["--impl", "{notmodel}", "--impl-timeout", "nan"], r"--impl-timeout 'nan': give a positive number"),
-    "impl-timeout-in-process": (["--impl", "{notmodel}", "--in-process", "--impl-timeout", "5"],
-                                r"--impl-timeout limits the child process.*--in-process runs the code in pytest's own"),
-    "report-path-is-a-directory": (["--model", "{good}", "--parity-report", "{tmp}"], r"--parity-report .*is a directory"),
-}  # fmt: skip
+    "impl-timeout-zero": (
+        ["--impl", "{notmodel}", "--impl-timeout", "0"],
+        r"--impl-timeout '0': give a positive number of seconds",
+    ),
+    "impl-timeout-text": (
+        ["--impl-timeout", "soon"],
+        r"--impl-timeout 'soon': give a positive number of seconds",
+    ),
+    "impl-timeout-nan": (
+        ["--impl", "{notmodel}", "--impl-timeout", "nan"],
+        r"--impl-timeout 'nan': give a positive number",
+    ),
+    "impl-timeout-in-process": (
+        ["--impl", "{notmodel}", "--in-process", "--impl-timeout", "5"],
+        r"--impl-timeout limits the child process.*--in-process runs the code in pytest's own",
+    ),
+    "report-path-is-a-directory": (
+        ["--model", "{good}", "--parity-report", "{tmp}"],
+        r"--parity-report .*is a directory",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CLI_CASES)

@@ -67,8 +67,10 @@ def test_decide(statuses: dict[str, Status], expect: dict[str, bool], code: int)
 
 
 def test_a_part_the_model_does_not_have_skips_only_when_its_check_was_named() -> None:
-    verdicts = [_verdict("logits", Status.PASS),
-                Verdict("own-count", Status.CANNOT_TEST, "has no get_num_params", applicable=False)]  # fmt: skip
+    verdicts = [
+        _verdict("logits", Status.PASS),
+        Verdict("own-count", Status.CANNOT_TEST, "has no get_num_params", applicable=False),
+    ]
     assert decide(verdicts, {}) == (EXIT_GOOD, "good: logits PASS (not applicable: own-count)")
     assert decide(verdicts, {}, frozenset({"own-count"}))[0] == EXIT_SKIP
     assert decide(verdicts, {"own-count": True})[0] == EXIT_SKIP  # --expect names it too
@@ -96,7 +98,10 @@ def test_usage_errors_abort_the_bisection(argv: list[str], capsys: pytest.Captur
 
 @pytest.mark.parametrize(
     ("checks", "needs"),
-    [("logits,grads", "checking logits, grads needs about"), ("train-steps", "checking train-steps needs about")],
+    [
+        ("logits,grads", "checking logits, grads needs about"),
+        ("train-steps", "checking train-steps needs about"),
+    ],
 )
 def test_model_that_cannot_fit_aborts_with_the_estimate_before_any_checkpoint(
     checks: str,
@@ -185,8 +190,10 @@ def test_the_report_holds_the_verdicts_of_a_good_a_bad_and_an_untestable_commit(
         logits = "CANNOT-TEST" if name == "untestable" else "PASS"
         assert statuses == {"tied-storage": tied_storage, "logits": logits}, name
         for c in data["checks"]:
-            assert c["model"] == target.name and c["reason"] and re.search(
-                rf"^{c['status']}\s+{c['check']}\s+{re.escape(c['reason'])}$", out, re.M
+            assert (
+                c["model"] == target.name
+                and c["reason"]
+                and re.search(rf"^{c['status']}\s+{c['check']}\s+{re.escape(c['reason'])}$", out, re.M)
             ), f"{name}: {c} not printed:\n{out}"
         logits_records = [r for r in data["records"] if r["check"] == "logits"]
         assert bool(logits_records) == (name != "untestable"), data["records"]
@@ -250,7 +257,17 @@ def test_git_bisect_run_answers_each_question(
         clone = tmp_path / f"question{i}"
         _git(tmp_path, env, "clone", "-q", str(repo), str(clone))
         _git(clone, env, "bisect", "start", commits["gelu"], commits["untied"])
-        command = ["git", "bisect", "run", sys.executable, "-m", "parity.frontends.bisect", "--impl", "model.py", *args]
+        command = [
+            "git",
+            "bisect",
+            "run",
+            sys.executable,
+            "-m",
+            "parity.frontends.bisect",
+            "--impl",
+            "model.py",
+            *args,
+        ]
         runs.append(
             (
                 clone,

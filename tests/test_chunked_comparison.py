@@ -34,12 +34,16 @@ def test_compare_chunked_equals_one_comparison(shape: tuple[int, ...]) -> None:
     actual = expected + 1e-7 * torch.randn(shape, generator=g, dtype=torch.float64)
     actual.view(-1)[5] += 1e-3  # one clear mismatch, and the maximum
     tol = Tolerance(rtol=1e-6, atol=1e-6, reason="test")
-    _same_record(compare_chunked("t", "x", actual, expected, tol, chunk_elements=8),
-                 compare_tensors("t", "x", actual, expected, tol))  # fmt: skip
+    _same_record(
+        compare_chunked("t", "x", actual, expected, tol, chunk_elements=8),
+        compare_tensors("t", "x", actual, expected, tol),
+    )
     # A transposed (non-contiguous) view, as a Conv1D gradient is compared.
     if len(shape) == 2:
-        _same_record(compare_chunked("t", "x", actual.t(), expected.t(), tol, chunk_elements=8),
-                     compare_tensors("t", "x", actual.t(), expected.t(), tol))  # fmt: skip
+        _same_record(
+            compare_chunked("t", "x", actual.t(), expected.t(), tol, chunk_elements=8),
+            compare_tensors("t", "x", actual.t(), expected.t(), tol),
+        )
 
 
 def _edge_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -64,8 +68,10 @@ def _edge_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 def test_compare_chunked_edge_cases_equal_one_comparison(case: int) -> None:
     _, actual, expected = _edge_cases()[case]
     tol = Tolerance(rtol=1e-4, atol=1e-5, reason="test")
-    _same_record(compare_chunked("t", "x", actual, expected, tol, chunk_elements=20),
-                 compare_tensors("t", "x", actual, expected, tol))  # fmt: skip
+    _same_record(
+        compare_chunked("t", "x", actual, expected, tol, chunk_elements=20),
+        compare_tensors("t", "x", actual, expected, tol),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -75,8 +81,10 @@ def test_systematic_difference_under_the_elementwise_bound_fails_by_its_norm(dty
     expected = torch.randn(300, 200, generator=g, dtype=dtype)
     actual = expected * (1 + 5e-5)
     tol = Tolerance(rtol=1e-4, atol=1e-4, reason="test", norm=2e-5)
-    for rec in (compare_tensors("t", "x", actual, expected, tol),
-                compare_chunked("t", "x", actual, expected, tol, chunk_elements=1000)):  # fmt: skip
+    for rec in (
+        compare_tensors("t", "x", actual, expected, tol),
+        compare_chunked("t", "x", actual, expected, tol, chunk_elements=1000),
+    ):
         assert rec.mismatched == 0 and rec.norm_exceeded and not rec.passed
         assert rec.rel_norm == pytest.approx(5e-5, rel=1e-2)  # float32 rounds each product
         assert f"relative difference norm {rec.rel_norm:.3e}, above the limit 2e-05" in rec.summary()

@@ -29,10 +29,19 @@ from nanogpt.data import prepare_dataset
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
 TINY_TRAIN = [
-    "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=2", "--eval_iters=1",
-    "--eval_interval=2", "--warmup_iters=1", "--device=cpu", "--dtype=float32", "--progress=false",
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=16",
+    "--block_size=8",
+    "--batch_size=2",
+    "--eval_iters=1",
+    "--eval_interval=2",
+    "--warmup_iters=1",
+    "--device=cpu",
+    "--dtype=float32",
+    "--progress=false",
     "--max_iters=2",
-]  # fmt: skip
+]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,48 +123,228 @@ def _local_gpt2_folder(project: Path) -> None:
 CASES: dict[str, tuple[str, list[str], str, Callable[[Path], None] | None]] = {
     # nanogpt.data
     "data-no-source": ("data", ["--out_dir={p}/o"], r"source: is required", None),
-    "data-glob-absolute": ("data", ["--source={p}", "--glob=/etc/*", "--out_dir={p}/o"], r"glob: '/etc/\*' is absolute", None),
-    "data-glob-dotdot": ("data", ["--source={p}/data", "--glob=../*.txt", "--out_dir={p}/o"], r"glob: '\.\./\*\.txt' climbs out of --source", None),
+    "data-glob-absolute": (
+        "data",
+        ["--source={p}", "--glob=/etc/*", "--out_dir={p}/o"],
+        r"glob: '/etc/\*' is absolute",
+        None,
+    ),
+    "data-glob-dotdot": (
+        "data",
+        ["--source={p}/data", "--glob=../*.txt", "--out_dir={p}/o"],
+        r"glob: '\.\./\*\.txt' climbs out of --source",
+        None,
+    ),
     "data-out-empty": ("data", ["--source={p}/text.txt", "--out_dir="], r"out_dir: empty value", None),
-    "data-out-a-file": ("data", ["--source={p}/text.txt", "--out_dir={p}/plain"], r"out_dir .*plain: is a file, not a directory", None),
-    "data-out-proc": ("data", ["--source={p}/text.txt", "--out_dir=/proc/o"], r"out_dir /proc/o: cannot write in /proc", None),
-    "data-out-fifo-inside": ("data", ["--source={p}/text.txt", "--out_dir={p}/out"], r"out_dir \(train\.bin\) .*: is a FIFO", _fifo_in_out_dir),
-    "data-source-fifo": ("data", ["--source={p}/fifo", "--out_dir={p}/o"], r"fifo: not a regular file or a directory", None),
-    "data-val-fraction-nan": ("data", ["--source={p}/text.txt", "--val_fraction=nan", "--out_dir={p}/o"], r"val_fraction must be a finite number", None),
-    "data-val-fraction-inf": ("data", ["--source={p}/text.txt", "--val_fraction=inf", "--out_dir={p}/o"], r"val_fraction must be a finite number", None),
+    "data-out-a-file": (
+        "data",
+        ["--source={p}/text.txt", "--out_dir={p}/plain"],
+        r"out_dir .*plain: is a file, not a directory",
+        None,
+    ),
+    "data-out-proc": (
+        "data",
+        ["--source={p}/text.txt", "--out_dir=/proc/o"],
+        r"out_dir /proc/o: cannot write in /proc",
+        None,
+    ),
+    "data-out-fifo-inside": (
+        "data",
+        ["--source={p}/text.txt", "--out_dir={p}/out"],
+        r"out_dir \(train\.bin\) .*: is a FIFO",
+        _fifo_in_out_dir,
+    ),
+    "data-source-fifo": (
+        "data",
+        ["--source={p}/fifo", "--out_dir={p}/o"],
+        r"fifo: not a regular file or a directory",
+        None,
+    ),
+    "data-val-fraction-nan": (
+        "data",
+        ["--source={p}/text.txt", "--val_fraction=nan", "--out_dir={p}/o"],
+        r"val_fraction must be a finite number",
+        None,
+    ),
+    "data-val-fraction-inf": (
+        "data",
+        ["--source={p}/text.txt", "--val_fraction=inf", "--out_dir={p}/o"],
+        r"val_fraction must be a finite number",
+        None,
+    ),
     # nanogpt.sample
-    "sample-temperature-tiny": ("sample", ["--init_from=gpt2", "--temperature=1e-300"], r"temperature: 1e-300 is too small to sample with; use 0", None),
-    "sample-temperature-inf": ("sample", ["--init_from=gpt2", "--temperature=inf"], r"temperature must be a finite number", None),
-    "sample-temperature-nan": ("sample", ["--init_from=gpt2", "--temperature=nan"], r"temperature must be a finite number", None),
-    "sample-seed-huge": ("sample", ["--init_from=gpt2", f"--seed={10**23}"], r"seed: must be <= 9\.22337e\+18", None),
+    "sample-temperature-tiny": (
+        "sample",
+        ["--init_from=gpt2", "--temperature=1e-300"],
+        r"temperature: 1e-300 is too small to sample with; use 0",
+        None,
+    ),
+    "sample-temperature-inf": (
+        "sample",
+        ["--init_from=gpt2", "--temperature=inf"],
+        r"temperature must be a finite number",
+        None,
+    ),
+    "sample-temperature-nan": (
+        "sample",
+        ["--init_from=gpt2", "--temperature=nan"],
+        r"temperature must be a finite number",
+        None,
+    ),
+    "sample-seed-huge": (
+        "sample",
+        ["--init_from=gpt2", f"--seed={10**23}"],
+        r"seed: must be <= 9\.22337e\+18",
+        None,
+    ),
     "sample-top-k-zero": ("sample", ["--init_from=gpt2", "--top_k=0"], r"top_k: must be >= 1", None),
-    "sample-prompt-not-utf8": ("sample", ["--init_from=gpt2", "--start=FILE:{p}/latin1.txt"], r"latin1\.txt is not UTF-8 text \(byte 3\)", None),
-    "sample-prompt-fifo": ("sample", ["--init_from=gpt2", "--start=FILE:{p}/fifo"], r"fifo is not a regular file", None),
-    "sample-prompt-missing": ("sample", ["--init_from=gpt2", "--start=FILE:{p}/none.txt"], r"prompt file .*none\.txt not found", None),
-    "sample-no-checkpoint": ("sample", ["--out_dir={p}/nothing"], r"nothing/ckpt\.pt: no checkpoint here", None),
+    "sample-prompt-not-utf8": (
+        "sample",
+        ["--init_from=gpt2", "--start=FILE:{p}/latin1.txt"],
+        r"latin1\.txt is not UTF-8 text \(byte 3\)",
+        None,
+    ),
+    "sample-prompt-fifo": (
+        "sample",
+        ["--init_from=gpt2", "--start=FILE:{p}/fifo"],
+        r"fifo is not a regular file",
+        None,
+    ),
+    "sample-prompt-missing": (
+        "sample",
+        ["--init_from=gpt2", "--start=FILE:{p}/none.txt"],
+        r"prompt file .*none\.txt not found",
+        None,
+    ),
+    "sample-no-checkpoint": (
+        "sample",
+        ["--out_dir={p}/nothing"],
+        r"nothing/ckpt\.pt: no checkpoint here",
+        None,
+    ),
     # nanogpt.train
-    "train-lr-inf": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=inf"], r"learning_rate must be a finite number", None),
-    "train-lr-nan": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=nan"], r"learning_rate must be a finite number", None),
-    "train-lr-huge": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=1e6"], r"learning_rate: must be <= 1, got 1000000\.0; AdamW diverges", None),
-    "train-wd-nan": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--weight_decay=nan"], r"weight_decay must be a finite number", None),
-    "train-dropout-nan": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--dropout=nan"], r"dropout must be a finite number", None),
-    "train-seed-huge": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--seed={10**23}"], r"seed: must be <= 9\.22337e\+18", None),
-    "train-out-a-file": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/plain"], r"out_dir .*plain: is a file, not a directory", None),
-    "train-out-empty": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir="], r"out_dir: empty value", None),
-    "train-out-proc": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir=/proc/o"], r"out_dir /proc/o: cannot write in /proc", None),
-    "train-out-fifo": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/fifo"], r"out_dir .*fifo: is a FIFO", None),
-    "train-huge-width": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--n_embd=1000000", "--n_head=1"], r"n_embd=1000000, .*training needs at least [\d,.]+ GiB, more than", None),
-    "train-huge-batch": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--batch_size={10**9}"], r"batch_size=1000000000, .*needs at least", None),
-    "train-huge-accumulation": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--gradient_accumulation_steps={10**10}"], r"gradient_accumulation_steps=10000000000: training needs at least", None),
-    "train-huge-eval-iters": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--eval_iters={10**12}"], r"eval_iters: must be <= 1e\+06", None),
-    "train-config-file-deep": ("train", ["{p}/deep.json"], r"deep\.json: JSON nested too deeply to be a config file", _deep_config),
+    "train-lr-inf": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=inf"],
+        r"learning_rate must be a finite number",
+        None,
+    ),
+    "train-lr-nan": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=nan"],
+        r"learning_rate must be a finite number",
+        None,
+    ),
+    "train-lr-huge": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--learning_rate=1e6"],
+        r"learning_rate: must be <= 1, got 1000000\.0; AdamW diverges",
+        None,
+    ),
+    "train-wd-nan": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--weight_decay=nan"],
+        r"weight_decay must be a finite number",
+        None,
+    ),
+    "train-dropout-nan": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--dropout=nan"],
+        r"dropout must be a finite number",
+        None,
+    ),
+    "train-seed-huge": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--seed={10**23}"],
+        r"seed: must be <= 9\.22337e\+18",
+        None,
+    ),
+    "train-out-a-file": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/plain"],
+        r"out_dir .*plain: is a file, not a directory",
+        None,
+    ),
+    "train-out-empty": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir="],
+        r"out_dir: empty value",
+        None,
+    ),
+    "train-out-proc": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir=/proc/o"],
+        r"out_dir /proc/o: cannot write in /proc",
+        None,
+    ),
+    "train-out-fifo": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/fifo"],
+        r"out_dir .*fifo: is a FIFO",
+        None,
+    ),
+    "train-huge-width": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--n_embd=1000000", "--n_head=1"],
+        r"n_embd=1000000, .*training needs at least [\d,.]+ GiB, more than",
+        None,
+    ),
+    "train-huge-batch": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--batch_size={10**9}"],
+        r"batch_size=1000000000, .*needs at least",
+        None,
+    ),
+    "train-huge-accumulation": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--gradient_accumulation_steps={10**10}"],
+        r"gradient_accumulation_steps=10000000000: training needs at least",
+        None,
+    ),
+    "train-huge-eval-iters": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", f"--eval_iters={10**12}"],
+        r"eval_iters: must be <= 1e\+06",
+        None,
+    ),
+    "train-config-file-deep": (
+        "train",
+        ["{p}/deep.json"],
+        r"deep\.json: JSON nested too deeply to be a config file",
+        _deep_config,
+    ),
     "train-config-file-fifo": ("train", ["{p}/fifo.json"], r"fifo\.json: not a regular file", _fifo_config),
-    "train-token-out-of-range": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"train\.bin: token id 60000 at position \d+ is outside the vocabulary of 50257", _bad_tokens),
-    "train-meta-vocab-string": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: vocab_size is 'abc', not an integer", _meta(vocab_size="abc")),
-    "train-meta-tokens-negative": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: train_tokens is -1", _meta(train_tokens=-1)),
-    "train-meta-deep": ("train", [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"], r"meta\.json: JSON nested too deeply", _deep_meta),
-    "train-gpt2-name-with-local-folder": ("train", [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--init_from=gpt2"], r"not in the local Hugging Face cache.*for the local folder gpt2, pass \./gpt2", _local_gpt2_folder),
-}  # fmt: skip
+    "train-token-out-of-range": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"],
+        r"train\.bin: token id 60000 at position \d+ is outside the vocabulary of 50257",
+        _bad_tokens,
+    ),
+    "train-meta-vocab-string": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"],
+        r"meta\.json: vocab_size is 'abc', not an integer",
+        _meta(vocab_size="abc"),
+    ),
+    "train-meta-tokens-negative": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"],
+        r"meta\.json: train_tokens is -1",
+        _meta(train_tokens=-1),
+    ),
+    "train-meta-deep": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/bad-data", "--out_dir={p}/o"],
+        r"meta\.json: JSON nested too deeply",
+        _deep_meta,
+    ),
+    "train-gpt2-name-with-local-folder": (
+        "train",
+        [*TINY_TRAIN, "--data_dir={p}/data", "--out_dir={p}/o", "--init_from=gpt2"],
+        r"not in the local Hugging Face cache.*for the local folder gpt2, pass \./gpt2",
+        _local_gpt2_folder,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -225,7 +414,11 @@ def test_data_writes_through_a_symlinked_output_file(project: Path) -> None:
     (project / "out").mkdir()
     (project / "elsewhere").mkdir()
     (project / "out" / "meta.json").symlink_to(project / "elsewhere" / "meta.json")
-    run_cli(__import__("nanogpt.data", fromlist=["main"]).main, [f"--source={project / 'text.txt'}", f"--out_dir={project / 'out'}"], "nanogpt.data")  # fmt: skip
+    run_cli(
+        __import__("nanogpt.data", fromlist=["main"]).main,
+        [f"--source={project / 'text.txt'}", f"--out_dir={project / 'out'}"],
+        "nanogpt.data",
+    )
     assert (project / "out" / "meta.json").is_symlink()
     assert json.loads((project / "elsewhere" / "meta.json").read_text())["train_tokens"] > 0
 
@@ -252,9 +445,13 @@ def test_data_writes_through_a_symlinked_output_file(project: Path) -> None:
 )
 def test_real_entry_points(module: str, args: list[str], expected: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", module, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -57,12 +57,30 @@ def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> Fro
     report = tmp_path / "bisect-report.json"
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "parity.frontends.bisect", "--impl", str(impl), *variant.options, *extra,
-         "--parity-report", str(report)],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    return FrontEndRun(done.returncode, variant.exit_code, report_verdicts(report), done.stdout + done.stderr,
-                       time.monotonic() - start)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "parity.frontends.bisect",
+            "--impl",
+            str(impl),
+            *variant.options,
+            *extra,
+            "--parity-report",
+            str(report),
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return FrontEndRun(
+        done.returncode,
+        variant.exit_code,
+        report_verdicts(report),
+        done.stdout + done.stderr,
+        time.monotonic() - start,
+    )
 
 
 def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
@@ -74,14 +92,37 @@ def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRu
     report = tmp_path / "parity-report.json"
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(REPO_ROOT / "parity"), "--rootdir", str(REPO_ROOT), "--impl", str(impl),
-         "--model", str(checkpoint.ensure_checkpoint()), "-p", "no:cacheprovider", "-q", "--parity-report", str(report),
-         *variant.pytest_options],
-        cwd=tmp_path, env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO_ROOT / "parity"),
+            "--rootdir",
+            str(REPO_ROOT),
+            "--impl",
+            str(impl),
+            "--model",
+            str(checkpoint.ensure_checkpoint()),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--parity-report",
+            str(report),
+            *variant.pytest_options,
+        ],
+        cwd=tmp_path,
+        env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"),
+        capture_output=True,
+        text=True,
         timeout=900,
-    )  # fmt: skip
-    return FrontEndRun(done.returncode, variant.pytest_exit_code, report_verdicts(report),
-                       done.stdout + done.stderr, time.monotonic() - start)  # fmt: skip
+    )
+    return FrontEndRun(
+        done.returncode,
+        variant.pytest_exit_code,
+        report_verdicts(report),
+        done.stdout + done.stderr,
+        time.monotonic() - start,
+    )
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def test_training_code_is_left_out_and_never_run(tmp_path: Path, monkeypatch: py
         "the definitions do not use it)"
     ]
     assert lines[0].startswith("definitions only: 3 module-level statement(s) not run (line 12: device = ")
-    assert "line 22: open(\"training_started.txt\", \"w\").write(\"oops\")" in lines[0]
+    assert 'line 22: open("training_started.txt", "w").write("oops")' in lines[0]
     assert "lines 23-24: for step in range(10): ..." in lines[0]
     # Model.where reads `device`, which only the left-out code sets: the summary says so.
     assert lines[1].startswith("the definitions read device, which only the left-out code sets")

@@ -107,14 +107,35 @@ def test_parity_reports_are_identical_serial_and_on_two_xdist_workers_in_reverse
     serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
     common = ["-p", "no:cacheprovider", "-p", "no:randomly", "--model", str(tiny_checkpoint)]
     procs = [
-        run([sys.executable, "-m", "pytest", "parity/", "-q", *common, "--parity-report", str(serial)], tmp_path),
+        run(
+            [sys.executable, "-m", "pytest", "parity/", "-q", *common, "--parity-report", str(serial)],
+            tmp_path,
+        ),
         # Two catalog entries (the whole catalog runs in tests/test_mutants.py): the session fixture they
         # share and the kill-rate summary must work on xdist workers.
-        run([sys.executable, "-m", "pytest", "parity/", "tests/test_mutants.py", "-p", "xdist", "-n", "2",
-             "-k", "test_check or hugging or untied or exact-gelu or reference-padded",
-             "-p", "reverse_order", *common, "--parity-report", str(parallel)],
-            tmp_path, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))),
-    ]  # fmt: skip
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "parity/",
+                "tests/test_mutants.py",
+                "-p",
+                "xdist",
+                "-n",
+                "2",
+                "-k",
+                "test_check or hugging or untied or exact-gelu or reference-padded",
+                "-p",
+                "reverse_order",
+                *common,
+                "--parity-report",
+                str(parallel),
+            ],
+            tmp_path,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        ),
+    ]
     outputs = []
     for proc in procs:
         rc, out = finish(proc)
@@ -124,7 +145,9 @@ def test_parity_reports_are_identical_serial_and_on_two_xdist_workers_in_reverse
     assert re.search(r"mutant kill rate: (\d+)/\1 \(100%\)", outputs[1]), "kill rate lost under xdist"
     a, b = (json.loads(r.read_text()) for r in (serial, parallel))
     assert a["records"], "the parity run recorded no comparisons"
-    assert {c["check"] for c in a["checks"]} >= {"logits", "grads", "tied-storage", "train-steps"}, a["checks"]
+    assert {c["check"] for c in a["checks"]} >= {"logits", "grads", "tied-storage", "train-steps"}, a[
+        "checks"
+    ]
     assert a["records"] == b["records"]
     assert a["checks"] == b["checks"]
     assert a["environment"] == b["environment"]

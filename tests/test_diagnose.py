@@ -97,11 +97,18 @@ def test_bug_inside_a_bypassed_module_is_placed_at_its_block(pair: tuple[Any, An
     reference, hf = pair
     block = reference.transformer.h[0]
     m = block.mlp
-    block.forward = lambda x: (lambda y: y + 1.001 * m.c_proj(m.gelu(m.c_fc(block.ln_2(y)))))(x + block.attn(block.ln_1(x)))
+    block.forward = lambda x: (lambda y: y + 1.001 * m.c_proj(m.gelu(m.c_fc(block.ln_2(y)))))(
+        x + block.attn(block.ln_1(x))
+    )
     try:
         # The bug sits inside the bypassed MLP; the block's own output shows it, so it is placed at the block.
-        where, _ = first_divergence(reference, hf, token_batch("several_sequences", CONFIG), CONFIG.n_layer,
-                                    logits_tolerance(torch.float32))  # fmt: skip
+        where, _ = first_divergence(
+            reference,
+            hf,
+            token_batch("several_sequences", CONFIG),
+            CONFIG.n_layer,
+            logits_tolerance(torch.float32),
+        )
     finally:
         del block.forward
     assert where.startswith("first divergence at transformer.h.0:") and "transformer.h.0.mlp" in where, where

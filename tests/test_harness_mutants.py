@@ -33,7 +33,9 @@ def test_batches_cover_the_vocabulary() -> None:
     for kind in BATCH_KINDS:
         idx = token_batch(kind, config)
         if idx.numel() >= 16:
-            assert idx.unique().numel() >= min(config.vocab_size, idx.numel()) // 4, f"{kind}: {idx.unique().numel()} distinct tokens"
+            assert idx.unique().numel() >= min(config.vocab_size, idx.numel()) // 4, (
+                f"{kind}: {idx.unique().numel()} distinct tokens"
+            )
         if idx.size(0) > 1:
             assert not torch.equal(idx[0], idx[1]), f"{kind}: its sequences are identical"
 
@@ -71,7 +73,9 @@ def test_harness_mutant_is_caught(
         except AssertionError:
             caught = True
     record_property("harness_mutant_caught", caught)
-    assert caught, f"harness mutant {mutant.name} ({mutant.doc}) went unnoticed: {mutant.detector} still passes"
+    assert caught, (
+        f"harness mutant {mutant.name} ({mutant.doc}) went unnoticed: {mutant.detector} still passes"
+    )
 
 
 def test_every_detector_passes_on_the_real_harness(tmp_path: Path, pytester: pytest.Pytester) -> None:

@@ -89,30 +89,57 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "vocab-string": (_config(vocab_size="abc"), r"vocab_size is 'abc', not an integer"),
     "vocab-null": (_config(vocab_size=None), r"vocab_size is None, not an integer"),
     "vocab-list": (_config(vocab_size=[97]), r"vocab_size is \[97\], not an integer"),
-    "vocab-disagrees": (_config(vocab_size=50257), r"vocab_size is 50257, but transformer\.wte\.weight is \(97, 16\)"),
-    "n-embd-disagrees": (_config(n_embd=1024, n_head=2), r"n_embd is 1024, but transformer\.wte\.weight is \(97, 16\)"),
-    "n-positions-disagrees": (_config(n_positions=4096, n_ctx=4096), r"n_positions is 4096, but transformer\.wpe\.weight"),
+    "vocab-disagrees": (
+        _config(vocab_size=50257),
+        r"vocab_size is 50257, but transformer\.wte\.weight is \(97, 16\)",
+    ),
+    "n-embd-disagrees": (
+        _config(n_embd=1024, n_head=2),
+        r"n_embd is 1024, but transformer\.wte\.weight is \(97, 16\)",
+    ),
+    "n-positions-disagrees": (
+        _config(n_positions=4096, n_ctx=4096),
+        r"n_positions is 4096, but transformer\.wpe\.weight",
+    ),
     "n-head-not-dividing": (_config(n_head=3), r"n_embd \(16\) is not divisible by n_head \(3\)"),
-    "n-ctx-without-n-positions": (_config(n_positions=DROP), r"n_positions is missing \(transformers ignores n_ctx"),
+    "n-ctx-without-n-positions": (
+        _config(n_positions=DROP),
+        r"n_positions is missing \(transformers ignores n_ctx",
+    ),
     "resid-pdrop-5": (_config(resid_pdrop=5), r"resid_pdrop is 5, not a probability in \[0, 1\)"),
     "attn-pdrop-negative": (_config(attn_pdrop=-0.1), r"attn_pdrop is -0\.1, not a probability"),
     "embd-pdrop-string": (_config(embd_pdrop="0.1"), r"embd_pdrop is '0\.1', not a probability"),
     "eps-string": (_config(layer_norm_epsilon="1e-5"), r"layer_norm_epsilon is '1e-5', not a finite number"),
     "activation-number": (_config(activation_function=3), r"activation_function is 3, not a string"),
-    "scale-attn-string": (_config(scale_attn_weights="yes"), r"scale_attn_weights is 'yes', not true or false"),
+    "scale-attn-string": (
+        _config(scale_attn_weights="yes"),
+        r"scale_attn_weights is 'yes', not true or false",
+    ),
     "n-inner-string": (_config(n_inner="64"), r"n_inner is '64', not an integer or null"),
     "eos-string": (_config(eos_token_id="eot"), r"eos_token_id is 'eot', not a token id"),
     "model-type-missing": (_config(model_type=DROP), r"model_type is None, not 'gpt2'"),
     "config-a-list": (_raw_config(b"[1, 2]"), r"expected a JSON object, got list"),
     "config-not-utf8": (_raw_config(b'{"n_layer": "\xff\xfe"}'), r"config\.json: not valid JSON"),
     "config-deeply-nested": (_raw_config(_deep_json(100_000)), r"config\.json: JSON nested too deeply"),
-    "config-huge": (_raw_config(b" " * (2 << 20) + b"{}"), r"config\.json: 2,097,154 bytes, not a GPT-2 config"),
-    "index-weight-map-list": (_sharded({"weight_map": [SHARD]}), r"index\.json: weight_map is missing or not"),
+    "config-huge": (
+        _raw_config(b" " * (2 << 20) + b"{}"),
+        r"config\.json: 2,097,154 bytes, not a GPT-2 config",
+    ),
+    "index-weight-map-list": (
+        _sharded({"weight_map": [SHARD]}),
+        r"index\.json: weight_map is missing or not",
+    ),
     "index-weight-map-missing": (_sharded({"metadata": {}}), r"index\.json: weight_map is missing"),
     "index-not-json": (_sharded("{"), r"index\.json: not valid JSON"),
-    "index-path-traversal": (_sharded({"weight_map": {"transformer.wte.weight": "../model.safetensors"}}), r"not a shard file name"),
-    "index-shard-missing": (_sharded({"weight_map": {"transformer.wte.weight": SHARD}}, keep_shard=False), r"shard\(s\) .* listed in the index are missing"),
-}  # fmt: skip
+    "index-path-traversal": (
+        _sharded({"weight_map": {"transformer.wte.weight": "../model.safetensors"}}),
+        r"not a shard file name",
+    ),
+    "index-shard-missing": (
+        _sharded({"weight_map": {"transformer.wte.weight": SHARD}}, keep_shard=False),
+        r"shard\(s\) .* listed in the index are missing",
+    ),
+}
 
 
 def digest(directory: Path) -> dict[str, str]:
@@ -223,8 +250,12 @@ def test_real_bisect_entry_point_aborts_with_129(variants: tuple[Path, dict[str,
     root, dirs, _ = variants
     proc = subprocess.run(
         [sys.executable, "-m", "parity.frontends.bisect", "--model", str(dirs["resid-pdrop-5"])],
-        cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 129, proc.stdout + proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "resid_pdrop is 5" in proc.stderr
 
@@ -281,9 +312,23 @@ def test_parity_suite_passes_on_a_tied_pytorch_model_bin(tmp_path: Path) -> None
     """The whole suite, the untied control included, on a checkpoint that stores lm_head equal to wte."""
     d = _hf_dir_with_bin(tmp_path, legacy=False)
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "-q", "-p", "no:cacheprovider", "--model", str(d),
-         "-k", "untied or hugging or logits or tied-storage"],
-        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "parity/",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--model",
+            str(d),
+            "-k",
+            "untied or hugging or logits or tied-storage",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "4 passed" in out.stdout, out.stdout[-2000:]

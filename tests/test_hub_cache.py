@@ -32,13 +32,28 @@ OLD = "0" * 40
 NEWER = "2" * 40  # a newer folder on disk that refs/main does not name (an interrupted download, say)
 # A tiny model in the layout of OpenAI's config.json for gpt2.
 OPENAI_STYLE_CONFIG = {
-    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
-    "bos_token_id": 98, "embd_pdrop": 0.1, "eos_token_id": 98, "initializer_range": 0.02,
-    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 32, "n_embd": 16, "n_head": 2,
-    "n_layer": 2, "n_positions": 32, "resid_pdrop": 0.1, "summary_activation": None,
-    "summary_first_dropout": 0.1, "summary_proj_to_labels": True, "summary_type": "cls_index",
-    "summary_use_proj": True, "vocab_size": 99,
-}  # fmt: skip
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "bos_token_id": 98,
+    "embd_pdrop": 0.1,
+    "eos_token_id": 98,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 32,
+    "n_embd": 16,
+    "n_head": 2,
+    "n_layer": 2,
+    "n_positions": 32,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "vocab_size": 99,
+}
 
 
 def openai_style_files(seed: int, scratch: Path) -> dict[str, bytes]:
@@ -56,7 +71,9 @@ def openai_style_files(seed: int, scratch: Path) -> dict[str, bytes]:
     return {"config.json": json.dumps(OPENAI_STYLE_CONFIG, indent=2).encode(), "model.safetensors": blob}
 
 
-def add_snapshot(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], ref: str | None = None) -> Path:
+def add_snapshot(
+    cache: Path, repo_id: str, commit: str, files: dict[str, bytes], ref: str | None = None
+) -> Path:
     """Store files as blobs and a snapshot of symlinks, as the hub does; point refs/<ref> at the commit."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
@@ -117,7 +134,9 @@ def test_auto_weights_find_and_use_the_snapshot_that_refs_main_names(
         assert torch.equal(ours.transformer.wte.weight, wte)
 
 
-def test_revision_pins_a_branch_or_a_commit(hub_cache: Path, checkpoints: dict[str, dict[str, bytes]]) -> None:
+def test_revision_pins_a_branch_or_a_commit(
+    hub_cache: Path, checkpoints: dict[str, dict[str, bytes]]
+) -> None:
     main = add_snapshot(hub_cache, "openai-community/gpt2", MAIN, checkpoints["main"], ref="main")
     old = add_snapshot(hub_cache, "openai-community/gpt2", OLD, checkpoints["old"], ref="v-old")
     assert find_cached_snapshot("gpt2") == main
@@ -140,8 +159,13 @@ def test_an_uncached_revision_is_a_usage_error_naming_it(
 def test_a_snapshot_without_weights_or_without_refs_is_not_a_checkpoint(
     hub_cache: Path, checkpoints: dict[str, dict[str, bytes]]
 ) -> None:
-    add_snapshot(hub_cache, "openai-community/gpt2", MAIN, {"config.json": checkpoints["main"]["config.json"]},
-                 ref="main")  # fmt: skip
+    add_snapshot(
+        hub_cache,
+        "openai-community/gpt2",
+        MAIN,
+        {"config.json": checkpoints["main"]["config.json"]},
+        ref="main",
+    )
     add_snapshot(hub_cache, "gpt2", OLD, checkpoints["old"])  # a snapshot that no ref names
     assert find_cached_snapshot("gpt2") is None
     (target,) = resolve_targets("gpt2", "auto", "cpu", None)
@@ -150,7 +174,9 @@ def test_a_snapshot_without_weights_or_without_refs_is_not_a_checkpoint(
         resolve_targets("gpt2", "pretrained", "cpu", None)
 
 
-def test_cache_directory_follows_the_hubs_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_directory_follows_the_hubs_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -170,9 +196,28 @@ def test_the_header_of_pytest_parity_names_the_cached_snapshot(
     env = {**os.environ, "NANOGPT_PARITY_CACHE": str(tmp_path / "parity-cache")}
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "--model", "gpt2", "--revision", "v-old", "--device", "cpu",
-         "--collect-only", "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "parity/",
+            "--model",
+            "gpt2",
+            "--revision",
+            "v-old",
+            "--device",
+            "cpu",
+            "--collect-only",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"weights: pretrained (OpenAI weights found in the local Hugging Face cache ({old}))" in proc.stdout
+    assert (
+        f"weights: pretrained (OpenAI weights found in the local Hugging Face cache ({old}))" in proc.stdout
+    )

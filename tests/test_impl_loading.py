@@ -231,8 +231,14 @@ def test_configure_optimizers_signatures_across_history() -> None:
     def renamed(self: object, wd: float, lr: float, b: tuple) -> None:
         seen.append((wd, lr, b))
 
-    def zero(self: object, weight_decay: float, learning_rate: float, betas: tuple, device_type: str,
-             zero_stage: int) -> None:  # fmt: skip
+    def zero(
+        self: object,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple,
+        device_type: str,
+        zero_stage: int,
+    ) -> None:
         seen.append((weight_decay, device_type, zero_stage))
 
     def defaulted(self: object, weight_decay: float, lr: float, betas: tuple, fused: bool = True) -> None:
@@ -244,8 +250,9 @@ def test_configure_optimizers_signatures_across_history() -> None:
     def unknown(self: object, a: float, b: float) -> None:
         seen.append("called")
 
-    def one_unknown(self: object, weight_decay: float, learning_rate: float, betas: tuple,
-                    grad_accum_steps: int) -> None:  # fmt: skip
+    def one_unknown(
+        self: object, weight_decay: float, learning_rate: float, betas: tuple, grad_accum_steps: int
+    ) -> None:
         seen.append("called")
 
     for method in (current, older, mingpt, renamed, zero, defaulted, renamed_with_zero):
@@ -278,10 +285,26 @@ def _run_parity_suite(
     # In-process saves a child start-up per run; tests/test_sandboxed_pytest.py shows that a run in the
     # child reports the same verdicts.
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "--impl", str(impl), "--in-process", "--model", str(checkpoint),
-         "-p", "no:cacheprovider", *extra],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "parity/",
+            "--impl",
+            str(impl),
+            "--in-process",
+            "--model",
+            str(checkpoint),
+            "-p",
+            "no:cacheprovider",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_parity_suite_runs_on_an_implementation(tmp_path: Path, small_checkpoint: Path) -> None:
@@ -300,9 +323,13 @@ def test_parity_suite_fails_on_a_parity_bug_and_names_it(tmp_path: Path, small_c
     """An exact-GELU implementation fails the loss, gradient and multi-sequence logits checks, which all
     read one forward + backward; the logits failure is diagnosed down to the first diverging module."""
     bad = _run_parity_suite(
-        write_model(tmp_path / "gelu", "exact-gelu"), small_checkpoint, tmp_path,
-        "-k", "logits or grads or loss", "-q",
-    )  # fmt: skip
+        write_model(tmp_path / "gelu", "exact-gelu"),
+        small_checkpoint,
+        tmp_path,
+        "-k",
+        "logits or grads or loss",
+        "-q",
+    )
     assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
     assert "3 failed" in bad.stdout, bad.stdout[-3000:]
     assert "FAIL logits: first divergence at transformer.h.0.mlp" in bad.stdout

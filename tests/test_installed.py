@@ -35,9 +35,7 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "nanogpt", "parity", "bench
 TINY = GPTConfig(block_size=128, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
 # An implementation under test that leaves a trace when its definitions are loaded, so the run proves it
 # used this file (a class body runs when defined; module-level statements would be left out as a script's).
-IMPL_TRACE = (
-    "\nclass _Trace:\n    import pathlib\n\n    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
-)
+IMPL_TRACE = "\nclass _Trace:\n    import pathlib\n\n    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
 USER_CONFTEST = """
 def pytest_addoption(parser):
     parser.addoption("--model", default="mine", help="the user's own option")
@@ -73,8 +71,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             shutil.copy2(path, src / name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
     dist = tmp / "dist"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                  str(dist), str(src)], tmp, env)  # fmt: skip
+    built = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        tmp,
+        env,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = dist.glob("nanogpt_parity-*.whl")
     venv = tmp / "venv"
@@ -85,8 +97,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # A path line, not a nested site dir: this environment's own .pth files (an editable install of this
     # checkout among them) stay inactive there, so only the wheel provides nanogpt and parity.
     Path(purelib.stdout.strip(), "reuse-dependencies.pth").write_text("\n".join(_dependency_dirs()) + "\n")
-    inst = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                 str(wheel)], tmp, env)  # fmt: skip
+    inst = _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        tmp,
+        env,
+    )
     assert inst.returncode == 0, inst.stdout + inst.stderr
     user = tmp / "user-project"
     user.mkdir()
@@ -114,7 +129,9 @@ def test_the_wheel_provides_the_packages_and_no_pytest_plugin(installed: dict[st
     assert benchmarks_spec == "None", f"benchmarks is installed: {benchmarks_spec}"
     assert Path(parity_file).is_relative_to(installed["purelib"]), "parity imported from outside the wheel"
     assert Path(nanogpt_file).is_relative_to(installed["purelib"])
-    assert entry_points == "['parity.frontends.cli:main', 'parity.frontends.bisect:main']", "console scripts only, no pytest11"
+    assert entry_points == "['parity.frontends.cli:main', 'parity.frontends.bisect:main']", (
+        "console scripts only, no pytest11"
+    )
     assert (installed["purelib"] / "parity" / "frontends" / "suite.ini").is_file()
 
 
@@ -140,8 +157,22 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     (user / "my_model.py").write_text((REPO / "nanogpt" / "model.py").read_text() + IMPL_TRACE)
     # A settings file of the user's that would break our run if it were read.
     (user / "pytest.ini").write_text("[pytest]\naddopts = --option-of-the-users-own-plugin\n")
-    out = _run(["nanogpt-parity", "--model", "tiny-checkpoint", "--impl", "my_model.py", "--impl-timeout", "300",
-                "-q", "--parity-report", "report.json"], user, _env(installed))  # fmt: skip
+    out = _run(
+        [
+            "nanogpt-parity",
+            "--model",
+            "tiny-checkpoint",
+            "--impl",
+            "my_model.py",
+            "--impl-timeout",
+            "300",
+            "-q",
+            "--parity-report",
+            "report.json",
+        ],
+        user,
+        _env(installed),
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert " passed" in out.stdout and "failed" not in out.stdout and "error" not in out.stdout
     # The installed harness starts its child process from the wheel too.
@@ -150,9 +181,21 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     assert (user / "report.json").is_file(), "--parity-report is relative to where the command runs"
     assert not (user / ".benchmarks").exists(), "nothing but what the user asked for is written there"
     # The report of this tiny run, drawn by the installed plot command (once reports carry profiles).
-    if "profiles" in json.loads((user / "report.json").read_text()) and importlib.util.find_spec("matplotlib"):
-        drawn = _run([str(installed["bin"] / "python"), "-m", "parity.frontends.plot", "report.json", "-o", "profile.png"],
-                     user, _env(installed))  # fmt: skip
+    if "profiles" in json.loads((user / "report.json").read_text()) and importlib.util.find_spec(
+        "matplotlib"
+    ):
+        drawn = _run(
+            [
+                str(installed["bin"] / "python"),
+                "-m",
+                "parity.frontends.plot",
+                "report.json",
+                "-o",
+                "profile.png",
+            ],
+            user,
+            _env(installed),
+        )
         assert drawn.returncode == 0, drawn.stderr
         assert (user / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -163,8 +206,20 @@ def test_a_users_own_conftest_defining_model_keeps_working(installed: dict[str, 
     (project / "pytest.ini").write_text("[pytest]\n")
     (project / "conftest.py").write_text(USER_CONFTEST)
     (project / "test_mine.py").write_text(USER_TEST)
-    out = _run([str(installed["bin"] / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                "--model", "resnet"], project, _env(installed))  # fmt: skip
+    out = _run(
+        [
+            str(installed["bin"] / "python"),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--model",
+            "resnet",
+        ],
+        project,
+        _env(installed),
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "1 passed" in out.stdout
 
@@ -181,6 +236,11 @@ def test_path_options_become_absolute_against_the_callers_directory(tmp_path: Pa
 
     args = ["--impl", "m.py", "--parity-report=out/r.json", "--model", "gpt2", "-k", "--impl"]
     assert absolute_path_options(args, tmp_path) == [
-        "--impl", str(tmp_path / "m.py"), f"--parity-report={tmp_path / 'out/r.json'}", "--model", "gpt2",
-        "-k", "--impl",
-    ]  # fmt: skip
+        "--impl",
+        str(tmp_path / "m.py"),
+        f"--parity-report={tmp_path / 'out/r.json'}",
+        "--model",
+        "gpt2",
+        "-k",
+        "--impl",
+    ]

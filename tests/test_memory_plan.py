@@ -25,8 +25,12 @@ GB = 1_000_000_000
 
 
 def test_plan_shares_weights_exactly_above_the_threshold() -> None:
-    for name, dtype in [("gpt2", torch.float64), ("gpt2-medium", torch.float64),
-                        ("gpt2-large", torch.float32), ("gpt2-xl", torch.float32)]:  # fmt: skip
+    for name, dtype in [
+        ("gpt2", torch.float64),
+        ("gpt2-medium", torch.float64),
+        ("gpt2-large", torch.float32),
+        ("gpt2-xl", torch.float32),
+    ]:
         plan = plan_memory(gpt2_config(name), dtype)
         assert plan.share_weights == (plan.param_bytes > memory.SHARE_WEIGHTS_ABOVE_BYTES), name
     assert not plan_memory(gpt2_config("gpt2"), torch.float64).share_weights
@@ -89,8 +93,14 @@ def test_memory_problem_names_the_estimate_the_available_memory_and_the_override
     short = Available(plan.estimated_peak_bytes - 1, "MemAvailable in /proc/meminfo")
     problem = memory_problem("gpt2-xl", plan, short)
     assert problem is not None
-    for part in ("gpt2-xl", memory.format_bytes(plan.estimated_peak_bytes), memory.format_bytes(short.bytes),
-                 "MemAvailable", memory.IGNORE_ENV_VAR, "shared weight storage"):  # fmt: skip
+    for part in (
+        "gpt2-xl",
+        memory.format_bytes(plan.estimated_peak_bytes),
+        memory.format_bytes(short.bytes),
+        "MemAvailable",
+        memory.IGNORE_ENV_VAR,
+        "shared weight storage",
+    ):
         assert part in problem, (part, problem)
     assert memory_problem("gpt2-xl", plan, Available(plan.estimated_peak_bytes, "x")) is None
     assert memory_problem("gpt2-xl", plan, None) is None  # nothing to compare with: run
@@ -158,5 +168,7 @@ def test_xdist_workers_share_the_available_memory(monkeypatch: pytest.MonkeyPatc
 def test_memory_plan_is_the_targets() -> None:
     (target,) = resolve_targets("gpt2", "synthetic", "cpu", None)
     assert target.memory == plan_memory(target.config, target.dtype)
-    assert not target.memory.share_weights and target.memory.estimated_peak_bytes > 2 * target.memory.param_bytes
+    assert (
+        not target.memory.share_weights and target.memory.estimated_peak_bytes > 2 * target.memory.param_bytes
+    )
     assert target.dtype_reason.startswith("CPU default for gpt2")

@@ -54,6 +54,8 @@ REQUIRED = {
     "lm_head-bias",
     "padding-not-cropped",
 }
+
+
 class Catalog:
     """Synthetic checkpoints per catalog config, written on first use into the session's directory."""
 
@@ -98,7 +100,9 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
 def killed_by(verdicts: Verdicts) -> dict[str, str]:
     """The checks that killed an entry, with their messages; "load" when the checks that load the
     checkpoint were CANNOT-TEST because loading it failed (the bisect command then exits 125, never 0)."""
-    failed = {c: f"{reason}\n{details}" for c, (status, reason, details) in verdicts.items() if status == "FAIL"}
+    failed = {
+        c: f"{reason}\n{details}" for c, (status, reason, details) in verdicts.items() if status == "FAIL"
+    }
     status, reason, details = verdicts["logits"]  # a check that needs the loaded model
     if status == "CANNOT-TEST":
         failed["load"] = f"{reason}\n{details}"
@@ -182,13 +186,22 @@ FLOAT32_SURVIVORS = {
 }
 # The default run: the entries that only the norm criterion kills in float32, the survivor, and two controls
 # (~7 s each); -m slow runs the whole catalog.
-FLOAT32_DEFAULT = {"exact-gelu", "attn-scale-1/head_dim", "gelu-constant-5-digits", "reference", "reimplemented-forward"}
+FLOAT32_DEFAULT = {
+    "exact-gelu",
+    "attn-scale-1/head_dim",
+    "gelu-constant-5-digits",
+    "reference",
+    "reimplemented-forward",
+}
 
 
 @pytest.mark.parametrize(
     "entry",
-    [pytest.param(m, id=m.name, marks=() if m.name in FLOAT32_DEFAULT else (pytest.mark.slow,)) for m in MUTANTS + CONTROLS],
-)  # fmt: skip
+    [
+        pytest.param(m, id=m.name, marks=() if m.name in FLOAT32_DEFAULT else (pytest.mark.slow,))
+        for m in MUTANTS + CONTROLS
+    ],
+)
 def test_catalog_in_float32_at_gpt2_width(
     entry: Mutant, catalog: Catalog, tmp_path: Path, pytester: pytest.Pytester
 ) -> None:

@@ -259,13 +259,25 @@ def test_cache_that_is_a_file_is_one_usage_error_before_any_model(tmp_path: Path
     blocker.write_text("mine\n")
     env = dict(os.environ, **{CACHE_ENV_VAR: str(blocker)})
     root = Path(__file__).resolve().parent.parent
-    suite = subprocess.run([sys.executable, "-m", "pytest", "parity/", "-q", "-p", "no:cacheprovider"],
-                           cwd=root, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "parity/", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert suite.returncode == 4, suite.stdout[-2000:] + suite.stderr[-2000:]
     assert f"{CACHE_ENV_VAR} {blocker}: is a file, not a directory" in suite.stderr + suite.stdout
     assert "Traceback" not in suite.stderr + suite.stdout
-    bisect = subprocess.run([sys.executable, "-m", "parity.frontends.bisect", "--checks", "param-count"],
-                            cwd=root, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    bisect = subprocess.run(
+        [sys.executable, "-m", "parity.frontends.bisect", "--checks", "param-count"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bisect.returncode == 129, bisect.stdout + bisect.stderr
     assert bisect.stderr.count("\n") == 1 and "is a file, not a directory" in bisect.stderr, bisect.stderr
     assert blocker.read_text() == "mine\n"

@@ -16,16 +16,27 @@ import pytest
 
 from parity.frontends import plot
 
-MODULES = ["transformer.wte+wpe"] + [
-    f"transformer.h.{i}.{part}" for i in range(4) for part in ("ln_1", "attn", "ln_2", "mlp")
-] + ["transformer.ln_f", "lm_head"]  # fmt: skip
+MODULES = (
+    ["transformer.wte+wpe"]
+    + [f"transformer.h.{i}.{part}" for i in range(4) for part in ("ln_1", "attn", "ln_2", "mlp")]
+    + ["transformer.ln_f", "lm_head"]
+)
 BUG_AT = MODULES.index("transformer.h.1.mlp")
 
 
-def profile(model: str, rel: list[float | None], passed: bool, comparison: str = "logits[gradient batch]") -> dict:
-    return {"model": model, "comparison": comparison, "dtype": "float32", "modules": MODULES,
-            "relative_difference": rel, "noise": 1e-5, "tolerance": {"rtol": 1e-4, "atol": 1e-5},
-            "passed": passed}  # fmt: skip
+def profile(
+    model: str, rel: list[float | None], passed: bool, comparison: str = "logits[gradient batch]"
+) -> dict:
+    return {
+        "model": model,
+        "comparison": comparison,
+        "dtype": "float32",
+        "modules": MODULES,
+        "relative_difference": rel,
+        "noise": 1e-5,
+        "tolerance": {"rtol": 1e-4, "atol": 1e-5},
+        "passed": passed,
+    }
 
 
 def passing_float32() -> dict:
@@ -52,7 +63,9 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_the_command_writes_a_png_of_sensible_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_writes_a_png_of_sensible_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("matplotlib")
     report = write(tmp_path, {"models": [], "profiles": [passing_float32(), exact_gelu_bug()]})
     out = tmp_path / "profile.png"
@@ -96,13 +109,17 @@ def _bad_reports(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "no profiles": (write(tmp_path, {"models": []}, "b.json"), 'no "profiles" in the report'),
         "empty profiles": (write(tmp_path, {"profiles": []}, "c.json"), "must be a non-empty list"),
         "length mismatch": (write(tmp_path, {"profiles": [short]}, "d.json"), "as long as modules"),
-        "nan noise": (write(tmp_path, {"profiles": [passing_float32(), nan]}, "e.json"),
-                      "profiles[1].noise must be a finite number"),
+        "nan noise": (
+            write(tmp_path, {"profiles": [passing_float32(), nan]}, "e.json"),
+            "profiles[1].noise must be a finite number",
+        ),
         "no tolerance": (write(tmp_path, {"profiles": [no_tol]}, "f.json"), "profiles[0] lacks tolerance"),
-    }  # fmt: skip
+    }
 
 
-def test_a_malformed_report_is_refused_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_malformed_report_is_refused_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "profile.png"
     for case, (path, message) in _bad_reports(tmp_path).items():
         assert plot.main([str(path), "-o", str(out)]) == 2, case

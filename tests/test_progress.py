@@ -102,9 +102,22 @@ def test_under_pytest_the_lines_reach_the_terminal_past_output_capture(tmp_path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "parity.subject.progress", "-p", "no:cacheprovider", "test_phase.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "parity.subject.progress",
+            "-p",
+            "no:cacheprovider",
+            "test_phase.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "generating the synthetic gpt2-xl checkpoint ..." in proc.stdout
     assert "generating the synthetic gpt2-xl checkpoint: done in " in proc.stdout

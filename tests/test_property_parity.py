@@ -75,9 +75,11 @@ def random_hf_gpt2(config: GPTConfig, seed: int) -> GPT2LMHeadModel:
 SMALLEST = Case(GPTConfig(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_embd=1), 0, ((0,),), ((0,),))
 # Vocabulary smaller than n_embd, a full block, ids at both ends of the range.
 NARROW_VOCAB = Case(
-    GPTConfig(block_size=4, vocab_size=3, n_layer=2, n_head=2, n_embd=8), 1, ((0, 2, 2, 1), (2, 0, 1, 0)),
+    GPTConfig(block_size=4, vocab_size=3, n_layer=2, n_head=2, n_embd=8),
+    1,
+    ((0, 2, 2, 1), (2, 0, 1, 0)),
     ((2, 2, 1, 0), (0, 1, 0, 2)),
-)  # fmt: skip
+)
 
 
 @given(case=cases())

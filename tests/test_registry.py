@@ -39,9 +39,23 @@ def test_every_check_is_defined_once_with_its_meaning_and_needs() -> None:
     for name, check in CHECKS.items():
         assert check.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name), name
         assert check.meaning and check.needs and callable(check.run), name
-    required = {"logits", "loss", "grads", "tied-gradient", "tied-storage", "param-count", "own-count",
-                "optimizer-once", "checkpoint-once", "decay-groups", "train-steps", "init", "init-scheme",
-                "inference", "dropout-sites"}  # fmt: skip
+    required = {
+        "logits",
+        "loss",
+        "grads",
+        "tied-gradient",
+        "tied-storage",
+        "param-count",
+        "own-count",
+        "optimizer-once",
+        "checkpoint-once",
+        "decay-groups",
+        "train-steps",
+        "init",
+        "init-scheme",
+        "inference",
+        "dropout-sites",
+    }
     assert required <= set(CHECK_NAMES), sorted(required - set(CHECK_NAMES))
 
 
@@ -56,10 +70,25 @@ def test_bisect_help_lists_exactly_the_registry() -> None:
 
 def test_parity_collects_one_test_per_check_and_model() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "parity/", "--co", "-q", "-p", "no:cacheprovider", "--model", "all",
-         "--weights", "synthetic"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "parity/",
+            "--co",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--model",
+            "all",
+            "--weights",
+            "synthetic",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     ids = set(re.findall(r"test_check\[([^\]]+)\]", out.stdout))
     assert ids == {f"{size}-{check}" for size in GPT2_SIZES for check in CHECK_NAMES}, sorted(ids)[:10]

@@ -48,8 +48,13 @@ def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
     assert code == pytest.ExitCode.TESTS_FAILED, text[-3000:]
     data = strict_load(report)
     checks = {c["check"]: c for c in data["checks"]}
-    assert checks["logits"]["status"] == "FAIL" and "first divergence at transformer.h.0.mlp" in checks["logits"]["reason"]
-    assert checks["loss"]["status"] == "FAIL" and "h.0.mlp" in checks["loss"]["reason"]  # the loss names the cause
+    assert (
+        checks["logits"]["status"] == "FAIL"
+        and "first divergence at transformer.h.0.mlp" in checks["logits"]["reason"]
+    )
+    assert (
+        checks["loss"]["status"] == "FAIL" and "h.0.mlp" in checks["loss"]["reason"]
+    )  # the loss names the cause
     assert checks["param-count"]["status"] == "PASS"
     failed = [r for r in data["records"] if r["check"] == "logits" and not r["passed"]]
     assert failed and failed[0]["mismatched"] > 0, "the failing comparison's record is missing"

@@ -189,7 +189,10 @@ FIELD_CASES: dict[str, tuple[Callable[[dict], None], str]] = {
     "rng-string": (_set(("rng",), "seed"), r"field 'rng' is not a list"),
     "rng-empty": (_set(("rng",), []), r"field 'rng' is not a list"),
     "rng-entry-not-dict": (_set(("rng", 0), 5), r"field 'rng\[0\]' is not a dict"),
-    "rng-torch-short": (_set(("rng", 0, "torch_cpu"), torch.zeros(10, dtype=torch.uint8)), r"rng\[0\]\.torch_cpu"),
+    "rng-torch-short": (
+        _set(("rng", 0, "torch_cpu"), torch.zeros(10, dtype=torch.uint8)),
+        r"rng\[0\]\.torch_cpu",
+    ),
     "rng-torch-float": (_set(("rng", 0, "torch_cpu"), torch.zeros(5056)), r"rng\[0\]\.torch_cpu"),
     "rng-numpy-string": (_set(("rng", 0, "numpy"), "MT"), r"rng\[0\]\.numpy"),
     "rng-numpy-short-key": (
@@ -204,21 +207,42 @@ FIELD_CASES: dict[str, tuple[Callable[[dict], None], str]] = {
     "sampler-short": (_set(("sampler", "generator"), torch.zeros(3, dtype=torch.uint8)), r"field 'sampler'"),
     "optimizer-string": (_set(("optimizer",), "adamw"), r"field 'optimizer' is not an optimizer state"),
     "optimizer-empty-state": (_set(("optimizer", "state"), {}), r"optimizer\.state' lacks the AdamW moments"),
-    "optimizer-no-groups": (_set(("optimizer", "param_groups"), []), r"optimizer\.param_groups' does not hold"),
-    "optimizer-group-string": (_set(("optimizer", "param_groups", 0), "g"), r"param_groups\[0\]' is not a dict"),
-    "optimizer-lr-nan": (_set(("optimizer", "param_groups", 0, "lr"), float("nan")), r"param_groups\[0\]\.lr"),
-    "optimizer-betas": (_set(("optimizer", "param_groups", 0, "betas"), (2.0, 0.9)), r"param_groups\[0\]\.betas"),
+    "optimizer-no-groups": (
+        _set(("optimizer", "param_groups"), []),
+        r"optimizer\.param_groups' does not hold",
+    ),
+    "optimizer-group-string": (
+        _set(("optimizer", "param_groups", 0), "g"),
+        r"param_groups\[0\]' is not a dict",
+    ),
+    "optimizer-lr-nan": (
+        _set(("optimizer", "param_groups", 0, "lr"), float("nan")),
+        r"param_groups\[0\]\.lr",
+    ),
+    "optimizer-betas": (
+        _set(("optimizer", "param_groups", 0, "betas"), (2.0, 0.9)),
+        r"param_groups\[0\]\.betas",
+    ),
     "optimizer-moment-shape": (_edit_first_state("exp_avg", lambda t: t[:1]), r"\.exp_avg' does not have"),
-    "optimizer-moment-nan": (_edit_first_state("exp_avg_sq", lambda t: t * float("nan")), r"NaN, Inf or negative"),
+    "optimizer-moment-nan": (
+        _edit_first_state("exp_avg_sq", lambda t: t * float("nan")),
+        r"NaN, Inf or negative",
+    ),
     "optimizer-step-negative": (_edit_first_state("step", lambda t: t - 100), r"\.step' is not a step count"),
     "optimizer-step-string": (_edit_first_state("step", lambda t: "1"), r"\.step' is not a step count"),
     "scaler-string": (_set(("scaler",), "s"), r"field 'scaler'"),
     "train-config-string": (_set(("train_config",), "cfg"), r"field 'train_config' is not a dict"),
-    "train-config-bad-type": (_set(("train_config", "batch_size"), "abc"), r"saved train_config: batch_size expects int"),
+    "train-config-bad-type": (
+        _set(("train_config", "batch_size"), "abc"),
+        r"saved train_config: batch_size expects int",
+    ),
     "train-config-bad-range": (_set(("train_config", "learning_rate"), 1e9), r"learning_rate: must be <= 1"),
     "model-nan": (_scale_weight, r"field 'model\[transformer\.h\.0\.mlp\.c_fc\.weight\]' holds NaN"),
-    "model-config-n-layer": (_set(("model_config", "n_layer"), 10**9), r"n_layer=1000000000, .*missing transformer\.h\.2\.\* \(the weights hold 2 layers\)"),
-}  # fmt: skip
+    "model-config-n-layer": (
+        _set(("model_config", "n_layer"), 10**9),
+        r"n_layer=1000000000, .*missing transformer\.h\.2\.\* \(the weights hold 2 layers\)",
+    ),
+}
 
 
 @pytest.fixture(scope="module")

@@ -101,13 +101,17 @@ def test_integrity_sees_a_rebound_comparison_a_loosened_tolerance_and_a_patched_
     before = integrity.snapshot()
     assert integrity.changes(before) == []
     monkeypatch.setattr(parity.numerics.forward, "compare_chunked", lambda *a: None)
-    monkeypatch.setitem(parity.core.tolerances.LOGITS, torch.float64, parity.core.tolerances.LOGITS[torch.float32])
+    monkeypatch.setitem(
+        parity.core.tolerances.LOGITS, torch.float64, parity.core.tolerances.LOGITS[torch.float32]
+    )
     monkeypatch.setattr(torch.Tensor, "abs", lambda self: self)  # shadows the C method: a name added
     monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     assert integrity.changes(before, limit=10) == [
-        "parity.core.tolerances.LOGITS[torch.float64]", "parity.numerics.forward.compare_chunked", "torch.Tensor (its names)",
+        "parity.core.tolerances.LOGITS[torch.float64]",
+        "parity.numerics.forward.compare_chunked",
+        "torch.Tensor (its names)",
         "torch.allclose",
-    ]  # fmt: skip
+    ]
     monkeypatch.undo()
     assert integrity.changes(before) == []
 
@@ -144,13 +148,26 @@ def test_prints_are_captured_and_shown_only_with_v(
 def test_verdicts_come_back_whole_and_a_malformed_one_is_refused() -> None:
     """The child sends Verdict.to_json (records and profiles included); the parent rebuilds exactly that, and
     anything else in the result makes every check CANNOT-TEST."""
-    record = Comparison("logits", "logits[batch]", (2, 3), math.nan, 0.5, 1e-9, 1e-9, 6, 6, "NaN in it", False)
-    profile = {"label": "batch", "modules": ["transformer.h.0.mlp"], "relative_difference": [None], "passed": False}
+    record = Comparison(
+        "logits", "logits[batch]", (2, 3), math.nan, 0.5, 1e-9, 1e-9, 6, 6, "NaN in it", False
+    )
+    profile = {
+        "label": "batch",
+        "modules": ["transformer.h.0.mlp"],
+        "relative_difference": [None],
+        "passed": False,
+    }
     verdicts = [
-        Verdict("logits", Status.FAIL, "first divergence", "details", [record, replace(record, where=(1, 2))],
-                [profile]),
+        Verdict(
+            "logits",
+            Status.FAIL,
+            "first divergence",
+            "details",
+            [record, replace(record, where=(1, 2))],
+            [profile],
+        ),
         Verdict("grads", Status.CANNOT_TEST, "crashed", ""),
-    ]  # fmt: skip
+    ]
     sent = json.loads(json.dumps({"verdicts": [v.to_json() for v in verdicts]}))  # NaN travels as NaN
     back = _verdicts_of(sent, ["grads", "logits"])
     as_text = lambda vs: json.dumps([v.to_json() for v in vs])  # noqa: E731  (NaN == NaN as text)

@@ -61,8 +61,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Run
             reports[kind, in_process] = tmp / f"report-{name}.json"
             verbosity = "-v" if kind == "failing" and not in_process else "-q"
             where = ["--in-process"] if in_process else []
-            cases[name] = [verbosity, "--impl", str(impl), "--model", str(checkpoint),
-                           "--parity-report", str(reports[kind, in_process]), *where]  # fmt: skip
+            cases[name] = [
+                verbosity,
+                "--impl",
+                str(impl),
+                "--model",
+                str(checkpoint),
+                "--parity-report",
+                str(reports[kind, in_process]),
+                *where,
+            ]
     # One thread: the sandbox's child runs with its caller's count, so both runs round alike.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("PYTEST_ADDOPTS", None)
@@ -75,7 +83,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Run
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_a_child_run_reports_what_an_in_process_run_does(kind: str, runs: dict[tuple[str, bool], Run]) -> None:
+def test_a_child_run_reports_what_an_in_process_run_does(
+    kind: str, runs: dict[tuple[str, bool], Run]
+) -> None:
     (code_here, out_here, here), (code_child, out_child, child) = runs[kind, True], runs[kind, False]
     assert code_child == code_here == (1 if kind == "failing" else 0), out_child[-3000:]
     assert "checked in a child process, timeout 120 s" in out_child and "child process" not in out_here
@@ -103,22 +113,54 @@ def _pytest_parity(impl: Path, cwd: Path, *extra: str) -> tuple[subprocess.Compl
     checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(REPO_ROOT / "parity"), "--rootdir", str(REPO_ROOT), "-q",
-         "-p", "no:cacheprovider", "--impl", str(impl), "--model", str(checkpoint), *extra],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO_ROOT / "parity"),
+            "--rootdir",
+            str(REPO_ROOT),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--impl",
+            str(impl),
+            "--model",
+            str(checkpoint),
+            *extra,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return done, time.monotonic() - start
 
 
 # (template edit, extra options, what the verdicts say, the child's timeout). The corpus runs
 # exit-0-in-forward by default and every hostile variant with -m slow; this exit at import is cheap.
 HOSTILE = [
-    pytest.param("os-exit-0-at-import", (), "exited with status 0 during import", 120, id="os-exit-0-at-import"),
-    pytest.param("exit-in-forward", (), "exited with status 0 during check logits", 120, id="sys-exit-0-in-forward",
-                 marks=pytest.mark.slow),
-    pytest.param("hang-in-forward", ("--impl-timeout", "15"), "timed out after 15 s during", 15, id="hang-in-forward",
-                 marks=pytest.mark.slow),
-]  # fmt: skip
+    pytest.param(
+        "os-exit-0-at-import", (), "exited with status 0 during import", 120, id="os-exit-0-at-import"
+    ),
+    pytest.param(
+        "exit-in-forward",
+        (),
+        "exited with status 0 during check logits",
+        120,
+        id="sys-exit-0-in-forward",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "hang-in-forward",
+        ("--impl-timeout", "15"),
+        "timed out after 15 s during",
+        15,
+        id="hang-in-forward",
+        marks=pytest.mark.slow,
+    ),
+]
 
 
 @pytest.mark.parametrize("edit, extra, says, timeout", HOSTILE)
@@ -173,7 +215,9 @@ def test_a_checkpoint_the_child_cannot_load_ends_the_run_as_a_usage_error(
     (tmp_path / "empty").mkdir()
     target = replace(resolve_model("small", "cpu", None), checkpoint=tmp_path / "empty")
     monkeypatch.setattr(child_run, "note", lambda text: None)
-    with pytest.raises(pytest.exit.Exception, match="cannot load the checkpoint: .*empty: no config.json") as e:
+    with pytest.raises(
+        pytest.exit.Exception, match="cannot load the checkpoint: .*empty: no config.json"
+    ) as e:
         run_child(_Config(ChildRun(str(impl), False, None)), target, ["logits", "tied-storage"])
     assert e.value.returncode == pytest.ExitCode.USAGE_ERROR
 

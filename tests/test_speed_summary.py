@@ -41,16 +41,34 @@ def test_summary_shows_the_train_step_ratio_beside_the_speedups_and_saves_it(tmp
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "pytest_benchmark.plugin", "-p", "benchmarks.plugin",
-         "-p", "no:cacheprovider", f"--rootdir={tmp_path}", f"--benchmark-storage=file://{tmp_path / 's'}",
-         "--benchmark-autosave", "test_tiny.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "pytest_benchmark.plugin",
+            "-p",
+            "benchmarks.plugin",
+            "-p",
+            "no:cacheprovider",
+            f"--rootdir={tmp_path}",
+            f"--benchmark-storage=file://{tmp_path / 's'}",
+            "--benchmark-autosave",
+            "test_tiny.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     section = proc.stdout.split("speed: torch.compile speed-up")[1]
     lines = section.splitlines()
     speedup = next(i for i, line in enumerate(lines) if line.startswith("tiny/sleep: "))
-    ratio = next(i for i, line in enumerate(lines) if line.startswith("train step, reference vs HF (tiny sleep)"))
+    ratio = next(
+        i for i, line in enumerate(lines) if line.startswith("train step, reference vs HF (tiny sleep)")
+    )
     assert ratio == speedup + 1, "the ratio is printed right after the speed-ups"
     assert "HF / reference = 1.50x" in lines[ratio] and "reference 4.00 ms, HF eager 6.00 ms" in lines[ratio]
     (saved,) = (tmp_path / "s").rglob("*.json")

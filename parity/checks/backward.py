@@ -35,7 +35,9 @@ def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, subject: Subjec
         if head.grad is None or emb.grad is None or hf_grad is None:
             return "the implementation is untied (lm_head.weight is not transformer.wte.weight); see tied-storage"
         summed = without_padding_rows(EMBEDDING, emb.grad + head.grad, vocab)
-        rec = compare_chunked("grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype))
+        rec = compare_chunked(
+            "grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype)
+        )
     if rec.passed:
         return (
             "the implementation is untied: transformer.wte.weight and lm_head.weight each get one of the tied "
@@ -73,13 +75,23 @@ def tied_gradient_check(subject: Subject) -> Outcome:
     tied = subject.gradient_run().take_tied_gradient()  # None when taken before: then computed again
     with clean_grads(model):
         rec = compare_gradient_decomposition(model, idx, targets, tied_gradient=tied)
-    return Outcome(f"the tied gradient is the sum of its embedding and head paths ({rec.summary()})", records=[rec])
+    return Outcome(
+        f"the tied gradient is the sum of its embedding and head paths ({rec.summary()})", records=[rec]
+    )
 
 
 BACKWARD_CHECKS = (
-    Check("grads", "every parameter's gradient equals Hugging Face's, element by element and in the norm of "
-          "their difference (Conv1D transposes accounted for)",
-          "both models; the shared forward + backward", grads_check),
-    Check("tied-gradient", "the tied gradient is the sum of its embedding path and its head path",
-          "the implementation; one more backward of an untied twin (one V x C copy)", tied_gradient_check),
-)  # fmt: skip
+    Check(
+        "grads",
+        "every parameter's gradient equals Hugging Face's, element by element and in the norm of "
+        "their difference (Conv1D transposes accounted for)",
+        "both models; the shared forward + backward",
+        grads_check,
+    ),
+    Check(
+        "tied-gradient",
+        "the tied gradient is the sum of its embedding path and its head path",
+        "the implementation; one more backward of an untied twin (one V x C copy)",
+        tied_gradient_check,
+    ),
+)

@@ -43,8 +43,13 @@ def run_check(check: Check, subject: Subject) -> Verdict:
         torch.manual_seed(0)  # an implementation with randomness fails the same way every run
         outcome = check.run(subject)
     except ParityFailure as e:
-        return Verdict(check.name, Status.FAIL, *_split_message(check.name, str(e)), records=e.records,
-                       profiles=e.profiles)  # fmt: skip
+        return Verdict(
+            check.name,
+            Status.FAIL,
+            *_split_message(check.name, str(e)),
+            records=e.records,
+            profiles=e.profiles,
+        )
     except NotApplicable as e:
         return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)), applicable=False)
     except (CannotTest, ImplementationError) as e:
@@ -54,4 +59,6 @@ def run_check(check: Check, subject: Subject) -> Verdict:
     except Exception as e:  # the implementation crashed inside the check: it cannot be judged on this
         first = f"crashed: {type(e).__name__}: {e}".splitlines()[0]
         return Verdict(check.name, Status.CANNOT_TEST, first, traceback.format_exc())
-    return Verdict(check.name, Status.PASS, outcome.reason, outcome.details, outcome.records, outcome.profiles)
+    return Verdict(
+        check.name, Status.PASS, outcome.reason, outcome.details, outcome.records, outcome.profiles
+    )

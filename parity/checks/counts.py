@@ -84,13 +84,17 @@ def param_count_check(subject: Subject) -> Outcome:
     padded = f" ({padding:,} of them vocabulary padding)" if padding else ""
     problems = []
     if ours - padding != golden:
-        problems.append(f"parameters() counts {ours:,} parameters{padded}, the golden count of this size is {golden:,}")
+        problems.append(
+            f"parameters() counts {ours:,} parameters{padded}, the golden count of this size is {golden:,}"
+        )
     if ours - padding != theirs:
         problems.append(f"Hugging Face's num_parameters() says {theirs:,}")
     if problems:
         only_ours = sorted(set(dict(model.named_parameters())) - set(dict(hf.named_parameters())))
         extra = f"; parameters Hugging Face does not have: {', '.join(only_ours[:5])}" if only_ours else ""
-        raise ParityFailure("[param-count] " + "; ".join(problems) + extra + _twice_hint(model, ours - padding, golden))
+        raise ParityFailure(
+            "[param-count] " + "; ".join(problems) + extra + _twice_hint(model, ours - padding, golden)
+        )
     return Outcome(
         f"{ours:,} parameters{padded}: the golden count of {subject.target.name} and HF's num_parameters()"
     )
@@ -115,10 +119,14 @@ def own_count_check(subject: Subject) -> Outcome:
         allowed = {want} if want is not None else {golden, golden - wpe}
         if got not in allowed:
             hint = _twice_hint(model, got, golden) or _twice_hint(model, got, golden - wpe)
-            problems.append(f"{call} = {got:,}, expected {' or '.join(f'{a:,}' for a in sorted(allowed))}{hint}")
+            problems.append(
+                f"{call} = {got:,}, expected {' or '.join(f'{a:,}' for a in sorted(allowed))}{hint}"
+            )
     if problems:
         raise ParityFailure("[own-count] " + "; ".join(problems))
-    return Outcome("; ".join(f"{call} = {got:,}" for call, (got, _) in asked.items()) + " as the golden count says")
+    return Outcome(
+        "; ".join(f"{call} = {got:,}" for call, (got, _) in asked.items()) + " as the golden count says"
+    )
 
 
 def optimizer_once_check(subject: Subject) -> Outcome:
@@ -160,11 +168,15 @@ def checkpoint_once_check(subject: Subject) -> Outcome:
     emb = get_tensor(model, EMBEDDING)
     tied_bytes = emb.numel() * emb.element_size()
     if not same_storage(emb, get_tensor(model, HEAD)):
-        raise ParityFailure("[checkpoint-once] the head is not tied, so its checkpoint stores two matrices; see tied-storage")
+        raise ParityFailure(
+            "[checkpoint-once] the head is not tied, so its checkpoint stores two matrices; see tied-storage"
+        )
     stored = unique_storage_bytes(state.values())
     param_bytes = unique_parameter_bytes(model)
     if stored < param_bytes:
-        raise ParityFailure(f"[checkpoint-once] state_dict holds {stored:,} bytes of storage for {param_bytes:,} bytes of parameters")
+        raise ParityFailure(
+            f"[checkpoint-once] state_dict holds {stored:,} bytes of storage for {param_bytes:,} bytes of parameters"
+        )
     # The head's entry must cost only its pickle record, not a second copy of the matrix: measured on the two
     # entries alone (serializing all of gpt2-xl twice takes seconds, and the sharing is decided between them).
     pair, alone = _ByteCounter(), _ByteCounter()
@@ -183,19 +195,42 @@ def checkpoint_once_check(subject: Subject) -> Outcome:
             f"[checkpoint-once] the tied model occupies {untied_bytes - param_bytes:,} bytes less than its untied twin, "
             f"expected one {tuple(emb.shape)} matrix ({tied_bytes:,} bytes)"
         )
-    return Outcome(f"the head's state_dict entry adds {head_entry} bytes; the tie saves {tied_bytes:,} bytes of memory")
+    return Outcome(
+        f"the head's state_dict entry adds {head_entry} bytes; the tie saves {tied_bytes:,} bytes of memory"
+    )
 
 
 COUNT_CHECKS = (
-    Check("tied-storage", "lm_head.weight and transformer.wte.weight are one storage, and stay one (in-place "
-          "write, optimizer step, .to(), deepcopy, state_dict round trip)", "the implementation; a fresh narrow twin",
-          tied_storage_check),
-    Check("param-count", "parameters() totals the golden count of the size and HF's num_parameters(), the tied "
-          "matrix counted once", "both models", param_count_check),
-    Check("own-count", "the implementation's get_num_params() reports the golden count", "the implementation",
-          own_count_check),
-    Check("optimizer-once", "configure_optimizers lists every parameter, the tied matrix included, in exactly one "
-          "group", "the implementation's configure_optimizers", optimizer_once_check),
-    Check("checkpoint-once", "a state_dict checkpoint stores the tied matrix once; the tie saves one V x C matrix "
-          "of memory", "the implementation", checkpoint_once_check),
-)  # fmt: skip
+    Check(
+        "tied-storage",
+        "lm_head.weight and transformer.wte.weight are one storage, and stay one (in-place "
+        "write, optimizer step, .to(), deepcopy, state_dict round trip)",
+        "the implementation; a fresh narrow twin",
+        tied_storage_check,
+    ),
+    Check(
+        "param-count",
+        "parameters() totals the golden count of the size and HF's num_parameters(), the tied "
+        "matrix counted once",
+        "both models",
+        param_count_check,
+    ),
+    Check(
+        "own-count",
+        "the implementation's get_num_params() reports the golden count",
+        "the implementation",
+        own_count_check,
+    ),
+    Check(
+        "optimizer-once",
+        "configure_optimizers lists every parameter, the tied matrix included, in exactly one group",
+        "the implementation's configure_optimizers",
+        optimizer_once_check,
+    ),
+    Check(
+        "checkpoint-once",
+        "a state_dict checkpoint stores the tied matrix once; the tie saves one V x C matrix of memory",
+        "the implementation",
+        checkpoint_once_check,
+    ),
+)

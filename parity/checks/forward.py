@@ -75,7 +75,9 @@ def logits_check(subject: Subject) -> Outcome:
     profiles = _profile(subject, idx, "logits[gradient batch]", passed)
     if not passed:
         diagnosis = _diagnosed(subject, idx, "gradient batch")
-        summary = str(found).removeprefix("[logits] ") if isinstance(found, ParityFailure) else found.summary()
+        summary = (
+            str(found).removeprefix("[logits] ") if isinstance(found, ParityFailure) else found.summary()
+        )
         raise ParityFailure(
             f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
         )
@@ -155,27 +157,36 @@ def inference_check(subject: Subject) -> Outcome:
     new = max(1, min(NEW_TOKENS, subject.config.block_size - prompt.size(1)))
     with torch.no_grad():
         last = own_forward_logits(model, prompt)
-        rec = compare_tensors("inference", "last-position logits without targets", last,
-                              hf_logits(hf, prompt)[:, -1, :], tol)  # fmt: skip
+        rec = compare_tensors(
+            "inference", "last-position logits without targets", last, hf_logits(hf, prompt)[:, -1, :], tol
+        )
         if not rec.passed:
             forward = "; the forward pass differs already (see logits)" if _forward_differs(subject) else ""
             raise ParityFailure(
-                f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}", [rec]
+                f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}",
+                [rec],
             )
         ours, how = _greedy(model, prompt, new)
         theirs = hf.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False,
-            use_cache=True, pad_token_id=0,
-        )  # fmt: skip
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
     if ours.shape != theirs.shape or not torch.equal(ours, theirs):
         differ = (ours[0, : theirs.size(1)] != theirs[0, : ours.size(1)]).nonzero()
         k = int(differ[0]) if len(differ) else min(ours.size(1), theirs.size(1))
         prefix = theirs[:, :k]
         with torch.no_grad():
             step = compare_tensors(
-                "inference", f"logits before token {k}", own_forward_logits(model, prefix),
-                hf_logits(hf, prefix)[:, -1, :], tol,
-            )  # fmt: skip
+                "inference",
+                f"logits before token {k}",
+                own_forward_logits(model, prefix),
+                hf_logits(hf, prefix)[:, -1, :],
+                tol,
+            )
         if not step.passed or k >= min(ours.size(1), theirs.size(1)):
             raise ParityFailure(
                 f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) at "
@@ -220,8 +231,16 @@ def _sites(model: nn.Module, idx: torch.Tensor) -> Counter[tuple[str, float]]:
     for i, (kind, p) in enumerate(recorder.sites):
         before_attention = all(k != "attention" for k, _ in recorder.sites[:i])
         first_hidden = all(k != "hidden" for k, _ in recorder.sites[:i])
-        named.append(("embeddings" if kind == "hidden" and before_attention and first_hidden else
-                      "attention weights" if kind == "attention" else "residual branches", round(p, 6)))  # fmt: skip
+        named.append(
+            (
+                "embeddings"
+                if kind == "hidden" and before_attention and first_hidden
+                else "attention weights"
+                if kind == "attention"
+                else "residual branches",
+                round(p, 6),
+            )
+        )
     return Counter(named)
 
 
@@ -266,14 +285,31 @@ def dropout_sites_check(subject: Subject) -> Outcome:
 
 
 FORWARD_CHECKS = (
-    Check("logits", "logits of four batches equal Hugging Face's GPT2LMHeadModel (tie_word_embeddings=True), "
-          "element by element and in the norm of their difference",
-          "both models; the shared forward + backward", logits_check),
-    Check("loss", "the implementation's own loss (forward with targets) equals the loss of HF's logits",
-          "both models; the shared forward + backward", loss_check),
-    Check("inference", "the call without targets gives HF's last-position logits; greedy decoding equals "
-          "HF's generate with its KV cache", "both models", inference_check),
-    Check("dropout-sites", "train mode drops the embeddings, attention weights and both residual branches "
-          "with the configured p, like HF; eval drops nothing", "a fresh narrow twin of each, p=0.1",
-          dropout_sites_check),
-)  # fmt: skip
+    Check(
+        "logits",
+        "logits of four batches equal Hugging Face's GPT2LMHeadModel (tie_word_embeddings=True), "
+        "element by element and in the norm of their difference",
+        "both models; the shared forward + backward",
+        logits_check,
+    ),
+    Check(
+        "loss",
+        "the implementation's own loss (forward with targets) equals the loss of HF's logits",
+        "both models; the shared forward + backward",
+        loss_check,
+    ),
+    Check(
+        "inference",
+        "the call without targets gives HF's last-position logits; greedy decoding equals "
+        "HF's generate with its KV cache",
+        "both models",
+        inference_check,
+    ),
+    Check(
+        "dropout-sites",
+        "train mode drops the embeddings, attention weights and both residual branches "
+        "with the configured p, like HF; eval drops nothing",
+        "a fresh narrow twin of each, p=0.1",
+        dropout_sites_check,
+    ),
+)

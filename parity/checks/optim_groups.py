@@ -69,7 +69,9 @@ def configured_optimizer(model: nn.Module, device: str) -> Any:
     CannotTest when the implementation has no configure_optimizers.
     """
     if not callable(getattr(model, "configure_optimizers", None)):
-        raise NotApplicable(f"{type(model).__name__} has no configure_optimizers: there are no groups to check")
+        raise NotApplicable(
+            f"{type(model).__name__} has no configure_optimizers: there are no groups to check"
+        )
     record: list[dict[str, Any]] = []
     try:
         with _recorded_param_groups(record), warnings.catch_warnings():

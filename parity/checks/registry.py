@@ -42,5 +42,3 @@ assert max(len(n) for n in CHECK_NAMES) <= NAME_WIDTH, "widen verdicts.NAME_WIDT
 def run_checks(names: list[str], subject: Subject) -> list[Verdict]:
     """Verdicts of the named checks, in registry order (every check restores what it changes)."""
     return [run_check(CHECKS[name], subject) for name in CHECK_NAMES if name in names]
-
-

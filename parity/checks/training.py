@@ -39,7 +39,17 @@ from parity.subject.subject import Subject
 TRAIN_STEPS = 3
 # Hyper-parameters of AdamW groups that torch.optim accepts; anything else an implementation keeps in its
 # groups (initial_lr of a scheduler, names) is not mirrored.
-MIRRORED_OPTIONS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "momentum", "dampening", "nesterov")
+MIRRORED_OPTIONS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "maximize",
+    "momentum",
+    "dampening",
+    "nesterov",
+)
 
 
 def decay_groups_check(subject: Subject) -> Outcome:
@@ -53,7 +63,12 @@ def decay_groups_check(subject: Subject) -> Outcome:
     want = "weight-decayed" if subject.tied_decay else "not weight-decayed"
     problems, found = [], []
     for what, tensor in matrices:
-        decays = [g.get("weight_decay", 0.0) for g in optimizer.param_groups for p in g["params"] if same_storage(p, tensor)]
+        decays = [
+            g.get("weight_decay", 0.0)
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if same_storage(p, tensor)
+        ]
         found.append(f"{what}: weight_decay {decays}")
         if not decays:
             problems.append(f"{what} is in no optimizer group: it is never trained")
@@ -78,7 +93,9 @@ def _mirrored_optimizer(optimizer: Any, model: nn.Module, hf: nn.Module) -> torc
             name = names.get(id(p))
             name = EMBEDDING if name == HEAD else name
             if name not in theirs:
-                raise CannotTest(f"[train-steps] optimizer parameter {name or tuple(p.shape)} has no Hugging Face counterpart")
+                raise CannotTest(
+                    f"[train-steps] optimizer parameter {name or tuple(p.shape)} has no Hugging Face counterpart"
+                )
             params.append(theirs[name])
         groups.append({"params": params, **{k: g[k] for k in MIRRORED_OPTIONS if k in g}})
     return type(optimizer)(groups)
@@ -134,7 +151,9 @@ def train_steps_check(subject: Subject) -> Outcome:
     if callable(getattr(type(model), "configure_optimizers", None)) and subject.impl.has_configure_optimizers:
         optimizer = configured_optimizer(model, subject.device)
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise CannotTest("[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses; see optimizer-once")
+            raise CannotTest(
+                "[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses; see optimizer-once"
+            )
         grouping = f"the implementation's configure_optimizers ({type(optimizer).__name__}), mirrored onto HF"
     else:
         optimizer = _expected_policy(model, subject.tied_decay)
@@ -163,7 +182,11 @@ def train_steps_check(subject: Subject) -> Outcome:
             raise ParityFailure(
                 f"[train-steps] the loss of step {step + 1} differs{where}: {a:.8f} vs Hugging Face {b:.8f} ({loss_tol}); "
                 f"losses {ours_losses} vs {theirs_losses}"
-                + ("; see logits and grads" if step == 0 else "; the first step's update differs: see grads and optimizer-once")
+                + (
+                    "; see logits and grads"
+                    if step == 0
+                    else "; the first step's update differs: see grads and optimizer-once"
+                )
             )
     limit = train_update_tolerance(subject.dtype)
     theirs = dict(hf.named_parameters())
@@ -254,26 +277,50 @@ def init_scheme_check(subject: Subject) -> Outcome:
         checked += 1
         if std_want == 0.0:
             if not torch.all(x == mean_want):
-                problems.append(f"{name}: expected the constant {mean_want:g}, found mean {float(x.mean()):.4g}, std {float(x.std()):.3g}")
+                problems.append(
+                    f"{name}: expected the constant {mean_want:g}, found mean {float(x.mean()):.4g}, std {float(x.std()):.3g}"
+                )
             continue
         std, mean = float(x.std()), float(x.mean())
         rtol = init_std_rtol(x.numel())
         if abs(std / std_want - 1.0) > rtol or abs(mean) > 6 * std_want / math.sqrt(x.numel()):
-            problems.append(f"{name}: mean {mean:.2e}, std {std:.4g}; GPT-2's init: mean 0, std {std_want:.4g} (+-{rtol:.0%})")
+            problems.append(
+                f"{name}: mean {mean:.2e}, std {std:.4g}; GPT-2's init: mean 0, std {std_want:.4g} (+-{rtol:.0%})"
+            )
     if problems:
-        raise ParityFailure(f"[init-scheme] {len(problems)} of {checked} parameters differ from GPT-2's init{where}:\n  " + "\n  ".join(problems))
+        raise ParityFailure(
+            f"[init-scheme] {len(problems)} of {checked} parameters differ from GPT-2's init{where}:\n  "
+            + "\n  ".join(problems)
+        )
     return Outcome(f"{checked} parameters follow GPT-2's init scheme{where}")
 
 
 TRAINING_CHECKS = (
-    Check("decay-groups", "the tied matrix is weight-decayed as the policy says (--tied-decay, default yes)",
-          "the implementation's configure_optimizers", decay_groups_check),
-    Check("train-steps", f"{TRAIN_STEPS} steps of the implementation's optimizer, mirrored onto HF, give the same "
-          "losses and parameters", "training copies of both models (the narrow twin where they do not fit)",
-          train_steps_check),
-    Check("init", "built from scratch, the loss at init matches GPT-2's init (about ln(vocab)) and the tied matrix "
-          "has an output projection's scale", "a fresh model from its own __init__ (twin at shared sizes)", init_check),
-    Check("init-scheme", "every parameter's init follows GPT-2's scheme (N(0, 0.02), residual projections / "
-          "sqrt(2 n_layer), zero biases, unit LayerNorm gains)", "a fresh model (twin at shared sizes)",
-          init_scheme_check),
-)  # fmt: skip
+    Check(
+        "decay-groups",
+        "the tied matrix is weight-decayed as the policy says (--tied-decay, default yes)",
+        "the implementation's configure_optimizers",
+        decay_groups_check,
+    ),
+    Check(
+        "train-steps",
+        f"{TRAIN_STEPS} steps of the implementation's optimizer, mirrored onto HF, give the same "
+        "losses and parameters",
+        "training copies of both models (the narrow twin where they do not fit)",
+        train_steps_check,
+    ),
+    Check(
+        "init",
+        "built from scratch, the loss at init matches GPT-2's init (about ln(vocab)) and the tied matrix "
+        "has an output projection's scale",
+        "a fresh model from its own __init__ (twin at shared sizes)",
+        init_check,
+    ),
+    Check(
+        "init-scheme",
+        "every parameter's init follows GPT-2's scheme (N(0, 0.02), residual projections / "
+        "sqrt(2 n_layer), zero biases, unit LayerNorm gains)",
+        "a fresh model (twin at shared sizes)",
+        init_scheme_check,
+    ),
+)

@@ -20,7 +20,10 @@ class ParityFailure(AssertionError):
     """The implementations differ; the message diagnoses how, and `records` holds the comparisons made."""
 
     def __init__(
-        self, message: str, records: list[Comparison] | None = None, profiles: list[dict[str, Any]] | None = None
+        self,
+        message: str,
+        records: list[Comparison] | None = None,
+        profiles: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.records = list(records or [])
@@ -59,7 +62,9 @@ class Comparison:
         norm_text = ""
         if norm and self.norm_limit is not None:
             verdict = "above" if self.norm_exceeded else "within"
-            norm_text = f"; relative difference norm {self.rel_norm:.3e}, {verdict} the limit {self.norm_limit:g}"
+            norm_text = (
+                f"; relative difference norm {self.rel_norm:.3e}, {verdict} the limit {self.norm_limit:g}"
+            )
         return (
             f"{self.tensor}: {self.mismatched}/{self.total} elements differ; max abs diff {self.max_abs:.3e}{loc}, "
             f"max rel diff {self.max_rel:.3e} (rtol={self.rtol:g}, atol={self.atol:g}){norm_text}"
@@ -131,8 +136,19 @@ def compare_tensors(
     e = expected.detach().to(torch.float64)
     bad = _nonfinite(a, "the implementation") or _nonfinite(e, "Hugging Face")
     if bad:
-        return Comparison(check, name, tuple(a.shape), float("nan"), float("nan"), tol.rtol, tol.atol,
-                          a.numel(), a.numel(), nonfinite=bad, passed=False)  # fmt: skip
+        return Comparison(
+            check,
+            name,
+            tuple(a.shape),
+            float("nan"),
+            float("nan"),
+            tol.rtol,
+            tol.atol,
+            a.numel(),
+            a.numel(),
+            nonfinite=bad,
+            passed=False,
+        )
     diff = (a - e).abs()
     rel_norm = relative_norm(float(diff.square().sum()), float(e.square().sum()), a.numel(), tol)
     allowed = tol.atol + tol.rtol * e.abs()

@@ -218,9 +218,10 @@ def implementation_config(config_cls: type, config: GPTConfig) -> Any:
     if dataclasses.is_dataclass(config_cls):
         declared = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
         required = [
-            n for n, f in declared.items()
+            n
+            for n, f in declared.items()
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]  # fmt: skip
+        ]
     else:
         params = list(inspect.signature(config_cls).parameters.values())
         if any(p.kind == p.VAR_KEYWORD for p in params):

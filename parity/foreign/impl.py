@@ -365,7 +365,9 @@ def load_implementation(
             unexpected_label="checkpoint tensor(s) have no parameter",
             shown=6,
         )
-        raise ImplementationError(f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {problems}")
+        raise ImplementationError(
+            f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {problems}"
+        )
     try:
         model.to(dtype=dtype)
         with torch.no_grad():

@@ -88,7 +88,9 @@ def check_memory(target: ParityTarget, checks: list[str]) -> None:
         raise UsageError(problem)
 
 
-def decide(verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[str] = frozenset()) -> tuple[int, str]:
+def decide(
+    verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[str] = frozenset()
+) -> tuple[int, str]:
     """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown.
 
     A check that does not apply (the implementation has no get_num_params, no dropout, no
@@ -149,9 +151,11 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_ABORT
     timeout = args.timeout if args.timeout is not None else default_timeout(target)
     label = args.impl if args.impl is not None else "nanogpt (reference)"
-    print(f"implementation: {label}; model: {target.name} ({target.weights}), "
-          f"{target.dtype_name} on {target.device}; checked in a child process, timeout {timeout:g} s",
-          flush=True)  # fmt: skip
+    print(
+        f"implementation: {label}; model: {target.name} ({target.weights}), "
+        f"{target.dtype_name} on {target.device}; checked in a child process, timeout {timeout:g} s",
+        flush=True,
+    )
     result = run_checks_in_child(
         args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout
     )

@@ -53,17 +53,23 @@ def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
         *plugins,
         # pytest-benchmark would leave a .benchmarks folder in the user's directory; the suite times nothing.
         # pytest only blocks the name: without pytest-benchmark installed, the option changes nothing.
-        "-p", "no:benchmark",
-        "-c", str(SUITE_INI),
+        "-p",
+        "no:benchmark",
+        "-c",
+        str(SUITE_INI),
         # Node ids read parity/suite/test_checks.py::..., as in a checkout; the cache stays with the user.
-        "--rootdir", str(package_parent),
+        "--rootdir",
+        str(package_parent),
         # The ini file sits in parity/frontends/, which would stop conftest lookup below parity/conftest.py;
         # parity/ itself, not its parent: a checkout's root conftest.py must not load.
-        "--confcutdir", str(package_parent / "parity"),
-        "-o", f"cache_dir={cwd / '.pytest_cache'}",
-        "--pyargs", "parity",
+        "--confcutdir",
+        str(package_parent / "parity"),
+        "-o",
+        f"cache_dir={cwd / '.pytest_cache'}",
+        "--pyargs",
+        "parity",
         *absolute_path_options(args, cwd),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

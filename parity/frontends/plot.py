@@ -81,7 +81,9 @@ def _profile(raw: Any, i: int) -> Profile:
         raise ReportError(
             f"{where}.relative_difference must be a list as long as modules ({len(modules)} entries)"
         )
-    values = [None if r is None else _number(r, f"{where}.relative_difference[{j}]") for j, r in enumerate(rel)]
+    values = [
+        None if r is None else _number(r, f"{where}.relative_difference[{j}]") for j, r in enumerate(rel)
+    ]
     if any(v is not None and v < 0 for v in values):
         raise ReportError(f"{where}.relative_difference has a negative entry; relative differences are >= 0")
     tol = raw["tolerance"]
@@ -90,11 +92,16 @@ def _profile(raw: Any, i: int) -> Profile:
     if not isinstance(raw["passed"], bool):
         raise ReportError(f"{where}.passed must be true or false")
     return Profile(
-        model=str(raw["model"]), comparison=str(raw["comparison"]), dtype=str(raw["dtype"]),
-        modules=modules, relative_difference=values, noise=_number(raw["noise"], f"{where}.noise"),
-        rtol=_number(tol["rtol"], f"{where}.tolerance.rtol"), atol=_number(tol["atol"], f"{where}.tolerance.atol"),
+        model=str(raw["model"]),
+        comparison=str(raw["comparison"]),
+        dtype=str(raw["dtype"]),
+        modules=modules,
+        relative_difference=values,
+        noise=_number(raw["noise"], f"{where}.noise"),
+        rtol=_number(tol["rtol"], f"{where}.tolerance.rtol"),
+        atol=_number(tol["atol"], f"{where}.tolerance.atol"),
         passed=raw["passed"],
-    )  # fmt: skip
+    )
 
 
 def read_profiles(path: Path) -> list[Profile]:
@@ -105,12 +112,12 @@ def read_profiles(path: Path) -> list[Profile]:
         raise ReportError(f"{e}; pass the JSON file written by --parity-report") from None
     if "profiles" not in report:
         raise ReportError(
-            f"{path}: no \"profiles\" in the report; it comes from a run whose logits comparisons ran "
+            f'{path}: no "profiles" in the report; it comes from a run whose logits comparisons ran '
             "with diagnosis (pytest parity/ --parity-report PATH)"
         )
     raw = report["profiles"]
     if not isinstance(raw, list) or not raw:
-        raise ReportError(f"{path}: \"profiles\" must be a non-empty list")
+        raise ReportError(f'{path}: "profiles" must be a non-empty list')
     try:
         return [_profile(p, i) for i, p in enumerate(raw)]
     except ReportError as e:
@@ -119,7 +126,9 @@ def read_profiles(path: Path) -> list[Profile]:
 
 def zero_floor(profiles: list[Profile]) -> float:
     """Where exact agreement is drawn: a decade below the smallest non-zero difference or line."""
-    values = [r for p in profiles for r in p.relative_difference if r] + [p.noise for p in profiles if p.noise]
+    values = [r for p in profiles for r in p.relative_difference if r] + [
+        p.noise for p in profiles if p.noise
+    ]
     return min(values) / 10 if values else ZERO_FLOOR
 
 
@@ -141,22 +150,43 @@ def draw(profiles: list[Profile]) -> Any:
         color = f"C{k % 10}"
         xs = [i for i, r in enumerate(p.relative_difference) if r is not None]
         ys = [max(p.relative_difference[i] or 0.0, floor) for i in xs]
-        ax.plot(xs, ys, color=color, marker="o" if p.passed else "x", markersize=3,
-                linewidth=1.2 if p.passed else 2.0, label=p.label)  # fmt: skip
+        ax.plot(
+            xs,
+            ys,
+            color=color,
+            marker="o" if p.passed else "x",
+            markersize=3,
+            linewidth=1.2 if p.passed else 2.0,
+            label=p.label,
+        )
         first = None if p.passed else p.first_divergence()
         if first is not None:
             y = max(p.relative_difference[first] or 0.0, floor)
-            ax.annotate(f"first divergence: {_short(p.modules[first])}", xy=(first, y),
-                        xytext=(-12, 18), textcoords="offset points", ha="right", color=color, fontsize=8,
-                        arrowprops={"arrowstyle": "->", "color": color})  # fmt: skip
+            ax.annotate(
+                f"first divergence: {_short(p.modules[first])}",
+                xy=(first, y),
+                xytext=(-12, 18),
+                textcoords="offset points",
+                ha="right",
+                color=color,
+                fontsize=8,
+                arrowprops={"arrowstyle": "->", "color": color},
+            )
     # One noise line and one tolerance line per distinct value (several profiles usually share them).
     for value, style, what in sorted(
         {(p.noise, "--", f"{p.dtype} noise") for p in profiles}
         | {(p.rtol, ":", f"tolerance rtol ({p.dtype})") for p in profiles}
     ):
         ax.axhline(max(value, floor), color="0.35", linestyle=style, linewidth=1.0)
-        ax.annotate(f"{what} {value:.0e}", xy=(0, max(value, floor)), xycoords=("axes fraction", "data"),
-                    xytext=(4, 3), textcoords="offset points", fontsize=7, color="0.3")  # fmt: skip
+        ax.annotate(
+            f"{what} {value:.0e}",
+            xy=(0, max(value, floor)),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 3),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.3",
+        )
     step = max(1, math.ceil(len(longest.modules) / MAX_TICK_LABELS))
     ticks = list(range(0, len(longest.modules), step))
     ax.set_xticks(ticks, [_short(longest.modules[i]) for i in ticks], rotation=60, ha="right", fontsize=7)
@@ -184,7 +214,9 @@ def save_png(fig: Any, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Plot a report's profiles into a PNG; 0 on success, 2 on a usage error (one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="python -m parity.frontends.plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m parity.frontends.plot", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("report", type=Path, help="JSON file written by pytest parity/ --parity-report")
     parser.add_argument("-o", "--output", type=Path, default=Path("profile.png"), help="PNG to write")
     args = parser.parse_args(argv)
@@ -192,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         profiles = read_profiles(args.report)
         out = args.output.expanduser()
         if not out.parent.is_dir():
-            raise ReportError(f"-o {args.output}: {out.parent} is not a directory; create it or choose another")
+            raise ReportError(
+                f"-o {args.output}: {out.parent} is not a directory; create it or choose another"
+            )
         try:
             import matplotlib  # noqa: F401
         except ImportError:

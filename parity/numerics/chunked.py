@@ -181,4 +181,3 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         flat, i = divmod(flat, size)
         index.append(i)
     return tuple(reversed(index))
-

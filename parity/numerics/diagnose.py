@@ -104,6 +104,7 @@ def _not_called(name: str, sides: dict[str, tuple[torch.nn.Module, set[str]]]) -
     A module whose own forward is bypassed but whose sub-modules run (a block calling its MLP's layers
     through a lambda over an nn.ModuleDict) was not skipped: it is only unobserved, and says nothing.
     """
+
     def touched(model: torch.nn.Module, ran: set[str]) -> bool:
         return any(r == name or r.startswith(name + ".") for r in ran)
 
@@ -133,7 +134,9 @@ def difference_profile(
     profile: list[tuple[str, float | None]] = []
     for name in names:
         a, e = ours.get(name), theirs.get(name)
-        profile.append((name, relative_norm(a, e) if a is not None and e is not None and a.shape == e.shape else None))
+        profile.append(
+            (name, relative_norm(a, e) if a is not None and e is not None and a.shape == e.shape else None)
+        )
     return profile
 
 
@@ -166,11 +169,16 @@ def first_divergence(
     for name, kind in points:
         if name not in ours or name not in theirs:
             if not ran:
-                ran = {"implementation": ran_modules(model, lambda: model(idx)),
-                       "Hugging Face": ran_modules(hf_model, lambda: hf_model(idx))}  # fmt: skip
+                ran = {
+                    "implementation": ran_modules(model, lambda: model(idx)),
+                    "Hugging Face": ran_modules(hf_model, lambda: hf_model(idx)),
+                }
             skipped = _not_called(
                 name,
-                {"implementation": (model, ran["implementation"]), "Hugging Face": (hf_model, ran["Hugging Face"])},
+                {
+                    "implementation": (model, ran["implementation"]),
+                    "Hugging Face": (hf_model, ran["Hugging Face"]),
+                },
             )
             if skipped:
                 return f"first divergence at {name}: {skipped}; suspect {SUSPECTS[kind]}", records

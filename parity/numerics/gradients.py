@@ -128,7 +128,10 @@ def run_gradients(
         own_logits, own_loss = logits_and_own_loss(model, idx, targets)
         try:
             logits: Comparison | ParityFailure = compare_chunked(
-                "logits", "logits[gradient batch]", own_logits.detach(), theirs,
+                "logits",
+                "logits[gradient batch]",
+                own_logits.detach(),
+                theirs,
                 logits_tolerance(theirs.dtype),
             )
         except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
@@ -216,8 +219,13 @@ def compare_gradient_decomposition(
             if emb_grad is None or head_grad is None:
                 raise ParityFailure("[grads] the untied twin has no gradient on one of the two paths")
             summed = emb_grad.detach().add_(head_grad)  # in place: one V x C matrix fewer at gpt2-xl
-            rec = compare_chunked("grads", "tied = embedding path + head path", tied_gradient, summed,
-                                  decomposition_tolerance(tied_gradient.dtype))  # fmt: skip
+            rec = compare_chunked(
+                "grads",
+                "tied = embedding path + head path",
+                tied_gradient,
+                summed,
+                decomposition_tolerance(tied_gradient.dtype),
+            )
             head_alone = not rec.passed and torch.allclose(tied_gradient, head_grad)
             del emb_grad, head_grad, summed
     model.zero_grad(set_to_none=True)
@@ -228,7 +236,7 @@ def compare_gradient_decomposition(
                 "It equals the head path alone: the embedding path is lost (the tie is broken during forward)."
                 if head_alone
                 else ""
-            )  # fmt: skip
+            )
         )
     return rec
 

@@ -38,10 +38,16 @@ def _target(message: dict[str, Any]) -> Any:
     from parity.subject.targets import ParityTarget
 
     return ParityTarget(
-        message["name"], GPTConfig(**message["config"]), message["weights"], message["reason"],
-        message["device"], getattr(torch, message["dtype"]), checkpoint=Path(message["checkpoint"]),
-        seed=message["seed"], dtype_reason=message["dtype_reason"],
-    )  # fmt: skip
+        message["name"],
+        GPTConfig(**message["config"]),
+        message["weights"],
+        message["reason"],
+        message["device"],
+        getattr(torch, message["dtype"]),
+        checkpoint=Path(message["checkpoint"]),
+        seed=message["seed"],
+        dtype_reason=message["dtype_reason"],
+    )
 
 
 def _load_notes(subject: Any) -> list[str]:

@@ -127,8 +127,14 @@ def _output_tail(f: IO[bytes]) -> str:
 def _files_written(workdir: Path) -> list[str]:
     files = sorted(p for p in workdir.rglob("*") if p.is_file())
     listed = ", ".join(f"{p.relative_to(workdir)} ({p.stat().st_size} bytes)" for p in files[:5])
-    return [f"the tested code wrote {len(files)} file(s) into its working directory (a temporary one, "
-            f"removed): {listed}{' ...' if len(files) > 5 else ''}"] if files else []  # fmt: skip
+    return (
+        [
+            f"the tested code wrote {len(files)} file(s) into its working directory (a temporary one, "
+            f"removed): {listed}{' ...' if len(files) > 5 else ''}"
+        ]
+        if files
+        else []
+    )
 
 
 def _messages(raw: bytes, nonce: str) -> list[dict[str, Any]]:
@@ -158,8 +164,10 @@ def _describe_end(
 ) -> str:
     """What happened to a child that returned no trusted result, in one line (limit_option names the timeout)."""
     if timed_out is not None:
-        what = (f"timed out after {timed_out:g} s during {phase} (its process group was killed; {limit_option} "
-                "sets the limit)")  # fmt: skip
+        what = (
+            f"timed out after {timed_out:g} s during {phase} (its process group was killed; {limit_option} "
+            "sets the limit)"
+        )
     elif returncode is not None and returncode < 0:
         what = f"killed by signal {signal.Signals(-returncode).name} during {phase}"
     else:
@@ -184,7 +192,9 @@ def run_checks_in_child(
     names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
     try:
-        clean_model = clean_witness(target)  # Hugging Face's model of the target itself (parity/sandbox/witness.py)
+        clean_model = clean_witness(
+            target
+        )  # Hugging Face's model of the target itself (parity/sandbox/witness.py)
     except CheckpointError as e:
         return SandboxResult([], "", "", [], str(e))
     nonce = secrets.token_hex(16)
@@ -209,9 +219,14 @@ def run_checks_in_child(
         with tempfile.TemporaryFile() as output_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "parity.sandbox.child", str(write_fd)],
-                stdin=subprocess.PIPE, stdout=output_file, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                cwd=workdir, env=env, start_new_session=True,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=output_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
             os.close(write_fd)
             write_fd = -1
             reader = threading.Thread(target=_read_all, args=(read_fd, chunks), daemon=True)
@@ -239,8 +254,16 @@ def run_checks_in_child(
                 os.close(fd)
         notes_written = _files_written(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-    return _judge(_messages(b"".join(chunks), nonce), names, (clean, clean_model, target.device), proc.returncode,
-                  timed_out, output, notes_written, limit_option)  # fmt: skip
+    return _judge(
+        _messages(b"".join(chunks), nonce),
+        names,
+        (clean, clean_model, target.device),
+        proc.returncode,
+        timed_out,
+        output,
+        notes_written,
+        limit_option,
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -277,8 +300,9 @@ def _judge(
         what = _describe_end(returncode, timed_out, phase, output, limit_option)
         if results:
             what = f"the tested code's process returned a malformed result during {phase}"
-        return SandboxResult([Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what,
-                             notes_written)  # fmt: skip
+        return SandboxResult(
+            [Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what, notes_written
+        )
     result = results[0]
     notes = [str(n) for n in result.get("notes", [])] + notes_written
     fingerprints = result.get("fingerprints")
@@ -291,8 +315,10 @@ def _judge(
         changed = CHANGED_TRANSFORMERS
     elif any(v.status is not Status.CANNOT_TEST for v in verdicts):  # a verdict rests on the child's HF model
         witnesses = result.get("witnesses")
-        if not isinstance(witnesses, list) or not witnesses or any(
-            witness_differs(model_witness, w, device) for w in witnesses
+        if (
+            not isinstance(witnesses, list)
+            or not witnesses
+            or any(witness_differs(model_witness, w, device) for w in witnesses)
         ):
             changed = CHANGED_HF_MODEL
     if changed:

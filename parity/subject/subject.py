@@ -104,7 +104,9 @@ class Subject:
                     if self.reference_loader:
                         model = load_reference(checkpoint, self.dtype, self.device)
                     else:
-                        model, self.report = load_implementation(self.impl, checkpoint, self.dtype, self.device)
+                        model, self.report = load_implementation(
+                            self.impl, checkpoint, self.dtype, self.device
+                        )
             except ImplementationError as e:
                 self._load_error = e
                 raise
@@ -121,7 +123,9 @@ class Subject:
     def hf(self) -> Any:
         """Hugging Face's GPT2LMHeadModel with tie_word_embeddings=True, from the same checkpoint."""
         if self._hf is None:
-            with self._progress(f"loading Hugging Face's GPT2LMHeadModel ({self.target.name}, {self.target.dtype_name})"):
+            with self._progress(
+                f"loading Hugging Face's GPT2LMHeadModel ({self.target.name}, {self.target.dtype_name})"
+            ):
                 self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
         return self._hf
 
@@ -135,7 +139,10 @@ class Subject:
         if self._gradient_run is None:
             model, hf = self.model(), self.hf()
             idx, targets = (t.to(self.device) for t in gradient_batch(self.config))
-            with clean_grads(model, hf), self._progress(f"{self.target.name}: forward + backward of both models"):
+            with (
+                clean_grads(model, hf),
+                self._progress(f"{self.target.name}: forward + backward of both models"),
+            ):
                 self._gradient_run = run_gradients(
                     model, hf, idx, targets, self.config.output_vocab_size, keep_tied_gradient=True
                 )

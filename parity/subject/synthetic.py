@@ -65,7 +65,9 @@ def cache_root() -> Path:
         return resolve_output_dir(env, CACHE_ENV_VAR)
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return resolve_output_dir(base / "nanogpt-parity", "the synthetic checkpoint cache (set NANOGPT_PARITY_CACHE)")
+    return resolve_output_dir(
+        base / "nanogpt-parity", "the synthetic checkpoint cache (set NANOGPT_PARITY_CACHE)"
+    )
 
 
 def checkpoint_name(label: str, seed: int) -> str:
@@ -153,8 +155,13 @@ def synthetic_hf_config(config: GPTConfig, seed: int = DEFAULT_SEED) -> dict[str
     """
     cfg = hf_config_from_gpt(dataclasses.replace(config, dropout=OPENAI_DROPOUT))
     cfg.pop("tie_word_embeddings", None)
-    for key in ("n_inner", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-                "use_cache"):  # fmt: skip
+    for key in (
+        "n_inner",
+        "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx",
+        "reorder_and_upcast_attn",
+        "use_cache",
+    ):
         cfg.pop(key, None)  # absent from OpenAI's config.json: transformers' defaults apply
     cfg.update(
         summary_activation=None,
@@ -317,7 +324,9 @@ def ensure_synthetic_checkpoint(
         start = time.perf_counter()
         gb = synthetic_checkpoint_bytes(config) / 1e9
         announce = gb * 1e9 >= PROGRESS_MIN_BYTES  # tiny test checkpoints take milliseconds: no lines
-        with phase(f"generating the synthetic {label} checkpoint", gb, "GB") if announce else _no_phase() as p:
+        with (
+            phase(f"generating the synthetic {label} checkpoint", gb, "GB") if announce else _no_phase() as p
+        ):
             write_synthetic_checkpoint(out, config, seed, p)
         _remove_stale_temporaries(root, name)  # the directory moved aside, if any
         return out, time.perf_counter() - start

@@ -169,18 +169,30 @@ def _size_target(
         )
     if cached is not None:
         why = "requested" if weights == "pretrained" else "found in the local Hugging Face cache"
-        return ParityTarget(name, config, "pretrained", f"OpenAI weights {why} ({cached})", device,
-                            resolve_dtype(dtype, device, name), checkpoint=cached,
-                            dtype_reason=dtype_reason(dtype, device, name))  # fmt: skip
+        return ParityTarget(
+            name,
+            config,
+            "pretrained",
+            f"OpenAI weights {why} ({cached})",
+            device,
+            resolve_dtype(dtype, device, name),
+            checkpoint=cached,
+            dtype_reason=dtype_reason(dtype, device, name),
+        )
     why = "requested" if weights == "synthetic" else "no pretrained weights in the local Hugging Face cache"
     try:
         where = cache_root() / checkpoint_name(name, DEFAULT_SEED)
     except OutputPathError as e:
         raise UsageError(str(e)) from None
     return ParityTarget(
-        name, config, "synthetic", f"{why}; seeded synthetic checkpoint at {where}", device,
-        resolve_dtype(dtype, device, name), dtype_reason=dtype_reason(dtype, device, name),
-    )  # fmt: skip
+        name,
+        config,
+        "synthetic",
+        f"{why}; seeded synthetic checkpoint at {where}",
+        device,
+        resolve_dtype(dtype, device, name),
+        dtype_reason=dtype_reason(dtype, device, name),
+    )
 
 
 def resolve_targets(

@@ -21,7 +21,10 @@ from parity.subject.targets import ParityTarget
 
 @pytest.mark.parametrize("check", CHECK_NAMES)
 def test_check(
-    check: str, parity_target: ParityTarget, verdict_of: Callable[[str], Verdict], request: pytest.FixtureRequest
+    check: str,
+    parity_target: ParityTarget,
+    verdict_of: Callable[[str], Verdict],
+    request: pytest.FixtureRequest,
 ) -> None:
     try:
         verdict = verdict_of(check)

@@ -33,7 +33,9 @@ def test_untied_hf_control_is_detected(subject: Subject) -> None:
         # again: a copy, not a tie, which the check must still name; the logits cannot show it.
         untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
         problem = tie_problem(untied, "Hugging Face", is_hf=True)
-        assert problem is not None and "a copy, not a tie" in problem and "tie_word_embeddings" in problem, problem
+        assert problem is not None and "a copy, not a tie" in problem and "tie_word_embeddings" in problem, (
+            problem
+        )
         return
     assert kept == [HEAD], f"the untied control shares everything but its head, not {kept}"
     untied.lm_head.to(target.dtype)

@@ -26,9 +26,22 @@ CORPUS_DIR = Path(__file__).with_name("corpus")
 # The checks every corpus variant is judged on: the registry's, named here so that a new check gets its
 # expected verdicts in this table (test_corpus.py fails until it has them).
 TABLED_CHECKS = (
-    "logits", "loss", "inference", "dropout-sites", "grads", "tied-gradient", "tied-storage", "param-count",
-    "own-count", "optimizer-once", "checkpoint-once", "decay-groups", "train-steps", "init", "init-scheme",
-)  # fmt: skip
+    "logits",
+    "loss",
+    "inference",
+    "dropout-sites",
+    "grads",
+    "tied-gradient",
+    "tied-storage",
+    "param-count",
+    "own-count",
+    "optimizer-once",
+    "checkpoint-once",
+    "decay-groups",
+    "train-steps",
+    "init",
+    "init-scheme",
+)
 PASS, CANNOT = Status.PASS, Status.CANNOT_TEST
 # Hostile variants run with a short timeout; the command must end within it plus this much (start-up,
 # the fingerprint, killing the process group) on a loaded machine.
@@ -93,7 +106,9 @@ class Variant:
     def exit_code(self) -> int:
         """What the bisect command exits with for these verdicts (its own decision rule, every check run)."""
         absent = ABSENT_PARTS if self.correct else ()
-        return decide([Verdict(c, s, "", applicable=c not in absent) for c, s in self.expected.items()], {})[0]
+        return decide([Verdict(c, s, "", applicable=c not in absent) for c, s in self.expected.items()], {})[
+            0
+        ]
 
     @property
     def pytest_exit_code(self) -> int:
@@ -105,8 +120,15 @@ class Variant:
 
 
 def _hostile(name: str, *edits: str, says: tuple[str, ...], options: tuple[str, ...] = ()) -> Variant:
-    return Variant(name, _template(*edits), _all(CANNOT), ("--timeout", str(HOSTILE_TIMEOUT_S), *options), says,
-                   hostile=True, pytest_options=("--impl-timeout", str(HOSTILE_TIMEOUT_S), *options))  # fmt: skip
+    return Variant(
+        name,
+        _template(*edits),
+        _all(CANNOT),
+        ("--timeout", str(HOSTILE_TIMEOUT_S), *options),
+        says,
+        hostile=True,
+        pytest_options=("--impl-timeout", str(HOSTILE_TIMEOUT_S), *options),
+    )
 
 
 CORPUS = [
@@ -191,7 +213,10 @@ CORPUS = [
     _hostile(
         "patches-the-harness",
         "patches-the-harness",
-        says=("the tested code changed the harness or torch in its process", "parity.numerics.forward.compare_chunked"),
+        says=(
+            "the tested code changed the harness or torch in its process",
+            "parity.numerics.forward.compare_chunked",
+        ),
     ),
     _hostile(
         "patches-transformers-for-its-width",

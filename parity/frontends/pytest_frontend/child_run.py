@@ -82,11 +82,18 @@ def run_child(config: pytest.Config, target: ParityTarget, checks: list[str]) ->
         f"process, timeout {timeout:g} s ({TIMEOUT_OPTION} sets it)"
     )
     result = run_checks_in_child(
-        child.impl, child.run_module, target, checks, config.getoption("--tied-decay") == "yes", timeout,
+        child.impl,
+        child.run_module,
+        target,
+        checks,
+        config.getoption("--tied-decay") == "yes",
+        timeout,
         limit_option=TIMEOUT_OPTION,
-    )  # fmt: skip
+    )
     if result.checkpoint_error:  # the user's input, not a verdict: as test_check does in this process
-        pytest.exit(f"cannot load the checkpoint: {result.checkpoint_error}", returncode=pytest.ExitCode.USAGE_ERROR)
+        pytest.exit(
+            f"cannot load the checkpoint: {result.checkpoint_error}", returncode=pytest.ExitCode.USAGE_ERROR
+        )
     config.stash.setdefault(RESULTS_KEY, {})[target.name] = result
     return result
 
@@ -101,7 +108,9 @@ def untestable_models(checks: list[dict[str, Any]]) -> list[str]:
 
 def worker_part(config: pytest.Config) -> dict[str, dict[str, Any]]:
     """What a pytest-xdist worker hands the controller for its terminal summary: notes and output per target."""
-    return {name: {"notes": r.notes, "output": r.output} for name, r in config.stash.get(RESULTS_KEY, {}).items()}
+    return {
+        name: {"notes": r.notes, "output": r.output} for name, r in config.stash.get(RESULTS_KEY, {}).items()
+    }
 
 
 def merge_worker_part(config: pytest.Config, part: dict[str, dict[str, Any]]) -> None:

@@ -133,17 +133,26 @@ def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[
     if markdown:
         lines = ["| check | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
         lines += [f"| {n} | " + " | ".join(status.get((n, m), "") for m in models) + " |" for n in names]
-        lines += ["", *(f"- **{c['model']} {c['check']}** {c['status']}: {c['reason']}" for c in checks
-                        if c["status"] != "PASS")]  # fmt: skip
+        lines += [
+            "",
+            *(
+                f"- **{c['model']} {c['check']}** {c['status']}: {c['reason']}"
+                for c in checks
+                if c["status"] != "PASS"
+            ),
+        ]
         return lines
     width = max(len(n) for n in names)
     cols = [max(len(m), 11) for m in models]
     lines = [f"{'check':<{width}}  " + "  ".join(f"{m:<{w}}" for m, w in zip(models, cols, strict=True))]
     lines += [
-        f"{n:<{width}}  " + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
+        f"{n:<{width}}  "
+        + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
         for n in names
     ]
-    lines += [f"{c['model']}: {c['status']} {c['check']}: {c['reason']}" for c in checks if c["status"] != "PASS"]
+    lines += [
+        f"{c['model']}: {c['status']} {c['check']}: {c['reason']}" for c in checks if c["status"] != "PASS"
+    ]
     return lines
 
 
@@ -161,7 +170,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and not hasattr(config, "workerinput"):
         with open(summary, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(["## nanogpt-parity verdicts", "", *verdict_table(checks, markdown=True), ""]) + "\n")
+            fh.write(
+                "\n".join(["## nanogpt-parity verdicts", "", *verdict_table(checks, markdown=True), ""])
+                + "\n"
+            )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
