@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import settings
+from tiny_train import TINY_TRAIN, tiny_train_flags
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt.data import prepare_dataset
@@ -94,22 +95,8 @@ def one_thread() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the trainer tests' tiny run: 2 layers, 32 channels, a 16-token context, batch 2 on one CPU thread, a few
-# milliseconds per step. Tests give the settings they rely on as overrides (max_iters, paths, ...).
+# the trainer tests' tiny run (tests/tiny_train.py), as factory fixtures
 
-TINY_TRAIN = dict(
-    n_layer=2,
-    n_head=2,
-    n_embd=32,
-    block_size=16,
-    batch_size=2,
-    eval_iters=1,
-    eval_interval=2,
-    warmup_iters=1,
-    device="cpu",
-    dtype="float32",
-    progress=False,
-)
 TINY_WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
 
 
@@ -129,7 +116,7 @@ def tiny_train_args() -> Callable[..., list[str]]:
     """Factory: the tiny run as `python -m nanogpt.train` flags (`--key=value`) with keyword overrides."""
 
     def make(**overrides: object) -> list[str]:
-        return [f"--{key}={value}" for key, value in {**TINY_TRAIN, **overrides}.items()]
+        return tiny_train_flags(**overrides)
 
     return make
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_train import tiny_train_flags
 
 import nanogpt.tokenizer as tokenizer_module
 from nanogpt.config import run_cli
@@ -28,20 +29,7 @@ from nanogpt.data import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
-TINY_TRAIN = [
-    "--n_layer=1",
-    "--n_head=2",
-    "--n_embd=16",
-    "--block_size=8",
-    "--batch_size=2",
-    "--eval_iters=1",
-    "--eval_interval=2",
-    "--warmup_iters=1",
-    "--device=cpu",
-    "--dtype=float32",
-    "--progress=false",
-    "--max_iters=2",
-]
+TINY_TRAIN = tiny_train_flags(n_layer=1, n_embd=16, block_size=8, max_iters=2)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
