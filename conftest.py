@@ -2,11 +2,12 @@
 
 Command-line options are registered by small plugin modules that live next to the code they configure
 (the parity harness and the benchmarks), loaded here so that `pytest parity/ --model ...` and
-`pytest benchmarks/ ...` work from the repository root; `parity.subject.progress` routes progress lines of long
-phases past output capture. Installed, the package registers no pytest11 entry point: these plugins
-load only here and in the `nanogpt-parity` command, never in a user's own pytest runs. This file adds the global-state guard that every
-test gets: torch's default dtype, RNG states, thread count, deterministic-algorithm flags and TF32 flags
-are restored after each test, so tests stay independent of order.
+`pytest benchmarks/ ...` work from the repository root; `parity.subject.progress` routes progress lines of
+long phases past output capture. Installed, the package registers no pytest11 entry point: these plugins
+load only here and in the `nanogpt-parity` command, never in a user's own pytest runs. This file adds the
+global-state guard that every test gets: torch's default dtype, RNG states, thread count,
+deterministic-algorithm flags and TF32 flags are restored after each test, so tests stay independent of
+order.
 """
 
 from __future__ import annotations

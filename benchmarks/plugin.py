@@ -134,7 +134,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             m = config.stash[TRAIN_STEP_MEDIANS][label]
             terminalreporter.write_line(
                 f"train step, reference vs HF ({label}): HF / reference = {ratio:.2f}x (reference "
-                f"{m['reference'] * 1e3:.2f} ms, HF eager {m['hf'] * 1e3:.2f} ms; above 1: the reference is faster)"
+                f"{m['reference'] * 1e3:.2f} ms, HF eager {m['hf'] * 1e3:.2f} ms; "
+                "above 1: the reference is faster)"
             )
 
 

@@ -91,7 +91,10 @@ def test_train_step_speed_reference_vs_hf(
     reference, hf = reference_step_fn(), hf_step_fn()
     medians = interleaved_medians({"reference": reference, "hf": hf}, ROUNDS, WARMUP_ROUNDS)
     benchmark.extra_info.update(
-        config=f"n_layer={CONFIG.n_layer} n_embd={CONFIG.n_embd} block={CONFIG.block_size} vocab={CONFIG.vocab_size}",
+        config=(
+            f"n_layer={CONFIG.n_layer} n_embd={CONFIG.n_embd} "
+            f"block={CONFIG.block_size} vocab={CONFIG.vocab_size}"
+        ),
         batch_size=BATCH_SIZE,
         dtype="float32",
         device="cpu",
@@ -100,7 +103,10 @@ def test_train_step_speed_reference_vs_hf(
         hf_eager_median_s=medians["hf"],
         ratio_hf_over_reference=medians["hf"] / medians["reference"],
     )
-    label = f"{CONFIG.n_layer} layers x {CONFIG.n_embd}, batch {BATCH_SIZE} x {CONFIG.block_size}, float32, 1 thread"
+    label = (
+        f"{CONFIG.n_layer} layers x {CONFIG.n_embd}, "
+        f"batch {BATCH_SIZE} x {CONFIG.block_size}, float32, 1 thread"
+    )
     record_train_step(request.config, label, medians["reference"], medians["hf"])
     benchmark.pedantic(reference, rounds=ROUNDS, warmup_rounds=1)
     assert medians["reference"] > 0 and medians["hf"] > 0

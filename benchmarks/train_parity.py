@@ -131,7 +131,8 @@ class TrainParityResult:
         inconsistent = [r.name for r in self.decay if not r.consistent]
         if inconsistent:
             out.append(
-                f"weight decay or group membership differs for {', '.join(inconsistent)}:\n{self.decay_table()}"
+                f"weight decay or group membership differs for {', '.join(inconsistent)}:\n"
+                f"{self.decay_table()}"
             )
         if not self.nanogpt_tied:
             out.append("nanogpt: lm_head.weight is no longer transformer.wte.weight after training")

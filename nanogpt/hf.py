@@ -186,7 +186,8 @@ def hf_to_nanogpt_state_dict(
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not match a GPT-2 with n_layer={config.n_layer}: "
-            f"{mismatch_clauses(missing, unexpected)}. Is config.json from the same checkpoint as the weights?"
+            f"{mismatch_clauses(missing, unexpected)}. "
+            "Is config.json from the same checkpoint as the weights?"
         )
     shape_of = weights.shape if isinstance(weights, LazyWeights) else (lambda k: tuple(weights[k].shape))
     wrong = []
@@ -227,9 +228,10 @@ def hf_to_nanogpt_state_dict(
         ):
             if not allow_untied:
                 raise CheckpointError(
-                    f"{source}: untied checkpoint: the stored lm_head.weight differs from transformer.wte.weight, "
-                    "so it is not a tied GPT-2. Re-export it tied (save with tie_word_embeddings=True); to "
-                    "inspect it as an untied model from Python, call load_gpt(..., allow_untied=True)"
+                    f"{source}: untied checkpoint: the stored lm_head.weight differs from "
+                    "transformer.wte.weight, so it is not a tied GPT-2. Re-export it tied (save with "
+                    "tie_word_embeddings=True); to inspect it as an untied model from Python, call "
+                    "load_gpt(..., allow_untied=True)"
                 )
             tied = False
             sd["lm_head.weight"] = head

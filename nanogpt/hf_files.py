@@ -1,4 +1,4 @@
-"""Finding and reading Hugging Face GPT-2 checkpoints: the directory, its weight files, config.json, tensor shapes.
+"""Finding and reading HF GPT-2 checkpoints: the directory, its weight files, config.json, tensor shapes.
 
 Everything here reads without materializing weights: config.json and shard indexes are parsed with strict,
 bounded checks (nanogpt/hf_checks.py), shapes come from safetensors headers, and `LazyWeights` hands out
@@ -178,7 +178,8 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def _index_bin(self, f: Path) -> None:
         try:
-            # mmap needs torch.save's zip format; a legacy (pickle) .bin, which transformers loads, is read whole.
+            # mmap needs torch.save's zip format; a legacy (pickle) .bin,
+            # which transformers loads, is read whole.
             sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=is_zip_checkpoint(f))
         except Exception as e:
             detail = " ".join(str(e).split())[:200] or type(e).__name__

@@ -23,7 +23,7 @@ NEEDED_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json
 
 
 def hf_cache_dir() -> Path:
-    """The hub cache directory, by huggingface_hub's rules, read now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    """The hub cache dir, by huggingface_hub's rules, read now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
             return Path(os.environ[var]).expanduser()
@@ -35,7 +35,7 @@ def hf_cache_dir() -> Path:
 
 
 def cached_repo_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The cached snapshot of repo_id at revision (default: what refs/main names), or None; never downloads."""
+    """The cached snapshot of repo_id at revision (default: what refs/main names) or None; never downloads."""
     from huggingface_hub import snapshot_download
 
     try:

@@ -257,8 +257,8 @@ class GPT(nn.Module):
             lo, hi = torch.aminmax(idx)
             if lo < 0 or hi >= self.config.output_vocab_size:
                 raise ValueError(
-                    f"token ids must be in [0, {self.config.output_vocab_size}), the vocabulary, got ids from "
-                    f"{int(lo)} to {int(hi)} (was the data tokenized for another vocabulary?)"
+                    f"token ids must be in [0, {self.config.output_vocab_size}), the vocabulary, got ids "
+                    f"from {int(lo)} to {int(hi)} (was the data tokenized for another vocabulary?)"
                 )
         pos = torch.arange(0, t, dtype=torch.long, device=device)
 
@@ -364,7 +364,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: Any, **kwargs: Any) -> GPT:
-        """Load GPT-2 weights: a size name from the HF cache, an HF checkpoint directory, or a GPT2LMHeadModel.
+        """Load GPT-2 weights: a size name from the HF cache, an HF checkpoint directory or a GPT2LMHeadModel.
 
         See nanogpt.hf.load_gpt for the keyword arguments (dtype, device, allow_untied, vocab_size, ...).
         """

@@ -113,7 +113,7 @@ def resolve_output_file(value: str | os.PathLike[str], option: str) -> Path:
 
 
 def resolve_output_dir(value: str | os.PathLike[str], option: str) -> Path:
-    """The validated path of an output directory: an existing writable directory or a new one that can be made.
+    """The validated path of an output directory: an existing writable directory or one that can be made.
 
     Symlinks are resolved; a regular file, device, FIFO or socket at the path is refused.
     """

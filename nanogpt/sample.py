@@ -132,8 +132,8 @@ def sample(cfg: SampleConfig, model: GPT | None = None) -> list[str]:
     ids = encode(prompt) if prompt else [ENDOFTEXT_ID]
     if max(ids) >= model.config.output_vocab_size:
         raise ConfigError(
-            f"start: the prompt has token ids up to {max(ids)}, beyond the model's {model.config.output_vocab_size} "
-            "tokens; this model was not trained with the GPT-2 tokenizer"
+            f"start: the prompt has token ids up to {max(ids)}, beyond the model's "
+            f"{model.config.output_vocab_size} tokens; this model was not trained with the GPT-2 tokenizer"
         )
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -1,4 +1,4 @@
-"""GPT-2's tensors, defined once: names, shapes, the Conv1D set, the tied pair, the init scheme and the counts.
+"""GPT-2's tensors defined once: names, shapes, the Conv1D set, the tied pair, the init scheme and the counts.
 
 The converter (nanogpt/hf.py), the synthetic checkpoints, the parameter-count goldens, the comparisons and
 the training parity all read these instead of keeping their own copies. Names are nanoGPT's, which are
@@ -47,7 +47,7 @@ UNTIED_GPT2_PARAMS = 163_037_184
 
 
 def block_shapes(n_embd: int) -> dict[str, tuple[int, ...]]:
-    """The tensors of one transformer block (names after `transformer.h.{i}.`), in nanoGPT's (Linear) layout."""
+    """The tensors of one block (names after `transformer.h.{i}.`), in nanoGPT's (Linear) layout."""
     C = n_embd
     return {
         "ln_1.weight": (C,),
@@ -66,7 +66,7 @@ def block_shapes(n_embd: int) -> dict[str, tuple[int, ...]]:
 
 
 def tensor_shapes(config: Any, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a tied GPT-2 (lm_head.weight omitted: it is wte) with its nanoGPT shape, in forward order.
+    """Every tensor of a tied GPT-2 (no lm_head.weight: it is wte) with its nanoGPT shape, in forward order.
 
     vocab_size: the embedding's rows (default config.vocab_size, which may include padding rows).
     """
@@ -119,7 +119,7 @@ def size_name(config: Any) -> str | None:
 
 
 def golden_param_count(config: Any) -> int:
-    """The published total of the size a config has the architecture of; else the count from the architecture."""
+    """The published total for the size with config's architecture; else the count from the architecture."""
     name = size_name(config)
     return GOLDEN_PARAMS[name] if name is not None else param_count(config)
 

@@ -276,8 +276,8 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: DistContext, log: Callable
             restore_rng_state(ckpt["rng"][ctx.rank])
         else:
             log(
-                f"note: the checkpoint holds the random states of {len(ckpt['rng'])} process(es), this run has "
-                f"{ctx.world_size}; dropout is re-seeded"
+                f"note: the checkpoint holds the random states of {len(ckpt['rng'])} process(es), "
+                f"this run has {ctx.world_size}; dropout is re-seeded"
             )
             torch.manual_seed(cfg.seed + ctx.rank + iter_num)
         log(f"resumed from {setup.source} at iter {iter_num} (best val loss {best_val_loss:.4f})")

@@ -1,11 +1,12 @@
-"""Mutants of the harness itself: changes that narrow what it compares, each of which one of our tests must catch.
+"""Mutants of the harness: changes that narrow what it compares, each of which one of our tests must catch.
 
 A harness that compares only the last position's logits, a constant token batch, a report that always says
-PASS, a tolerance 1000x looser, a comparison that ignores the relative difference norm, a gradient comparison that skips tensors, a tie check that reads one name
-twice, the implementation's own loss ignored, or a full-block batch cut in half would still pass a correct
-implementation: only a test that needs the harness's full strength notices. Each entry here patches one
-such weakness into the running harness and names the detector, a test of ours that must then fail
-(tests/test_harness_mutants.py); its kill rate is printed next to the model mutants'.
+PASS, a tolerance 1000x looser, a comparison that ignores the relative difference norm, a gradient comparison
+that skips tensors, a tie check that reads one name twice, the implementation's own loss ignored, or a
+full-block batch cut in half would still pass a correct implementation: only a test that needs the harness's
+full strength notices. Each entry here patches one such weakness into the running harness and names the
+detector, a test of ours that must then fail (tests/test_harness_mutants.py); its kill rate is printed next to
+the model mutants'.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class TieWrongDirection(GPT):
 
 
 class TieRightDirectionAfterInit(TieWrongDirection):
-    """Control: TieWrongDirection's init-then-tie order with the reference's direction; the head's init survives."""
+    """Control: TieWrongDirection's init-then-tie, in the reference's direction; the head's init survives."""
 
     def tie_weights(self) -> None:
         self.transformer.wte.weight = self.lm_head.weight
@@ -144,7 +144,7 @@ class HeadTiedToPositions(GPT):
 
 
 class HeadTiedToCopy(GPT):
-    """lm_head.weight is a copy of wte: equal values, separate tensors; the first optimizer step unties them."""
+    """lm_head.weight copies wte: equal values, separate tensors; the first optimizer step unties them."""
 
     def tie_weights(self) -> None:
         self.lm_head.weight = nn.Parameter(self.transformer.wte.weight.detach().clone())
@@ -166,7 +166,7 @@ class ConverterBug(GPT):
 
 
 class CProjNotTransposed(ConverterBug):
-    """The converter forgets to transpose attn.c_proj from HF's Conv1D (in, out) layout; square, so it loads."""
+    """The converter skips transposing attn.c_proj from HF's Conv1D (in, out) layout; square, so it loads."""
 
     def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
         return value.t() if key.endswith("attn.c_proj.weight") else value
@@ -180,10 +180,11 @@ class CFcNotTransposed(ConverterBug):
 
 
 class CAttnReshapedNotTransposed(ConverterBug):
-    """The converter reshapes attn.c_attn from (in, out) to (out, in) instead of transposing it: loads, scrambled."""
+    """The converter reshapes attn.c_attn (in, out) to (out, in) instead of transposing: loads, scrambled."""
 
     def convert(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        # The harness's converter transposed correctly; undo it to get the stored layout, then view it as (out, in).
+        # The harness's converter transposed correctly; undo it to get the stored layout,
+        # then view it as (out, in).
         return value.t().contiguous().reshape(value.shape) if key.endswith("attn.c_attn.weight") else value
 
 
@@ -240,7 +241,7 @@ class AttnBiasDropped(CausalSelfAttention):
 
 
 class SlidingWindow64(CausalSelfAttention):
-    """Attention limited to a sliding window of 64 tokens (a long-context setting left on): wrong only beyond 64."""
+    """Attention over a sliding window of 64 tokens (a long-context setting left on): wrong only beyond 64."""
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         T = q.size(-2)
@@ -269,7 +270,7 @@ class ExactGelu(MLP):
 
 
 class GeluConstantFiveDigits(MLP):
-    """The tanh GELU hand-written with sqrt(2/pi) rounded to 0.79788: off by 7e-6 relative, float64 sees it."""
+    """The tanh GELU handwritten with sqrt(2/pi) rounded to 0.79788: off by 7e-6 relative, float64 sees it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
@@ -302,7 +303,7 @@ class PositionsDetached(ReimplementedGPT):
 
 
 class LossShiftsTargetsAgain(ReimplementedGPT):
-    """The model's own loss shifts targets that are already shifted (HF's labels= habit): logits right, loss wrong."""
+    """The model's own loss shifts already-shifted targets (HF's labels= habit): logits right, loss wrong."""
 
     shift_targets_again = True
 
@@ -320,7 +321,7 @@ class FinalNormMissing(ReimplementedGPT):
 
 
 class PaddingNotCropped(ReimplementedGPT):
-    """A padded vocabulary (e.g. 97 -> 128 rows) whose logits are not cropped: padding columns enter every softmax."""
+    """A padded vocabulary (e.g. 97 -> 128 rows), logits not cropped: padding columns enter every softmax."""
 
     crop_padding = False
 
@@ -349,7 +350,7 @@ class HeadBias(GPT):
 
 
 class ParametersCountTieTwice(GPT):
-    """parameters() yields named_parameters(remove_duplicate=False): the tied matrix counts twice everywhere."""
+    """parameters() yields named_parameters(remove_duplicate=False): tied matrix counts twice everywhere."""
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
         for _, p in self.named_parameters(recurse=recurse, remove_duplicate=False):
@@ -380,7 +381,7 @@ class TiedInTwoGroups(GPT):
 
 
 class TiedTwiceInDecayGroup(GPT):
-    """The decay group lists every name, the tied matrix under both: AdamW decays and updates it twice a step."""
+    """The decay group has all names, the tied matrix under both: AdamW decays and updates it twice a step."""
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         params = [p for _, p in self.named_parameters(remove_duplicate=False)]

@@ -1,10 +1,10 @@
-"""A catalog of deliberately wrong GPT-2 implementations ("mutants"), each with the named check that must kill it.
+"""A catalog of deliberately wrong GPT-2 implementations ("mutants"), each naming the check that must kill it.
 
-Each mutant is one realistic bug, a class of tests/mutant_models.py. The catalog is data: `MUTANTS` (each must be killed) and `CONTROLS` (correct variants built with the same scaffolding,
-which must pass every check). tests/test_mutants.py writes each entry as an implementation file
-(`implementation_file`) and runs it through the product's own entry points, `pytest parity/ --impl` and
-the bisect command, on a small synthetic checkpoint: the registry's checks (parity/checks/registry.py) decide,
-never a composition of our own.
+Each mutant is one realistic bug, a class of tests/mutant_models.py. The catalog is data: `MUTANTS` (each must
+be killed) and `CONTROLS` (correct variants built with the same scaffolding, which must pass every check).
+tests/test_mutants.py writes each entry as an implementation file (`implementation_file`) and runs it through
+the product's own entry points, `pytest parity/ --impl` and the bisect command, on a small synthetic
+checkpoint: the registry's checks (parity/checks/registry.py) decide, never a composition of our own.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         untied=tmp / "untied",
         missing=tmp / "nowhere",
     )
-    # `pytest parity/ -q ARGS` per case, every case in one child process (torch is imported once, not per case).
+    # `pytest parity/ -q ARGS` per case, every case in one child process
+    # (torch is imported once, not per case).
     cases = {name: ["-q", *(a.format(**paths) for a in args)] for name, (args, _) in CLI_CASES.items()}
     env = {**os.environ, CACHE_ENV_VAR: str(tmp / "parity-cache"), "HF_HOME": str(tmp / "empty-hf-home")}
     env.update(HF_HUB_CACHE=str(tmp / "empty-hf-home" / "hub"), OMP_NUM_THREADS="1")
@@ -158,7 +159,8 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
         r"--impl: .*no such file or directory.*exposing GPT and GPTConfig",
     ),
     "impl-not-python": (["--impl", "{notes}"], r"--impl: .*notes\.txt: not a \.py file"),
-    # Only an import finds that GPT is missing: in a child process that is CANNOT-TEST, in this one a usage error.
+    # Only an import finds that GPT is missing: in a child process that is CANNOT-TEST,
+    # in this one a usage error.
     "impl-without-gpt": (["--impl", "{notmodel}", "--in-process"], r"--impl: .*defines no GPT class"),
     "impl-timeout-zero": (
         ["--impl", "{notmodel}", "--impl-timeout", "0"],

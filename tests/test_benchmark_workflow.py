@@ -76,7 +76,7 @@ def run_pytest(
 
 
 def make_project(tmp_path: Path, source: str = TINY_BENCHMARK) -> Path:
-    """A directory with one tiny benchmark file and an empty pytest.ini, so the repository's config stays out."""
+    """A directory with one tiny benchmark file and an empty pytest.ini, so the repo's config stays out."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_tiny_benchmark.py").write_text(source)
     return tmp_path

@@ -1,8 +1,8 @@
 """The bisect command: exit codes for `git bisect run`, and a real bisection over a throwaway history.
 
-The history is a sequence of commits of an upstream-style model.py (tests/bisect_fixtures/): no tie, the
-tie, a commit that cannot be imported, the tie reversed, the tied matrix taken out of weight decay, and
-an exact GELU that breaks Hugging Face parity. `git bisect run python -m parity.frontends.bisect ...` must name the
+The history is a sequence of commits of an upstream-style model.py (tests/bisect_fixtures/): no tie, the tie,
+a commit that cannot be imported, the tie reversed, the tied matrix taken out of weight decay, and an exact
+GELU that breaks Hugging Face parity. `git bisect run python -m parity.frontends.bisect ...` must name the
 right commit for each question and skip the one it cannot test.
 """
 

@@ -1,4 +1,4 @@
-"""Definitions-only loading (parity/foreign/definitions.py): what is kept, what is left out, and that it never runs."""
+"""Definitions-only loading (parity/foreign/definitions.py): what is kept or left out, that it never runs."""
 
 from __future__ import annotations
 

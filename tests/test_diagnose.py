@@ -2,8 +2,8 @@
 
 A module diverges where its output fails the tolerance element-wise or, for small systematic bugs that stay
 under the element-wise tolerance until later LayerNorms amplify them, where the relative norm of the
-difference exceeds the dtype's noise (the `norm` of parity/core/tolerances.py `LOGITS`). Tiny float32 GPT-2s from a
-synthetic checkpoint; the bug is a forward hook that scales one module's output.
+difference exceeds the dtype's noise (the `norm` of parity/core/tolerances.py `LOGITS`). Tiny float32 GPT-2s
+from a synthetic checkpoint; the bug is a forward hook that scales one module's output.
 """
 
 from __future__ import annotations

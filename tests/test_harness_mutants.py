@@ -28,7 +28,7 @@ pytest_plugins = ["pytester"]
 
 
 def test_batches_cover_the_vocabulary() -> None:
-    """The random batches hold many distinct tokens and distinct sequences (a constant batch hides token bugs)."""
+    """The random batches hold many distinct tokens and sequences (a constant batch hides token bugs)."""
     config = CONFIGS["tiny"]
     for kind in BATCH_KINDS:
         idx = token_batch(kind, config)

@@ -408,7 +408,7 @@ def test_relative_imports_are_resolved_through_the_package(tmp_path: Path, small
 
 
 def test_gpt_made_by_module_level_code_is_imported_as_it_is(tmp_path: Path) -> None:
-    """`GPT, GPTConfig = make()` binds GPT only by running the module: it is imported as it is, with a note."""
+    """`GPT, GPTConfig = make()` binds GPT only by running the module: it is imported as is, with a note."""
     path = tmp_path / "made.py"
     path.write_text(
         'import nanogpt.model as m\n\nGPT, GPTConfig = getattr(m, "GPT"), getattr(m, "GPTConfig")\n'

@@ -35,7 +35,10 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "nanogpt", "parity", "bench
 TINY = GPTConfig(block_size=128, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
 # An implementation under test that leaves a trace when its definitions are loaded, so the run proves it
 # used this file (a class body runs when defined; module-level statements would be left out as a script's).
-IMPL_TRACE = "\nclass _Trace:\n    import pathlib\n\n    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
+IMPL_TRACE = (
+    "\nclass _Trace:\n    import pathlib\n\n"
+    "    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
+)
 USER_CONFTEST = """
 def pytest_addoption(parser):
     parser.addoption("--model", default="mine", help="the user's own option")

@@ -1,4 +1,4 @@
-"""The product's entry points catch real bugs: every mutant of tests/mutants.py is killed by the check it names.
+"""The product's entry points catch real bugs: each mutant of tests/mutants.py is killed by its named check.
 
 Each catalog entry is written as an implementation file and run through what users run: `pytest parity/
 --impl FILE --model CHECKPOINT --parity-report R` (by pytester, in-process; the verdicts read from the
@@ -122,9 +122,10 @@ def assert_killed(mutant: Mutant, failed: dict[str, str]) -> None:
     )
 
 
-# The bisect command runs each entry in a sandboxed child (two interpreter start-ups, ~6 s): by default the
-# entries that the first of each killing check kills, and the controls, go through both front ends; every
-# entry goes through pytest parity/ --impl. -m slow (test_catalog_through_bisect) runs every entry through both.
+# The bisect command runs each entry in a sandboxed child (two interpreter start-ups, ~6 s): by default
+# the entries that the first of each killing check kills, and the controls, go through both front ends;
+# every entry goes through pytest parity/ --impl. -m slow (test_catalog_through_bisect) runs every entry
+# through both.
 BISECT_SAMPLE = set({m.killed_by: m.name for m in reversed(MUTANTS)}.values())
 
 
@@ -178,8 +179,8 @@ def test_catalog_at_gpt2_width(
 
 # float32, the CUDA default, at GPT-2's width (768 channels, where float32's rounding is what a user's run
 # has): every entry float64 kills, float32 kills with the same check, except a bug smaller than float32's own
-# rounding of the function, which only float64 can see (parity/core/tolerances.py, LOGITS: the measurements). At 16
-# channels exact GELU is one of those too: the activations are too small for the two GELUs to differ.
+# rounding of the function, which only float64 can see (parity/core/tolerances.py, LOGITS: the measurements).
+# At 16 channels exact GELU is one of those too: the activations are too small for the two GELUs to differ.
 FLOAT32_SURVIVORS = {
     "gelu-constant-5-digits": "moves the logits by 2.4e-6 of their norm at 768 channels: 4x float32's own "
     "rounding (5.9e-7) and under the norm limit 5e-5, which stays 18x above the rounding of correct code",

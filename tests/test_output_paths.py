@@ -199,7 +199,7 @@ REPORT_CASES: dict[str, tuple[str, str | None]] = {
 
 @pytest.fixture(scope="module")
 def report_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict, dict]:
-    """Every REPORT_CASES value through `pytest parity/ --co` in one child process; fingerprints before/after."""
+    """Every REPORT_CASES value through `pytest parity/ --co` in one subprocess; fingerprints before/after."""
     tmp = tmp_path_factory.mktemp("report-paths")
     good = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp / "checkpoints")[0]
     os.mkfifo(tmp / "fifo")

@@ -1,4 +1,4 @@
-"""Progress lines: one line per phase with its elapsed time, a bar on a TTY, visible through pytest's capture."""
+"""Progress lines: one per phase with its elapsed time, a bar on a TTY, visible through pytest's capture."""
 
 from __future__ import annotations
 

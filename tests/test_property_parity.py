@@ -60,7 +60,7 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 def random_hf_gpt2(config: GPTConfig, seed: int) -> GPT2LMHeadModel:
-    """A tied float64 GPT2LMHeadModel of config with every parameter random (no zero biases, no unit gains)."""
+    """A tied float64 GPT2LMHeadModel of config with all parameters random (no zero biases, no unit gains)."""
     hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(**hf_cfg)).double().eval()

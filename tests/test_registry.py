@@ -1,4 +1,4 @@
-"""One registry, every front end: `pytest parity/` and the bisect command list exactly the registry's checks."""
+"""One registry, all front ends: `pytest parity/` and the bisect command list exactly the registry checks."""
 
 from __future__ import annotations
 
@@ -94,9 +94,9 @@ def test_parity_collects_one_test_per_check_and_model() -> None:
     assert ids == {f"{size}-{check}" for size in GPT2_SIZES for check in CHECK_NAMES}, sorted(ids)[:10]
 
 
-# Every dtype the CPU runs. float16 runs only on CUDA (refused on CPU: no fast kernels), so its tolerances stay
-# reasoned, not measured, until a GPU run measures them. bfloat16 on CPU is slow (~200x float32 per matmul),
-# but the bisect command's small model makes it seconds.
+# Every dtype the CPU runs. float16 runs only on CUDA (refused on CPU: no fast kernels), so its tolerances
+# stay reasoned, not measured, until a GPU run measures them. bfloat16 on CPU is slow (~200x float32 per
+# matmul), but the bisect command's small model makes it seconds.
 CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 

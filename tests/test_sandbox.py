@@ -1,4 +1,4 @@
-"""The sandboxed child process (parity/sandbox/parent.py): what it trusts, what it captures, how it reports an end.
+"""The sandboxed child (parity/sandbox/parent.py): what it trusts, what it captures, how it reports an end.
 
 The hostile corpus (tests/test_corpus.py) covers exits, hangs and a monkeypatched transformers through
 the bisect command and `pytest parity/ --impl`; these tests cover the pieces directly: the fingerprint, a
@@ -74,7 +74,7 @@ def test_fingerprint_sees_a_patched_gelu_and_ignores_the_default_dtype(
 
 
 def test_witness_of_the_target_sees_a_patch_at_its_width_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A GELU patched only at the tested model's MLP width (256) escapes the tiny fingerprint, not the witness."""
+    """A GELU patched only at the target's MLP width (256) escapes the tiny fingerprint, not the witness."""
     target = resolve_model("small", "cpu", None)
     clean_fingerprint, clean = hf_fingerprint(), clean_witness(target)
     assert not witness_differs(clean, clean_witness(target), "cpu")  # bit for bit on CPU
@@ -140,7 +140,8 @@ def test_prints_are_captured_and_shown_only_with_v(
     assert run(["--impl", str(impl), "--checks", "logits", "-v"]) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"captured output of the tested code \(\d+ lines\):\n  \| number of parameters: 0.13M\n  \| spam from forward\n",
+        r"captured output of the tested code \(\d+ lines\):\n"
+        r"  \| number of parameters: 0.13M\n  \| spam from forward\n",
         out,
     )
 
@@ -219,7 +220,10 @@ def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> Non
 def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
     """Ctrl-C reaches only the command (the child has its own session): the command must kill the child."""
     pid_file = tmp_path / "child.pid"
-    hang = f'        open({str(pid_file)!r}, "w").write(str(__import__("os").getpid()))\n        __import__("time").sleep(3600)\n'
+    hang = (
+        f'        open({str(pid_file)!r}, "w").write(str(__import__("os").getpid()))\n'
+        '        __import__("time").sleep(3600)\n'
+    )
     impl = tmp_path / "model.py"
     impl.write_text(model_source().replace(FORWARD_START, FORWARD_START + hang))
     env = dict(

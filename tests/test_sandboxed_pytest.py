@@ -107,7 +107,7 @@ def test_the_tested_codes_output_is_shown_only_with_v(runs: dict[tuple[str, bool
 
 
 def _pytest_parity(impl: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`python -m pytest parity/ --impl impl` in a fresh interpreter (the code may kill its process), from cwd."""
+    """`python -m pytest parity/ --impl impl` in a fresh interpreter (the code may kill it), from cwd."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()

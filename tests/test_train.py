@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, make_token_dataset: Calla
 
 @pytest.fixture
 def tiny_config(tiny_train_config: MakeConfig, data_dir: Path) -> MakeConfig:
-    """Factory: the tiny run with this file's LOOP settings on data_dir, writing to out_dir, with overrides."""
+    """Factory: the tiny run with this file's LOOP settings on data_dir, into out_dir, with overrides."""
 
     def make(out_dir: Path, **overrides: object) -> TrainConfig:
         return tiny_train_config(**{**LOOP, "data_dir": data_dir, "out_dir": out_dir, **overrides})

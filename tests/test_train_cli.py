@@ -1,4 +1,4 @@
-"""Tests for `python -m nanogpt.train` on bad input: one line on stderr, exit status 2, nothing overwritten."""
+"""Tests for `python -m nanogpt.train` on bad input: one line on stderr, exit code 2, nothing overwritten."""
 
 from __future__ import annotations
 

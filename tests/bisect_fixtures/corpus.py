@@ -112,7 +112,7 @@ class Variant:
 
     @property
     def pytest_exit_code(self) -> int:
-        """What `pytest parity/ --impl` exits with: 1 when a check fails, else 125 when none could run, else 0."""
+        """`pytest parity/ --impl` exits 1 when a check fails, else 125 when none could run, else 0."""
         if Status.FAIL in self.expected.values():
             return int(pytest.ExitCode.TESTS_FAILED)
         checks = [{"model": "m", "status": s.value} for s in self.expected.values()]

@@ -178,7 +178,7 @@ def model_source(*edits: str) -> str:
 
 
 def write_model(directory: Path, *edits: str, name: str = "model.py") -> Path:
-    """Write a variant as directory/name (directories created, hf_patch.py beside it when used); return its path."""
+    """Write a variant as directory/name (dirs created, hf_patch.py beside it if used); return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(model_source(*edits))
