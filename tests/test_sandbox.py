@@ -204,7 +204,7 @@ def test_default_timeout_grows_with_the_model() -> None:
 
 def test_a_bad_timeout_aborts(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--timeout", "0"]) == EXIT_ABORT
-    assert "--timeout 0: give a positive number of seconds" in capsys.readouterr().err
+    assert "--timeout '0': give a positive number of seconds" in capsys.readouterr().err
 
 
 def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> None:
