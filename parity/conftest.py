@@ -1,11 +1,11 @@
-"""Fixtures of the parity suite: one `Subject` per target (parity/subject/subject.py), which every check reads.
+"""Fixtures of the parity suite: one `Subject` per target (parity/subject/subject.py) that every check reads.
 
 The subject is session-scoped per target (loading gpt2-xl twice would cost minutes and gigabytes); every
 check restores what it changes. With --impl the checks run in a child process instead, once per target
-(`verdict_of`, parity/frontends/pytest_frontend/child_run.py). Options live in parity/frontends/pytest_frontend/plugin.py. A run that would not fit in the
-available memory stops with a usage error once the tests are collected, before any model is built. The
-header shows each target's dtype policy and memory plan; the terminal summary shows what the synthetic
-checkpoints cost.
+(`verdict_of`, parity/frontends/pytest_frontend/child_run.py). Options live in
+parity/frontends/pytest_frontend/plugin.py. A run that would not fit in the available memory stops with a
+usage error once the tests are collected, before any model is built. The header shows each target's dtype
+policy and memory plan; the terminal summary shows what the synthetic checkpoints cost.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ UNSHARED_KEY = pytest.StashKey[dict[str, list[str]]]()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Each target's dtype policy and memory plan (the options' header lines come from parity/frontends/pytest_frontend/plugin.py)."""
+    """Each target's dtype policy and memory plan.
+
+    The options' header lines come from parity/frontends/pytest_frontend/plugin.py.
+    """
     return [
         f"parity policy: {t.name}: {t.dtype_name} ({t.dtype_reason}); {t.memory.describe()}"
         for t in config.stash.get(TARGETS_KEY, [])
@@ -105,9 +108,9 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
     """The implementation under test and Hugging Face's GPT-2 on one target, loaded on first use.
 
     Without --impl it is the reference nanoGPT, loaded through its own GPT.from_pretrained; with --impl
-    --in-process, the given code built by its own __init__ with weights from our converter (parity/foreign/impl.py).
-    With --impl run in a child it is the reference too, and only its Hugging Face side is read here (the
-    harness's self-test, parity/suite/test_untied_control.py).
+    --in-process, the given code built by its own __init__ with weights from our converter
+    (parity/foreign/impl.py). With --impl run in a child it is the reference too, and only its Hugging Face
+    side is read here (the harness's self-test, parity/suite/test_untied_control.py).
     """
     impl = request.config.stash.get(IMPL_KEY, None)
     s = Subject(

@@ -33,17 +33,23 @@ def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, subject: Subjec
         loss_of(hf_logits(hf, idx), targets).backward()
         hf_grad = get_tensor(hf, EMBEDDING).grad
         if head.grad is None or emb.grad is None or hf_grad is None:
-            return "the implementation is untied (lm_head.weight is not transformer.wte.weight); see tied-storage"
+            return (
+                "the implementation is untied (lm_head.weight is not transformer.wte.weight); "
+                "see tied-storage"
+            )
         summed = without_padding_rows(EMBEDDING, emb.grad + head.grad, vocab)
         rec = compare_chunked(
             "grads", "wte.grad + lm_head.grad", summed, hf_grad, gradients_tolerance(hf_grad.dtype)
         )
     if rec.passed:
         return (
-            "the implementation is untied: transformer.wte.weight and lm_head.weight each get one of the tied "
-            "gradient's two paths (their sum equals Hugging Face's tied gradient); see tied-storage"
+            "the implementation is untied: transformer.wte.weight and lm_head.weight each get one of the "
+            "tied gradient's two paths (their sum equals Hugging Face's tied gradient); see tied-storage"
         )
-    return f"the implementation is untied, and even wte.grad + lm_head.grad differs from Hugging Face's: {rec.summary()}"
+    return (
+        "the implementation is untied, and even wte.grad + lm_head.grad differs from Hugging Face's: "
+        f"{rec.summary()}"
+    )
 
 
 def grads_check(subject: Subject) -> Outcome:

@@ -38,7 +38,7 @@ def _split_message(check: str, message: str) -> tuple[str, str]:
 
 
 def run_check(check: Check, subject: Subject) -> Verdict:
-    """One check's verdict. CheckpointError propagates: a bad checkpoint is the user's input, not the code's."""
+    """One check's verdict. CheckpointError propagates: a bad checkpoint is user input, not the code's."""
     try:
         torch.manual_seed(0)  # an implementation with randomness fails the same way every run
         outcome = check.run(subject)

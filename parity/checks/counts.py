@@ -35,7 +35,7 @@ from parity.subject.subject import Subject
 
 
 def tied_storage_check(subject: Subject) -> Outcome:
-    """One storage after loading, through an in-place write, an optimizer step, .to(), deepcopy and a round trip."""
+    """One storage after loading, an in-place write, an optimizer step, .to(), deepcopy and a round trip."""
     model, label = subject.model(), subject.label
     problem = tie_problem(model, label)
     if problem:
@@ -68,8 +68,9 @@ def _twice_hint(model: nn.Module, counted: int, expected: int) -> str:
         return ""
     if get_tensor(model, HEAD) is emb:
         return (
-            f"; the difference is exactly one {tuple(emb.shape)} matrix and the head is tied: the tied matrix is "
-            "counted twice (count each shared tensor once, as parameters() and named_parameters() do)"
+            f"; the difference is exactly one {tuple(emb.shape)} matrix and the head is tied: "
+            "the tied matrix is counted twice (count each shared tensor once, as parameters() and "
+            "named_parameters() do)"
         )
     return f"; the difference is exactly one {tuple(emb.shape)} matrix: the head is untied"
 
@@ -101,7 +102,7 @@ def param_count_check(subject: Subject) -> Outcome:
 
 
 def own_count_check(subject: Subject) -> Outcome:
-    """The implementation's own count (get_num_params) equals the golden count (minus wpe for non_embedding)."""
+    """The implementation's own count (get_num_params) equals the golden one (minus wpe for non_embedding)."""
     model, hf = subject.model(), subject.hf()
     count = getattr(model, "get_num_params", None)
     if not callable(count):
@@ -130,7 +131,7 @@ def own_count_check(subject: Subject) -> Outcome:
 
 
 def optimizer_once_check(subject: Subject) -> Outcome:
-    """configure_optimizers lists every parameter in exactly one group: the tied matrix once, one AdamW state."""
+    """configure_optimizers puts each parameter in one group only: the tied matrix once, one AdamW state."""
     model = subject.model()
     optimizer = configured_optimizer(model, subject.device)
     membership = decay_membership(optimizer, model)
@@ -139,8 +140,9 @@ def optimizer_once_check(subject: Subject) -> Outcome:
         rows = "\n".join(f"  {n:<40} groups with weight_decay {wds}" for n, wds in sorted(bad.items()))
         refused = getattr(optimizer, "refused", "")
         raise ParityFailure(
-            f"[optimizer-once] {len(bad)} parameter(s) are not in exactly one optimizer group (a tied matrix in two "
-            f"groups is decayed and updated twice per step){f'; torch refused: {refused}' if refused else ''}:\n{rows}"
+            f"[optimizer-once] {len(bad)} parameter(s) are not in exactly one optimizer group "
+            "(a tied matrix in two groups is decayed and updated twice per step)"
+            f"{f'; torch refused: {refused}' if refused else ''}:\n{rows}"
         )
     tied = get_tensor(model, EMBEDDING)
     held = sum(1 for g in optimizer.param_groups for p in g["params"] if p is tied)
@@ -162,7 +164,7 @@ class _ByteCounter:
 
 
 def checkpoint_once_check(subject: Subject) -> Outcome:
-    """state_dict() stores the tied matrix once, and the tied model occupies one V x C matrix less than untied."""
+    """state_dict() stores the tied matrix once; the tied model occupies one V x C matrix less than untied."""
     model = subject.model()
     state = model.state_dict()
     emb = get_tensor(model, EMBEDDING)
@@ -175,7 +177,8 @@ def checkpoint_once_check(subject: Subject) -> Outcome:
     param_bytes = unique_parameter_bytes(model)
     if stored < param_bytes:
         raise ParityFailure(
-            f"[checkpoint-once] state_dict holds {stored:,} bytes of storage for {param_bytes:,} bytes of parameters"
+            f"[checkpoint-once] state_dict holds {stored:,} bytes of storage "
+            f"for {param_bytes:,} bytes of parameters"
         )
     # The head's entry must cost only its pickle record, not a second copy of the matrix: measured on the two
     # entries alone (serializing all of gpt2-xl twice takes seconds, and the sharing is decided between them).
@@ -185,15 +188,15 @@ def checkpoint_once_check(subject: Subject) -> Outcome:
     head_entry = pair.n - alone.n
     if head_entry >= tied_bytes // 2:
         raise ParityFailure(
-            f"[checkpoint-once] the lm_head.weight entry adds {head_entry:,} bytes to the state_dict checkpoint: the "
-            f"{tied_bytes:,}-byte tied matrix is stored twice"
+            f"[checkpoint-once] the lm_head.weight entry adds {head_entry:,} bytes to the state_dict "
+            f"checkpoint: the {tied_bytes:,}-byte tied matrix is stored twice"
         )
     with untied_twin(model) as twin:
         untied_bytes = unique_parameter_bytes(twin)
     if untied_bytes - param_bytes != tied_bytes:
         raise ParityFailure(
-            f"[checkpoint-once] the tied model occupies {untied_bytes - param_bytes:,} bytes less than its untied twin, "
-            f"expected one {tuple(emb.shape)} matrix ({tied_bytes:,} bytes)"
+            f"[checkpoint-once] the tied model occupies {untied_bytes - param_bytes:,} bytes less than its "
+            f"untied twin, expected one {tuple(emb.shape)} matrix ({tied_bytes:,} bytes)"
         )
     return Outcome(
         f"the head's state_dict entry adds {head_entry} bytes; the tie saves {tied_bytes:,} bytes of memory"

@@ -1,8 +1,8 @@
 """Forward checks: logits, the implementation's own loss, inference (generation), and where dropout acts.
 
 Each returns an `Outcome` with its comparison records or raises `ParityFailure` naming the cause; a
-failure of the logits or the loss runs the first-divergence diagnosis (parity/numerics/diagnose.py), so the first
-failure a user sees under `-x` already says which module to suspect.
+failure of the logits or the loss runs the first-divergence diagnosis (parity/numerics/diagnose.py), so
+the first failure a user sees under `-x` already says which module to suspect.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _forward_differs(subject: Subject) -> bool:
 
 
 def own_forward_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """The implementation's own forward without targets (what generation calls): its last position's logits."""
+    """The implementation's own forward without targets (what generation calls): its last-position logits."""
     cls = type(model)
     # parity.foreign.adapters adapts foreign classes by subclassing (full logits without targets): call
     # the original.
@@ -134,7 +134,7 @@ def own_forward_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, str]:
-    """(the continuation, how): the implementation's own generate with top_k=1 when it has one, else a loop."""
+    """(the continuation, how): the implementation's own generate with top_k=1 if it has one, else a loop."""
     generate = getattr(model, "generate", None)
     if callable(generate):
         try:
@@ -148,7 +148,7 @@ def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Ten
 
 
 def inference_check(subject: Subject) -> Outcome:
-    """The call without targets gives HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
+    """Called without targets: HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
     model, hf = subject.model(), subject.hf()
     tol = logits_tolerance(subject.dtype)
     prompt_length = max(1, min(PROMPT_TOKENS, subject.config.block_size // 2))
@@ -163,7 +163,8 @@ def inference_check(subject: Subject) -> Outcome:
         if not rec.passed:
             forward = "; the forward pass differs already (see logits)" if _forward_differs(subject) else ""
             raise ParityFailure(
-                f"[inference] the call without targets (as generation makes it) differs{forward}\n  {rec.summary()}",
+                "[inference] the call without targets (as generation makes it) differs"
+                f"{forward}\n  {rec.summary()}",
                 [rec],
             )
         ours, how = _greedy(model, prompt, new)
@@ -189,8 +190,8 @@ def inference_check(subject: Subject) -> Outcome:
             )
         if not step.passed or k >= min(ours.size(1), theirs.size(1)):
             raise ParityFailure(
-                f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) at "
-                f"token {k}: {ours[0].tolist()} vs {theirs[0].tolist()}; {step.summary()}",
+                f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) "
+                f"at token {k}: {ours[0].tolist()} vs {theirs[0].tolist()}; {step.summary()}",
                 [rec, step],
             )
     return Outcome(
@@ -223,7 +224,7 @@ class DropoutRecorder(TorchFunctionMode):
 
 
 def _sites(model: nn.Module, idx: torch.Tensor) -> Counter[tuple[str, float]]:
-    """The dropout sites of one forward: the first hidden-state dropout before any attention is the embeddings'."""
+    """One forward's dropout sites: the first hidden-state dropout before any attention is the embeddings'."""
     recorder = DropoutRecorder()
     with torch.no_grad(), recorder:
         model(idx)
@@ -261,7 +262,8 @@ def dropout_sites_check(subject: Subject) -> Outcome:
         a, b = own_forward_logits(model, idx), own_forward_logits(model, idx)
     if in_eval or not torch.equal(a, b):
         raise ParityFailure(
-            f"[dropout-sites] dropout is active in eval mode ({dict(in_eval) or SAME_CALLS_DIFFER}): eval must apply none (pass dropout_p=0 to scaled_dot_product_attention "
+            f"[dropout-sites] dropout is active in eval mode ({dict(in_eval) or SAME_CALLS_DIFFER}): "
+            "eval must apply none (pass dropout_p=0 to scaled_dot_product_attention "
             "outside training, and use nn.Dropout or training=self.training)"
         )
     if not found:
@@ -277,8 +279,9 @@ def dropout_sites_check(subject: Subject) -> Outcome:
         parts = [f"missing {n} x {site} (p={p})" for (site, p), n in sorted(missing.items())]
         parts += [f"unexpected {n} x {site} (p={p})" for (site, p), n in sorted(extra.items())]
         raise ParityFailure(
-            f"[dropout-sites] train-mode dropout differs from Hugging Face's with p={DROPOUT_P}: {'; '.join(parts)} "
-            f"(Hugging Face drops the embeddings, the attention weights and both residual branches of each block)"
+            f"[dropout-sites] train-mode dropout differs from Hugging Face's with p={DROPOUT_P}: "
+            f"{'; '.join(parts)} (Hugging Face drops the embeddings, the attention weights and both "
+            "residual branches of each block)"
         )
     sites = ", ".join(f"{n} x {site}" for (site, _), n in sorted(found.items()))
     return Outcome(f"train mode drops at Hugging Face's sites with p={DROPOUT_P} ({sites}); eval drops none")

@@ -94,7 +94,7 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
 
 
 def decay_membership(optimizer: Any, model: nn.Module) -> dict[str, list[float]]:
-    """For every parameter name, the weight decays of the optimizer groups that hold it (one entry per listing)."""
+    """For each parameter name, the weight decays of the optimizer groups holding it (one per listing)."""
     names = parameter_names(model)
     membership: dict[str, list[float]] = {name: [] for name in names.values()}
     for group in optimizer.param_groups:

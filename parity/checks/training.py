@@ -94,7 +94,8 @@ def _mirrored_optimizer(optimizer: Any, model: nn.Module, hf: nn.Module) -> torc
             name = EMBEDDING if name == HEAD else name
             if name not in theirs:
                 raise CannotTest(
-                    f"[train-steps] optimizer parameter {name or tuple(p.shape)} has no Hugging Face counterpart"
+                    f"[train-steps] optimizer parameter {name or tuple(p.shape)} "
+                    "has no Hugging Face counterpart"
                 )
             params.append(theirs[name])
         groups.append({"params": params, **{k: g[k] for k in MIRRORED_OPTIONS if k in g}})
@@ -102,7 +103,7 @@ def _mirrored_optimizer(optimizer: Any, model: nn.Module, hf: nn.Module) -> torc
 
 
 def _expected_policy(model: nn.Module, tied_decay: bool) -> torch.optim.Optimizer:
-    """AdamW grouped by the expected policy (biases and LayerNorms never decay), for code without configure_optimizers."""
+    """AdamW in the expected groups (biases, LayerNorms never decay) for code without configure_optimizers."""
     emb = get_tensor(model, EMBEDDING)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -113,7 +114,7 @@ def _expected_policy(model: nn.Module, tied_decay: bool) -> torch.optim.Optimize
 
 
 def _relative_update_difference(ours: torch.Tensor, theirs: torch.Tensor, before: torch.Tensor) -> float:
-    """||ours - theirs|| / ||theirs - before||: how far apart two trained copies are, against how far they moved."""
+    """||ours - theirs|| / ||theirs - before||: two trained copies' distance, against how far they moved."""
     moved = float((theirs.double() - before.double()).norm())
     apart = float((ours.double() - theirs.double()).norm())
     return apart / moved if moved > 0 else (0.0 if apart == 0 else math.inf)
@@ -137,7 +138,7 @@ def _step(optimizer: Any, loss_of_batch: Any, batch: tuple[torch.Tensor, torch.T
 
 
 def train_steps_check(subject: Subject) -> Outcome:
-    """TRAIN_STEPS AdamW steps with the implementation's groups, mirrored onto HF: same losses and parameters."""
+    """TRAIN_STEPS AdamW steps in the implementation's groups, mirrored on HF: same losses and parameters."""
     why = subject.training_fits()
     if why is None:
         model, hf, config = subject.fresh_implementation(), copy.deepcopy(subject.hf()), subject.config
@@ -152,7 +153,8 @@ def train_steps_check(subject: Subject) -> Outcome:
         optimizer = configured_optimizer(model, subject.device)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise CannotTest(
-                "[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses; see optimizer-once"
+                "[train-steps] configure_optimizers puts a parameter in two groups, which torch refuses; "
+                "see optimizer-once"
             )
         grouping = f"the implementation's configure_optimizers ({type(optimizer).__name__}), mirrored onto HF"
     else:
@@ -180,7 +182,8 @@ def train_steps_check(subject: Subject) -> Outcome:
     for step, (a, b) in enumerate(zip(ours_losses, theirs_losses, strict=True)):
         if not abs(a - b) <= loss_tol.atol + loss_tol.rtol * abs(b):
             raise ParityFailure(
-                f"[train-steps] the loss of step {step + 1} differs{where}: {a:.8f} vs Hugging Face {b:.8f} ({loss_tol}); "
+                f"[train-steps] the loss of step {step + 1} differs{where}: "
+                f"{a:.8f} vs Hugging Face {b:.8f} ({loss_tol}); "
                 f"losses {ours_losses} vs {theirs_losses}"
                 + (
                     "; see logits and grads"
@@ -203,13 +206,14 @@ def train_steps_check(subject: Subject) -> Outcome:
     if diffs[worst] > limit:
         bad = sorted((n for n in diffs if diffs[n] > limit), key=lambda n: -diffs[n])
         raise ParityFailure(
-            f"[train-steps] after {TRAIN_STEPS} steps ({grouping}){where}, {len(bad)} parameter(s) moved differently "
-            f"from Hugging Face's: {worst} by {diffs[worst]:.2e} of its update (limit {limit:g}); "
-            f"{', '.join(bad[:4])}; losses agree, so the update itself differs (a tensor updated twice, a lost gradient path)"
+            f"[train-steps] after {TRAIN_STEPS} steps ({grouping}){where}, {len(bad)} parameter(s) moved "
+            f"differently from Hugging Face's: {worst} by {diffs[worst]:.2e} of its update "
+            f"(limit {limit:g}); {', '.join(bad[:4])}; losses agree, so the update itself differs "
+            "(a tensor updated twice, a lost gradient path)"
         )
     return Outcome(
-        f"{TRAIN_STEPS} steps ({grouping}){where}: losses agree within {loss_tol}, every parameter's difference "
-        f"<= {diffs[worst]:.1e} of its update ({worst})",
+        f"{TRAIN_STEPS} steps ({grouping}){where}: losses agree within {loss_tol}, every parameter's "
+        f"difference <= {diffs[worst]:.1e} of its update ({worst})",
         f"losses {ours_losses} vs Hugging Face {theirs_losses}",
     )
 
@@ -245,18 +249,21 @@ def init_check(subject: Subject) -> Outcome:
     ln_v = math.log(config.output_vocab_size)
     tied = get_tensor(model, EMBEDDING).detach()
     std = float(tied.double().std())
-    summary = f"loss at init {ours:.4f}, Hugging Face's init {theirs:.4f}, ln(vocab) {ln_v:.4f}; tied matrix std {std:.4f}"
+    summary = (
+        f"loss at init {ours:.4f}, Hugging Face's init {theirs:.4f}, ln(vocab) {ln_v:.4f}; "
+        f"tied matrix std {std:.4f}"
+    )
     if std > 0.1:
         direction = (
-            "lm_head.weight = transformer.wte.weight keeps the embedding's Parameter, with nn.Embedding's default "
-            "N(0, 1) init"
+            "lm_head.weight = transformer.wte.weight keeps the embedding's Parameter, "
+            "with nn.Embedding's default N(0, 1) init"
             if abs(std - 1.0) < 0.2
             else "the tie kept a Parameter whose init is not GPT-2's"
         )
         raise ParityFailure(
-            f"[init] the tied matrix has std {std:.3f} at init, not an output projection's {0.02}: the tie was made in the "
-            f"wrong direction after initialising ({direction}); tie with transformer.wte.weight = lm_head.weight, or "
-            f"initialise after tying{where}. {summary}"
+            f"[init] the tied matrix has std {std:.3f} at init, not an output projection's {0.02}: "
+            f"the tie was made in the wrong direction after initialising ({direction}); "
+            f"tie with transformer.wte.weight = lm_head.weight, or initialise after tying{where}. {summary}"
         )
     if abs(ours - theirs) > INIT_LOSS_ATOL:
         raise ParityFailure(
@@ -267,8 +274,8 @@ def init_check(subject: Subject) -> Outcome:
 
 
 def init_scheme_check(subject: Subject) -> Outcome:
-    """Each parameter's init statistics follow GPT-2's scheme (N(0, 0.02), residual projections / sqrt(2 n_layer),
-    zero biases, unit LayerNorm gains)."""
+    """Each parameter's init statistics follow GPT-2's scheme (N(0, 0.02), residual projections /
+    sqrt(2 n_layer), zero biases, unit LayerNorm gains)."""
     model, config, where = _fresh(subject)
     problems, checked = [], 0
     for name, p in model.named_parameters():
@@ -278,14 +285,16 @@ def init_scheme_check(subject: Subject) -> Outcome:
         if std_want == 0.0:
             if not torch.all(x == mean_want):
                 problems.append(
-                    f"{name}: expected the constant {mean_want:g}, found mean {float(x.mean()):.4g}, std {float(x.std()):.3g}"
+                    f"{name}: expected the constant {mean_want:g}, "
+                    f"found mean {float(x.mean()):.4g}, std {float(x.std()):.3g}"
                 )
             continue
         std, mean = float(x.std()), float(x.mean())
         rtol = init_std_rtol(x.numel())
         if abs(std / std_want - 1.0) > rtol or abs(mean) > 6 * std_want / math.sqrt(x.numel()):
             problems.append(
-                f"{name}: mean {mean:.2e}, std {std:.4g}; GPT-2's init: mean 0, std {std_want:.4g} (+-{rtol:.0%})"
+                f"{name}: mean {mean:.2e}, std {std:.4g}; "
+                f"GPT-2's init: mean 0, std {std_want:.4g} (+-{rtol:.0%})"
             )
     if problems:
         raise ParityFailure(

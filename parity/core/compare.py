@@ -55,7 +55,7 @@ class Comparison:
         return self.norm_limit is not None and not self.rel_norm <= self.norm_limit
 
     def summary(self, norm: bool = True) -> str:
-        """One line: which tensor, how far off, against what tolerance (norm: and the relative norm's verdict)."""
+        """One line: the tensor, how far off, against what tolerance (norm: and the relative-norm verdict)."""
         if self.nonfinite:
             return f"{self.tensor}: {self.nonfinite}"
         loc = f" at index {self.where}" if self.where is not None else ""
@@ -66,7 +66,8 @@ class Comparison:
                 f"; relative difference norm {self.rel_norm:.3e}, {verdict} the limit {self.norm_limit:g}"
             )
         return (
-            f"{self.tensor}: {self.mismatched}/{self.total} elements differ; max abs diff {self.max_abs:.3e}{loc}, "
+            f"{self.tensor}: {self.mismatched}/{self.total} elements differ; "
+            f"max abs diff {self.max_abs:.3e}{loc}, "
             f"max rel diff {self.max_rel:.3e} (rtol={self.rtol:g}, atol={self.atol:g}){norm_text}"
         )
 
@@ -79,7 +80,7 @@ class Comparison:
 
     @classmethod
     def from_json(cls, d: Any) -> Comparison:
-        """The record that to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
+        """The record to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
         if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
             raise ValueError(f"not a comparison record: {d!r:.200}")
         where = d["where"]
@@ -180,9 +181,9 @@ def compare_tensors(
 
 
 def relative_norm(diff_sq: float, expected_sq: float, elements: int, tol: Tolerance) -> float:
-    """||a - e|| / ||e|| from the sums of squares; 0 when ||e|| is within what atol allows for that many elements
-    (a tensor that is rounding noise around zero, such as a gradient whose exact value is zero, has no
-    meaningful relative difference: the element-wise bound alone judges it)."""
+    """||a - e|| / ||e|| from the sums of squares; 0 when ||e|| is within what atol allows for that many
+    elements (a tensor that is rounding noise around zero, such as a gradient whose exact value is zero, has
+    no meaningful relative difference: the element-wise bound alone judges it)."""
     if expected_sq <= tol.atol**2 * elements or expected_sq == 0.0:
         return 0.0
     return (diff_sq / expected_sq) ** 0.5

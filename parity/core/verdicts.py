@@ -65,7 +65,7 @@ class Verdict:
 
     @classmethod
     def from_json(cls, d: Any) -> Verdict:
-        """The verdict that to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
+        """The verdict to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
         keys = {"check", "status", "reason", "details", "records", "profiles", "applicable"}
         if not isinstance(d, dict) or set(d) != keys:
             raise ValueError(f"not a verdict: {d!r:.200}")

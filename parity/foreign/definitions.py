@@ -67,7 +67,7 @@ def _bound_by_import(node: ast.Import | ast.ImportFrom) -> list[str]:
 
 
 def _is_constant(node: ast.expr, constants: set[str], modules: set[str]) -> bool:
-    """A literal, a container or arithmetic of literals, an earlier constant, or an imported module's attribute."""
+    """A literal, container or arithmetic of literals, earlier constant, or imported module's attribute."""
     if isinstance(node, ast.Constant):
         return True
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)):

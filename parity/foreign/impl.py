@@ -161,7 +161,8 @@ def _take_gpt(module: ModuleType, where: str) -> type[nn.Module]:
     gpt = getattr(module, "GPT", None)
     if not (isinstance(gpt, type) and issubclass(gpt, nn.Module)):
         raise ImplementationError(
-            f"{where} defines no GPT class (a torch.nn.Module); the nanoGPT convention is `class GPT(nn.Module)`"
+            f"{where} defines no GPT class (a torch.nn.Module); "
+            "the nanoGPT convention is `class GPT(nn.Module)`"
         )
     return gpt
 
@@ -202,7 +203,8 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
     if module is None:
         module = _load_file(name, path, plan, run_module, notes)
         if not run_module and not hasattr(module, "GPT") and "GPT" in plan.left_out_binds:
-            # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load without it.
+            # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load
+            # without it.
             del sys.modules[name]
             notes[:] = [n for n in notes if not n.startswith("definitions only:")]
             notes.append(f"GPT is set by module-level code of {path.name}, so the file was imported as it is")
@@ -213,7 +215,7 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
 def _import_classes(
     path: Path, run_module: bool
 ) -> tuple[ModuleType, type[nn.Module], ConfigMaker, list[str]]:
-    """Import path (checked by check_implementation_path); return (module, GPT, its config maker, load notes)."""
+    """Import path (checked by check_implementation_path); return (module, GPT, config maker, load notes)."""
     is_package = path.is_dir() and (path / "__init__.py").is_file()
     if path.is_dir() and not is_package:
         path = path / "model.py"
@@ -322,7 +324,7 @@ def check_implementation_path(path: str | os.PathLike[str]) -> Path:
 
 
 def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
-    """Import a model.py file (its definitions only, unless run_module) or a package directory, in isolation."""
+    """Import a model.py file (definitions only, unless run_module) or a package directory, in isolation."""
     resolved = check_implementation_path(path)
     module, gpt, maker, notes = _import_classes(resolved, run_module)
     if maker.how != "GPTConfig":
@@ -339,7 +341,7 @@ def _loaded_problems(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[lis
 def load_implementation(
     impl: Implementation, checkpoint: Path, dtype: torch.dtype, device: str
 ) -> tuple[nn.Module, LoadReport]:
-    """impl's model built by its own __init__, with the checkpoint's weights loaded by our converter, in eval mode.
+    """impl's model built by its own __init__, the checkpoint's weights loaded by our converter, in eval mode.
 
     Raises CheckpointError for a bad checkpoint and ImplementationError when the implementation cannot be
     built or some parameter gets no value (the message lists the keys on each side).

@@ -1,15 +1,16 @@
-"""`python -m parity.frontends.bisect` (console script `nanogpt-parity-bisect`): parity verdicts as `git bisect run` exit codes.
+"""`nanogpt-parity-bisect` (`python -m parity.frontends.bisect`): verdicts as `git bisect run` exit codes.
 
-Runs the named checks of parity/checks/registry.py on an implementation (`--impl path/to/model.py`, default the
-reference nanoGPT) in a sandboxed child process (parity/sandbox/parent.py), prints one line per check, and exits
-with what `git bisect run` understands: 0 good, 1 bad, 125 "cannot test this commit" (import error, no
-GPT class, a crash, an exit or a hang past `--timeout` of the tested code, a changed transformers), and 129 for a usage error of this command, which aborts the bisection instead of marking
-commits bad (argparse's own exit status 2 would read as bad). Good means every selected check passes,
-unless `--expect CHECK=pass|fail` says otherwise, so one can look for the commit where something broke
-or where it first became true. The default model is small (2 layers, width 64, a 512-token vocabulary,
-float64 on CPU: seconds per commit); `--model` takes a GPT-2 size or a checkpoint directory.
-`--parity-report PATH` writes the verdicts as `pytest parity/` does (parity/frontends/report.py), whether
-the commit is good, bad or untestable; a usage error writes nothing.
+Runs the named checks of parity/checks/registry.py on an implementation (`--impl path/to/model.py`, default
+the reference nanoGPT) in a sandboxed child process (parity/sandbox/parent.py), prints one line per check, and
+exits with what `git bisect run` understands: 0 good, 1 bad, 125 "cannot test this commit" (import error, no
+GPT class, a crash, an exit or a hang past `--timeout` of the tested code, a changed transformers), and 129
+for a usage error of this command, which aborts the bisection instead of marking commits bad (argparse's own
+exit status 2 would read as bad). Good means every selected check passes, unless `--expect CHECK=pass|fail`
+says otherwise, so one can look for the commit where something broke or where it first became true. The
+default model is small (2 layers, width 64, a 512-token vocabulary, float64 on CPU: seconds per commit);
+`--model` takes a GPT-2 size or a checkpoint directory. `--parity-report PATH` writes the verdicts as
+`pytest parity/` does (parity/frontends/report.py), whether the commit is good, bad or untestable; a usage
+error writes nothing.
 
     git bisect start BAD GOOD
     git bisect run python -m parity.frontends.bisect --impl model.py --checks tied-storage
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
-    """The target of --model: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
+    """--model's target: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
     if model == SMALL:
         device = resolve_device(device)
         c = SMALL_CONFIG

@@ -1,7 +1,7 @@
 """Draw where two implementations part: the per-module relative-difference profiles of a parity report.
 
-`python -m parity.frontends.plot report.json -o profile.png` reads the `"profiles"` of a `--parity-report` file
-(one per logits comparison that ran with diagnosis) and draws one line per comparison: the modules in
+`python -m parity.frontends.plot report.json -o profile.png` reads the `"profiles"` of a `--parity-report`
+file (one per logits comparison that ran with diagnosis) and draws one line per comparison: the modules in
 forward order on x, the relative difference of their outputs on a log y axis, with the dtype's noise
 level and the tolerance drawn in. A run that passes stays flat near the noise; a bug shows as a step at
 the module that introduces it, which is marked. matplotlib is an optional extra
@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ReportError(
-                "python -m parity.frontends.plot needs matplotlib: pip install 'nanogpt-parity[plot]' (or matplotlib)"
+                "python -m parity.frontends.plot needs matplotlib: "
+                "pip install 'nanogpt-parity[plot]' (or matplotlib)"
             ) from None
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The JSON parity report (`--parity-report PATH`): every check's verdict, its comparisons, and the environment.
+"""The JSON parity report (`--parity-report PATH`): every check's verdict, its comparisons, the environment.
 
 `pytest parity/` and the bisect command write the same schema through `ParityReport.write`. Every verdict
 is stored, passing, failing or cannot-test, with its reason, details and comparison records, so a failing
@@ -70,7 +70,7 @@ class ParityReport:
 
 
 def strict_json(value: Any) -> Any:
-    """value with every non-finite float replaced by "nan", "inf" or "-inf" (strict JSON has no such numbers)."""
+    """value, every non-finite float replaced by "nan", "inf" or "-inf" (strict JSON has no such numbers)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):

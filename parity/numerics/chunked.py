@@ -1,5 +1,5 @@
-"""Comparing large tensors in chunks: the record a single `compare_tensors` call would return, at a fraction of
-its memory and time.
+"""Comparing large tensors in chunks: the record a single `compare_tensors` call would return, at a fraction
+of its memory and time.
 
 compare_tensors converts both sides to float64 and builds several temporaries of that size; for the
 full-block logits or the tied matrix's gradient of gpt2-xl that is gigabytes. `compare_chunked` compares
@@ -38,7 +38,7 @@ def one_thread() -> Iterator[None]:
 
 
 def _transposed(t: torch.Tensor) -> bool:
-    """A 2-D tensor laid out column-major: the transpose of a contiguous one (a Conv1D weight seen as Linear)."""
+    """A 2-D tensor laid out column-major: a contiguous one's transpose (a Conv1D weight seen as Linear)."""
     return t.dim() == 2 and t.size(0) > 1 and t.size(1) > 1 and t.t().is_contiguous()
 
 
@@ -136,9 +136,9 @@ def _finite_record(
 
     In float32 (float32 or half-precision inputs): a screen. Every element whose |a - e| passes
     atol + rtol * |e| with the bound shrunk by SCREEN_MARGIN passes in exact arithmetic too (see
-    parity/core/tolerances.py). If all of the chunk's elements do, it passed with 0 mismatches, and its max_abs,
-    max_rel and where are read from the float32 arithmetic; if any does not, the chunk is compared again
-    in float64, so a failing chunk's record is compare_tensors' own.
+    parity/core/tolerances.py). If all of the chunk's elements do, it passed with 0 mismatches, and its
+    max_abs, max_rel and where are read from the float32 arithmetic; if any does not, the chunk is compared
+    again in float64, so a failing chunk's record is compare_tensors' own.
     """
     a = actual.detach().to(dtype, memory_format=torch.contiguous_format)
     e = expected.detach().to(dtype, memory_format=torch.contiguous_format)

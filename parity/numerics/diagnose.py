@@ -21,15 +21,16 @@ from parity.core.tolerances import Tolerance, hidden_divergence
 SUSPECTS = {
     "drop": "the embeddings: token (wte) or position (wpe) embeddings, or position embeddings not added",
     "ln_1": "LayerNorm ln_1 (epsilon must be 1e-5; weight/bias loaded?)",
-    "attn": "attention: the 1/sqrt(head_dim) scale, the causal mask, the q/k/v split order, or a c_attn/c_proj "
-    "weight not transposed from HF's Conv1D layout",
+    "attn": "attention: the 1/sqrt(head_dim) scale, the causal mask, the q/k/v split order, or a "
+    "c_attn/c_proj weight not transposed from HF's Conv1D layout",
     "ln_2": "LayerNorm ln_2 (epsilon must be 1e-5), or the residual connection around attention",
     "mlp": "the MLP: GELU must be the tanh approximation (gelu_new), a c_fc/c_proj weight not transposed "
     "from Conv1D, or a dropped bias",
     "block": "the residual connection around the MLP",
     "ln_f": "the final LayerNorm ln_f (missing, or epsilon not 1e-5)",
     "lm_head": "the output head: lm_head not tied to transformer.wte.weight (load HF with "
-    "tie_word_embeddings=True), tied to another tensor, a bias added, or padded vocabulary rows in the logits",
+    "tie_word_embeddings=True), tied to another tensor, a bias added, or padded vocabulary rows "
+    "in the logits",
 }
 
 
@@ -127,7 +128,7 @@ def relative_norm(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def difference_profile(
     model: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int
 ) -> list[tuple[str, float | None]]:
-    """(module, ||ours - theirs|| / ||theirs||) at every probe point in forward order; None where unobserved."""
+    """(module, ||ours - theirs|| / ||theirs||) at each probe point in forward order; None if unobserved."""
     names = [n for n, _ in probe_points(n_layer)]
     ours = capture_activations(model, names, lambda: model(idx))
     theirs = capture_activations(hf_model, names, lambda: hf_model(idx))
@@ -206,7 +207,7 @@ def first_divergence(
 
 
 def _unobserved_note(unobserved: list[str]) -> str:
-    """What the diagnosis could not see: modules whose own forward never ran (their layers run inside others)."""
+    """What the diagnosis cannot see: modules whose own forward never ran (their layers run inside others)."""
     if not unobserved:
         return ""
     more = f" and {len(unobserved) - 3} more" if len(unobserved) > 3 else ""

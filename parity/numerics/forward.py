@@ -1,6 +1,7 @@
-"""The forward-pass comparisons: logits of token batches and the implementation's own loss against Hugging Face's.
+"""Forward-pass comparisons: logits of token batches and the implementation's own loss against Hugging Face's.
 
-A failure names the first diverging module (parity/numerics/diagnose.py), whichever comparison a user sees first.
+A failure names the first diverging module (parity/numerics/diagnose.py), whichever comparison a user sees
+first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from parity.numerics.diagnose import first_divergence
 
 
 def implementation_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Full-sequence logits of a model whose forward returns logits, (logits, loss), a dict or an HF output."""
+    """Full-sequence logits of a model whose forward returns logits, (logits, loss), a dict or HF output."""
     return split_output(model(idx))[0]
 
 
@@ -45,8 +46,8 @@ def compare_logits(
     if ours.shape[:-1] == theirs.shape[:-1] and ours.size(-1) > theirs.size(-1):
         raise ParityFailure(
             f"[logits] logits[{label}]: the implementation returns {ours.size(-1)} vocabulary columns, "
-            f"Hugging Face {theirs.size(-1)}: padded vocabulary rows leak into the logits and every softmax (crop the logits "
-            "to the real vocabulary, logical_vocab_size)"
+            f"Hugging Face {theirs.size(-1)}: padded vocabulary rows leak into the logits and every softmax "
+            "(crop the logits to the real vocabulary, logical_vocab_size)"
         )
     tol = logits_tolerance(ours.dtype)
     rec = compare_chunked("logits", f"logits[{label}]", ours, theirs, tol)

@@ -1,4 +1,4 @@
-"""The backward-pass comparisons: every gradient against Hugging Face's, and the tied gradient against its two paths.
+"""Backward-pass comparisons: every gradient against Hugging Face's; the tied gradient against its two paths.
 
 `run_gradients` is written to fit gpt2-xl twice in memory: gradients are compared and freed while the
 implementation's backward produces them, so a run holds one set of gradients, not two.
@@ -59,7 +59,7 @@ def compared_parameters(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[l
 def compare_gradients(
     model: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, vocab: int
 ) -> list[Comparison]:
-    """Every parameter's gradient matches its HF counterpart: the records of `run_gradients`, or its failure raised."""
+    """Every parameter's gradient matches HF's: the records of `run_gradients`, or its failure raised."""
     run = run_gradients(model, hf_model, idx, targets, vocab)
     if run.failure is not None:
         raise run.failure
@@ -76,17 +76,17 @@ def run_gradients(
 ) -> GradientRun:
     """Backward of the same loss in both models; every gradient compared with its HF counterpart.
 
-    HF's backward runs first; then each implementation parameter's gradient is compared the moment
-    the implementation's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is
-    freed at once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
-    Same records and the same failure message (`gradient_failure_message`) as comparing after both
-    backward passes. (HF first: while one side's gradients wait, the other side's activations are alive,
-    and nanoGPT's are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.)
-    The implementation runs its forward with targets, so that the same pass also gives its own loss; the
-    backward is of loss_of(its logits), the loss HF's side uses, so that an implementation whose own loss is
-    wrong fails the loss check, not this one. The two forwards' logits are compared as well (`logits`),
-    which makes this batch one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of
-    the implementation's gradient of the tied matrix (the decomposition check's "actual").
+    HF's backward runs first; then each implementation parameter's gradient is compared the moment the
+    implementation's backward has accumulated it (a post-accumulate-grad hook), and a matching pair is freed
+    at once, so the run never holds two full sets of gradients. A pair that differs keeps both for diagnosis.
+    Same records and the same failure message (`gradient_failure_message`) as comparing after both backward
+    passes. (HF first: while one side's gradients wait, the other side's activations are alive, and nanoGPT's
+    are the smaller: HF's GELU keeps several 4 x n_embd intermediates per token and layer.) The implementation
+    runs its forward with targets, so that the same pass also gives its own loss; the backward is of
+    loss_of(its logits), the loss HF's side uses, so that an implementation whose own loss is wrong fails the
+    loss check, not this one. The two forwards' logits are compared as well (`logits`), which makes this batch
+    one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of the implementation's
+    gradient of the tied matrix (the decomposition check's "actual").
     """
     our_params = dict(model.named_parameters())
     theirs_params = dict(hf_model.named_parameters())
@@ -233,7 +233,8 @@ def compare_gradient_decomposition(
         raise ParityFailure(
             f"[grads] the tied gradient is not the sum of its two paths: {rec.summary()}. "
             + (
-                "It equals the head path alone: the embedding path is lost (the tie is broken during forward)."
+                "It equals the head path alone: the embedding path is lost "
+                "(the tie is broken during forward)."
                 if head_alone
                 else ""
             )

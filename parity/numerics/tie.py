@@ -52,7 +52,8 @@ def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str 
     """Why lm_head.weight and transformer.wte.weight of model are not one tensor, or None if they are."""
     head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
     fix = (
-        "load it with tie_word_embeddings=True (GPT2LMHeadModel.from_pretrained(..., tie_word_embeddings=True))"
+        "load it with tie_word_embeddings=True "
+        "(GPT2LMHeadModel.from_pretrained(..., tie_word_embeddings=True))"
         if is_hf
         else "assign one Parameter to both names (self.transformer.wte.weight = self.lm_head.weight)"
     )
@@ -60,9 +61,9 @@ def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str 
         if head is not emb:
             # e.g. load_state_dict(assign=True) wraps each entry in its own Parameter and nobody re-tied them.
             return (
-                f"{label}: lm_head.weight and {EMBEDDING} share storage but are two Parameter objects, so they are "
-                "not tied: autograd gives each only its own path's gradient, parameters() counts the matrix "
-                f"twice and an optimizer updates it twice; {fix}"
+                f"{label}: lm_head.weight and {EMBEDDING} share storage but are two Parameter objects, "
+                "so they are not tied: autograd gives each only its own path's gradient, parameters() counts "
+                f"the matrix twice and an optimizer updates it twice; {fix}"
             )
         return None
     for name, t in model.named_parameters(remove_duplicate=False):
@@ -70,8 +71,8 @@ def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str 
             return f"{label}: lm_head.weight is tied to {name}, not to {EMBEDDING}; {fix}"
     if head.shape == emb.shape and torch.equal(head.detach().cpu(), emb.detach().cpu()):
         return (
-            f"{label}: lm_head.weight equals {EMBEDDING} by value but is a separate tensor (a copy, not a tie): "
-            f"the first optimizer step will untie them; {fix}"
+            f"{label}: lm_head.weight equals {EMBEDDING} by value but is a separate tensor "
+            f"(a copy, not a tie): the first optimizer step will untie them; {fix}"
         )
     hint = " (tie_word_embeddings=False: lm_head was initialized, not loaded)" if is_hf else ""
     return f"{label}: lm_head.weight is not tied to {EMBEDDING}{hint}; {fix}"

@@ -1,4 +1,4 @@
-"""The child process of parity/sandbox/parent.py: import the tested code, run the checks, report through the pipe.
+"""Child process of parity/sandbox/parent.py: import the tested code, run the checks, report through the pipe.
 
 `python -m parity.sandbox.child FD` reads its request (with a nonce) from stdin, then writes
 newline-delimited JSON messages to the pipe FD: each phase before it starts, and the result at the end

@@ -9,10 +9,10 @@ NAME) and finally the verdicts, every message carrying the nonce. Only a complet
 the nonce is trusted: any other end (an exit without a result, a signal, a hang past the timeout, after
 which the whole process group is killed) makes every check CANNOT-TEST, saying what happened and in which
 phase. The parent, which never imports the tested code, also computes `hf_fingerprint` (the logits of a
-tiny seeded GPT2LMHeadModel, parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the target itself
-(parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both again
-after building the model and after the checks, and a difference means the tested code changed transformers
-in its process: CANNOT-TEST.
+tiny seeded GPT2LMHeadModel, parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the
+target itself (parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child
+computes both again after building the model and after the checks, and a difference means the tested code
+changed transformers in its process: CANNOT-TEST.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | No
 def _describe_end(
     returncode: int | None, timed_out: float | None, phase: str, output: str, limit_option: str = "--timeout"
 ) -> str:
-    """What happened to a child that returned no trusted result, in one line (limit_option names the timeout)."""
+    """What happened to a child with no trusted result, in one line (limit_option names the timeout)."""
     if timed_out is not None:
         what = (
             f"timed out after {timed_out:g} s during {phase} (its process group was killed; {limit_option} "
@@ -185,7 +185,7 @@ def run_checks_in_child(
     timeout: float,
     limit_option: str = "--timeout",
 ) -> SandboxResult:
-    """The verdicts of the named checks on the implementation at impl_path (None: the reference), run in a child.
+    """The named checks' verdicts on the implementation at impl_path (None: the reference), run in a child.
 
     limit_option is the caller's option that sets timeout, for the message of a child that ran past it.
     """

@@ -3,10 +3,10 @@ the model the sandboxed checks compare against is Hugging Face's.
 
 The sandboxed child (parity/sandbox/child.py) builds Hugging Face's GPT-2 in the process that imported the
 tested code, which may have patched transformers (its GELU, its attention, its loader) for the tested
-model's shape only, where the tiny fingerprint of parity/sandbox/parent.py does not look. So the parent, before it
-starts the child, loads Hugging Face's model of the target and reduces its logits on the gradient batch to
-a few numbers (`clean_witness`); the child computes the same numbers with the very model its checks use,
-once it is loaded and again after the checks (`witness`). The two processes run the same kernels on the
+model's shape only, where the tiny fingerprint of parity/sandbox/parent.py does not look. So the parent,
+before it starts the child, loads Hugging Face's model of the target and reduces its logits on the gradient
+batch to a few numbers (`clean_witness`); the child computes the same numbers with the very model its checks
+use, once it is loaded and again after the checks (`witness`). The two processes run the same kernels on the
 same thread count, so on CPU the numbers agree bit for bit, and any difference means the checks did not
 compare with Hugging Face's GPT-2: CANNOT-TEST.
 """
@@ -36,7 +36,7 @@ WITNESS_RTOL = {"cpu": 0.0, "cuda": 1e-5}
 
 
 def witness(hf_model: Any, target: ParityTarget) -> list[float]:
-    """Sum, sum of squares, loss and SAMPLED_LOGITS entries of the model's logits on the target's gradient batch."""
+    """Sum, sum of squares, loss and SAMPLED_LOGITS entries of the logits on the target's gradient batch."""
     idx, targets = (t.to(target.device) for t in gradient_batch(target.config))
     with torch.no_grad():
         logits = hf_logits(hf_model, idx)

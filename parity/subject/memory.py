@@ -158,13 +158,14 @@ def per_worker(available: Available | None) -> Available | None:
 def memory_problem(
     label: str, plan: MemoryPlan, available: Available | None, what: str = "the parity run"
 ) -> str | None:
-    """Why label's parity run (or `what`) would not fit in the available memory (with the estimate), or None."""
+    """Why label's parity run (or `what`) would not fit in available memory (with the estimate), or None."""
     if available is None or plan.estimated_peak_bytes <= available.bytes:
         return None
     return (
         f"--model {label}: {what} needs about {format_bytes(plan.estimated_peak_bytes)} of memory "
-        f"({plan.describe(with_peak=False)}), but only {format_bytes(available.bytes)} is available ({available.source}). "
-        f"Free memory, choose a smaller --model, or set {IGNORE_ENV_VAR}=1 to run anyway"
+        f"({plan.describe(with_peak=False)}), but only {format_bytes(available.bytes)} is available "
+        f"({available.source}). Free memory, choose a smaller --model, "
+        f"or set {IGNORE_ENV_VAR}=1 to run anyway"
     )
 
 

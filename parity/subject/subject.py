@@ -4,8 +4,8 @@ A `Subject` loads each model once, lazily, and keeps what several checks share: 
 of both models on the gradient batch (read by the logits, loss, grads and tied-gradient checks), and the
 narrow twins that checks needing more memory than a size leaves run on. Every front end (the tests in
 parity/, the bisect command, the mutant catalog) builds a Subject and hands it to the registry
-(parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and gpt2-xl on their defaults), the
-implementation's parameters become views of Hugging Face's after a bitwise check, so one copy of the
+(parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and gpt2-xl on their defaults),
+the implementation's parameters become views of Hugging Face's after a bitwise check, so one copy of the
 weights serves both; checks that train or re-initialise then use the twin, never the shared models.
 """
 
@@ -40,7 +40,7 @@ PROGRESS_MIN_BYTES = 100_000_000
 
 @dataclass
 class Twin:
-    """The implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
+    """Implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
 
     config: Any
     model: nn.Module
@@ -167,7 +167,7 @@ class Subject:
         return None
 
     def twin(self, why: str) -> Twin:
-        """The implementation and Hugging Face's model at the narrow twin config, from a synthetic checkpoint."""
+        """Implementation and Hugging Face's model at the narrow twin config, from a synthetic checkpoint."""
         if self._twin is None:
             config = twin_config(self.config)
             checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")

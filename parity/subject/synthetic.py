@@ -108,7 +108,7 @@ def synthetic_tensor(
 
 
 def synthetic_hf_weights(config: GPTConfig, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
-    """HF-layout float32 weights of a tied GPT-2 (no lm_head: it is the token embedding), seeded per tensor."""
+    """HF-layout float32 weights of a tied GPT-2 (no lm_head: it is the token embedding) seeded per tensor."""
     return {
         name: synthetic_tensor(name, shape, config.n_layer, seed)
         for name, shape in synthetic_shapes(config).items()
@@ -239,7 +239,7 @@ def write_synthetic_safetensors(
 def write_synthetic_checkpoint(
     out: Path, config: GPTConfig, seed: int = DEFAULT_SEED, progress: Phase | None = None
 ) -> Path:
-    """Write config.json, model.safetensors and their SHA256SUMS into a temporary sibling, then rename it to out."""
+    """Write config.json, model.safetensors and SHA256SUMS into a temporary sibling, then rename it to out."""
     config_bytes = (json.dumps(synthetic_hf_config(config, seed), indent=2, sort_keys=True) + "\n").encode()
     with atomic_directory(out) as tmp:
         (tmp / HF_CONFIG_FILE).write_bytes(config_bytes)

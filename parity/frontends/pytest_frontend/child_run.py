@@ -1,4 +1,4 @@
-"""`pytest parity/ --impl PATH`: the tested code runs in a child process (parity/sandbox/parent.py), not in pytest's.
+"""`pytest parity/ --impl PATH`: tested code runs in a child process (parity/sandbox/parent.py), not pytest's.
 
 Foreign code may exit, hang or patch transformers; imported into pytest's own process it would end or
 hang the run, or hide its own bug. So with --impl, `pytest_configure` only checks the path, and the
@@ -107,7 +107,7 @@ def untestable_models(checks: list[dict[str, Any]]) -> list[str]:
 
 
 def worker_part(config: pytest.Config) -> dict[str, dict[str, Any]]:
-    """What a pytest-xdist worker hands the controller for its terminal summary: notes and output per target."""
+    """What an xdist worker hands the controller for its terminal summary: notes and output per target."""
     return {
         name: {"notes": r.notes, "output": r.output} for name, r in config.stash.get(RESULTS_KEY, {}).items()
     }

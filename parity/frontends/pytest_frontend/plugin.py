@@ -92,13 +92,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         child = config.stash[CHILD_RUN_KEY]
         lines.append(
             f"parity implementation: {child.impl}, loaded by the nanoGPT converter in a child process "
-            f"({'imported as it is' if child.run_module else 'definitions only'}; --in-process imports it here)"
+            f"({'imported as it is' if child.run_module else 'definitions only'}; "
+            "--in-process imports it here)"
         )
     for t in config.stash[TARGETS_KEY]:
         lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
         lines.append(
-            f"parity device: {t.device}; dtype: {t.dtype_name}; tolerances: logits {logits_tolerance(t.dtype)}, "
-            f"gradients {gradients_tolerance(t.dtype)}"
+            f"parity device: {t.device}; dtype: {t.dtype_name}; "
+            f"tolerances: logits {logits_tolerance(t.dtype)}, gradients {gradients_tolerance(t.dtype)}"
         )
     v = versions()
     lines.append(f"parity versions: torch {v['torch']}, transformers {v['transformers']}")
