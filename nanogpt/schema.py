@@ -65,6 +65,33 @@ def block_shapes(n_embd: int) -> dict[str, tuple[int, ...]]:
     }
 
 
+# GPT-2's roles within one block, in forward order, as (role, nanoGPT name after `transformer.h.{i}.`,
+# (in, out) of a matrix or (C,) of a vector, in multiples of n_embd). The attention's fused c_attn holds the
+# query, key and value projections as its three row blocks (nn.Linear layout), in that order.
+BLOCK_ROLES = (
+    ("ln_1", "ln_1", (1,)),
+    ("attention in", "attn.c_attn", (1, 3)),
+    ("attention out", "attn.c_proj", (1, 1)),
+    ("ln_2", "ln_2", (1,)),
+    ("MLP in", "mlp.c_fc", (1, 4)),
+    ("MLP out", "mlp.c_proj", (4, 1)),
+)
+QKV = ("query", "key", "value")  # the row blocks of c_attn's weight and bias
+FINAL_NORM = "transformer.ln_f"
+# nanoGPT's prefix of every name but lm_head's; Hugging Face's checkpoint names drop it.
+PREFIX = "transformer."
+
+
+def block_tensor(i: int, suffix: str) -> str:
+    """The nanoGPT (and HF GPT2LMHeadModel) name of a block tensor: `transformer.h.{i}.{suffix}`."""
+    return f"{PREFIX}h.{i}.{suffix}"
+
+
+def checkpoint_name(name: str) -> str:
+    """How a Hugging Face checkpoint names a nanoGPT tensor (`wte.weight`, `h.0.attn.c_attn.weight`)."""
+    return name.removeprefix(PREFIX)
+
+
 def tensor_shapes(config: Any, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
     """Every tensor of a tied GPT-2 (no lm_head.weight: it is wte) with its nanoGPT shape, in forward order.
 
