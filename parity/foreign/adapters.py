@@ -27,6 +27,13 @@ from torch.nn import functional as F
 from nanogpt.model import GPTConfig
 from parity.core.errors import ImplementationError
 from parity.core.outputs import split_output
+from parity.foreign.discovery import (
+    architecture_values,
+    declares_core,
+    dict_config,
+    loss_convention,
+    mapped_names,
+)
 
 # The GPTConfig fields of GPT-2's architecture, as nanoGPT names them; a config gets those it declares.
 ARCHITECTURE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
@@ -53,10 +60,8 @@ CONFIG_FACTORIES = ("get_default_config", "default_config")
 
 
 def _accepts_targets(forward: Callable[..., Any]) -> bool:
-    """True when forward(self, idx, targets) can be called: a second positional parameter or *args."""
-    params = list(inspect.signature(forward).parameters.values())[1:]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    """True when forward takes targets (parity/foreign/discovery.py's loss_convention says how)."""
+    return loss_convention(forward).parameter is not None
 
 
 def _logits_by(
@@ -66,7 +71,7 @@ def _logits_by(
     if mode == "plain":
         return split_output(forward(model, idx))[0]
     if mode == "dummy-targets":  # upstream computes every position's logits when it needs a loss
-        return split_output(forward(model, idx, torch.zeros_like(idx)))[0]
+        return split_output(loss_convention(forward).call(forward, model, idx, torch.zeros_like(idx)))[0]
     # "head-hook": lm_head fed the final LayerNorm's output at every position (upstream slices the last
     # position between the two), and its output taken.
     hidden: list[torch.Tensor] = []
@@ -153,6 +158,7 @@ def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
     """A subclass of gpt_cls with the harness's calling convention; parameter names are unchanged."""
     base_forward = gpt_cls.forward
     base_configure = getattr(gpt_cls, "configure_optimizers", None)
+    convention = loss_convention(base_forward)
 
     def forward(
         self: nn.Module, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -160,13 +166,9 @@ def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
         """(logits of every position, loss or None); the loss is the implementation's own when it has one."""
         if targets is None:
             return full_logits(self, base_forward, idx), None
-        loss = None
-        if _accepts_targets(base_forward):
-            logits, loss = split_output(base_forward(self, idx, targets))
-            if logits.dim() != 3 or logits.shape[:2] != idx.shape:
-                logits = full_logits(self, base_forward, idx)
-        else:
-            logits = full_logits(self, base_forward, idx)
+        logits, loss = convention.logits_and_loss(
+            base_forward, self, idx, targets, lambda: full_logits(self, base_forward, idx)
+        )
         if loss is None:  # nanoGPT's loss: mean cross-entropy, targets of -1 ignored
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -190,6 +192,7 @@ def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
         "forward": forward,
         "configure_optimizers": configure_optimizers,
         "_parity_logits_mode": None,
+        "_parity_loss": convention,
         "__module__": gpt_cls.__module__,
         "__qualname__": gpt_cls.__qualname__,
         "__doc__": gpt_cls.__doc__,
@@ -201,16 +204,10 @@ def adapted_class(gpt_cls: type[nn.Module]) -> type[nn.Module]:
 # the implementation's config
 
 
-def _is_dropout_field(name: str) -> bool:
-    """dropout, or one of several dropout probabilities (minGPT's embd_pdrop, resid_pdrop, attn_pdrop)."""
-    return name == "dropout" or name.endswith("pdrop") or name.endswith("_dropout")
-
-
 def _field_values(config: GPTConfig, names: list[str] | set[str]) -> dict[str, Any]:
-    """The architecture values for the given declared names (every dropout field gets config.dropout)."""
-    out = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS if name in names}
-    out.update({name: config.dropout for name in names if _is_dropout_field(name)})
-    return out
+    """The architecture values for the declared names, nanoGPT's or their synonyms (every dropout field
+    gets config.dropout)."""
+    return architecture_values(config, names)
 
 
 def implementation_config(config_cls: type, config: GPTConfig) -> Any:
@@ -293,16 +290,25 @@ def _fill_factory_config(cfg: Any, config: GPTConfig) -> Any:
     return cfg
 
 
+def _mapped(how: str, config_cls: type) -> str:
+    """how, plus the fields fed under other names than nanoGPT's (`n_positions<-block_size`)."""
+    mapped = mapped_names(_declared_fields(config_cls))
+    return f"{how}, fields mapped: {mapped}" if mapped else how
+
+
 @dataclass
 class ConfigMaker:
     """How an implementation's config is built from the target's architecture."""
 
     how: str  # for the load summary: "GPTConfig", "ModelArgs (GPT.__init__'s annotation)", ...
-    config_cls: type | None  # None for a factory
+    config_cls: type | None  # None for a factory or a dict
     factory: Callable[[], Any] | None = None
+    build: Callable[[GPTConfig], Any] | None = None  # a plain dict config, keys mapped
 
     def make(self, config: GPTConfig) -> Any:
         """The implementation's config for this architecture."""
+        if self.build is not None:
+            return self.build(config)
         if self.factory is not None:
             try:
                 return _fill_factory_config(self.factory(), config)
@@ -316,22 +322,30 @@ def config_maker(module: ModuleType, gpt_cls: type, where: str) -> ConfigMaker:
     """Find the implementation's config: GPTConfig, GPT.__init__'s annotation, a factory, or the fields."""
     named = getattr(module, "GPTConfig", None)
     if isinstance(named, type):
-        return ConfigMaker("GPTConfig", named)
+        return ConfigMaker(_mapped("GPTConfig", named), named)
     annotated = _annotated_config(module, gpt_cls)
+    model = gpt_cls.__name__
     if annotated is not None:
-        return ConfigMaker(f"{annotated.__name__} (the annotation of GPT.__init__'s config)", annotated)
+        how = f"{annotated.__name__} (the annotation of {model}.__init__'s config)"
+        return ConfigMaker(_mapped(how, annotated), annotated)
     for name in CONFIG_FACTORIES:
         factory = getattr(gpt_cls, name, None)
         if callable(factory):
-            return ConfigMaker(f"GPT.{name}() (a factory; model_type cleared)", None, factory)
+            return ConfigMaker(f"{model}.{name}() (a factory; model_type cleared)", None, factory)
     candidates = [
-        (len(_declared_fields(c) & set(ARCHITECTURE_FIELDS)), name, c)
+        (len(architecture_values(GPTConfig(), _declared_fields(c))), name, c)
         for name, c in vars(module).items()
-        if isinstance(c, type) and c.__module__ == module.__name__ and set(CORE_FIELDS) <= _declared_fields(c)
+        if isinstance(c, type)
+        and not issubclass(c, nn.Module)
+        and c.__module__ == module.__name__
+        and declares_core(_declared_fields(c))
     ]
     if candidates:
         _, name, cls = max(candidates, key=lambda t: t[0])
-        return ConfigMaker(f"{name} (the class declaring {', '.join(CORE_FIELDS)})", cls)
+        return ConfigMaker(_mapped(f"{name} (the class declaring {', '.join(CORE_FIELDS)})", cls), cls)
+    found = dict_config(module, gpt_cls)
+    if found is not None:
+        return ConfigMaker(found[1], None, build=found[0])
     raise ImplementationError(
         f"{where} defines no GPTConfig class, and no other config was found (GPT.__init__'s annotation, "
         f"GPT.get_default_config(), a class declaring {', '.join(CORE_FIELDS)}); the nanoGPT convention is "

@@ -40,6 +40,7 @@ from nanogpt.model import GPTConfig
 from parity.core.errors import ImplementationError
 from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
 from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
+from parity.foreign.discovery import PROBE_CONFIG, model_class, split_class
 
 # Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.
 MODULE_PREFIX = "_nanogpt_parity_impl_"
@@ -157,13 +158,13 @@ def _load_file(
     return module
 
 
-def _take_gpt(module: ModuleType, where: str) -> type[nn.Module]:
-    gpt = getattr(module, "GPT", None)
-    if not (isinstance(gpt, type) and issubclass(gpt, nn.Module)):
-        raise ImplementationError(
-            f"{where} defines no GPT class (a torch.nn.Module); "
-            "the nanoGPT convention is `class GPT(nn.Module)`"
-        )
+def _take_gpt(module: ModuleType, where: str, class_name: str | None, notes: list[str]) -> type[nn.Module]:
+    """The model class (parity/foreign/discovery.py): named, nanoGPT's GPT, or the one found by probing."""
+    gpt, how = model_class(
+        module, where, class_name, lambda c: config_maker(module, c, where).make(PROBE_CONFIG)
+    )
+    if how:
+        notes.append(f"model: {gpt.__name__} ({how})")
     return gpt
 
 
@@ -213,7 +214,7 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
 
 
 def _import_classes(
-    path: Path, run_module: bool
+    path: Path, run_module: bool, class_name: str | None = None
 ) -> tuple[ModuleType, type[nn.Module], ConfigMaker, list[str]]:
     """Import path (checked by check_implementation_path); return (module, GPT, config maker, load notes)."""
     is_package = path.is_dir() and (path / "__init__.py").is_file()
@@ -229,7 +230,8 @@ def _import_classes(
                 module, where = _import_package(path, unique, run_module, notes if fresh else [])
             else:
                 module = _import_file(path, unique, run_module, notes if fresh else [])
-        gpt = _take_gpt(module, where)
+        model_notes: list[str] = []
+        gpt = _take_gpt(module, where, class_name, model_notes)
         maker = config_maker(module, gpt, where)
     except ImplementationError:
         _forget(unique)
@@ -242,7 +244,7 @@ def _import_classes(
         text = str(e).replace(unique + ".", "")  # the package's own name, not the harness's alias of it
         raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {text}{hint}") from e
     _NOTES[unique] = notes
-    return module, gpt, maker, notes
+    return module, gpt, maker, [*notes, *model_notes]
 
 
 @dataclass
@@ -269,6 +271,10 @@ class Implementation:
 
     def __post_init__(self) -> None:
         self.adapted_cls = adapted_class(self.gpt_cls)
+        loss = self.adapted_cls._parity_loss
+        loss.notes = self.notes  # a labels convention is found on the first forward with targets
+        if loss.parameter != "targets" and not loss.may_shift:
+            self.notes.append(f"loss: {loss.describe()}")
         if self.config_maker is None:
             assert self.config_cls is not None
             self.config_maker = ConfigMaker(self.config_cls.__name__, self.config_cls)
@@ -306,7 +312,7 @@ def check_implementation_path(path: str | os.PathLike[str]) -> Path:
     Nothing is imported: `pytest parity/ --impl` refuses a mistyped path with this before any work, and
     leaves the importing to the child process that runs the tested code.
     """
-    resolved = Path(path).expanduser().resolve()
+    resolved = Path(split_class(str(path))[0]).expanduser().resolve()
     if not resolved.exists():
         raise ImplementationError(
             f"{path}: no such file or directory here (at this commit); pass a model.py file or a package "
@@ -326,7 +332,7 @@ def check_implementation_path(path: str | os.PathLike[str]) -> Path:
 def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
     """Import a model.py file (definitions only, unless run_module) or a package directory, in isolation."""
     resolved = check_implementation_path(path)
-    module, gpt, maker, notes = _import_classes(resolved, run_module)
+    module, gpt, maker, notes = _import_classes(resolved, run_module, split_class(str(path))[1])
     if maker.how != "GPTConfig":
         notes = [*notes, f"config: {maker.how}"]
     return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes)

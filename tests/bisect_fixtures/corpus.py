@@ -178,6 +178,26 @@ CORPUS = [
         _all(PASS),
         says=("config: ModelArgs (the annotation of GPT.__init__'s config)",),
     ),
+    Variant(
+        "discovered-class-hf-config-lm-labels",
+        _copy("renamed_transformer.py"),
+        _all(PASS, **NO_DROPOUT),
+        says=(
+            "model: Transformer (discovered: the only nn.Module returning (2, 8, 512) logits)",
+            "fields mapped: layer_norm_epsilon<-1e-05 (GPT-2's), n_ctx<-block_size, n_positions<-block_size",
+            "loss: forward(idx, lm_labels=...) with labels it shifts itself: found on a probe batch",
+        ),
+    ),
+    Variant(
+        "discovered-class-dict-config-no-loss",
+        _copy("dict_config.py"),
+        _all(PASS, **NO_DROPOUT),
+        says=(
+            "model: GPTModel (discovered: the only nn.Module returning (2, 8, 512) logits)",
+            "config: a dict, keys mapped: context_length<-block_size, drop_rate<-dropout, emb_dim<-n_embd",
+            "loss: forward takes no targets: the harness computes the loss from its logits",
+        ),
+    ),
     Variant("manual-attention-mask-buffers", _template("mask-buffers"), _all(PASS)),
     Variant(
         "optimizer-with-unknown-extra",
