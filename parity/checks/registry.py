@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from parity.checks.architecture import ARCHITECTURE_CHECKS
 from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.check import Check, run_check
 from parity.checks.counts import COUNT_CHECKS
@@ -33,7 +34,7 @@ def build_registry(checks: Iterable[Check]) -> dict[str, Check]:
 
 # In the order they run: forward, backward, the tie and counts, then the checks that build or train models.
 CHECKS: dict[str, Check] = build_registry(
-    (*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)
+    (*ARCHITECTURE_CHECKS, *FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)
 )
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
 assert max(len(n) for n in CHECK_NAMES) <= NAME_WIDTH, "widen verdicts.NAME_WIDTH"

@@ -26,6 +26,7 @@ CORPUS_DIR = Path(__file__).with_name("corpus")
 # The checks every corpus variant is judged on: the registry's, named here so that a new check gets its
 # expected verdicts in this table (test_corpus.py fails until it has them).
 TABLED_CHECKS = (
+    "architecture",
     "logits",
     "loss",
     "inference",
