@@ -170,7 +170,10 @@ def _raising(convert: Callable[[str], Any], error: type[Exception]) -> Callable[
     return converted
 
 
-IMPL_MEANING = "implementation under test: a model.py file or a package directory exposing GPT and GPTConfig"
+IMPL_MEANING = (
+    "implementation under test: a model.py file or a package directory, FILE:CLASS to name the model class "
+    "(else GPT, or the class found returning logits)"
+)
 TIMEOUT_DEFAULT = f"{SMALL_TIMEOUT_S:g} s for small models, more by parameter count"
 
 OPTIONS: tuple[Option, ...] = (
