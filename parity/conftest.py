@@ -118,6 +118,7 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
         parity_target,
         tied_decay=request.config.getoption("--tied-decay") == "yes",
         reference_loader=impl is None,
+        loader=request.config.getoption("--loader"),
     )
     yield s
     request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = s.unshared

@@ -389,3 +389,45 @@ class TiedTwiceInDecayGroup(GPT):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the implementation's own loader
+
+
+class FromPretrainedCountsMaskBuffers(GPT):
+    """from_pretrained asserts HF's state dict has its own number of keys, its attn.bias masks counted.
+
+    The upstream bug: the model keeps a causal-mask buffer per block (attention without flash), the key
+    count includes them, and `GPT.from_pretrained("gpt2")` raises AssertionError on a real cache.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        mask = torch.tril(torch.ones(config.block_size, config.block_size))
+        for block in self.transformer.h:
+            block.attn.register_buffer("bias", mask.view(1, 1, config.block_size, config.block_size))
+
+    @classmethod
+    def from_pretrained(cls, model_type: str, **kwargs: Any) -> GPT:
+        from transformers import GPT2LMHeadModel
+
+        from nanogpt.hf import config_from_hf
+
+        model_hf = GPT2LMHeadModel.from_pretrained(model_type)
+        sd, sd_hf = cls(config_from_hf(model_hf.config.to_dict())).state_dict(), model_hf.state_dict()
+        assert len(sd_hf) == len(sd), f"mismatched keys: {len(sd_hf)} != {len(sd)}"
+        return super().from_pretrained(model_type, **kwargs)
+
+
+class FromPretrainedUntiesHead(GPT):
+    """from_pretrained assigns lm_head.weight a new Parameter from HF's state dict after tying: a copy."""
+
+    @classmethod
+    def from_pretrained(cls, model_type: str, **kwargs: Any) -> GPT:
+        from transformers import GPT2LMHeadModel
+
+        model = super().from_pretrained(model_type, **kwargs)
+        sd_hf = GPT2LMHeadModel.from_pretrained(model_type).state_dict()
+        model.lm_head.weight = nn.Parameter(sd_hf["lm_head.weight"].clone())
+        return model

@@ -20,6 +20,8 @@ from mutant_models import (
     DropoutInEval,
     ExactGelu,
     FinalNormMissing,
+    FromPretrainedCountsMaskBuffers,
+    FromPretrainedUntiesHead,
     GeluConstantFiveDigits,
     HeadBias,
     HeadNotTied,
@@ -206,6 +208,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "optimizer-once",
         r"transformer\.wte\.weight.*\[0\.1, 0\.1\]",
     ),
+    # the implementation's own loader
+    Mutant(
+        "from-pretrained-counts-mask-buffers",
+        FromPretrainedCountsMaskBuffers,
+        "own-loader",
+        r"raised AssertionError: mismatched keys.*\n  at .*mutant_models\.py:\d+: assert len\(sd_hf\)",
+    ),
+    Mutant("from-pretrained-unties-head", FromPretrainedUntiesHead, "own-loader", r"a copy, not a tie"),
 )
 
 # Correct variants built with the mutants' scaffolding: each must pass every check.

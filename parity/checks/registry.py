@@ -5,7 +5,7 @@
 from `CHECKS` and run them through `parity.checks.check.run_check`. Each check is defined once, in one of the
 check modules: forward (logits, loss, inference, dropout-sites), backward (grads, tied-gradient), counts
 and the tie (tied-storage, param-count, own-count, optimizer-once, checkpoint-once), training (decay-groups,
-train-steps, init, init-scheme).
+train-steps, init, init-scheme), own_loader (own-loader).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.check import Check, run_check
 from parity.checks.counts import COUNT_CHECKS
 from parity.checks.forward import FORWARD_CHECKS
+from parity.checks.own_loader import OWN_LOADER_CHECKS
 from parity.checks.training import TRAINING_CHECKS
 from parity.core.verdicts import NAME_WIDTH, Verdict
 from parity.subject.subject import Subject
@@ -34,7 +35,14 @@ def build_registry(checks: Iterable[Check]) -> dict[str, Check]:
 
 # In the order they run: forward, backward, the tie and counts, then the checks that build or train models.
 CHECKS: dict[str, Check] = build_registry(
-    (*ARCHITECTURE_CHECKS, *FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS)
+    (
+        *ARCHITECTURE_CHECKS,
+        *FORWARD_CHECKS,
+        *BACKWARD_CHECKS,
+        *COUNT_CHECKS,
+        *TRAINING_CHECKS,
+        *OWN_LOADER_CHECKS,
+    )
 )
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
 assert max(len(n) for n in CHECK_NAMES) <= NAME_WIDTH, "widen verdicts.NAME_WIDTH"

@@ -158,7 +158,7 @@ def run(argv: list[str] | None = None) -> int:
         flush=True,
     )
     result = run_checks_in_child(
-        args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout
+        args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout, loader=args.loader
     )
     if result.checkpoint_error:
         print(f"python -m parity.frontends.bisect: error: {result.checkpoint_error}", file=sys.stderr)

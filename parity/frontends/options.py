@@ -101,6 +101,15 @@ def implementation_path(text: str) -> str:
     return text
 
 
+def loader_spec(text: str) -> str:
+    """--loader as typed, once it reads MODULE:FUNCTION (dotted names; the function may be Class.method)."""
+    module, sep, function = text.partition(":")
+    dotted = (module, function)
+    if not sep or not all(d and all(p.isidentifier() for p in d.split(".")) for d in dotted):
+        raise UsageError(f"--loader {text!r}: write MODULE:FUNCTION, e.g. model:GPT.from_pretrained")
+    return text
+
+
 def report_path(text: str) -> str:
     """--parity-report as typed, once a file can be written there.
 
@@ -251,6 +260,14 @@ OPTIONS: tuple[Option, ...] = (
         default="yes",
         default_text="yes, the reference's policy",
         convert=choice("--tied-decay", ("yes", "no")),
+    ),
+    Option(
+        ("--loader",),
+        "the implementation's own weight loader that the own-loader check runs, called with the model's name "
+        "(gpt2, ...): MODULE:FUNCTION, MODULE beside --impl (its own file's name for --impl itself)",
+        metavar="MODULE:FUNCTION",
+        default_text="GPT.from_pretrained when the implementation has one",
+        convert=loader_spec,
     ),
     Option(
         ("--impl-timeout",),

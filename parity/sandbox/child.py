@@ -98,7 +98,9 @@ def main() -> None:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
         send(kind="result", verdicts=[v.to_json() for v in verdicts], fingerprints=[hf_fingerprint()])
         os._exit(0)
-    subject = Subject(impl, _target(request["target"]), tied_decay=request["tied_decay"])
+    subject = Subject(
+        impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]
+    )
     send(phase="build")
     checkpoint_error = ""
     try:

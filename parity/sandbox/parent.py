@@ -184,10 +184,12 @@ def run_checks_in_child(
     tied_decay: bool,
     timeout: float,
     limit_option: str = "--timeout",
+    loader: str | None = None,
 ) -> SandboxResult:
     """The named checks' verdicts on the implementation at impl_path (None: the reference), run in a child.
 
-    limit_option is the caller's option that sets timeout, for the message of a child that ran past it.
+    limit_option is the caller's option that sets timeout, for the message of a child that ran past it;
+    loader is --loader (MODULE:FUNCTION), the implementation's own loader that the own-loader check runs.
     """
     names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
@@ -206,6 +208,7 @@ def run_checks_in_child(
         "target": target_message(target),
         "checks": names,
         "tied_decay": tied_decay,
+        "loader": loader,
         # The caller's thread count: CPU reductions split by threads round differently in the last bit.
         "num_threads": torch.get_num_threads(),
     }

@@ -57,6 +57,7 @@ class Subject:
     target: ParityTarget
     tied_decay: bool = True  # the expected answer of decay-groups: is the tied matrix weight-decayed?
     reference_loader: bool = False  # load through GPT.from_pretrained (the reference's own path)
+    loader: str | None = None  # --loader MODULE:FUNCTION: own-loader runs it (default: GPT.from_pretrained)
     report: LoadReport | None = None
     unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
     diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label

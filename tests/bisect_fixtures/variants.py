@@ -155,6 +155,22 @@ EDITS: dict[str, list[tuple[str, str]]] = {
         ("import inspect\n", "import inspect\n\nimport harness_patch  # noqa: F401\n"),
         ('nn.GELU(approximate="tanh")', "nn.GELU()"),
     ],
+    # The own loader counts its attn.bias mask buffers among the keys HF's must match (the upstream bug).
+    "loader-counts-mask-buffers": [
+        (
+            "        sd_keys = [k for k in sd if not k.endswith(buffers)]\n",
+            "        sd_keys = list(sd)\n",
+        )
+    ],
+    # The own loader gives lm_head a Parameter of its own after tying: equal values, two storages.
+    "loader-unties-head": [
+        (
+            "                    sd[k].copy_(sd_hf[k])\n        return model\n",
+            "                    sd[k].copy_(sd_hf[k])\n"
+            '        model.lm_head.weight = nn.Parameter(sd_hf["lm_head.weight"].clone())\n'
+            "        return model\n",
+        )
+    ],
     "head-bias": [
         (
             "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n",
