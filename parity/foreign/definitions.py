@@ -5,14 +5,19 @@ reads a dataset and trains; importing it would start all that. `plan_definitions
 tree and keeps the statements that only define things (imports, `def`, `class`, docstrings, assignments
 of constants and of attributes of imported modules, `try` blocks made of those); `exec_definitions` runs
 the kept statements one by one in a module, so an import that fails and that no kept statement uses
-(`import wandb`) is left out with a note instead of failing the load. What was left out is listed with
-its line numbers, for the load summary. `if __name__ == "__main__":` blocks never run on import anyway.
+(`import wandb`) is left out with a note instead of failing the load. An import runs only when the kept
+definitions read a name it binds, `__all__` lists one, it binds a class-like (CapWords) name that may be
+the model or its config, or it is of the standard library: a sibling evaluation module that downloads at
+import (`from hellaswag import render_example`) is left out with a note when the model does not need it.
+What was left out is listed with its line numbers, for the load summary. `if __name__ == "__main__":`
+blocks never run on import anyway.
 """
 
 from __future__ import annotations
 import __future__
 
 import ast
+import sys
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -49,6 +54,8 @@ class DefinitionsPlan:
     relative_imports: list[LeftOut] = field(default_factory=list)
     relative_level: int = 0  # the deepest relative import (2 for `from ..x import y`), 0 for none
     left_out_binds: set[str] = field(default_factory=set)  # names only the left-out statements bind
+    unneeded_imports: list[tuple[int, list[str]]] = field(default_factory=list)  # (line, names) not run
+    absolute_roots: set[str] = field(default_factory=set)  # top-level names of its absolute imports
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -156,6 +163,58 @@ def _global_reads(node: ast.AST) -> set[str]:
     return _names(node, ast.Load)
 
 
+def _is_import_block(node: ast.stmt) -> bool:
+    """An import, or a `try` of imports and fallback assignments; `__future__` and `*` imports excluded."""
+    if isinstance(node, ast.ImportFrom):
+        return node.module != "__future__" and all(a.name != "*" for a in node.names)
+    if isinstance(node, ast.Import):
+        return True
+    if isinstance(node, ast.Try):
+        parts = [*node.body, *node.orelse, *node.finalbody, *(s for h in node.handlers for s in h.body)]
+        return any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in parts) and all(
+            _is_import_block(s) or isinstance(s, (ast.Assign, ast.AnnAssign, ast.Pass, ast.Expr))
+            for s in parts
+        )
+    return False
+
+
+def _exported(tree: ast.Module) -> set[str]:
+    """The names a module-level `__all__ = [...]` (or tuple) lists."""
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            if isinstance(node.value, (ast.List, ast.Tuple)):
+                out |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return out
+
+
+def _imports_only_stdlib(node: ast.stmt) -> bool:
+    """Every import in node is of the standard library (importing it has no side effects worth avoiding)."""
+    imports = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    tops = [a.name.split(".")[0] for n in imports if isinstance(n, ast.Import) for a in n.names]
+    tops += [
+        n.module.split(".")[0] if n.module and not n.level else ""
+        for n in imports
+        if isinstance(n, ast.ImportFrom)
+    ]
+    return all(t in sys.stdlib_module_names for t in tops)
+
+
+def _unneeded(kept: list[ast.stmt], needed: set[str]) -> list[ast.stmt]:
+    """The kept import blocks that bind nothing needed and no class-like name (the model may be imported),
+    standard-library imports aside."""
+    out = []
+    for node in kept:
+        if not _is_import_block(node) or _imports_only_stdlib(node):
+            continue
+        binds = _binds(node)
+        if not binds & needed and not any(b[:1].isupper() for b in binds):
+            out.append(node)
+    return out
+
+
 def _quote(source: str, node: ast.stmt) -> str:
     """The statement's first line, shortened."""
     segment = ast.get_source_segment(source, node) or type(node).__name__
@@ -183,6 +242,8 @@ def plan_definitions(source: str, filename: str) -> DefinitionsPlan:
             left_out.append(LeftOut(node.lineno, node.end_lineno or node.lineno, _quote(source, node)))
             left_binds |= _binds(node)
     used = set().union(*(_global_reads(n) for n in kept if not isinstance(n, (ast.Import, ast.ImportFrom))))
+    unneeded = _unneeded(kept, used | _exported(tree))
+    kept = [n for n in kept if n not in unneeded]
     kept_binds = set().union(*(_binds(n) for n in kept)) if kept else set()
     relative = [
         LeftOut(n.lineno, n.end_lineno or n.lineno, _quote(source, n))
@@ -191,16 +252,28 @@ def plan_definitions(source: str, filename: str) -> DefinitionsPlan:
     ]
     orphans = sorted((used & left_binds) - kept_binds)
     level = max((n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), default=0)
-    return DefinitionsPlan(kept, left_out, used, orphans, relative, level, left_binds - kept_binds)
+    skipped = [(n.lineno, sorted(_binds(n))) for n in unneeded]
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {
+        n.module.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and not n.level
+    }
+    return DefinitionsPlan(
+        kept, left_out, used, orphans, relative, level, left_binds - kept_binds, skipped, roots
+    )
 
 
 def exec_definitions(plan: DefinitionsPlan, module: ModuleType, filename: str) -> list[str]:
-    """Run the kept statements in module, one at a time; returns notes on failed imports it left out.
+    """Run the kept statements in module, one at a time; returns notes on the imports it left out.
 
     An import that raises ImportError is left out when no kept statement reads a name it binds; otherwise
     the ImportError propagates (the definitions need it).
     """
-    notes = []
+    notes = [
+        f"line {line}: import of {', '.join(names)} left out (the definitions do not use it)"
+        for line, names in plan.unneeded_imports
+    ]
     # Each statement is compiled alone: carry the file's __future__ imports, not this module's.
     flags = 0
     for node in plan.kept:
@@ -225,7 +298,7 @@ def exec_definitions(plan: DefinitionsPlan, module: ModuleType, filename: str) -
             notes.append(
                 f"line {node.lineno}: import of {names} left out ({e}; the definitions do not use it)"
             )
-    return notes
+    return sorted(notes, key=lambda n: int(n.split(":")[0].split()[-1]))  # "line N: ...", in file order
 
 
 def summary(plan: DefinitionsPlan) -> list[str]:

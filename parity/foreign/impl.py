@@ -79,18 +79,18 @@ def _source_digest(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _isolated_import(search_dir: Path, unique: str) -> Iterator[None]:
-    """search_dir on sys.path while importing; afterwards sys.path and sys.modules as before, plus `unique`.
+def _isolated_import(search_dirs: list[Path], unique: str) -> Iterator[None]:
+    """search_dirs on sys.path while importing; afterwards sys.path and sys.modules as before, plus `unique`.
 
-    Modules of search_dir already imported under the same names (another implementation's `model`, say)
+    Modules of search_dirs already imported under the same names (another implementation's `model`, say)
     are hidden during the import and put back afterwards; the implementation's own sibling modules are
     removed from sys.modules afterwards (the implementation keeps its references to them).
     """
     saved_path = list(sys.path)
-    local = _local_module_names(search_dir)
+    local = set().union(*(_local_module_names(d) for d in search_dirs))
     shadowed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in local}
     before = set(sys.modules)
-    sys.path.insert(0, str(search_dir))
+    sys.path[:0] = [str(d) for d in search_dirs]
     try:
         yield
     finally:
@@ -124,6 +124,19 @@ def _stub_packages(chain: list[tuple[str, Path]]) -> None:
         parent, _, child = name.rpartition(".")
         if parent:
             setattr(sys.modules[parent], child, module)
+
+
+def _own_package_root(path: Path, plan: DefinitionsPlan) -> Path | None:
+    """The folder above the package a file imports by its own absolute name (`from mypkg.common import x`
+    inside mypkg/model.py), or None; never when that name is importable already (an installed package)."""
+    for folder in path.parents[:-1]:
+        if folder.name in plan.absolute_roots and (folder / "__init__.py").is_file():
+            try:
+                found = importlib.util.find_spec(folder.name) is not None
+            except (ImportError, ValueError):
+                found = True
+            return None if found else folder.parent
+    return None
 
 
 def _plan(path: Path) -> DefinitionsPlan:
@@ -202,12 +215,13 @@ def _import_file(path: Path, unique: str, run_module: bool, notes: list[str]) ->
         )
     module = sys.modules.get(name)  # same path, same sources: already imported in this process
     if module is None:
+        start = len(notes)
         module = _load_file(name, path, plan, run_module, notes)
         if not run_module and not hasattr(module, "GPT") and "GPT" in plan.left_out_binds:
             # GPT comes from module-level code (`GPT, GPTConfig = make_classes()`): nothing to load
             # without it.
             del sys.modules[name]
-            notes[:] = [n for n in notes if not n.startswith("definitions only:")]
+            del notes[start:]  # the notes of the definitions-only pass
             notes.append(f"GPT is set by module-level code of {path.name}, so the file was imported as it is")
             module = _load_file(name, path, plan, True, notes)
     return module
@@ -225,7 +239,12 @@ def _import_classes(
     notes = list(_NOTES.get(unique, []))
     fresh = unique not in sys.modules
     try:
-        with _isolated_import(path.parent, unique):
+        search_dirs = [path.parent]
+        if not is_package and (root := _own_package_root(path, _plan(path))) is not None:
+            search_dirs.append(root)  # after path.parent: the package's own siblings come first
+            if fresh:
+                notes.append(f"{root} on the path while importing (the file imports its own package by name)")
+        with _isolated_import(search_dirs, unique):
             if is_package:
                 module, where = _import_package(path, unique, run_module, notes if fresh else [])
             else:

@@ -4,20 +4,47 @@
 newline-delimited JSON messages to the pipe FD: each phase before it starts, and the result at the end
 (every verdict as `Verdict.to_json` writes it, comparison records and profiles included), each carrying
 the nonce. It exits with os._exit right after the result, so nothing the tested code registered (atexit
-handlers, threads) can delay or change it. The parent trusts nothing else it does.
+handlers, threads) can delay or change it. The parent trusts nothing else it does. The tested code's
+`tiktoken.get_encoding("gpt2")` is served offline, from the BPE files the project ships.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # Before anything imports the tested code: importing it must not write __pycache__ into its repository.
 sys.dont_write_bytecode = True
+
+# Where tiktoken's gpt2 encoding downloads its files from (tiktoken_ext/openai_public.py); tiktoken caches
+# each under the sha1 of this address in TIKTOKEN_CACHE_DIR, and checks its sha256 when reading it.
+TIKTOKEN_GPT2_URLS = {
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+}
+
+
+def serve_tiktoken_offline() -> Path | None:
+    """A tiktoken cache holding the GPT-2 BPE files the project ships, set as TIKTOKEN_CACHE_DIR; None
+    when they are missing or fail their sha256 check (then tiktoken behaves as it always does)."""
+    from nanogpt.tokenizer import TokenizerFileError, bpe_files
+
+    try:
+        files = dict(zip(("encoder.json", "vocab.bpe"), bpe_files(), strict=True))
+    except TokenizerFileError:
+        return None
+    cache = Path(tempfile.mkdtemp(prefix="nanogpt-parity-tiktoken-"))
+    for role, url in TIKTOKEN_GPT2_URLS.items():
+        (cache / hashlib.sha1(url.encode()).hexdigest()).symlink_to(files[role])
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    return cache
 
 
 def _sender(fd: int, nonce: str) -> Callable[..., None]:
@@ -83,6 +110,14 @@ def main() -> None:
     from parity.subject.subject import Subject
 
     transformers.utils.logging.disable_progress_bar()
+    tiktoken_cache = serve_tiktoken_offline()  # `tiktoken.get_encoding("gpt2")` at import, offline
+
+    def exit_now() -> None:
+        """os._exit(0), the offline tiktoken cache removed first."""
+        if tiktoken_cache is not None:
+            shutil.rmtree(tiktoken_cache, ignore_errors=True)
+        os._exit(0)
+
     torch.set_num_threads(request["num_threads"])  # the same rounding as the caller's process
     names: list[str] = request["checks"]
     hf_fingerprint()  # transformers' first model rebinds a few torch names: before the snapshot, not after
@@ -97,10 +132,8 @@ def main() -> None:
     except ImplementationError as e:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
         send(kind="result", verdicts=[v.to_json() for v in verdicts], fingerprints=[hf_fingerprint()])
-        os._exit(0)
-    subject = Subject(
-        impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]
-    )
+        exit_now()
+    subject = Subject(impl, _target(request["target"]), tied_decay=request["tied_decay"])
     send(phase="build")
     checkpoint_error = ""
     try:
@@ -153,7 +186,7 @@ def main() -> None:
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    exit_now()
 
 
 if __name__ == "__main__":
