@@ -133,7 +133,9 @@ def main() -> None:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
         send(kind="result", verdicts=[v.to_json() for v in verdicts], fingerprints=[hf_fingerprint()])
         exit_now()
-    subject = Subject(impl, _target(request["target"]), tied_decay=request["tied_decay"])
+    subject = Subject(
+        impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]
+    )
     send(phase="build")
     checkpoint_error = ""
     try:

@@ -42,8 +42,9 @@ TABLED_CHECKS = (
     "train-steps",
     "init",
     "init-scheme",
+    "own-loader",
 )
-PASS, CANNOT = Status.PASS, Status.CANNOT_TEST
+PASS, CANNOT, FAIL = Status.PASS, Status.CANNOT_TEST, Status.FAIL
 # Hostile variants run with a short timeout; the command must end within it plus this much (start-up,
 # the fingerprint, killing the process group) on a loaded machine.
 HOSTILE_TIMEOUT_S = 30
@@ -60,7 +61,9 @@ def _all(status: Status, **others: Status) -> dict[str, Status]:
 # every check by default, does not skip a commit for them.
 NO_OWN_COUNT = {"own_count": CANNOT}
 NO_DROPOUT = {"dropout_sites": CANNOT, "own_count": CANNOT}
-ABSENT_PARTS = ("own-count", "dropout-sites")
+# A model without a from_pretrained of its own has no loader for own-loader to run.
+NO_LOADER = {"own_loader": CANNOT}
+ABSENT_PARTS = ("own-count", "dropout-sites", "own-loader")
 
 
 def _copy(name: str) -> Callable[[Path], Path]:
@@ -137,7 +140,7 @@ CORPUS = [
     Variant(
         "script-style",
         _copy("script_style.py"),
-        _all(PASS, **NO_DROPOUT),
+        _all(PASS, **NO_DROPOUT, **NO_LOADER),
         says=(
             "definitions only: 10 module-level statement(s) not run (line 18: torch.manual_seed(1337)",
             'lines 120-121: with open("input.txt") as f: ...',
@@ -155,22 +158,24 @@ CORPUS = [
     Variant(
         "mingpt-style-factory-config",
         _copy("mingpt_style.py"),
-        _all(PASS, **NO_OWN_COUNT),
+        _all(PASS, **NO_OWN_COUNT, **NO_LOADER),
         ("--tied-decay", "no"),
         says=("config: GPT.get_default_config() (a factory; model_type cleared)",),
         pytest_options=("--tied-decay", "no"),
     ),
-    Variant("llmc-style-zero-stage-no-dropout-sdpa", _copy("llmc_style.py"), _all(PASS, **NO_DROPOUT)),
+    Variant(
+        "llmc-style-zero-stage-no-dropout-sdpa", _copy("llmc_style.py"), _all(PASS, **NO_DROPOUT, **NO_LOADER)
+    ),
     Variant(
         "package-with-relative-imports",
         _package_model,
-        _all(PASS, **NO_OWN_COUNT),
+        _all(PASS, **NO_OWN_COUNT, **NO_LOADER),
         says=("through its package folder", "the package's __init__.py not run"),
     ),
     Variant(
         "package-folder",
         _copy("relative_package"),
-        _all(PASS, **NO_OWN_COUNT),
+        _all(PASS, **NO_OWN_COUNT, **NO_LOADER),
         says=("line 4: import of Trainer left out (No module named 'wandb'",),
     ),
     Variant(
@@ -200,6 +205,18 @@ CORPUS = [
         ),
     ),
     Variant("manual-attention-mask-buffers", _template("mask-buffers"), _all(PASS)),
+    Variant(
+        "own-loader-counts-mask-buffers",
+        _template("mask-buffers", "loader-counts-mask-buffers"),
+        _all(PASS, own_loader=FAIL),
+        says=("GPT.from_pretrained('gpt2') raised AssertionError: mismatched keys: 29 != 33",),
+    ),
+    Variant(
+        "own-loader-unties-head",
+        _template("loader-unties-head"),
+        _all(PASS, own_loader=FAIL),
+        says=("lm_head.weight equals transformer.wte.weight by value but is a separate tensor",),
+    ),
     Variant(
         "optimizer-with-unknown-extra",
         _template("configure-unknown-extra"),
