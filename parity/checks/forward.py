@@ -254,6 +254,8 @@ def dropout_sites_check(subject: Subject) -> Outcome:
     hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
     hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(subject.dtype).to(subject.device)
     idx = token_batch("several_sequences", config)[:2, :16].to(subject.device)
+    with torch.no_grad():  # the adapter's first call may run forward twice to find every position's logits
+        model.eval()(idx)
     hf.train(), model.train()
     expected, found = _sites(hf, idx), _sites(model, idx)
     model.eval()

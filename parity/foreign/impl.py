@@ -41,6 +41,7 @@ from parity.core.errors import ImplementationError
 from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
 from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
 from parity.foreign.discovery import PROBE_CONFIG, model_class, split_class
+from parity.foreign.raised import describe_exception, raised_at
 
 # Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.
 MODULE_PREFIX = "_nanogpt_parity_impl_"
@@ -260,8 +261,9 @@ def _import_classes(
         hint = ""
         if isinstance(e, ImportError) and "relative import" in str(e):
             hint = "; pass the package folder (the directory with __init__.py) as --impl"
-        text = str(e).replace(unique + ".", "")  # the package's own name, not the harness's alias of it
-        raise ImplementationError(f"cannot import {path}: {type(e).__name__}: {text}{hint}") from e
+        root = path if is_package else path.parent
+        text = describe_exception(e, root).replace(unique + ".", "")  # the package's name, not our alias
+        raise ImplementationError(f"cannot import {path}: {text}{hint}") from e
     _NOTES[unique] = notes
     return module, gpt, maker, [*notes, *model_notes]
 
@@ -299,6 +301,11 @@ class Implementation:
             self.config_maker = ConfigMaker(self.config_cls.__name__, self.config_cls)
 
     @property
+    def root(self) -> Path:
+        """The folder of the implementation's own files (the package, or the model file's folder)."""
+        return self.source if self.source.is_dir() else self.source.parent
+
+    @property
     def has_configure_optimizers(self) -> bool:
         """True when the implementation defines configure_optimizers."""
         return callable(getattr(self.gpt_cls, "configure_optimizers", None))
@@ -306,14 +313,18 @@ class Implementation:
     def build(self, config: GPTConfig) -> tuple[nn.Module, str]:
         """A fresh adapted model from the implementation's own __init__; (model, what it printed)."""
         assert self.config_maker is not None
-        cfg = self.config_maker.make(config)
+        try:
+            cfg = self.config_maker.make(config)
+        except ImplementationError as e:  # the config's own code raised: say where
+            where = raised_at(e.__cause__, self.root) if e.__cause__ is not None else ""
+            raise ImplementationError(f"{e}{where}") from e
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):  # upstream prints its parameter count
                 model = self.adapted_cls(cfg)
         except Exception as e:
             raise ImplementationError(
-                f"{self.gpt_cls.__name__}(config) raised {type(e).__name__}: {e}"
+                f"{self.gpt_cls.__name__}(config) raised {describe_exception(e, self.root)}"
             ) from e
         return model, printed.getvalue()
 
@@ -402,5 +413,7 @@ def load_implementation(
             model.load_state_dict(sd, strict=False)
         model.to(device)
     except Exception as e:
-        raise ImplementationError(f"loading {checkpoint} into {impl.label}: {type(e).__name__}: {e}") from e
+        raise ImplementationError(
+            f"loading {checkpoint} into {impl.label}: {describe_exception(e, impl.root)}"
+        ) from e
     return model.eval(), LoadReport(checkpoint, buffers, printed)

@@ -88,6 +88,8 @@ def _load_notes(subject: Any) -> list[str]:
             f"loaded {report.checkpoint} with the nanoGPT converter; buffers left as built: "
             f"{buffers or 'none'}" + (f"; every position's logits by: {mode}" if mode else "")
         )
+    if subject.load_error is not None:
+        notes.append(f"failed: {subject.load_error}")
     return notes
 
 
@@ -131,7 +133,12 @@ def main() -> None:
             impl.label = request["label"]
     except ImplementationError as e:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
-        send(kind="result", verdicts=[v.to_json() for v in verdicts], fingerprints=[hf_fingerprint()])
+        send(
+            kind="result",
+            verdicts=[v.to_json() for v in verdicts],
+            fingerprints=[hf_fingerprint()],
+            notes=[f"import failed: {e}"],
+        )
         exit_now()
     subject = Subject(
         impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]

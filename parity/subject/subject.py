@@ -63,6 +63,7 @@ class Subject:
     diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label
     _model: nn.Module | None = field(default=None, repr=False)
     _load_error: ImplementationError | None = field(default=None, repr=False)
+    _built: nn.Module | ImplementationError | None = field(default=None, repr=False)
     _hf: Any = field(default=None, repr=False)
     _gradient_run: GradientRun | None = field(default=None, repr=False)
     _twin: Twin | None = field(default=None, repr=False)
@@ -115,6 +116,27 @@ class Subject:
                 self.unshared = share_parameters(model, self.hf(), source_is_hf=True)
             self._model = model
         return self._model
+
+    @property
+    def load_error(self) -> ImplementationError | None:
+        """Why `model()` could not load the implementation, once it has tried; else None."""
+        return self._load_error
+
+    def built_model(self) -> nn.Module:
+        """The implementation built by its own __init__ at the target's config, weights not loaded (seed 0).
+
+        What the structure checks judge when the weights cannot be loaded: the tie is made by __init__, not by
+        the checkpoint. A build failure is remembered and raised again, as ImplementationError.
+        """
+        if self._built is None:
+            torch.manual_seed(0)
+            try:
+                self._built = self.impl.build(self.config)[0].to(self.dtype).to(self.device).eval()
+            except ImplementationError as e:
+                self._built = e
+        if isinstance(self._built, ImplementationError):
+            raise self._built
+        return self._built
 
     @property
     def loaded_model(self) -> nn.Module | None:
@@ -190,7 +212,7 @@ class Subject:
 
     def release(self) -> None:
         """Drop both models and everything computed from them."""
-        self._model = self._hf = self._gradient_run = self._twin = None
+        self._model = self._hf = self._gradient_run = self._twin = self._built = None
         self.diagnoses.clear()
 
 

@@ -177,6 +177,16 @@ EDITS: dict[str, list[tuple[str, str]]] = {
             "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)\n",
         )
     ],
+    # A parameter GPT-2 has no counterpart for: no checkpoint can fill it, so the weights cannot be loaded.
+    "extra-parameter": [
+        (
+            "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n",
+            "        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)\n"
+            "        self.logit_scale = nn.Parameter(torch.ones(1))\n",
+        )
+    ],
+    # A fork without biases refuses GPT-2's config with a bare assert (an AssertionError without a message).
+    "bare-assert-in-init": [(INIT_START, INIT_START + "        assert not config.bias\n")],
 }
 
 
