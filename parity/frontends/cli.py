@@ -6,7 +6,9 @@ here with `-p`, never through a pytest11 entry point, so installing the package 
 user's own pytest runs (a conftest of theirs that defines `--model` keeps working). The suite's own ini
 file replaces whatever pytest.ini or pyproject.toml the current directory has, so a user's addopts or
 collection settings cannot leak into our run; paths on the command line stay relative to where the
-command is run.
+command is run. Nothing is written where the command runs: pytest's cache lives in the harness's cache
+directory ($NANOGPT_PARITY_CACHE), and the tested code is imported only in the sandbox's child process,
+which writes no bytecode.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ def absolute_path_options(args: Sequence[str], cwd: Path) -> list[str]:
     return out
 
 
+def cache_options(args: Sequence[str]) -> list[str]:
+    """pytest's cache in the harness's cache directory, never the user's; none when they turn it off."""
+    if "no:cacheprovider" in [a.removeprefix("-p").lstrip("=") for a in args]:
+        return []  # `-o cache_dir` would only warn that the option is unknown
+    from nanogpt.paths import OutputPathError
+    from parity.subject.synthetic import cache_root
+
+    try:
+        return ["-o", f"cache_dir={cache_root() / 'pytest-cache'}"]
+    except OutputPathError:  # pytest parity/ reports the unusable cache directory itself
+        return ["-p", "no:cacheprovider"]
+
+
 def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
     """The pytest command line that runs the installed suite with the user's arguments."""
     cwd = Path.cwd() if cwd is None else cwd
@@ -57,15 +72,14 @@ def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
         "no:benchmark",
         "-c",
         str(SUITE_INI),
-        # Node ids read parity/suite/test_checks.py::..., as in a checkout; the cache stays with the user.
+        # Node ids read parity/suite/test_checks.py::..., as in a checkout.
         "--rootdir",
         str(package_parent),
         # The ini file sits in parity/frontends/, which would stop conftest lookup below parity/conftest.py;
         # parity/ itself, not its parent: a checkout's root conftest.py must not load.
         "--confcutdir",
         str(package_parent / "parity"),
-        "-o",
-        f"cache_dir={cwd / '.pytest_cache'}",
+        *cache_options(args),
         "--pyargs",
         "parity",
         *absolute_path_options(args, cwd),
