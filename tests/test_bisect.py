@@ -20,10 +20,10 @@ import torch
 from bisect_fixtures.variants import write_model
 
 from nanogpt.model import gpt2_config
-from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
+from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP, decide
 from parity.core.verdicts import Status, Verdict
 from parity.frontends import bisect
-from parity.frontends.bisect import decide, run
+from parity.frontends.bisect import run
 from parity.subject import memory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -161,6 +161,7 @@ DEFAULT_CASES = {
     ("bisect", "patches-transformers-for-its-width"),
     ("pytest", "mingpt-style-factory-config"),
     ("pytest", "exit-0-in-forward"),
+    ("pytest", "forward-raises-not-applicable"),
 }
 PENDING: dict[tuple[str, str], str] = {}  # (variant, front end) -> why it is expected to fail, for now
 

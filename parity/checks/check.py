@@ -16,7 +16,7 @@ import torch
 
 from nanogpt.errors import CheckpointError
 from parity.core.compare import ParityFailure
-from parity.core.errors import CannotTest, ImplementationError, NotApplicable
+from parity.core.errors import CannotTest, ImplementationError, NotApplicable, raised_by_harness
 from parity.core.verdicts import Outcome, Status, Verdict
 from parity.subject.subject import Subject
 
@@ -37,28 +37,35 @@ def _split_message(check: str, message: str) -> tuple[str, str]:
     return first.removeprefix(f"[{check}] "), rest
 
 
+def _crashed(check: Check, error: Exception) -> Verdict:
+    """CANNOT-TEST: the implementation raised inside the check; it cannot be judged on this."""
+    first = f"crashed: {type(error).__name__}: {error}".splitlines()[0]
+    return Verdict(check.name, Status.CANNOT_TEST, first, traceback.format_exc())
+
+
 def run_check(check: Check, subject: Subject) -> Verdict:
-    """One check's verdict. CheckpointError propagates: a bad checkpoint is user input, not the code's."""
+    """One check's verdict. CheckpointError propagates: a bad checkpoint is user input, not the code's.
+
+    The harness's exceptions count only when the harness raised them: the same exception from the tested
+    code (which may import parity) is the implementation's crash (parity.core.errors.raised_by_harness).
+    """
     try:
         torch.manual_seed(0)  # an implementation with randomness fails the same way every run
         outcome = check.run(subject)
-    except ParityFailure as e:
-        return Verdict(
-            check.name,
-            Status.FAIL,
-            *_split_message(check.name, str(e)),
-            records=e.records,
-            profiles=e.profiles,
-        )
-    except NotApplicable as e:
-        return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)), applicable=False)
-    except (CannotTest, ImplementationError) as e:
-        return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)))
-    except CheckpointError:
-        raise
-    except Exception as e:  # the implementation crashed inside the check: it cannot be judged on this
-        first = f"crashed: {type(e).__name__}: {e}".splitlines()[0]
-        return Verdict(check.name, Status.CANNOT_TEST, first, traceback.format_exc())
+    except Exception as e:
+        if not raised_by_harness(e):
+            return _crashed(check, e)
+        if isinstance(e, ParityFailure):
+            message = _split_message(check.name, str(e))
+            return Verdict(check.name, Status.FAIL, *message, records=e.records, profiles=e.profiles)
+        if isinstance(e, NotApplicable):
+            message = _split_message(check.name, str(e))
+            return Verdict(check.name, Status.CANNOT_TEST, *message, applicable=False)
+        if isinstance(e, (CannotTest, ImplementationError)):
+            return Verdict(check.name, Status.CANNOT_TEST, *_split_message(check.name, str(e)))
+        if isinstance(e, CheckpointError):
+            raise
+        return _crashed(check, e)
     return Verdict(
         check.name, Status.PASS, outcome.reason, outcome.details, outcome.records, outcome.profiles
     )

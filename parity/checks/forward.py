@@ -160,13 +160,15 @@ def inference_check(subject: Subject) -> Outcome:
         rec = compare_tensors(
             "inference", "last-position logits without targets", last, hf_logits(hf, prompt)[:, -1, :], tol
         )
-        if not rec.passed:
-            forward = "; the forward pass differs already (see logits)" if _forward_differs(subject) else ""
-            raise ParityFailure(
-                "[inference] the call without targets (as generation makes it) differs"
-                f"{forward}\n  {rec.summary()}",
-                [rec],
-            )
+    if not rec.passed:
+        # Outside no_grad: whether the forward pass differs is read from the shared forward + backward.
+        forward = "; the forward pass differs already (see logits)" if _forward_differs(subject) else ""
+        raise ParityFailure(
+            "[inference] the call without targets (as generation makes it) differs"
+            f"{forward}\n  {rec.summary()}",
+            [rec],
+        )
+    with torch.no_grad():
         ours, how = _greedy(model, prompt, new)
         theirs = hf.generate(
             prompt,

@@ -30,8 +30,8 @@ from nanogpt.model import GPTConfig
 from nanogpt.paths import OutputPathError
 from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
-from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP
-from parity.core.verdicts import Status, Verdict, format_verdicts
+from parity.core.exit_codes import EXIT_ABORT, decide
+from parity.core.verdicts import Verdict, format_verdicts
 from parity.frontends.options import BISECT, SMALL, OptionError, add_options, parse_checks
 from parity.frontends.report import ParityReport
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
@@ -87,38 +87,6 @@ def check_memory(target: ParityTarget, checks: list[str]) -> None:
     problem = memory_problem(target.name, target.memory, available_memory(), what)
     if problem:
         raise UsageError(problem)
-
-
-def decide(
-    verdicts: list[Verdict], expect: dict[str, bool], named: frozenset[str] = frozenset()
-) -> tuple[int, str]:
-    """(exit code, why): bad when any verdict contradicts its expectation, else skip when any is unknown.
-
-    A check that does not apply (the implementation has no get_num_params, no dropout, no
-    configure_optimizers: `Verdict.applicable`) is unknown only when it was named (--checks, --expect):
-    under the default, every check, a correct model without dropout must not make every commit a skip.
-    """
-    want = {v.check: expect.get(v.check, True) for v in verdicts}
-    contradicted = [
-        v for v in verdicts if v.status != Status.CANNOT_TEST and (v.status == Status.PASS) != want[v.check]
-    ]
-    named = named | frozenset(expect)
-    unknown = [v for v in verdicts if v.status == Status.CANNOT_TEST and (v.applicable or v.check in named)]
-    absent = [v.check for v in verdicts if v.status == Status.CANNOT_TEST and v not in unknown]
-    not_applicable = f" (not applicable: {', '.join(absent)})" if absent else ""
-    if contradicted:
-        parts = []
-        for got, expected in ((Status.FAIL, "PASS"), (Status.PASS, "FAIL")):
-            names = [v.check for v in contradicted if v.status == got]
-            if names:
-                parts.append(f"{', '.join(names)} {got.value} (expected {expected})")
-        return EXIT_BAD, "bad: " + "; ".join(parts)
-    if unknown:
-        return EXIT_SKIP, f"cannot test this commit: {', '.join(v.check for v in unknown)} could not run"
-    judged = [v for v in verdicts if v.status != Status.CANNOT_TEST]
-    if not judged:
-        return EXIT_SKIP, f"cannot test this commit: no selected check applies{not_applicable}"
-    return EXIT_GOOD, "good: " + ", ".join(f"{v.check} {v.status.value}" for v in judged) + not_applicable
 
 
 def print_sandbox_output(result: SandboxResult, details: bool) -> None:

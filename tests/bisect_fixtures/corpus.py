@@ -15,12 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from bisect_fixtures.variants import write_model
 
+from parity.core.exit_codes import decide
 from parity.core.verdicts import Status, Verdict
-from parity.frontends.bisect import decide
-from parity.frontends.pytest_frontend.child_run import EXIT_CANNOT_TEST, untestable_models
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
 # The checks every corpus variant is judged on: the registry's, named here so that a new check gets its
@@ -61,6 +59,20 @@ def _all(status: Status, **others: Status) -> dict[str, Status]:
 # every check by default, does not skip a commit for them.
 NO_OWN_COUNT = {"own_count": CANNOT}
 NO_DROPOUT = {"dropout_sites": CANNOT, "own_count": CANNOT}
+# The checks that never call forward: they judge a model whose forward raises.
+FORWARD_FREE_PASS = dict.fromkeys(
+    (
+        "architecture",
+        "tied_storage",
+        "param_count",
+        "own_count",
+        "optimizer_once",
+        "checkpoint_once",
+        "decay_groups",
+        "init_scheme",
+    ),
+    PASS,
+)
 # A model without a from_pretrained of its own has no loader for own-loader to run.
 NO_LOADER = {"own_loader": CANNOT}
 ABSENT_PARTS = ("own-count", "dropout-sites", "own-loader")
@@ -116,11 +128,9 @@ class Variant:
 
     @property
     def pytest_exit_code(self) -> int:
-        """`pytest parity/ --impl` exits 1 when a check fails, else 125 when none could run, else 0."""
-        if Status.FAIL in self.expected.values():
-            return int(pytest.ExitCode.TESTS_FAILED)
-        checks = [{"model": "m", "status": s.value} for s in self.expected.values()]
-        return EXIT_CANNOT_TEST if untestable_models(checks) else int(pytest.ExitCode.OK)
+        """`pytest parity/ --impl` decides by the bisect command's rule: 1 when a check fails, else 125 when
+        a check that applies could not run, else 0."""
+        return self.exit_code
 
 
 def _hostile(name: str, *edits: str, says: tuple[str, ...], options: tuple[str, ...] = ()) -> Variant:
@@ -230,6 +240,19 @@ CORPUS = [
         _all(PASS),
         says=("wrote 1 file(s) into its working directory", "scratch.log (6 bytes)"),
     ),
+    # A crash is never a pass: the checks that need forward could not run, the rest pass; exit 125.
+    Variant(
+        "forward-raises",
+        _template("forward-raises"),
+        _all(CANNOT, **FORWARD_FREE_PASS),
+        says=("crashed: NotImplementedError: forward is not written yet",),
+    ),
+    Variant(
+        "forward-raises-not-applicable",
+        _template("forward-raises-not-applicable"),
+        _all(CANNOT, **FORWARD_FREE_PASS),
+        says=("crashed: NotApplicable: this forward is not applicable",),
+    ),
     _hostile("exit-0-in-init", "exit-in-init", says=("exited with status 0 during build",)),
     _hostile("exit-0-in-forward", "exit-in-forward", says=("exited with status 0 during check logits",)),
     _hostile("os-exit-0-at-import", "os-exit-0-at-import", says=("exited with status 0 during import",)),
@@ -262,6 +285,7 @@ CORPUS = [
         says=("the tested code changed Hugging Face's GPT-2 in its process",),
     ),
 ]
+
 
 def _same_as(name: str) -> dict[str, Status]:
     """The expected verdicts of another variant, for one written from it."""

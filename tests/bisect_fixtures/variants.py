@@ -127,6 +127,19 @@ EDITS: dict[str, list[tuple[str, str]]] = {
     # Hostile code: each must end as "cannot test", never as good.
     "exit-in-init": [(INIT_START, INIT_START + "        import sys\n\n        sys.exit(0)\n")],
     "exit-in-forward": [(FORWARD_START, FORWARD_START + "        import sys\n\n        sys.exit(0)\n")],
+    # A forward that raises: the checks that call it could not run, which is never a pass (exit 125).
+    "forward-raises": [
+        (FORWARD_START, FORWARD_START + '        raise NotImplementedError("forward is not written yet")\n')
+    ],
+    # The harness's own "not applicable", raised by the tested code: its crash, not an absent part.
+    "forward-raises-not-applicable": [
+        (
+            FORWARD_START,
+            FORWARD_START
+            + "        from parity.core.errors import NotApplicable\n\n"
+            + '        raise NotApplicable("this forward is not applicable")\n',
+        )
+    ],
     # A class body runs when the class is defined, so definitions-only loading runs it too.
     "os-exit-0-at-import": [(CONFIG_START, CONFIG_START + "    import os\n\n    os._exit(0)\n")],
     "os-exit-1-at-import": [("import inspect\n", "import inspect\nimport os\n\nos._exit(1)\n")],

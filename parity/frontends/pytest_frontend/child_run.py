@@ -4,10 +4,10 @@ Foreign code may exit, hang or patch transformers; imported into pytest's own pr
 hang the run, or hide its own bug. So with --impl, `pytest_configure` only checks the path, and the
 `verdict_of` fixture (parity/conftest.py) starts one child per target that runs exactly the checks
 selected for it (after -k and -m); each test_check reads its verdict from that run. The load notes and
-the tested code's output come back for the terminal summary. A target on which no check could run (every
-verdict CANNOT-TEST: the code exited, crashed, hung, changed transformers or could not be imported or
-built) turns a run that would exit 0 into EXIT_CANNOT_TEST, the bisect command's "cannot test", so that
-CI never reads "all skipped" as green. `--in-process` imports the code into pytest's process instead.
+the tested code's output come back for the terminal summary. A check that could not run (the code exited,
+crashed, hung, changed transformers or could not be imported or built) makes the run exit EXIT_CANNOT_TEST
+instead of 0, by the bisect command's rule (parity/core/exit_codes.py), so that CI never reads a crash as
+green. `--in-process` imports the code into pytest's process instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pytest
 
 from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_SKIP
-from parity.core.verdicts import Status
 from parity.frontends.options import parse_seconds
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.progress import note
@@ -44,10 +43,9 @@ class ChildRun:
 
 
 # Set in pytest_configure when --impl runs in a child; the results (and, from pytest-xdist workers, their
-# notes and output) per target name; the models on which no check could run, found at the session's end.
+# notes and output) per target name.
 CHILD_RUN_KEY = pytest.StashKey[ChildRun]()
 RESULTS_KEY = pytest.StashKey[dict[str, SandboxResult]]()
-UNTESTABLE_KEY = pytest.StashKey[list[str]]()
 
 
 def parse_timeout(text: str | float | None, in_process: bool) -> float | None:
@@ -99,14 +97,6 @@ def run_child(config: pytest.Config, target: ParityTarget, checks: list[str]) ->
     return result
 
 
-def untestable_models(checks: list[dict[str, Any]]) -> list[str]:
-    """The models of a report's checks on which no check got a PASS or FAIL verdict."""
-    statuses: dict[str, set[str]] = {}
-    for c in checks:
-        statuses.setdefault(c["model"], set()).add(c["status"])
-    return [model for model, seen in statuses.items() if seen == {Status.CANNOT_TEST.value}]
-
-
 def worker_part(config: pytest.Config) -> dict[str, dict[str, Any]]:
     """What an xdist worker hands the controller for its terminal summary: notes and output per target."""
     return {
@@ -130,9 +120,4 @@ def summary_lines(config: pytest.Config) -> list[str]:
         shown = output_summary(result, details)
         if shown:
             lines += [f"{name}: the tested code, run in a child process:", *(f"  {line}" for line in shown)]
-    for model in config.stash.get(UNTESTABLE_KEY, []):
-        lines.append(
-            f"{model}: no check could run (every verdict CANNOT-TEST): exit status {EXIT_CANNOT_TEST} "
-            "(cannot test), not 0"
-        )
     return lines

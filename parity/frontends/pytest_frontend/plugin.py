@@ -20,19 +20,18 @@ import torch
 
 from nanogpt.hf import CheckpointError
 from parity.core.errors import ImplementationError, UsageError
+from parity.core.exit_codes import decide
 from parity.core.tolerances import gradients_tolerance, logits_tolerance
-from parity.core.verdicts import Verdict
+from parity.core.verdicts import Status, Verdict
 from parity.foreign.impl import Implementation, import_implementation
 from parity.frontends.options import PYTEST, add_options
 from parity.frontends.pytest_frontend.child_run import (
     CHILD_RUN_KEY,
     EXIT_CANNOT_TEST,
-    UNTESTABLE_KEY,
     ChildRun,
     merge_worker_part,
     parse_timeout,
     summary_lines,
-    untestable_models,
     worker_part,
 )
 from parity.frontends.report import ParityReport
@@ -42,6 +41,8 @@ from parity.subject.targets import ParityTarget, resolve_targets
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
 IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl --in-process
+# Why the run exits 125 instead of 0, one line per model, found at the session's end.
+CANNOT_TEST_KEY = pytest.StashKey[list[str]]()
 WORKER_REPORT = "parity_report"  # key of a pytest-xdist worker's report part in its workeroutput
 WORKER_CHILD = "parity_child"  # key of a pytest-xdist worker's child notes and output
 
@@ -160,13 +161,13 @@ def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """The verdict of every check on every model in one table; also as Markdown in GITHUB_STEP_SUMMARY.
 
-    Below it, with --impl run in a child: its load notes and output, and why the exit status is 125.
+    Below it, with --impl run in a child: its load notes and output; and why the exit status is 125.
     """
     if REPORT_KEY not in config.stash or not config.stash[REPORT_KEY].checks:
         return
     checks = config.stash[REPORT_KEY].checks
     terminalreporter.write_sep("=", "parity verdicts")
-    for line in [*verdict_table(checks), *summary_lines(config)]:
+    for line in [*verdict_table(checks), *summary_lines(config), *config.stash.get(CANNOT_TEST_KEY, [])]:
         terminalreporter.write_line(line)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and not hasattr(config, "workerinput"):
@@ -204,9 +205,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason)
 
 
+def cannot_test_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """Per model whose verdicts make the bisect command's "cannot test" (a check that applies could not
+    run, or none applies): why, in one line. A crash of the implementation is never a pass."""
+    lines = []
+    for model in dict.fromkeys(c["model"] for c in checks):
+        verdicts = [
+            Verdict(c["check"], Status(c["status"]), c["reason"], applicable=c["applicable"])
+            for c in checks
+            if c["model"] == model
+        ]
+        code, why = decide(verdicts, {})
+        if code == EXIT_CANNOT_TEST:
+            lines.append(f"{model}: {why}: exit status {EXIT_CANNOT_TEST} (cannot test), not 0")
+    return lines
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the report (pytest-xdist workers hand their part to the controller instead); with --impl run in
-    a child, exit EXIT_CANNOT_TEST where pytest would exit 0 but some model had no check that could run."""
+    """Write the report (pytest-xdist workers hand their part to the controller instead); exit
+    EXIT_CANNOT_TEST where pytest would exit 0 but a check that applies could not run on some model."""
     config = session.config
     if REPORT_KEY not in config.stash:
         return
@@ -225,11 +242,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         }
         config.workeroutput[WORKER_CHILD] = worker_part(config)
         return
-    if CHILD_RUN_KEY in config.stash:
-        untestable = untestable_models(report.checks)
-        if untestable and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = EXIT_CANNOT_TEST  # pytest's main returns what this hook leaves here
-            config.stash[UNTESTABLE_KEY] = untestable  # the terminal summary says why
+    cannot_test = cannot_test_lines(report.checks)
+    if cannot_test and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = EXIT_CANNOT_TEST  # pytest's main returns what this hook leaves here
+        config.stash[CANNOT_TEST_KEY] = cannot_test  # the terminal summary says why
     path = config.getoption("--parity-report")
     if path:
         report.write(path)
