@@ -240,6 +240,29 @@ CORPUS = [
         _all(PASS),
         says=("wrote 1 file(s) into its working directory", "scratch.log (6 bytes)"),
     ),
+    # Weights that cannot load do not hide a missing tie: tied-storage judges the model __init__ builds.
+    Variant(
+        "untied-with-extra-parameter",
+        _template("untied", "extra-parameter"),
+        _all(
+            CANNOT,
+            architecture=FAIL,
+            dropout_sites=PASS,
+            tied_storage=FAIL,
+            init_scheme=FAIL,
+            own_loader=FAIL,
+        ),
+        says=(
+            "load: failed: ",
+            "(as its own __init__ builds it; its weights could not be loaded): lm_head.weight is not tied",
+        ),
+    ),
+    Variant(
+        "bare-assert-in-init",
+        _template("bare-assert-in-init"),
+        _all(CANNOT, own_loader=FAIL),
+        says=("GPT(config) raised AssertionError: (no message), at model.py:110 (`assert not config.bias`)",),
+    ),
     # A crash is never a pass: the checks that need forward could not run, the rest pass; exit 125.
     Variant(
         "forward-raises",
