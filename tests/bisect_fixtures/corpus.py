@@ -197,7 +197,7 @@ CORPUS = [
     Variant(
         "discovered-class-hf-config-lm-labels",
         _copy("renamed_transformer.py"),
-        _all(PASS, **NO_DROPOUT),
+        _all(PASS, **NO_DROPOUT, **NO_LOADER),
         says=(
             "model: Transformer (discovered: the only nn.Module returning (2, 8, 512) logits)",
             "fields mapped: layer_norm_epsilon<-1e-05 (GPT-2's), n_ctx<-block_size, n_positions<-block_size",
@@ -207,7 +207,7 @@ CORPUS = [
     Variant(
         "discovered-class-dict-config-no-loss",
         _copy("dict_config.py"),
-        _all(PASS, **NO_DROPOUT),
+        _all(PASS, **NO_DROPOUT, **NO_LOADER),
         says=(
             "model: GPTModel (discovered: the only nn.Module returning (2, 8, 512) logits)",
             "config: a dict, keys mapped: context_length<-block_size, drop_rate<-dropout, emb_dim<-n_embd",
