@@ -2,7 +2,6 @@
 
 The implementations are variants of an upstream-style model.py (tests/bisect_fixtures/), loaded with the
 small synthetic checkpoint of the bisect command (2 layers, width 64, vocabulary 512) in float64 on CPU.
-The template's `from_pretrained` raises, so every successful load here also proves it was never called.
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPT2_SIZES
+from parity.checks.architecture import ARCHITECTURE_CHECKS
 from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.counts import COUNT_CHECKS
 from parity.checks.forward import FORWARD_CHECKS
+from parity.checks.own_loader import OWN_LOADER_CHECKS
 from parity.checks.registry import CHECK_NAMES, CHECKS, build_registry, run_checks
 from parity.checks.training import TRAINING_CHECKS
 from parity.core.verdicts import Status
@@ -35,7 +37,8 @@ def test_the_registry_refuses_a_duplicate_name() -> None:
 
 
 def test_every_check_is_defined_once_with_its_meaning_and_needs() -> None:
-    assert list(CHECKS.values()) == [*FORWARD_CHECKS, *BACKWARD_CHECKS, *COUNT_CHECKS, *TRAINING_CHECKS]
+    modules = (ARCHITECTURE_CHECKS, FORWARD_CHECKS, BACKWARD_CHECKS, COUNT_CHECKS, TRAINING_CHECKS)
+    assert list(CHECKS.values()) == [c for checks in (*modules, OWN_LOADER_CHECKS) for c in checks]
     for name, check in CHECKS.items():
         assert check.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name), name
         assert check.meaning and check.needs and callable(check.run), name

@@ -3,9 +3,9 @@
 `pytest parity/` (one test per check and model, its id the check's name), the bisect command
 (`--checks NAME,...`, listed in its --help), the JSON report and the mutant catalog all take their checks
 from `CHECKS` and run them through `parity.checks.check.run_check`. Each check is defined once, in one of the
-check modules: forward (logits, loss, inference, dropout-sites), backward (grads, tied-gradient), counts
-and the tie (tied-storage, param-count, own-count, optimizer-once, checkpoint-once), training (decay-groups,
-train-steps, init, init-scheme), own_loader (own-loader).
+check modules: architecture (architecture), forward (logits, loss, inference, dropout-sites), backward
+(grads, tied-gradient), counts and the tie (tied-storage, param-count, own-count, optimizer-once,
+checkpoint-once), training (decay-groups, train-steps, init, init-scheme), own_loader (own-loader).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def build_registry(checks: Iterable[Check]) -> dict[str, Check]:
     return registry
 
 
-# In the order they run: forward, backward, the tie and counts, then the checks that build or train models.
+# In the order they run: the structure first, forward, backward, the tie and counts, then the checks that
+# build or train models, and last the implementation's own loader.
 CHECKS: dict[str, Check] = build_registry(
     (
         *ARCHITECTURE_CHECKS,
