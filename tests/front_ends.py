@@ -34,6 +34,12 @@ PARITY_DIR = REPO_ROOT / "parity"
 Verdicts = dict[str, tuple[str, str, str]]
 
 
+def pytest_parity_argv(impl: Path, checkpoint: Path, *extra: str) -> list[str]:
+    """`python -m pytest parity/ --impl IMPL --model CHECKPOINT ...` as a fresh interpreter's command line."""
+    parity = [str(PARITY_DIR), "--rootdir", str(REPO_ROOT), "-q", "-p", "no:cacheprovider"]
+    return [sys.executable, "-m", "pytest", *parity, "--impl", str(impl), "--model", str(checkpoint), *extra]
+
+
 def run_pytest_parity(
     pytester: pytest.Pytester,
     impl: Path,

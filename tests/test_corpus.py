@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from bisect_fixtures.corpus import CORPUS, END_MARGIN_S, HOSTILE_TIMEOUT_S, TABLED_CHECKS, Variant
+from front_ends import pytest_parity_argv
 
 from parity.core.verdicts import Status
 
@@ -51,36 +52,21 @@ def report_verdicts(report: Path) -> dict[str, Status]:
     return {c["check"]: Status(c["status"]) for c in checks}
 
 
+def _timed_run(argv: list[str], env: dict[str, str], tmp_path: Path) -> tuple[int, str, float]:
+    """(exit status, stdout + stderr, seconds) of argv run from a scratch folder."""
+    start = time.monotonic()
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
 def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> FrontEndRun:
     """`python -m parity.frontends.bisect --impl IMPL ...` (every check, the default), from a scratch folder;
     the verdicts from its JSON report."""
     report = tmp_path / "bisect-report.json"
-    start = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parity.frontends.bisect",
-            "--impl",
-            str(impl),
-            *variant.options,
-            *extra,
-            "--parity-report",
-            str(report),
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return FrontEndRun(
-        done.returncode,
-        variant.exit_code,
-        report_verdicts(report),
-        done.stdout + done.stderr,
-        time.monotonic() - start,
-    )
+    bisect = [sys.executable, "-m", "parity.frontends.bisect", "--impl", str(impl)]
+    argv = [*bisect, *variant.options, *extra, "--parity-report", str(report)]
+    code, output, seconds = _timed_run(argv, _env(tmp_path), tmp_path)
+    return FrontEndRun(code, variant.exit_code, report_verdicts(report), output, seconds)
 
 
 def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
@@ -88,41 +74,12 @@ def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRu
     verdicts from its JSON report (none when the run ended without one)."""
     from parity.frontends.bisect import resolve_model
 
-    checkpoint = resolve_model("small", "cpu", None)
+    checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()
     report = tmp_path / "parity-report.json"
-    start = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(REPO_ROOT / "parity"),
-            "--rootdir",
-            str(REPO_ROOT),
-            "--impl",
-            str(impl),
-            "--model",
-            str(checkpoint.ensure_checkpoint()),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--parity-report",
-            str(report),
-            *variant.pytest_options,
-        ],
-        cwd=tmp_path,
-        env=dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return FrontEndRun(
-        done.returncode,
-        variant.pytest_exit_code,
-        report_verdicts(report),
-        done.stdout + done.stderr,
-        time.monotonic() - start,
-    )
+    argv = pytest_parity_argv(impl, checkpoint, "--parity-report", str(report), *variant.pytest_options)
+    env = dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    code, output, seconds = _timed_run(argv, env, tmp_path)
+    return FrontEndRun(code, variant.pytest_exit_code, report_verdicts(report), output, seconds)
 
 
 @dataclass(frozen=True)

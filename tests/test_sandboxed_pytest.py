@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 from bisect_fixtures.corpus import END_MARGIN_S
 from bisect_fixtures.variants import write_model
-from front_ends import run_batch
+from front_ends import pytest_parity_argv, run_batch
 
 from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
@@ -112,29 +111,8 @@ def _pytest_parity(impl: Path, cwd: Path, *extra: str) -> tuple[subprocess.Compl
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()
     start = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(REPO_ROOT / "parity"),
-            "--rootdir",
-            str(REPO_ROOT),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--impl",
-            str(impl),
-            "--model",
-            str(checkpoint),
-            *extra,
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = pytest_parity_argv(impl, checkpoint, *extra)
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     return done, time.monotonic() - start
 
 

@@ -58,6 +58,16 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _run_hooked(run: Any, handles: list[Any]) -> None:
+    """run() without gradients, then remove the hooks it ran with (also when it raises)."""
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def capture_activations(model: torch.nn.Module, names: list[str], run: Any) -> dict[str, torch.Tensor]:
     """Run run() with forward hooks on the named modules; return their (first) outputs, detached."""
     modules = dict(model.named_modules())
@@ -74,12 +84,7 @@ def capture_activations(model: torch.nn.Module, names: list[str], run: Any) -> d
                 captured[name] = t.detach().clone()
 
         handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(run, handles)
     return captured
 
 
@@ -90,12 +95,7 @@ def ran_modules(model: torch.nn.Module, run: Any) -> set[str]:
         m.register_forward_pre_hook(lambda _m, _i, name=name: ran.add(name))
         for name, m in model.named_modules()
     ]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(run, handles)
     return ran
 
 
