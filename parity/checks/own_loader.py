@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import linecache
 import sys
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from parity.core.compare import ParityFailure
 from parity.core.errors import CannotTest, ImplementationError, NotApplicable
 from parity.core.verdicts import Outcome
 from parity.foreign.adapters import adapted_class
+from parity.foreign.raised import describe_exception
 from parity.numerics.forward import compare_logits
 from parity.numerics.tie import tie_problem
 from parity.subject.batches import gradient_batch
@@ -87,18 +86,6 @@ def find_loader(subject: Subject) -> tuple[Callable[[str], Any], str]:
     return loader, f"{cls.__name__}.from_pretrained"
 
 
-def _user_frame(error: BaseException, subject: Subject) -> str:
-    """`file:line: source` of the innermost frame of the implementation's code in error's traceback."""
-    impl_dir = subject.impl.source if subject.impl.source.is_dir() else subject.impl.source.parent
-    frames = traceback.extract_tb(error.__traceback__)
-    own = [f for f in frames if Path(f.filename).resolve().is_relative_to(impl_dir.resolve())]
-    frame = (own or frames[-1:] or [None])[-1]
-    if frame is None:
-        return "no traceback"
-    line = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
-    return f"{frame.filename}:{frame.lineno}: {line}"
-
-
 def _as_model(returned: Any, subject: Subject, call: str) -> nn.Module:
     """The module the loader returned (the first one of a tuple), with the harness's calling convention."""
     if isinstance(returned, (tuple, list)):
@@ -143,9 +130,9 @@ def own_loader_check(subject: Subject) -> Outcome:
             with offline_hub(hub), contextlib.redirect_stdout(printed):
                 returned = loader(name)
         except Exception as e:
-            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            message = describe_exception(e, subject.impl.root).splitlines()[0]
             raise ParityFailure(
-                f"{TAG}{call} raised {message}\n  at {_user_frame(e, subject)}\n"
+                f"{TAG}{call} raised {message}\n"
                 f"  (offline, from a hub cache holding {subject.checkpoint()} as {', '.join(hub.repos)})"
             ) from e
     model = _as_model(returned, subject, call)
