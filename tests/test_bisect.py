@@ -20,6 +20,7 @@ import torch
 from bisect_fixtures.variants import write_model
 
 from nanogpt.model import gpt2_config
+from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, EXIT_BAD, EXIT_GOOD, EXIT_SKIP, decide
 from parity.core.verdicts import Status, Verdict
 from parity.frontends import bisect
@@ -139,6 +140,27 @@ def test_unknown_model_aborts(
     monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path))
     assert run(["--model", str(tmp_path / "no-such-checkpoint")]) == EXIT_ABORT
     assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["nosuch", "all"])
+def test_rejected_model_lists_exactly_the_accepted_choices(
+    model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["--model", model]) == EXIT_ABORT
+    err = capsys.readouterr().err
+    choices = err.split("choose one of ")[1].split(" or a path")[0].strip().split(", ")
+    assert choices == ["small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], err
+
+
+def test_small_means_the_same_model_in_both_front_ends() -> None:
+    from parity.subject.targets import SMALL_CONFIG, resolve_targets
+
+    (pytest_target,) = resolve_targets("small", "auto", "cpu", None)
+    bisect_target = bisect.resolve_model("small", "cpu", None)
+    assert pytest_target == bisect_target and pytest_target.config == SMALL_CONFIG
+    assert pytest_target.weights == "synthetic" and pytest_target.config.n_layer == 2
+    with pytest.raises(UsageError, match="no pretrained weights"):
+        resolve_targets("small", "pretrained", "cpu", None)
 
 
 def test_untestable_commit_is_skipped(

@@ -26,20 +26,18 @@ from typing import NoReturn
 import transformers
 
 from nanogpt.hf import CheckpointError
-from nanogpt.model import GPTConfig
 from nanogpt.paths import OutputPathError
 from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, decide
 from parity.core.verdicts import Verdict, format_verdicts
-from parity.frontends.options import BISECT, SMALL, OptionError, add_options, parse_checks
+from parity.frontends.options import BISECT, OptionError, add_options, parse_checks
 from parity.frontends.report import ParityReport
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
-from parity.subject.targets import ParityTarget, resolve_device, resolve_dtype, resolve_targets
+from parity.subject.targets import SMALL_CONFIG, ParityTarget, resolve_targets
 
-# The default model, options.SMALL: GPT-2's architecture at a size where every check takes under a second.
-SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+__all__ = ["SMALL_CONFIG", "build_parser", "check_memory", "main", "resolve_model", "run"]
 
 
 class BisectArgumentParser(argparse.ArgumentParser):
@@ -63,16 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
     """--model's target: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
-    if model == SMALL:
-        device = resolve_device(device)
-        c = SMALL_CONFIG
-        label = f"small-L{c.n_layer}-H{c.n_head}-C{c.n_embd}-V{c.vocab_size}-T{c.block_size}"
-        return ParityTarget(
-            label, c, "synthetic", "seeded synthetic checkpoint", device, resolve_dtype(dtype, device, SMALL)
-        )
-    if model == "all":
-        raise UsageError("--model all: bisect checks one model; name one size")
-    return resolve_targets(model, "auto", device, dtype)[0]
+    return resolve_targets(model, "auto", device, dtype, allow_all=False)[0]
 
 
 def check_memory(target: ParityTarget, checks: list[str]) -> None:

@@ -19,13 +19,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nanogpt.model import GPT2_SIZES
 from nanogpt.paths import OutputPathError, resolve_output_file
 from parity.checks.registry import CHECK_NAMES, CHECKS
 from parity.core.errors import ImplementationError, UsageError
 from parity.foreign.impl import check_implementation_path
 from parity.sandbox.parent import SMALL_TIMEOUT_S
-from parity.subject.targets import DEVICE_CHOICES, DTYPES, MODEL_CHOICES, WEIGHTS_CHOICES, resolve_device
+from parity.subject.targets import (
+    DEVICE_CHOICES,
+    DTYPES,
+    MODEL_CHOICES,
+    SMALL,
+    WEIGHTS_CHOICES,
+    resolve_device,
+)
 
 PYTEST = "pytest"  # `pytest parity/` in a checkout, `nanogpt-parity` installed
 BISECT = "bisect"  # `nanogpt-parity-bisect`, `python -m parity.frontends.bisect`
@@ -33,7 +39,6 @@ FRONT_END_TITLES = {
     PYTEST: "`pytest parity/` and `nanogpt-parity`",
     BISECT: "`nanogpt-parity-bisect` (`python -m parity.frontends.bisect`)",
 }
-SMALL = "small"  # the bisect command's default model (parity/frontends/bisect.py: SMALL_CONFIG)
 
 
 class OptionError(Exception):
@@ -204,14 +209,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         ("--model",),
         f"model to check: {' | '.join(MODEL_CHOICES)} | PATH to a local Hugging Face GPT-2 "
-        "checkpoint directory",
+        f"checkpoint directory ({SMALL}: a synthetic 2-layer model, seconds per run)",
         front_ends=(PYTEST,),
         default="gpt2",
     ),
     Option(
         ("--model",),
-        f"model to check: {SMALL} (a synthetic 2-layer model) | {' | '.join(GPT2_SIZES)} | PATH "
-        "to a Hugging Face GPT-2 checkpoint directory",
+        f"model to check: {' | '.join(m for m in MODEL_CHOICES if m != 'all')} | PATH to a local "
+        f"Hugging Face GPT-2 checkpoint directory ({SMALL}: a synthetic 2-layer model, seconds per run)",
         front_ends=(BISECT,),
         default=SMALL,
     ),

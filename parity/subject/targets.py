@@ -23,7 +23,9 @@ from parity.core.errors import UsageError
 from parity.subject.memory import MemoryPlan, param_bytes, plan_memory
 from parity.subject.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
 
-MODEL_CHOICES = (*GPT2_SIZES, "all")
+SMALL = "small"  # GPT-2's architecture at a size where every check takes under a second
+SMALL_CONFIG = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+MODEL_CHOICES = (SMALL, *GPT2_SIZES, "all")
 WEIGHTS_CHOICES = ("auto", "pretrained", "synthetic")
 DEVICE_CHOICES = ("cpu", "cuda")
 DTYPES = {
@@ -195,27 +197,57 @@ def _size_target(
     )
 
 
+def _small_target(weights: str, device: str, dtype: str | None, revision: str | None) -> ParityTarget:
+    if weights == "pretrained" or revision is not None:
+        option = "--weights pretrained" if weights == "pretrained" else f"--revision {revision}"
+        raise UsageError(
+            f"{option}: the {SMALL} model has no pretrained weights; drop it or name a GPT-2 size"
+        )
+    c = SMALL_CONFIG
+    label = f"{SMALL}-L{c.n_layer}-H{c.n_head}-C{c.n_embd}-V{c.vocab_size}-T{c.block_size}"
+    return ParityTarget(
+        label,
+        c,
+        "synthetic",
+        "seeded synthetic checkpoint",
+        device,
+        resolve_dtype(dtype, device, SMALL),
+        dtype_reason=dtype_reason(dtype, device, SMALL),
+    )
+
+
 def resolve_targets(
-    model: str, weights: str, device: str | None, dtype: str | None, revision: str | None = None
+    model: str,
+    weights: str,
+    device: str | None,
+    dtype: str | None,
+    revision: str | None = None,
+    allow_all: bool = True,
 ) -> list[ParityTarget]:
     """Validate the command-line choices and return the targets, before any model is built.
 
-    revision pins the cached hub snapshot of a named size (a branch, tag or commit; default refs/main).
+    revision pins the cached hub snapshot of a named size (a branch, tag or commit; default refs/main);
+    allow_all=False is for a front end that checks one model, which rejects `all`.
     """
+    choices = MODEL_CHOICES if allow_all else tuple(m for m in MODEL_CHOICES if m != "all")
     if weights not in WEIGHTS_CHOICES:
         raise UsageError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS_CHOICES)}")
     if revision is not None and weights == "synthetic":
         raise UsageError("--revision pins pretrained weights; drop it or use --weights pretrained")
+    if model == "all" and not allow_all:
+        raise UsageError(f"--model all: this command checks one model; choose one of {', '.join(choices)}")
     device = resolve_device(device)
-    if model in GPT2_SIZES or model == "all":
+    if model == SMALL:
+        targets = [_small_target(weights, device, dtype, revision)]
+    elif model in GPT2_SIZES or model == "all":
         names = list(GPT2_SIZES) if model == "all" else [model]
         targets = [_size_target(n, weights, device, dtype, revision) for n in names]
     else:
         path = Path(os.path.expanduser(model))
         if not path.is_dir():
             raise UsageError(
-                f"--model {model!r}: not a GPT-2 size and not a checkpoint directory; choose one of "
-                f"{', '.join(MODEL_CHOICES)} or a path to a local Hugging Face GPT-2 checkpoint directory"
+                f"--model {model!r}: not a model name and not a checkpoint directory; choose one of "
+                f"{', '.join(choices)} or a path to a local Hugging Face GPT-2 checkpoint directory"
             )
         if weights == "synthetic":
             raise UsageError(
