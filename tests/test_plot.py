@@ -8,6 +8,8 @@ it, here an exact-GELU MLP in block 1).
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -145,3 +147,37 @@ def test_an_output_folder_that_does_not_exist_is_one_line(
     report = write(tmp_path, {"profiles": [passing_float32()]})
     assert plot.main([str(report), "-o", str(tmp_path / "no" / "p.png")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_exact_zeros_have_their_own_marker_and_the_legend_stays_clear_of_the_title(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    fig = plot.draw(plot.read_profiles(write(tmp_path, {"profiles": [passing_float32(), exact_gelu_bug()]})))
+    ax = fig.axes[0]
+    (zeros,) = ax.collections  # only the passing run has an exact zero (its embeddings)
+    assert [list(xy) for xy in zeros.get_offsets()] == [[0.0, pytest.approx(2.6e-9)]]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "gpt2: exact zero (drawn at 3e-09)" in labels, labels
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = ax.title.get_window_extent(renderer)
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes = ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1, "the legend is outside the axes, not over the curves"
+    assert not legend.overlaps(title), "the legend is not drawn under the title"
+    for note in ax.texts:
+        if "first divergence" in note.get_text():
+            box = note.get_window_extent(renderer)
+            assert box.y1 <= axes.y1 and not box.overlaps(title), "the divergence note stays in the axes"
+
+
+def test_the_png_has_ordinary_permissions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    report = write(tmp_path, {"profiles": [exact_gelu_bug()]})
+    out = tmp_path / "p.png"
+    old = os.umask(0o022)
+    try:
+        assert plot.main([str(report), "-o", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left behind"

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanogpt.atomic import atomic_file
 from nanogpt.json_files import JsonFileError, read_json_object
 
 USAGE_ERROR = 2
@@ -159,15 +158,28 @@ def draw(profiles: list[Profile]) -> Any:
             linewidth=1.2 if p.passed else 2.0,
             label=p.label,
         )
+        zeros = [i for i in xs if p.relative_difference[i] == 0.0]
+        if zeros:
+            ax.scatter(
+                zeros,
+                [floor] * len(zeros),
+                marker="v",
+                s=36,
+                facecolors="none",
+                edgecolors=color,
+                zorder=3,
+                label=f"{p.model}: exact zero (drawn at {floor:.0e})",
+            )
         first = None if p.passed else p.first_divergence()
         if first is not None:
             y = max(p.relative_difference[first] or 0.0, floor)
             ax.annotate(
                 f"first divergence: {_short(p.modules[first])}",
                 xy=(first, y),
-                xytext=(-12, 18),
+                xytext=(-12, -22),  # below the step: never up in the title
                 textcoords="offset points",
                 ha="right",
+                va="top",
                 color=color,
                 fontsize=8,
                 arrowprops={"arrowstyle": "->", "color": color},
@@ -195,21 +207,16 @@ def draw(profiles: list[Profile]) -> Any:
     ax.set_ylabel("relative difference of the module's output")
     ax.set_title("Where the implementations part: per-module relative difference")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # Outside the axes, to their right: never over the curves, the annotations or the title.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
 
 def save_png(fig: Any, out: Path) -> None:
-    """Write the figure as PNG atomically: a temporary sibling file, then a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the figure as PNG atomically, with the permissions of any file the user writes."""
+    with atomic_file(out, "wb") as fh:
+        fig.savefig(fh, format="png", bbox_inches="tight")
 
 
 def main(argv: list[str] | None = None) -> int:
