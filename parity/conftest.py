@@ -103,6 +103,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The registry's checks run before the harness's self-tests on the same target, in the slots pytest gave
+    the parity tests: the first check that loads the checkpoint stops a run on a bad one as a usage error
+    (test_checks.py), before a self-test reads Hugging Face's side of it."""
+    slots = [n for n, item in enumerate(items) if "parity_target" in getattr(item, "fixturenames", ())]
+    ordered = sorted((items[n] for n in slots), key=lambda item: item.path.name != "test_checks.py")
+    for n, item in zip(slots, ordered, strict=True):
+        items[n] = item
+
+
 @pytest.fixture(scope="session")
 def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iterator[Subject]:
     """The implementation under test and Hugging Face's GPT-2 on one target, loaded on first use.
