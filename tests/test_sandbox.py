@@ -24,9 +24,8 @@ import transformers.activations
 from bisect_fixtures.variants import model_source
 
 from parity.core.compare import Comparison
-from parity.core.exit_codes import EXIT_ABORT
+from parity.core.exit_codes import EXIT_ABORT, EXIT_SKIP
 from parity.core.verdicts import Status, Verdict
-from parity.frontends import bisect
 from parity.frontends.bisect import resolve_model, run
 from parity.sandbox import integrity
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
@@ -214,7 +213,7 @@ def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> Non
     assert _describe_end(None, 5.0, "import", "").startswith(
         "the tested code's process timed out after 5 s during import"
     )
-    assert bisect.EXIT_SKIP == 125
+    assert EXIT_SKIP == 125
 
 
 def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
