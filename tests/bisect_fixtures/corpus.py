@@ -293,7 +293,14 @@ CORPUS = [
         "hang-in-forward",
         says=(f"timed out after {HOSTILE_TIMEOUT_S} s during check logits",),
     ),
-    _hostile("patches-transformers", "patches-transformers", says=("the tested code changed transformers",)),
+    # The patches are imports the model does not use, which definitions-only loading leaves out (an exact-GELU
+    # model then FAILs on its merits): --run-module imports the file as it is, patches included.
+    _hostile(
+        "patches-transformers",
+        "patches-transformers",
+        says=("the tested code changed transformers",),
+        options=("--run-module",),
+    ),
     _hostile(
         "patches-the-harness",
         "patches-the-harness",
@@ -301,11 +308,13 @@ CORPUS = [
             "the tested code changed the harness or torch in its process",
             "parity.numerics.forward.compare_chunked",
         ),
+        options=("--run-module",),
     ),
     _hostile(
         "patches-transformers-for-its-width",
         "patches-transformers-for-its-width",
         says=("the tested code changed Hugging Face's GPT-2 in its process",),
+        options=("--run-module",),
     ),
 ]
 
