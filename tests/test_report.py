@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from front_ends import run_pytest_parity
 from mutants import CONFIGS, ENTRIES, implementation_file
 
+import nanogpt.model
+from parity.core.verdicts import Status, Verdict
+from parity.frontends import bisect, report
 from parity.frontends.report import strict_json
 from parity.subject.synthetic import write_synthetic_checkpoint
 
@@ -64,3 +69,43 @@ def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
     assert "parity verdicts" in text and "tiny: FAIL logits: first divergence at transformer.h.0.mlp" in text
     markdown = summary.read_text()
     assert "| logits | FAIL |" in markdown and "| param-count | PASS |" in markdown, markdown
+
+
+def test_a_verdict_carries_its_wall_time_and_from_json_stays_strict() -> None:
+    verdict = Verdict("loss", Status.PASS, "ok", seconds=0.25)
+    assert Verdict.from_json(json.loads(json.dumps(verdict.to_json()))).seconds == 0.25
+    old = {k: v for k, v in verdict.to_json().items() if k != "seconds"}
+    assert Verdict.from_json(old).seconds is None, "a verdict without a wall time is still one"
+    for bad in ("1", -1.0, math.inf, True):
+        with pytest.raises(ValueError, match="wall time"):
+            Verdict.from_json(dict(verdict.to_json(), seconds=bad))
+    with pytest.raises(ValueError, match="not a verdict"):
+        Verdict.from_json(dict(verdict.to_json(), minutes=1.0))
+
+
+def test_the_report_names_implementation_version_schema_and_timings_of_each_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bisect command's report on the child's verdicts; pytest parity/ writes the same fields."""
+    monkeypatch.setenv("NANOGPT_PARITY_CACHE", str(tmp_path / "cache"))
+    impl = str(Path(nanogpt.model.__file__))
+    for name, args in (("reference", []), (impl, ["--impl", impl])):
+        out = tmp_path / "report.json"
+        assert bisect.run([*args, "--checks", "param-count,loss", "--parity-report", str(out)]) == 0
+        data = strict_load(out)
+        assert data["schema_version"] == report.SCHEMA_VERSION == 1
+        environment = data["environment"]
+        assert environment["implementation"] == name and environment["package_version"] == "0.1.0"
+        model = environment["models"][0]["name"]
+        timed = {k: v for k, v in data["timing"].items() if k.startswith(f"{model}: check ")}
+        assert set(timed) == {f"{model}: check param-count (s)", f"{model}: check loss (s)"}, data["timing"]
+        assert all(0 <= s < 60 and round(s, 3) == s for s in timed.values()), timed
+        assert all("seconds" not in c for c in data["checks"]), "verdicts stay free of timings (diffable)"
+
+
+def test_the_package_version_falls_back_to_pyproject(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(report.metadata, "version", not_installed)
+    assert report.package_version() == tomllib.loads(report.PYPROJECT.read_text())["project"]["version"]

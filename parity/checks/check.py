@@ -8,6 +8,7 @@ parity/checks/registry.py.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,14 @@ def _crashed(check: Check, error: Exception) -> Verdict:
 
 
 def run_check(check: Check, subject: Subject) -> Verdict:
+    """One check's verdict, with its wall time in seconds (rounded to 3 places)."""
+    start = time.perf_counter()
+    verdict = _judge(check, subject)
+    verdict.seconds = round(time.perf_counter() - start, 3)
+    return verdict
+
+
+def _judge(check: Check, subject: Subject) -> Verdict:
     """One check's verdict. CheckpointError propagates: a bad checkpoint is user input, not the code's.
 
     The harness's exceptions count only when the harness raised them: the same exception from the tested

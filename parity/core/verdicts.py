@@ -46,6 +46,7 @@ class Verdict:
     records: list[Comparison] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     applicable: bool = True  # False: CANNOT-TEST because the implementation has no such part (NotApplicable)
+    seconds: float | None = field(default=None, compare=False)  # wall time of the check (run_check)
 
     def line(self) -> str:
         """The verdict line every front end prints: status, check, reason."""
@@ -61,14 +62,18 @@ class Verdict:
             "records": [r.to_json() for r in self.records],
             "profiles": self.profiles,
             "applicable": self.applicable,
+            "seconds": self.seconds,
         }
 
     @classmethod
     def from_json(cls, d: Any) -> Verdict:
         """The verdict to_json wrote (sent by the sandbox's child); ValueError when d is not exactly one."""
         keys = {"check", "status", "reason", "details", "records", "profiles", "applicable"}
-        if not isinstance(d, dict) or set(d) != keys:
+        if not isinstance(d, dict) or set(d) not in (keys, keys | {"seconds"}):
             raise ValueError(f"not a verdict: {d!r:.200}")
+        seconds = d.get("seconds")
+        if seconds is not None and (type(seconds) not in (int, float) or not 0 <= seconds < float("inf")):
+            raise ValueError(f"not a verdict's wall time: {seconds!r:.200}")
         texts = [d[k] for k in ("check", "reason", "details")]
         if not all(isinstance(t, str) for t in texts) or not isinstance(d["records"], list):
             raise ValueError(f"not a verdict: {d!r:.200}")
@@ -78,7 +83,9 @@ class Verdict:
             raise ValueError(f"not a verdict's profiles: {d['profiles']!r:.200}")
         check, reason, details = texts
         records = [Comparison.from_json(r) for r in d["records"]]
-        return cls(check, Status(d["status"]), reason, details, records, d["profiles"], d["applicable"])
+        verdict = cls(check, Status(d["status"]), reason, details, records, d["profiles"], d["applicable"])
+        verdict.seconds = None if seconds is None else float(seconds)
+        return verdict
 
 
 def format_verdicts(verdicts: list[Verdict], details: bool = False) -> str:

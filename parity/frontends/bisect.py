@@ -84,9 +84,9 @@ def print_sandbox_output(result: SandboxResult, details: bool) -> None:
         print(line)
 
 
-def write_report(path: str, target: ParityTarget, verdicts: list[Verdict]) -> None:
+def write_report(path: str, target: ParityTarget, verdicts: list[Verdict], impl: str | None = None) -> None:
     """The JSON report of verdicts on target at path, in the schema of `pytest parity/ --parity-report`."""
-    report = ParityReport.for_targets([target])
+    report = ParityReport.for_targets([target], impl)
     for verdict in verdicts:
         report.add_verdict(target.name, verdict)
     report.write(path)
@@ -125,7 +125,7 @@ def run(argv: list[str] | None = None) -> int:
     code, why = decide(result.verdicts, expect, named)
     if args.parity_report:
         try:
-            write_report(args.parity_report, target, result.verdicts)
+            write_report(args.parity_report, target, result.verdicts, args.impl)
         except (OutputPathError, OSError) as e:  # checked while parsing; changed since
             print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
             return EXIT_ABORT

@@ -4,7 +4,9 @@
 is stored, passing, failing or cannot-test, with its reason, details and comparison records, so a failing
 run's report says what failed and by how much. The file is strict JSON (non-finite numbers become the
 strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are sorted and
-nothing time-dependent is stored except in the clearly separate `timing` section.
+nothing time-dependent is stored except in the clearly separate `timing` section (each check's wall time
+per model, and synthetic checkpoint generation). Its fields are documented in docs/running.md; a change
+of their meaning raises `SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,23 @@ from nanogpt.paths import resolve_output_file
 from parity.core.verdicts import Verdict
 from parity.subject.loading import versions
 from parity.subject.targets import ParityTarget
+
+SCHEMA_VERSION = 1  # raised when a field of the report changes meaning or goes away
+PACKAGE = "nanogpt-parity"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def package_version() -> str:
+    """The installed package's version, else the checkout's pyproject.toml version, else "unknown"."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        found = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT.read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return found.group(1) if found else "unknown"
 
 
 class ParityReport:
@@ -35,16 +56,27 @@ class ParityReport:
         self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
 
     @classmethod
-    def for_targets(cls, targets: Sequence[ParityTarget]) -> ParityReport:
-        """An empty report on targets: the versions that decide numerics, the device, each model checked."""
+    def for_targets(cls, targets: Sequence[ParityTarget], impl: str | None = None) -> ParityReport:
+        """An empty report on targets: implementation (None: the reference), versions, device, models."""
         models = [
             {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name} for t in targets
         ]
-        return cls({**versions(), "device": targets[0].device, "models": models})
+        return cls(
+            {
+                "implementation": "reference" if impl is None else str(impl),
+                "package_version": package_version(),
+                **versions(),
+                "device": targets[0].device,
+                "models": models,
+            }
+        )
 
     def add_verdict(self, model: str, verdict: Verdict) -> None:
         """Store one check's verdict on one model, and its comparison records."""
         entry = dict(verdict.to_json(), model=model)
+        seconds = entry.pop("seconds")
+        if seconds is not None:
+            self.timing[f"{model}: check {verdict.check} (s)"] = seconds
         self.records.extend(dict(r, model=model) for r in entry.pop("records"))
         self.profiles.extend(dict(p, model=model) for p in entry.pop("profiles"))
         self.checks.append(entry)
@@ -53,6 +85,7 @@ class ParityReport:
         """The whole report as a JSON-serializable dict, in a stable order."""
         key = lambda d: (d["model"], d.get("check", ""), d.get("tensor", ""))  # noqa: E731
         return {
+            "schema_version": SCHEMA_VERSION,
             "environment": self.environment,
             "checks": sorted(self.checks, key=key),
             "records": sorted(self.records, key=key),

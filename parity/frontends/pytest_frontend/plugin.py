@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     elif impl:
         config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
     config.stash[TARGETS_KEY] = targets
-    config.stash[REPORT_KEY] = ParityReport.for_targets(targets)
+    config.stash[REPORT_KEY] = ParityReport.for_targets(targets, impl)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
