@@ -24,6 +24,7 @@ from parity.numerics.tie import (
     get_tensor,
     inplace_update_problem,
     optimizer_step_problem,
+    optimizer_tie_problem,
     same_storage,
     survival_problems,
     tie_problem,
@@ -160,6 +161,9 @@ def optimizer_once_check(subject: Subject) -> Outcome:
             "(a tied matrix in two groups is decayed and updated twice per step)"
             f"{f'; torch refused: {refused}' if refused else ''}:\n{rows}"
         )
+    problem = optimizer_tie_problem(optimizer.param_groups, model)
+    if problem:
+        raise ParityFailure(f"[optimizer-once] {problem}")
     tied = get_tensor(model, EMBEDDING)
     held = sum(1 for g in optimizer.param_groups for p in g["params"] if p is tied)
     return Outcome(f"{len(membership)} parameters, each in one group; the tied matrix held {held} time(s)")
@@ -243,7 +247,8 @@ COUNT_CHECKS = (
     ),
     Check(
         "optimizer-once",
-        "configure_optimizers lists every parameter, the tied matrix included, in exactly one group",
+        "configure_optimizers lists every parameter, the tied matrix included, in exactly one group, and "
+        "holds the tied matrix as one Parameter",
         "the implementation's configure_optimizers",
         optimizer_once_check,
     ),

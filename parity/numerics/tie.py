@@ -78,6 +78,29 @@ def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str 
     return f"{label}: lm_head.weight is not tied to {EMBEDDING}{hint}; {fix}"
 
 
+def optimizer_tie_problem(param_groups: Iterable[dict[str, Any]], model: torch.nn.Module) -> str | None:
+    """Why the optimizer does not hold the tied matrix as one Parameter, or None when it does (or is untied).
+
+    Two Parameter objects over the embedding's storage (a tie_weights that returned early after
+    load_state_dict(assign=True)) each get their own gradient, and AdamW keeps a state for each and updates
+    the one storage twice per step.
+    """
+    emb = get_tensor(model, EMBEDDING)
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    held = {id(p): p for g in param_groups for p in g["params"] if same_storage(p, emb)}
+    if len(held) < 2:
+        return None
+    listed = ", ".join(names.get(i, f"<unnamed {tuple(p.shape)}>") for i, p in held.items())
+    return (
+        f"the optimizer holds {len(held)} Parameter objects over the one storage of {EMBEDDING} ({listed}): "
+        "they share memory but are not one Parameter, so each gets its own partial gradient and every step "
+        "updates the storage once per Parameter (two AdamW states, two updates); tie them by assigning one "
+        "Parameter to both names (see tied-storage)"
+    )
+
+
 def inplace_update_problem(model: torch.nn.Module, label: str) -> str | None:
     """Write through one name and read through the other; restore the element afterwards."""
     head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
