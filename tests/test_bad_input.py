@@ -116,11 +116,11 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 CLI_CASES: dict[str, tuple[list[str], str]] = {
     "unknown-model": (
         ["--model", "gpt3"],
-        r"--model 'gpt3'.*choose one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, all",
+        r"--model 'gpt3'.*choose one of small, gpt2, gpt2-medium, gpt2-large, gpt2-xl, all",
     ),
     "missing-model-path": (
         ["--model", "{missing}"],
-        r"not a GPT-2 size and not a checkpoint directory; choose one of",
+        r"not a model name and not a checkpoint directory; choose one of",
     ),
     "bad-weights": (["--weights", "bogus"], r"--weights 'bogus': choose one of auto, pretrained, synthetic"),
     "bad-device": (["--device", "tpu"], r"--device 'tpu': choose one of cpu, cuda"),

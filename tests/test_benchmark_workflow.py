@@ -47,6 +47,9 @@ def test_sleep(benchmark, request, impl):
 """
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def run_pytest(
     directory: Path, *options: str, slowdown: float | None = None, plugins: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
@@ -57,6 +60,8 @@ def run_pytest(
     """
     env = {k: v for k, v in os.environ.items() if k != SLOWDOWN_VAR}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    # benchmarks/ is the checkout's, not installed: its plugin is found from the repository root.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     if slowdown is not None:
         env[SLOWDOWN_VAR] = str(slowdown)
     plugin_options = [arg for plugin in ("pytest_benchmark.plugin", *plugins) for arg in ("-p", plugin)]
