@@ -20,6 +20,7 @@ import torch
 from parity.core.exit_codes import EXIT_ABORT
 from parity.frontends import options
 from parity.frontends.bisect import build_parser, run
+from parity.frontends.cli import PLUGINS
 from parity.frontends.options import BISECT, OPTIONS, PYTEST, OptionError, add_options, options_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,10 +125,7 @@ def test_a_gpu_test_is_skipped_without_cuda_and_fails_under_require_gpu(tmp_path
         sys.executable,
         "-m",
         "pytest",
-        "-p",
-        "parity.subject.progress",
-        "-p",
-        "parity.frontends.pytest_frontend.plugin",
+        *(arg for plugin in PLUGINS for arg in ("-p", plugin)),
         "-p",
         "no:cacheprovider",
         "-rs",
