@@ -3,12 +3,15 @@
 The converter (nanogpt/hf.py), the synthetic checkpoints, the parameter-count goldens, the comparisons and
 the training parity all read these instead of keeping their own copies. Names are nanoGPT's, which are
 Hugging Face GPT2LMHeadModel's too (HF stores the four projection weights as Conv1D, (in, out), i.e.
-transposed with respect to nn.Linear).
+transposed with respect to nn.Linear). `TensorMapping` says where each of these tensors lives in an
+implementation that names or lays them out otherwise (`tok_emb.weight`, split query/key/value, Conv1D);
+the harness records it on every model it builds (`mapping_of`), the identity for nanoGPT-named code.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nanogpt.model import GPT2_SIZES, gpt2_config
@@ -161,3 +164,132 @@ def init_spec(name: str, n_layer: int) -> tuple[float, float]:
     if name.endswith(".bias"):
         return 0.0, 0.0
     return 0.0, INIT_STD
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The mapping of GPT-2's tensors onto an implementation's own names and layouts
+
+# The attribute of a model instance the harness built that holds its TensorMapping (read with mapping_of).
+MAPPING_ATTRIBUTE = "parity_tensor_mapping"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where (part of) a nanoGPT tensor goes: an implementation parameter, its rows, its layout."""
+
+    target: str  # the implementation's parameter name
+    rows: tuple[int, int] | None = None  # rows of the nanoGPT (Linear-layout) tensor it takes: q/k/v
+    transpose: bool = False  # the parameter is stored (in, out): Conv1D
+
+    def describe(self) -> str:
+        """`trf_blocks.0.att.W_query.weight[rows 0:64] (transposed)`."""
+        rows = f"[rows {self.rows[0]}:{self.rows[1]}]" if self.rows else ""
+        return f"{self.target}{rows}{' (transposed)' if self.transpose else ''}"
+
+
+@dataclass
+class TensorMapping:
+    """Where each nanoGPT tensor lives in one implementation; a name without a placement is its own.
+
+    A tied head is the embedding's Parameter (`tied_head` names its second name, if any); an untied head
+    (`head`) gets a copy of the embedding's values from a tied checkpoint.
+    """
+
+    placements: dict[str, list[Placement]] = field(default_factory=dict)
+    tied: bool = False  # the head is the token embedding (same Parameter or same storage, or no head)
+    head: str | None = None  # an untied head's parameter name
+    tied_head: str | None = None  # the tied head's own name for the embedding (`lm_head.decoder.weight`)
+    stack: str = "\0"  # the first block's name prefix (`trf_blocks.0.`), for the mapping's patterns
+
+    @property
+    def stack_i(self) -> str:
+        """The block prefix with `{i}` for the index."""
+        return self.stack[: -len("0.")] + "{i}." if self.stack.endswith("0.") else self.stack
+
+    @property
+    def identity(self) -> bool:
+        """Every tensor goes to its own nanoGPT name, whole and untransposed (nanoGPT-named code)."""
+        return all(
+            len(ps) == 1 and ps[0].target == name and ps[0].rows is None and not ps[0].transpose
+            for name, ps in self.placements.items()
+        ) and self.head in (None, HEAD)
+
+    def target(self, nano: str) -> str:
+        """The implementation's name of a whole nanoGPT tensor; the head of a model tied without a head
+        module of its own is the embedding."""
+        if nano == HEAD:
+            if self.head or self.tied_head:
+                return self.head or self.tied_head  # type: ignore[return-value]
+            return self.target(EMBEDDING) if self.tied and self.placements else HEAD
+        places = self.placements.get(nano)
+        return places[0].target if places and len(places) == 1 and places[0].rows is None else nano
+
+    def source(self, name: str) -> tuple[str, Placement]:
+        """(the nanoGPT name, the placement) of an implementation parameter; an unmapped name is its own."""
+        if name in (self.head, self.tied_head):
+            return HEAD, Placement(name)
+        for nano, places in self.placements.items():
+            for p in places:
+                if p.target == name:
+                    return nano, p
+        return name, Placement(name)
+
+    def role(self, name: str) -> str:
+        """The nanoGPT name of an implementation parameter (its own name when unmapped)."""
+        return self.source(name)[0]
+
+    def view(self, name: str, linear: torch.Tensor) -> torch.Tensor:
+        """A tensor of name's role in nanoGPT's layout, as the implementation's parameter `name` holds it."""
+        p = self.source(name)[1]
+        t = linear if p.rows is None else linear[p.rows[0] : p.rows[1]]
+        return t.t() if p.transpose else t
+
+    def hf_view(self, name: str, hf: torch.Tensor) -> torch.Tensor:
+        """Hugging Face's tensor of name's role (or its gradient) as the implementation's `name` holds it."""
+        return self.view(name, to_linear_layout(self.role(name), hf))
+
+    def place(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A nanoGPT-named, Linear-layout state dict in the implementation's names and layouts."""
+        out: dict[str, torch.Tensor] = {}
+        for name, places in self.placements.items():
+            for p in places:
+                t = sd[name] if p.rows is None else sd[name][p.rows[0] : p.rows[1]]
+                out[p.target] = (t.t() if p.transpose else t).contiguous()
+        if self.head is not None:
+            out[self.head] = sd.get(HEAD, sd[EMBEDDING])
+        return out
+
+    def mapping_lines(self) -> list[str]:
+        """`h.{i}.attn.c_attn.weight -> trf_blocks.{i}.att.W_query.weight[rows 0:64]`, one per pattern."""
+        lines: list[str] = []
+        for name, places in self.placements.items():
+            if ".h." in name and ".h.0." not in name:
+                continue  # blocks after the first follow the first's pattern
+            targets = ", ".join(p.describe() for p in places)
+            if ".h.0." in name:
+                name, targets = name.replace(".h.0.", ".h.{i}."), targets.replace(self.stack, self.stack_i)
+            lines.append(f"{checkpoint_name(name)} -> {targets}")
+        if self.head is not None:
+            lines.append(f"wte.weight -> {self.head} (untied head: a copy of the values)")
+        elif self.tied:
+            alias = f" ({self.tied_head}: the same Parameter)" if self.tied_head not in (None, HEAD) else ""
+            lines.append(f"lm_head.weight: the token embedding (tied){alias}")
+        return lines
+
+
+def identity_mapping(config: Any) -> TensorMapping:
+    """The mapping of nanoGPT-named, tied code: every tensor of tensor_shapes under its own name."""
+    places = {name: [Placement(name)] for name in tensor_shapes(config)}
+    return TensorMapping(places, tied=True, tied_head=HEAD, stack=f"{PREFIX}h.0.")
+
+
+def mapping_of(model: Any) -> TensorMapping:
+    """The mapping the harness recorded on a model it built; names map to themselves when none was
+    (the reference nanoGPT, Hugging Face's model)."""
+    found = model.__dict__.get(MAPPING_ATTRIBUTE) if hasattr(model, "__dict__") else None
+    return found if isinstance(found, TensorMapping) else TensorMapping()
+
+
+def record_mapping(model: Any, mapping: TensorMapping) -> None:
+    """Record on a model instance where its tensors' roles are (read back with mapping_of)."""
+    model.__dict__[MAPPING_ATTRIBUTE] = mapping

@@ -6,10 +6,11 @@ projections. `discover_roles` reads a model built by its own __init__ by structu
 blocks, within each block the order of its norms and matrices, shapes and module types; names are hints
 only (which square matrix is the query). A matrix's layout is decided by evidence: nn.Linear's is known,
 any other module is probed with a known weight and input (`x @ W` or `x @ W.T`), and a module the probe
-cannot decide is a departure, never a guess. `RoleMap.place` turns a checkpoint in nanoGPT's names and
-layout (nanogpt/schema.py) into the implementation's names and layout; `RoleMap.mapping_lines` prints the
-mapping once per pattern. The departures from GPT-2's architecture (no LayerNorm parameters, no biases,
-no position embedding, extra parameters, another activation) are what the `architecture` check reports.
+cannot decide is a departure, never a guess. The RoleMap found is a TensorMapping (nanogpt/schema.py, which
+places a checkpoint in nanoGPT's names and layout into the implementation's and prints the mapping) plus
+what departs from GPT-2 and how ambiguities were decided. The departures from GPT-2's architecture (no
+LayerNorm parameters, no biases, no position embedding, extra parameters, another activation) are what the
+`architecture` check reports.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from nanogpt.schema import (
     BLOCK_ROLES,
     EMBEDDING,
     FINAL_NORM,
-    HEAD,
     POSITIONS,
     QKV,
+    Placement,
+    TensorMapping,
     block_tensor,
-    checkpoint_name,
 )
 
 # Probes run in float64 so that a match is exact up to rounding, never a near miss of a wrong formula.
@@ -43,20 +44,6 @@ QKV_HINTS = {
     "key": ("key", "k_proj", "wk", "w_k", "k"),
     "value": ("value", "v_proj", "wv", "w_v", "v"),
 }
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where (part of) a nanoGPT tensor goes: an implementation parameter, its rows, its layout."""
-
-    target: str  # the implementation's parameter name
-    rows: tuple[int, int] | None = None  # rows of the nanoGPT (Linear-layout) tensor it takes: q/k/v
-    transpose: bool = False  # the parameter is stored (in, out): Conv1D
-
-    def describe(self) -> str:
-        """`trf_blocks.0.att.W_query.weight[rows 0:64] (transposed)`."""
-        rows = f"[rows {self.rows[0]}:{self.rows[1]}]" if self.rows else ""
-        return f"{self.target}{rows}{' (transposed)' if self.transpose else ''}"
 
 
 @dataclass
@@ -73,60 +60,16 @@ class Unit:
 
 
 @dataclass
-class RoleMap:
-    """GPT-2's roles in one implementation: where each nanoGPT tensor goes, and what departs from GPT-2."""
+class RoleMap(TensorMapping):
+    """GPT-2's roles in one implementation: the mapping, what departs from GPT-2, how it was decided."""
 
-    placements: dict[str, list[Placement]] = field(default_factory=dict)
-    tied: bool = False  # the head is the token embedding (same Parameter or same storage, or no head)
-    head: str | None = None  # an untied head's parameter name
     departures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how square matrices and layouts were decided
-    stack: str = "\0"  # the first block's name prefix (`trf_blocks.0.`), for the mapping's patterns
-
-    @property
-    def stack_i(self) -> str:
-        """The block prefix with `{i}` for the index."""
-        return self.stack[: -len("0.")] + "{i}." if self.stack.endswith("0.") else self.stack
 
     @property
     def complete(self) -> bool:
         """Every GPT-2 tensor has a place and nothing departs from GPT-2."""
         return not self.departures
-
-    @property
-    def identity(self) -> bool:
-        """Every tensor goes to its own nanoGPT name, whole and untransposed (nanoGPT-named code)."""
-        return all(
-            len(ps) == 1 and ps[0].target == name and ps[0].rows is None and not ps[0].transpose
-            for name, ps in self.placements.items()
-        )
-
-    def place(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A nanoGPT-named, Linear-layout state dict in the implementation's names and layouts."""
-        out: dict[str, torch.Tensor] = {}
-        for name, places in self.placements.items():
-            for p in places:
-                t = sd[name] if p.rows is None else sd[name][p.rows[0] : p.rows[1]]
-                out[p.target] = (t.t() if p.transpose else t).contiguous()
-        if self.head is not None:
-            out[self.head] = sd.get(HEAD, sd[EMBEDDING])
-        return out
-
-    def mapping_lines(self) -> list[str]:
-        """`h.{i}.attn.c_attn.weight -> trf_blocks.{i}.att.W_query.weight[rows 0:64]`, one per pattern."""
-        lines: list[str] = []
-        for name, places in self.placements.items():
-            if ".h." in name and ".h.0." not in name:
-                continue  # blocks after the first follow the first's pattern
-            targets = ", ".join(p.describe() for p in places)
-            if ".h.0." in name:
-                name, targets = name.replace(".h.0.", ".h.{i}."), targets.replace(self.stack, self.stack_i)
-            lines.append(f"{checkpoint_name(name)} -> {targets}")
-        if self.head is not None:
-            lines.append(f"wte.weight -> {self.head} (untied head: a copy of the values)")
-        elif self.tied:
-            lines.append("lm_head.weight: the token embedding (tied)")
-        return lines
 
 
 def _units(model: nn.Module) -> list[Unit]:
@@ -348,7 +291,10 @@ class _Discovery:
         for u in tokens[1:]:
             w = u.params["weight"]
             same = w is wte or (w.untyped_storage().data_ptr() == wte.untyped_storage().data_ptr())
-            if not same:
+            if same:
+                self.roles.tied_head = u.full("weight")
+                self.used.add(id(w))
+            else:
                 self.roles.head = u.full("weight")
                 self.used.add(id(w))
                 for a in u.params:
