@@ -3,9 +3,10 @@
 Every JSON file the project reads from a user (a checkpoint's config.json and shard index, a dataset's
 meta.json, a trainer config file, a parity report) is read here, so the same hostile inputs fail the
 same way: a file over its size cap is refused before it is read in full, a FIFO or device before it
-blocks, nesting deep enough to exhaust the recursion limit, undecodable bytes, invalid JSON and a
-top level that is not an object each raise JsonFileError with one line that starts with the file.
-Callers translate it into their own error type and may append a hint.
+blocks, nesting deep enough to exhaust the recursion limit, undecodable bytes, a lone surrogate (an
+escape that is not text), invalid JSON and a top level that is not an object each raise JsonFileError
+with one line that starts with the file. Callers translate it into their own error type and may append a
+hint.
 """
 
 from __future__ import annotations
@@ -35,7 +36,26 @@ def parse_json_object(raw: bytes, where: str, what: str) -> dict[str, Any]:
         raise JsonFileError(f"{where}: not valid JSON ({one_line(e)})") from None
     if not isinstance(value, dict):
         raise JsonFileError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    if b"\\u" in raw and (bad := _lone_surrogate(value)) is not None:
+        raise JsonFileError(f"{where}: a string holds a lone surrogate ({bad!r}), which is not text")
     return value
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (key or value) in value that cannot be encoded as UTF-8, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += list(item.keys()) + list(item.values())
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item[:40]
+    return None
 
 
 def read_json_object(path: Path, what: str, max_bytes: int) -> dict[str, Any]:

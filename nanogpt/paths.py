@@ -6,7 +6,8 @@ target, and a directory where a file is wanted (or a file where a directory is w
 FIFO or a socket is refused. Whether the place is writable is probed by creating (and removing) a
 temporary file there, because `os.access` says yes to root even on `/proc` or a read-only mount. The
 errors are one line that names the option and the fix; the writers in `nanogpt.atomic` then replace a
-regular file atomically and never touch anything else.
+regular file atomically and never touch anything else. `refuse_inputs` keeps an output off the files
+the same command reads (a report never replaces the implementation it judges, a plot never its report).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -128,3 +130,22 @@ def resolve_output_dir(value: str | os.PathLike[str], option: str) -> Path:
         return target
     _check_new_location(target, option, shown)
     return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs(out: Path, inputs: Iterable[tuple[str, Path]], option: str) -> None:
+    """Raise OutputPathError if out (from resolve_output_file) is one of the inputs or an existing file under
+    an input directory; each input is (what it is, its path), e.g. ("--impl", Path("model.py"))."""
+    for what, path in inputs:
+        inside = path.is_dir() and out.exists() and any(_same_file(d, path) for d in out.parents)
+        if _same_file(out, path) or inside:
+            where = f"a file of {what} {path}" if inside else f"{what} {path}"
+            raise OutputPathError(
+                f"{option} {out}: is {where}, which this command reads; it is left alone, choose another path"
+            )

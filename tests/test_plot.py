@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ MODULES = (
     + ["transformer.ln_f", "lm_head"]
 )
 BUG_AT = MODULES.index("transformer.h.1.mlp")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def profile(
@@ -116,6 +118,11 @@ def _bad_reports(tmp_path: Path) -> dict[str, tuple[Path, str]]:
             "profiles[1].noise must be a finite number",
         ),
         "no tolerance": (write(tmp_path, {"profiles": [no_tol]}, "f.json"), "profiles[0] lacks tolerance"),
+        "deeply nested": (write(tmp_path, "[" * 100_000, "g.json"), "JSON nested too deeply"),
+        "lone surrogate": (
+            write(tmp_path, json.dumps({"profiles": [dict(passing_float32(), model="\ud800")]}), "h.json"),
+            "a string holds a lone surrogate ('\\ud800')",
+        ),
     }
 
 
@@ -181,3 +188,72 @@ def test_the_png_has_ordinary_permissions(tmp_path: Path, capsys: pytest.Capture
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left behind"
+
+
+def _state(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each entry's type and mode, inode and contents (or link target), without following links."""
+    out = {}
+    for p in directory.iterdir():
+        st = os.lstat(p)
+        data = b"" if not stat.S_ISREG(st.st_mode) else p.read_bytes()
+        data = os.readlink(p).encode() if p.is_symlink() else data
+        out[p.name] = (st.st_mode, st.st_ino, data)
+    return out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("the report", "-o {report}: is the report {report}, which this command reads; it is left alone"),
+        ("a link to the report", "is the report {report}, which this command reads"),
+        ("empty", "-o: empty value; give the path of a file"),
+        ("a directory", "is a directory; give the path of a file"),
+        ("a FIFO", "is a FIFO (named pipe); it is left alone"),
+        ("a link to a FIFO", "is a FIFO (named pipe); it is left alone"),
+        ("a device", "is a device node; it is left alone"),
+    ],
+)
+def test_an_output_that_is_not_a_new_or_regular_file_or_is_the_report_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    report = write(tmp_path, {"profiles": [passing_float32()]})
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "report-link").symlink_to(report)
+    (tmp_path / "fifo-link").symlink_to(tmp_path / "fifo")
+    device = tmp_path / "null"
+    if case == "a device":
+        try:
+            os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except OSError as e:
+            pytest.skip(f"cannot create a device node here ({e})")
+    output = {
+        "the report": report,
+        "a link to the report": tmp_path / "report-link",
+        "empty": "",
+        "a directory": tmp_path,
+        "a FIFO": tmp_path / "fifo",
+        "a link to a FIFO": tmp_path / "fifo-link",
+        "a device": device,
+    }[case]
+    before = _state(tmp_path)
+    assert plot.main([str(report), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(report=report) in err, err
+    assert _state(tmp_path) == before, "every file, link and node is left as it was"
+
+
+def test_reading_a_fifo_or_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for source in (fifo, Path("/dev/zero")):
+        done = subprocess.run(
+            [sys.executable, "-m", "parity.frontends.plot", str(source), "-o", str(tmp_path / "p.png")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert done.returncode == 2, done.stderr
+        want = f"error: {source}: not a regular file; pass the JSON file written by --parity-report\n"
+        assert done.stderr == want
+    assert not (tmp_path / "p.png").exists()

@@ -5,8 +5,9 @@ file (one per logits comparison that ran with diagnosis) and draws one line per 
 forward order on x, the relative difference of their outputs on a log y axis, with the dtype's noise
 level and the tolerance drawn in. A run that passes stays flat near the noise; a bug shows as a step at
 the module that introduces it, which is marked. matplotlib is an optional extra
-(`pip install 'nanogpt-parity[plot]'`); a missing matplotlib or a malformed report is one error line and
-exit status 2, checked before anything is drawn.
+(`pip install 'nanogpt-parity[plot]'`); a missing matplotlib, a malformed report, or an output that is
+not a regular file or is the report itself (nanogpt/paths.py) is one error line and exit status 2, checked
+before anything is drawn.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from nanogpt.atomic import atomic_file
 from nanogpt.json_files import JsonFileError, read_json_object
+from nanogpt.paths import OutputPathError, refuse_inputs, resolve_output_file
 
 USAGE_ERROR = 2
 # Exact agreement (a relative difference of 0) has no logarithm: it is drawn a decade below the smallest
@@ -219,21 +221,33 @@ def save_png(fig: Any, out: Path) -> None:
         fig.savefig(fh, format="png", bbox_inches="tight")
 
 
+def output_path(value: str, report: Path) -> Path:
+    """The validated PNG path of -o: a regular file or a new one in an existing directory, never the report.
+
+    Devices, FIFOs, directories and an empty value are refused (nanogpt/paths.py), a symlink is written
+    through; ReportError says why.
+    """
+    try:
+        out = resolve_output_file(value, "-o")
+        refuse_inputs(out, [("the report", report)], "-o")
+    except OutputPathError as e:
+        raise ReportError(str(e)) from None
+    if not out.parent.is_dir():
+        raise ReportError(f"-o {value}: {out.parent} is not a directory; create it or choose another")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Plot a report's profiles into a PNG; 0 on success, 2 on a usage error (one line on stderr)."""
     parser = argparse.ArgumentParser(
         prog="python -m parity.frontends.plot", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("report", type=Path, help="JSON file written by pytest parity/ --parity-report")
-    parser.add_argument("-o", "--output", type=Path, default=Path("profile.png"), help="PNG to write")
+    parser.add_argument("-o", "--output", default="profile.png", help="PNG to write (a regular file)")
     args = parser.parse_args(argv)
     try:
         profiles = read_profiles(args.report)
-        out = args.output.expanduser()
-        if not out.parent.is_dir():
-            raise ReportError(
-                f"-o {args.output}: {out.parent} is not a directory; create it or choose another"
-            )
+        out = output_path(args.output, args.report)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
