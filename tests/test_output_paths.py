@@ -281,3 +281,34 @@ def test_cache_that_is_a_file_is_one_usage_error_before_any_model(tmp_path: Path
     assert bisect.returncode == 129, bisect.stdout + bisect.stderr
     assert bisect.stderr.count("\n") == 1 and "is a file, not a directory" in bisect.stderr, bisect.stderr
     assert blocker.read_text() == "mine\n"
+
+
+def test_the_report_is_never_the_impl_file_or_the_checkpoint(tmp_path: Path) -> None:
+    """`--parity-report model.py` once replaced the user's model.py with JSON and exited 0: both front ends
+    now refuse the --impl file (also through a link) and a file of the checkpoint before any work."""
+    good = ensure_synthetic_checkpoint(TINY, "tiny", root=tmp_path / "checkpoints")[0]
+    model = tmp_path / "model.py"
+    model.write_text("# the user's model\n")
+    (tmp_path / "link.json").symlink_to(model)
+    cases = {
+        "impl": (str(model), r"--parity-report .*model\.py: is --impl .*model\.py, which this command reads"),
+        "link-to-impl": (str(tmp_path / "link.json"), r"is --impl .*model\.py, which this command reads"),
+        "checkpoint": (str(good / "config.json"), r"is a file of the checkpoint .*, which this command"),
+    }
+    before = {p: fingerprint(p) for p in [model, tmp_path / "link.json", *good.iterdir()]}
+    env = {**os.environ, CACHE_ENV_VAR: str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTEST_ADDOPTS", None)
+    for front_end, rc in (("pytest", pytest.ExitCode.USAGE_ERROR), ("bisect", 129)):
+        argv = {
+            n: ["--impl", str(model), "--model", str(good), "--parity-report", value]
+            + (["--co", "-q"] if front_end == "pytest" else ["--checks", "param-count"])
+            for n, (value, _) in cases.items()
+        }
+        results = run_batch(front_end, argv, env, tmp_path / f"{front_end}.json", timeout=300)
+        for name, (_, pattern) in cases.items():
+            output = str(results[name]["output"])
+            assert results[name]["rc"] == rc, f"{front_end} {name}: {output[-3000:]}"
+            assert "Traceback" not in output, output[-3000:]
+            lines = [line for line in output.splitlines() if re.search(pattern, line)]
+            assert len(lines) == 1, output[-3000:]
+    assert {p: fingerprint(p) for p in before} == before, "the implementation and checkpoint are unchanged"

@@ -32,7 +32,7 @@ from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, decide
 from parity.core.verdicts import Verdict, format_verdicts
 from parity.frontends.options import BISECT, OptionError, add_options, parse_checks
-from parity.frontends.report import ParityReport
+from parity.frontends.report import ParityReport, check_report_path
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
 from parity.subject.targets import SMALL_CONFIG, ParityTarget, resolve_targets
@@ -104,6 +104,8 @@ def run(argv: list[str] | None = None) -> int:
         target = resolve_model(args.model, args.device, args.dtype)
         check_memory(target, selected)
         target.ensure_checkpoint()
+        if args.parity_report:  # never the --impl file or the checkpoint
+            check_report_path(args.parity_report, [target], args.impl)
     except (OptionError, UsageError, CheckpointError, OutputPathError) as e:
         print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
         return EXIT_ABORT

@@ -6,7 +6,9 @@ run's report says what failed and by how much. The file is strict JSON (non-fini
 strings "nan", "inf" and "-inf") and two runs write reports that can be diffed: entries are sorted and
 nothing time-dependent is stored except in the clearly separate `timing` section (each check's wall time
 per model, and synthetic checkpoint generation). Its fields are documented in docs/running.md; a change
-of their meaning raises `SCHEMA_VERSION`.
+of their meaning raises `SCHEMA_VERSION`. The report never replaces what the run reads: the `--impl` file
+or package and each checkpoint are refused as its path (`check_report_path`, before the run and again
+when writing).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from nanogpt.atomic import atomic_file
-from nanogpt.paths import resolve_output_file
+from nanogpt.paths import refuse_inputs, resolve_output_file
+from parity.core.errors import ImplementationError
 from parity.core.verdicts import Verdict
+from parity.foreign.impl import check_implementation_path
 from parity.subject.loading import versions
 from parity.subject.targets import ParityTarget
 
@@ -45,6 +49,26 @@ def package_version() -> str:
     return found.group(1) if found else "unknown"
 
 
+def report_inputs(targets: Sequence[ParityTarget], impl: str | None) -> list[tuple[str, Path]]:
+    """What a report must never replace: the --impl file or package and each target's checkpoint."""
+    inputs = [("the checkpoint", t.checkpoint) for t in targets if t.checkpoint is not None]
+    if impl is not None:
+        try:
+            inputs.insert(0, ("--impl", check_implementation_path(impl)))
+        except ImplementationError:
+            pass  # refused by the option's own check
+    return inputs
+
+
+def check_report_path(
+    path: str | os.PathLike[str], targets: Sequence[ParityTarget], impl: str | None
+) -> Path:
+    """The validated --parity-report path: a regular or new file, never an input (OutputPathError)."""
+    out = resolve_output_file(path, "--parity-report")  # through a symlink; never onto a device
+    refuse_inputs(out, report_inputs(targets, impl), "--parity-report")
+    return out
+
+
 class ParityReport:
     """Collects comparison records and check outcomes during a run; writes them atomically at the end."""
 
@@ -54,6 +78,9 @@ class ParityReport:
         self.checks: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}
         self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
+        # What the run read, which write never replaces (report_inputs); set by for_targets.
+        self.targets: list[ParityTarget] = []
+        self.impl: str | None = None
 
     @classmethod
     def for_targets(cls, targets: Sequence[ParityTarget], impl: str | None = None) -> ParityReport:
@@ -61,7 +88,7 @@ class ParityReport:
         models = [
             {"name": t.name, "weights": t.weights, "reason": t.reason, "dtype": t.dtype_name} for t in targets
         ]
-        return cls(
+        report = cls(
             {
                 "implementation": "reference" if impl is None else str(impl),
                 "package_version": package_version(),
@@ -70,6 +97,9 @@ class ParityReport:
                 "models": models,
             }
         )
+        report.targets = list(targets)
+        report.impl = impl
+        return report
 
     def add_verdict(self, model: str, verdict: Verdict) -> None:
         """Store one check's verdict on one model, and its comparison records."""
@@ -94,8 +124,9 @@ class ParityReport:
         }
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the report atomically (temporary file in the same directory, then rename)."""
-        out = resolve_output_file(path, "--parity-report")  # through a symlink; never onto a device
+        """Write the report atomically (temporary file in the same directory, then rename), never onto an
+        input of the run (OutputPathError)."""
+        out = check_report_path(path, self.targets, self.impl)  # checkpoints generated since count too
         with atomic_file(out, "w") as fh:
             json.dump(strict_json(self.to_json()), fh, indent=2, allow_nan=False)
             fh.write("\n")

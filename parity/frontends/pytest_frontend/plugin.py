@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from nanogpt.hf import CheckpointError
+from nanogpt.paths import OutputPathError
 from parity.core.errors import ImplementationError, UsageError
 from parity.core.exit_codes import decide
 from parity.core.tolerances import gradients_tolerance, logits_tolerance
@@ -34,7 +35,7 @@ from parity.frontends.pytest_frontend.child_run import (
     summary_lines,
     worker_part,
 )
-from parity.frontends.report import ParityReport
+from parity.frontends.report import ParityReport, check_report_path
 from parity.subject.loading import versions
 from parity.subject.targets import ParityTarget, resolve_targets
 
@@ -79,6 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[CHILD_RUN_KEY] = ChildRun(impl, run_module, timeout)
     config.stash[TARGETS_KEY] = targets
     config.stash[REPORT_KEY] = ParityReport.for_targets(targets, impl)
+    if config.getoption("--parity-report"):  # never the --impl file or the checkpoint
+        try:
+            check_report_path(config.getoption("--parity-report"), targets, impl)
+        except OutputPathError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
