@@ -3,7 +3,9 @@
 The model comes from one of our training checkpoints (`--init_from=resume` reads `out_dir/ckpt.pt`, or
 pass the path of a `.pt` file) or from a Hugging Face GPT-2 (`gpt2`..`gpt2-xl` from the local cache, or a
 checkpoint directory). The prompt is `--start=TEXT` or `--start=FILE:path`; the samples are printed one
-after another, separated by a rule. With the same seed, the same samples come out.
+after another, separated by a rule. With the same seed, the same samples come out. Every sample is kept
+until all are printed, so `num_samples x max_new_tokens` is bounded by the machine's memory before anything
+is loaded, as the trainer bounds its batch (nanogpt/resources.py).
 """
 
 from __future__ import annotations
@@ -17,11 +19,22 @@ import torch
 from nanogpt.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint
 from nanogpt.config import DTYPES, MAX_SEED, ConfigError, Problems, option, parse_config, run_cli
 from nanogpt.model import GPT, GPT2_SIZES
+from nanogpt.resources import GIB, machine_memory
 
 SEPARATOR = "---------------"
 MIN_TEMPERATURE = 1e-2
 MAX_TEMPERATURE = 100.0
 MAX_PROMPT_BYTES = 1 << 20
+# Bytes each generated token takes at least: while one sample is generated, its id in the int64 sequence
+# that generate grows (torch.cat holds the old and the new one) and in decode's list; in every sample's
+# text kept until printed, at least one byte.
+TOKEN_BYTES_WHILE_GENERATING = 16
+TOKEN_BYTES_KEPT = 1
+
+
+def sampling_bytes_lower_bound(num_samples: int, max_new_tokens: int) -> int:
+    """At least this many bytes: one sample's token ids while it is generated and every sample's text."""
+    return TOKEN_BYTES_WHILE_GENERATING * max_new_tokens + TOKEN_BYTES_KEPT * num_samples * max_new_tokens
 
 
 @dataclass
@@ -65,6 +78,14 @@ class SampleConfig:
         p.choice(self, "dtype", DTYPES)
         p.device(self, "device")
         p.raise_if_any()
+        total = machine_memory("cpu")  # the samples are decoded and kept in host memory
+        need = sampling_bytes_lower_bound(self.num_samples, self.max_new_tokens)
+        if total is not None and need > total:
+            raise ConfigError(
+                f"num_samples={self.num_samples}, max_new_tokens={self.max_new_tokens}: sampling holds at "
+                f"least {need / GIB:,.1f} GiB, more than the {total / GIB:,.1f} GiB this machine has; ask "
+                "for fewer or shorter samples"
+            )
 
 
 def load_model(init_from: str, out_dir: str = "out") -> GPT:

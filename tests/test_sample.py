@@ -111,3 +111,22 @@ def test_cli_prints_samples_and_one_line_errors(
     assert err == [
         "nanogpt.sample: error: command line: unknown key 'num_sample' (did you mean num_samples?)"
     ]
+
+
+@pytest.mark.parametrize(
+    "argv, need",
+    [
+        (["--num_samples=1000000000000"], "num_samples=1000000000000, max_new_tokens=200"),
+        (["--max_new_tokens=100000000000"], "num_samples=3, max_new_tokens=100000000000"),
+    ],
+)
+def test_more_samples_than_memory_holds_is_one_line_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], need: str
+) -> None:
+    """--num_samples or --max_new_tokens of 1e12 was accepted and kept every sample in memory."""
+    with pytest.raises(SystemExit) as exc:  # tmp_path has no checkpoint: the bound comes before loading
+        run_cli(main, [f"--out_dir={tmp_path}", "--device=cpu", *argv], "nanogpt.sample")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nanogpt.sample: error: {need}: sampling holds at least ")
+    assert err[0].endswith("this machine has; ask for fewer or shorter samples")
