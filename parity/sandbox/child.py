@@ -1,15 +1,18 @@
 """Child process of parity/sandbox/parent.py: import the tested code, run the checks, report through the pipe.
 
 `python -m parity.sandbox.child FD` reads its request (with a nonce) from stdin, then writes
-newline-delimited JSON messages to the pipe FD: each phase before it starts, and the result at the end
-(every verdict as `Verdict.to_json` writes it, comparison records and profiles included), each carrying
-the nonce. It exits with os._exit right after the result, so nothing the tested code registered (atexit
-handlers, threads) can delay or change it. The parent trusts nothing else it does. The tested code's
-`tiktoken.get_encoding("gpt2")` is served offline, from the BPE files the project ships.
+newline-delimited JSON messages to the pipe FD: each phase before it starts, every progress line (each
+phase's start and end, the subject's loading and forward + backward, which the parent shows as they
+arrive: parity/sandbox/relay.py), and the result at the end (every verdict as `Verdict.to_json` writes
+it, comparison records and profiles included), each carrying the nonce. It exits with os._exit right
+after the result, so nothing the tested code registered (atexit handlers, threads) can delay or change
+it. The parent trusts nothing else it does. The tested code's `tiktoken.get_encoding("gpt2")` is served
+offline, from the BPE files the project ships.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -109,9 +112,17 @@ def main() -> None:
     from parity.sandbox import integrity
     from parity.sandbox.fingerprint import hf_fingerprint
     from parity.sandbox.witness import witness
+    from parity.subject.progress import phase, send_lines_to
     from parity.subject.subject import Subject
 
     transformers.utils.logging.disable_progress_bar()
+    send_lines_to(lambda text: send(progress=text))
+
+    def stage(name: str, label: str) -> contextlib.AbstractContextManager[Any]:
+        """Phase name begins (what the parent says of a child that ends in it), with its progress lines."""
+        send(phase=name)
+        return phase(label)
+
     tiktoken_cache = serve_tiktoken_offline()  # `tiktoken.get_encoding("gpt2")` at import, offline
 
     def exit_now() -> None:
@@ -124,13 +135,13 @@ def main() -> None:
     names: list[str] = request["checks"]
     hf_fingerprint()  # transformers' first model rebinds a few torch names: before the snapshot, not after
     untouched = integrity.snapshot()  # the harness and torch before the tested code is imported
-    send(phase="import")
     try:
-        if request["impl"] is None:
-            impl = reference_implementation()
-        else:
-            impl = import_implementation(request["impl"], run_module=request["run_module"])
-            impl.label = request["label"]
+        with stage("import", f"importing {request['label'] or 'the reference'}"):
+            if request["impl"] is None:
+                impl = reference_implementation()
+            else:
+                impl = import_implementation(request["impl"], run_module=request["run_module"])
+                impl.label = request["label"]
     except ImplementationError as e:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]
         send(
@@ -143,10 +154,10 @@ def main() -> None:
     subject = Subject(
         impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]
     )
-    send(phase="build")
     checkpoint_error = ""
     try:
-        subject.model()
+        with stage("build", "building the model and loading its weights"):
+            subject.model()
     except ImplementationError:
         pass  # remembered by the subject: every check that needs the model says CANNOT-TEST with it
     except CheckpointError as e:  # the checkpoint, not the code: the caller stops with it
@@ -169,14 +180,14 @@ def main() -> None:
     verdicts = []
     try:
         if not checkpoint_error:
-            send(phase="Hugging Face's model")
-            witnesses.append(hf_witness())
+            with stage("Hugging Face's model", "loading Hugging Face's model"):
+                witnesses.append(hf_witness())
     except CheckpointError as e:
         checkpoint_error = str(e)
     for name in [] if checkpoint_error else names:
-        send(phase=f"check {name}")
         try:
-            verdicts += run_checks([name], subject)
+            with stage(f"check {name}", f"check {name}"):
+                verdicts += run_checks([name], subject)
         except CheckpointError as e:
             checkpoint_error = str(e)
             break

@@ -38,6 +38,7 @@ from nanogpt.schema import param_count
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
+from parity.sandbox.relay import ProgressRelay
 from parity.sandbox.witness import clean_witness, witness_differs
 from parity.subject.targets import ParityTarget
 
@@ -111,10 +112,11 @@ def target_message(target: ParityTarget) -> dict[str, Any]:
     }
 
 
-def _read_all(fd: int, chunks: list[bytes]) -> None:
+def _read_all(fd: int, chunks: list[bytes], relay: ProgressRelay) -> None:
     with os.fdopen(fd, "rb") as pipe:
-        while chunk := pipe.read(65536):
+        while chunk := pipe.read1(65536):
             chunks.append(chunk)
+            relay.feed(chunk)
 
 
 def _output_tail(f: IO[bytes]) -> str:
@@ -217,6 +219,7 @@ def run_checks_in_child(
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-"))
     read_fd, write_fd = os.pipe()
     chunks: list[bytes] = []
+    relay = ProgressRelay(nonce)  # the child's progress lines, shown as they arrive
     timed_out = None
     try:
         with tempfile.TemporaryFile() as output_file:
@@ -232,7 +235,7 @@ def run_checks_in_child(
             )
             os.close(write_fd)
             write_fd = -1
-            reader = threading.Thread(target=_read_all, args=(read_fd, chunks), daemon=True)
+            reader = threading.Thread(target=_read_all, args=(read_fd, chunks, relay), daemon=True)
             reader.start()
             read_fd = -1  # the reader owns it now
             try:
@@ -243,13 +246,14 @@ def run_checks_in_child(
                 except OSError:
                     pass  # the child died before reading its request: its end says what happened
                 try:
-                    proc.wait(timeout=timeout)
+                    relay.wait(proc, timeout)
                 except subprocess.TimeoutExpired:
                     timed_out = timeout
             finally:  # also on Ctrl-C: the child's own session does not get the terminal's SIGINT
                 _kill_group(proc)
                 proc.wait()
             reader.join(timeout=10)
+            relay.flush(final=True)
             output = _output_tail(output_file)
     finally:
         for fd in (read_fd, write_fd):

@@ -5,7 +5,9 @@ seconds; without a line saying what is happening, that wait looks like a hang. `
 `label ...` when the work starts and `label: done in 12.3 s` when it ends (on a TTY, one line that a bar
 redraws). Under pytest the lines must reach the terminal although output is captured, so this module is
 also a pytest plugin: its `pytest_configure` routes the lines through the terminal reporter with capture
-suspended, the way pytest's own live logging does. Outside pytest they go to stderr.
+suspended, the way pytest's own live logging does. Outside pytest they go to stderr; in the sandbox's
+child, to its pipe (`send_lines_to`), and the parent shows them as they arrive (parity/sandbox/relay.py).
+PYTEST_DONT_REWRITE: no asserts here, and `nanogpt-parity` imports this module before pytest loads it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -63,7 +65,25 @@ class _TerminalReporterSink:
             self.reporter.rewrite(text, erase=True)
 
 
-_sink: Any = None  # set while a pytest session with this plugin is configured
+class _LineSink:
+    """Every line to one function, never a bar (a redraw is dropped; the phase's end line follows)."""
+
+    isatty = False
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.line = write
+
+    def redraw(self, text: str) -> None:
+        pass
+
+
+_sink: Any = None  # set while a pytest session with this plugin is configured, or by send_lines_to
+
+
+def send_lines_to(write: Callable[[str], None]) -> None:
+    """Hand every progress line of this process to write (the sandbox's child: its pipe to the parent)."""
+    global _sink
+    _sink = _LineSink(write)
 
 
 def _current_sink() -> Any:
