@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanogpt.schema import EMBEDDING, HEAD, golden_param_count
+from nanogpt.schema import EMBEDDING, HEAD, golden_param_count, mapping_of
 from parity.checks.check import Check
 from parity.checks.optim_groups import configured_optimizer, decay_membership
 from parity.core.compare import ParityFailure
@@ -108,7 +108,8 @@ def param_count_check(subject: Subject) -> Outcome:
     if ours - padding != theirs:
         problems.append(f"Hugging Face's num_parameters() says {theirs:,}")
     if problems:
-        only_ours = sorted(set(dict(model.named_parameters())) - set(dict(hf.named_parameters())))
+        role, theirs = mapping_of(model).role, dict(hf.named_parameters())
+        only_ours = sorted(n for n, _ in model.named_parameters() if role(n) not in theirs)
         extra = f"; parameters Hugging Face does not have: {', '.join(only_ours[:5])}" if only_ours else ""
         raise ParityFailure(
             "[param-count] " + "; ".join(problems) + extra + _twice_hint(model, ours - padding, golden)
@@ -203,8 +204,9 @@ def checkpoint_once_check(subject: Subject) -> Outcome:
     # The head's entry must cost only its pickle record, not a second copy of the matrix: measured on the two
     # entries alone (serializing all of gpt2-xl twice takes seconds, and the sharing is decided between them).
     pair, alone = _ByteCounter(), _ByteCounter()
-    torch.save({k: state[k] for k in (EMBEDDING, HEAD) if k in state}, pair)
-    torch.save({EMBEDDING: state[EMBEDDING]}, alone)
+    emb_name, head_name = (mapping_of(model).target(k) for k in (EMBEDDING, HEAD))  # its own names
+    torch.save({k: state[k] for k in (emb_name, head_name) if k in state}, pair)
+    torch.save({emb_name: state[emb_name]}, alone)
     head_entry = pair.n - alone.n
     if head_entry >= tied_bytes // 2:
         raise ParityFailure(

@@ -25,12 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanogpt.schema import MAPPING_ATTRIBUTE, record_mapping
 from parity.checks.check import Check
 from parity.core.compare import ParityFailure
 from parity.core.errors import CannotTest, ImplementationError, NotApplicable
 from parity.core.verdicts import Outcome
 from parity.foreign.adapters import adapted_class
 from parity.foreign.raised import describe_exception
+from parity.foreign.roles import discover_roles
 from parity.numerics.forward import compare_logits
 from parity.numerics.tie import tie_problem
 from parity.subject.batches import gradient_batch
@@ -136,6 +138,9 @@ def own_loader_check(subject: Subject) -> Outcome:
                 f"  (offline, from a hub cache holding {subject.checkpoint()} as {', '.join(hub.repos)})"
             ) from e
     model = _as_model(returned, subject, call)
+    if model.__dict__.get(MAPPING_ATTRIBUTE) is None:  # built by its own loader, not by the harness
+        with contextlib.suppress(Exception):
+            record_mapping(model, discover_roles(model, subject.config))
     problem = tie_problem(model, f"the model {call} returned")
     if problem:
         raise ParityFailure(f"{TAG}{problem}")

@@ -9,10 +9,12 @@ code is never run, and imports it does not need may fail; `run_module=True` impo
 with relative imports is imported through its folder as a package (the package's `__init__.py` is not
 run). The adapters of parity/foreign/adapters.py give the harness one calling convention and find the config.
 `load_implementation` builds the model with the implementation's own __init__ and config, then loads the
-checkpoint through our converter (`nanogpt.hf.hf_to_nanogpt_state_dict`), never through the
-implementation's `from_pretrained` (which would download): buffers such as causal masks (`attn.bias`)
-stay as the implementation built them, every parameter must receive a value, and a tied checkpoint fills
-both `wte` and `lm_head` of an untied model.
+checkpoint through our converter (`nanogpt.hf.hf_to_nanogpt_state_dict`), placed by the roles found in the
+built model when the code does not use nanoGPT's names (parity/foreign/roles.py; the mapping is recorded on
+every model built, nanogpt.schema.mapping_of), never through the implementation's `from_pretrained`
+(the own-loader check runs that): buffers such as causal masks (`attn.bias`) stay as the implementation
+built them, every parameter must receive a value, and a tied checkpoint fills both `wte` and `lm_head` of
+an untied model.
 """
 
 from __future__ import annotations
@@ -37,14 +39,18 @@ from torch import nn
 from nanogpt.hf import LazyWeights, config_from_hf, hf_to_nanogpt_state_dict, read_hf_config, weight_files
 from nanogpt.mismatch import mismatch_clauses
 from nanogpt.model import GPTConfig
+from nanogpt.schema import EMBEDDING, HEAD, mapping_of, record_mapping
 from parity.core.errors import ImplementationError
 from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
 from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
 from parity.foreign.discovery import PROBE_CONFIG, model_class, split_class
 from parity.foreign.raised import describe_exception, raised_at
+from parity.foreign.roles import RoleMap, discover_roles
 
 # Every module imported by import_implementation lives under this prefix (plus a hash) in sys.modules.
 MODULE_PREFIX = "_nanogpt_parity_impl_"
+# The load summary's heading of the mapping of a port loaded by role.
+PLACED_BY_ROLE = "checkpoint tensors placed by role (Hugging Face's name -> the implementation's):"
 # Load notes of each module imported in this process (a second import of the same sources reuses it).
 _NOTES: dict[str, list[str]] = {}
 
@@ -326,6 +332,7 @@ class Implementation:
             raise ImplementationError(
                 f"{self.gpt_cls.__name__}(config) raised {describe_exception(e, self.root)}"
             ) from e
+        record_mapping(model, discover_roles(model, config))
         return model, printed.getvalue()
 
 
@@ -368,9 +375,12 @@ def import_implementation(path: str | os.PathLike[str], run_module: bool = False
     return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes)
 
 
-def _loaded_problems(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """(parameters the checkpoint gives no value, checkpoint tensors the model has no parameter for)."""
-    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+def _loaded_problems(
+    model: nn.Module, sd: dict[str, torch.Tensor], aliases: set[str]
+) -> tuple[list[str], list[str]]:
+    """(parameters the checkpoint gives no value, checkpoint tensors the model has no parameter for);
+    aliases: second names of a tied Parameter that need no entry of their own."""
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)} - aliases
     return sorted(params - set(sd)), sorted(set(sd) - params)
 
 
@@ -379,22 +389,32 @@ def load_implementation(
 ) -> tuple[nn.Module, LoadReport]:
     """impl's model built by its own __init__, the checkpoint's weights loaded by our converter, in eval mode.
 
-    Raises CheckpointError for a bad checkpoint and ImplementationError when the implementation cannot be
-    built or some parameter gets no value (the message lists the keys on each side).
+    nanoGPT-named code gets the converter's state dict as it is; any other faithful port gets it placed by
+    the roles found in the built model (parity/foreign/roles.py), whose mapping stays recorded on the model
+    (nanogpt.schema.mapping_of). Raises CheckpointError for a bad checkpoint and ImplementationError when the
+    implementation cannot be built or some parameter gets no value (the message lists the keys on each side).
     """
     checkpoint = Path(checkpoint)
     config = config_from_hf(read_hf_config(checkpoint))
     weights = LazyWeights(weight_files(checkpoint))
     model, printed = impl.build(config)
+    mapping = mapping_of(model)
+    by_role = not mapping.identity and isinstance(mapping, RoleMap) and mapping.complete
     # An implementation that pads its vocabulary (50257 -> 50304) gets the checkpoint's rows and zero padding.
-    rows = dict(model.named_parameters()).get("transformer.wte.weight")
+    rows = dict(model.named_parameters()).get(mapping.target(EMBEDDING) if by_role else EMBEDDING)
     if rows is not None and rows.dim() == 2 and rows.size(0) > config.vocab_size:
         config = dataclasses.replace(config, vocab_size=rows.size(0), logical_vocab_size=config.vocab_size)
     sd, _ = hf_to_nanogpt_state_dict(weights, config, dtype=dtype, source=str(checkpoint))
     # A tied checkpoint stores the matrix once; an untied implementation gets the same values in both.
-    sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
+    sd.setdefault(HEAD, sd[EMBEDDING])
+    aliases: set[str] = set()
+    if by_role:
+        sd = mapping.place(sd)
+        aliases = {mapping.tied_head} if mapping.tied_head and mapping.tied_head not in sd else set()
+        if PLACED_BY_ROLE not in impl.notes:  # the load summary shows the mapping once (of the first load)
+            impl.notes += [PLACED_BY_ROLE, *(f"  {line}" for line in mapping.mapping_lines())]
     buffers = sorted(n for n, _ in model.named_buffers())
-    missing, unexpected = _loaded_problems(model, sd)
+    missing, unexpected = _loaded_problems(model, sd, aliases)
     if missing or unexpected:
         problems = mismatch_clauses(
             missing,
@@ -403,9 +423,8 @@ def load_implementation(
             unexpected_label="checkpoint tensor(s) have no parameter",
             shown=6,
         )
-        raise ImplementationError(
-            f"{impl.label} is not GPT-2's architecture under nanoGPT's names: {problems}"
-        )
+        names = "GPT-2's tensors placed by role" if by_role else "nanoGPT's names"
+        raise ImplementationError(f"{impl.label} is not GPT-2's architecture under {names}: {problems}")
     try:
         model.to(dtype=dtype)
         with torch.no_grad():

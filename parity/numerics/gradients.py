@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from nanogpt.schema import EMBEDDING, HEAD, is_conv1d, to_linear_layout
+from nanogpt.schema import EMBEDDING, HEAD, is_conv1d, mapping_of
 from parity.core.compare import Comparison, ParityFailure, without_padding_rows
 from parity.core.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
 from parity.numerics.chunked import compare_chunked
@@ -43,17 +43,21 @@ class GradientRun:
         return kept
 
 
-def compared_parameters(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The names whose gradients are compared (every name both models have, sorted), and the problem when the
-    two models' parameter sets differ (none when they are the same)."""
-    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+def compared_parameters(ours: dict[str, str], theirs: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The implementation's names whose gradients are compared (every name whose GPT-2 role HF has, sorted),
+    and the problem when the two models' parameter sets differ (none when they are the same).
+
+    ours: the implementation's parameter names -> their nanoGPT names (nanogpt.schema.TensorMapping.role).
+    """
+    roles = set(ours.values())
+    missing, extra = sorted(n for n, r in ours.items() if r not in theirs), sorted(set(theirs) - roles)
     problems = []
     if missing or extra:
         problems.append(
             f"parameter sets differ: only in the implementation {missing[:5]}, only in HF {extra[:5]} "
             "(an lm_head.weight on one side only means one model is untied)"
         )
-    return sorted(set(ours) & set(theirs)), problems
+    return sorted(n for n, r in ours.items() if r in theirs), problems
 
 
 def compare_gradients(
@@ -88,27 +92,31 @@ def run_gradients(
     one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of the implementation's
     gradient of the tied matrix (the decomposition check's "actual").
     """
+    mapping = mapping_of(model)  # HF's gradients are compared in the implementation's names and layouts
     our_params = dict(model.named_parameters())
     theirs_params = dict(hf_model.named_parameters())
+    roles = {n: mapping.role(n) for n in our_params}
+    waiting = {r: sum(1 for x in roles.values() if x == r) for r in set(roles.values())}  # split q/k/v: 3
     tied = None
     if keep_tied_gradient:  # a model without the name still gets its gradient comparison
         with contextlib.suppress(AttributeError):
             tied = get_tensor(model, EMBEDDING)
     tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
-    common, problems = compared_parameters(our_params, theirs_params)
+    common, problems = compared_parameters(roles, theirs_params)
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []
 
     def compare(name: str) -> None:
-        g_ours, g_hf = our_params[name].grad, theirs_params[name].grad
+        role = roles[name]
+        g_ours, g_hf = our_params[name].grad, theirs_params[role].grad
         if tied is not None and our_params[name] is tied and g_ours is not None:
             kept.append(g_ours.detach().clone())
         if g_ours is None or g_hf is None:
             return  # reported after backward, with the side that has none
-        g_ours_cropped = without_padding_rows(name, g_ours, vocab)
+        g_ours_cropped = without_padding_rows(role, g_ours, vocab)
         try:
-            rec = compare_chunked("grads", name, g_ours_cropped, to_linear_layout(name, g_hf), tol)
+            rec = compare_chunked("grads", name, g_ours_cropped, mapping.hf_view(name, g_hf), tol)
         except ParityFailure as e:  # a shape mismatch; raising inside autograd's hook would lose the context
             problems.append(str(e))
             return
@@ -117,7 +125,9 @@ def run_gradients(
             padding_leaks.add(name)
         elif rec.passed:
             our_params[name].grad = None
-            theirs_params[name].grad = None
+            waiting[role] -= 1
+            if not waiting[role]:  # every implementation tensor of this HF tensor compared
+                theirs_params[role].grad = None
 
     theirs = hf_logits(hf_model, idx)
     hf_loss = loss_of(theirs, targets)
@@ -142,7 +152,7 @@ def run_gradients(
         for h in handles:
             h.remove()
     for name in common:
-        if name not in records and (our_params[name].grad is None or theirs_params[name].grad is None):
+        if name not in records and (our_params[name].grad is None or theirs_params[roles[name]].grad is None):
             side = "implementation" if our_params[name].grad is None else "HF"
             problems.append(f"{name}: no gradient on the {side} side")
     problems += [
@@ -164,17 +174,24 @@ def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
     Every other parameter stays shared, so the twin costs one V x C matrix, not a second model.
     """
-    head_module = model.lm_head
-    tied = head_module.weight
+    mapping = mapping_of(model)
+    owner, _, attr = mapping.target(HEAD).rpartition(".")
+    if mapping.target(HEAD) == mapping.target(EMBEDDING):
+        raise ParityFailure(
+            f"[grads] the model is tied without a head module of its own ({mapping.target(EMBEDDING)} is "
+            "used as the head), so it has no untied twin to compare with"
+        )
+    head_module = model.get_submodule(owner)
+    tied = getattr(head_module, attr)
     if not same_storage(tied, get_tensor(model, EMBEDDING)):
         raise ParityFailure(
             f"[grads] the model is not tied, so it has no untied twin to compare with ({HEAD})"
         )
-    head_module.weight = torch.nn.Parameter(tied.detach().clone())
+    setattr(head_module, attr, torch.nn.Parameter(tied.detach().clone()))
     try:
         yield model
     finally:
-        head_module.weight = tied
+        setattr(head_module, attr, tied)
 
 
 @contextlib.contextmanager

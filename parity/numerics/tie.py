@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nanogpt.model import GPTConfig
-from nanogpt.schema import EMBEDDING, HEAD
+from nanogpt.schema import EMBEDDING, HEAD, mapping_of
 
 # Channels per head of the small twins that tie survival is checked on: survival is a property of each
 # class's code, not of its width, and at full width (gpt2-xl: a 50257 x 1600 matrix) every random init and
@@ -31,9 +31,11 @@ def twin_config(config: GPTConfig) -> GPTConfig:
 
 
 def get_tensor(model: torch.nn.Module, dotted: str) -> torch.Tensor:
-    """A parameter by its dotted name, looked up through attributes (tied names included)."""
+    """A parameter by its nanoGPT name, looked up through attributes under the implementation's own name
+    (nanogpt.schema.mapping_of: `tok_emb.weight` for the embedding; the head of a model tied without a head
+    module of its own is the embedding)."""
     obj: Any = model
-    for part in dotted.split("."):
+    for part in mapping_of(model).target(dotted).split("."):
         obj = getattr(obj, part)
     return obj
 
@@ -48,34 +50,42 @@ def same_storage(first: torch.Tensor, second: torch.Tensor) -> bool:
     )
 
 
+def _called(model: torch.nn.Module, nano: str) -> str:
+    """How messages name a nanoGPT tensor of model: its own name, with GPT-2's when they differ."""
+    own = mapping_of(model).target(nano)
+    return nano if own == nano else f"{own} (GPT-2's {nano})"
+
+
 def tie_problem(model: torch.nn.Module, label: str, is_hf: bool = False) -> str | None:
     """Why lm_head.weight and transformer.wte.weight of model are not one tensor, or None if they are."""
     head, emb = get_tensor(model, HEAD), get_tensor(model, EMBEDDING)
+    head_name, emb_name = _called(model, HEAD), _called(model, EMBEDDING)
+    own = mapping_of(model).target
     fix = (
         "load it with tie_word_embeddings=True "
         "(GPT2LMHeadModel.from_pretrained(..., tie_word_embeddings=True))"
         if is_hf
-        else "assign one Parameter to both names (self.transformer.wte.weight = self.lm_head.weight)"
+        else f"assign one Parameter to both names (self.{own(EMBEDDING)} = self.{own(HEAD)})"
     )
     if same_storage(head, emb):
         if head is not emb:
             # e.g. load_state_dict(assign=True) wraps each entry in its own Parameter and nobody re-tied them.
             return (
-                f"{label}: lm_head.weight and {EMBEDDING} share storage but are two Parameter objects, "
+                f"{label}: {head_name} and {emb_name} share storage but are two Parameter objects, "
                 "so they are not tied: autograd gives each only its own path's gradient, parameters() counts "
                 f"the matrix twice and an optimizer updates it twice; {fix}"
             )
         return None
     for name, t in model.named_parameters(remove_duplicate=False):
-        if name != HEAD and same_storage(head, t):
-            return f"{label}: lm_head.weight is tied to {name}, not to {EMBEDDING}; {fix}"
+        if name != own(HEAD) and same_storage(head, t):
+            return f"{label}: {head_name} is tied to {name}, not to {emb_name}; {fix}"
     if head.shape == emb.shape and torch.equal(head.detach().cpu(), emb.detach().cpu()):
         return (
-            f"{label}: lm_head.weight equals {EMBEDDING} by value but is a separate tensor "
+            f"{label}: {head_name} equals {emb_name} by value but is a separate tensor "
             f"(a copy, not a tie): the first optimizer step will untie them; {fix}"
         )
     hint = " (tie_word_embeddings=False: lm_head was initialized, not loaded)" if is_hf else ""
-    return f"{label}: lm_head.weight is not tied to {EMBEDDING}{hint}; {fix}"
+    return f"{label}: {head_name} is not tied to {emb_name}{hint}; {fix}"
 
 
 def optimizer_tie_problem(param_groups: Iterable[dict[str, Any]], model: torch.nn.Module) -> str | None:

@@ -128,6 +128,16 @@ class GPT2LMHeadModel(nn.Module):
         super().__init__()
         self.transformer = GPT2Model(config)
         self.lm_head = GPT2LMHead(self.transformer.wte.weight, config)
+        self.apply(self.init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
+                p.data.normal_(mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding, Conv1D)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, (nn.Linear, Conv1D)) and module.bias is not None:
+            module.bias.data.zero_()
 
     def forward(self, input_ids, lm_labels=None):
         logits = self.lm_head(self.transformer(input_ids))
