@@ -214,7 +214,7 @@ def test_the_bisect_command_refuses_a_shared_option_with_the_same_message(
     (line,) = [line for line in str(cli_results[case]["output"]).splitlines() if re.search(pattern, line)]
     message = line.removeprefix("ERROR: ")
     assert bisect_run(args) == EXIT_ABORT
-    assert capsys.readouterr().err == f"python -m parity.frontends.bisect: error: {message}\n"
+    assert capsys.readouterr().err == f"nanogpt-parity-bisect: error: {message}\n"
 
 
 # ----------------------------------------------------------------------------------------------------------

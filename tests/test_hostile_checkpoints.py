@@ -197,7 +197,7 @@ def test_bisect_aborts_with_129_before_judging_a_commit(
     result = bisect_results[case]
     assert result["rc"] == 129, result
     err = str(result["stderr"]).strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m parity.frontends.bisect: error: "), err
+    assert len(err) == 1 and err[0].startswith("nanogpt-parity-bisect: error: "), err
     _one_matching_line(err[0], CASES[case][1])
     assert "PASS" not in str(result["stdout"]) and "FAIL" not in str(result["stdout"])
     _, dirs, digests = variants

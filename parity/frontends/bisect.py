@@ -37,7 +37,9 @@ from parity.sandbox.parent import SandboxResult, default_timeout, output_summary
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
 from parity.subject.targets import SMALL_CONFIG, ParityTarget, resolve_targets
 
-__all__ = ["SMALL_CONFIG", "build_parser", "check_memory", "main", "resolve_model", "run"]
+__all__ = ["PROG", "SMALL_CONFIG", "build_parser", "check_memory", "main", "resolve_model", "run"]
+
+PROG = "nanogpt-parity-bisect"  # the installed command; `python -m parity.frontends.bisect` is the same
 
 
 class BisectArgumentParser(argparse.ArgumentParser):
@@ -51,7 +53,7 @@ class BisectArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the bisect command (its options are declared in parity/frontends/options.py)."""
     parser = BisectArgumentParser(
-        prog="python -m parity.frontends.bisect",
+        prog=PROG,
         description="Run named parity checks on a nanoGPT-style implementation; exit 0 good, 1 bad, "
         "125 untestable (git bisect skip), 129 usage error (aborts git bisect run).",
     )
@@ -107,7 +109,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.parity_report:  # never the --impl file or the checkpoint
             check_report_path(args.parity_report, [target], args.impl)
     except (OptionError, UsageError, CheckpointError, OutputPathError) as e:
-        print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_ABORT
     timeout = args.timeout if args.timeout is not None else default_timeout(target)
     label = args.impl if args.impl is not None else "nanogpt (reference)"
@@ -120,7 +122,7 @@ def run(argv: list[str] | None = None) -> int:
         args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout, loader=args.loader
     )
     if result.checkpoint_error:
-        print(f"python -m parity.frontends.bisect: error: {result.checkpoint_error}", file=sys.stderr)
+        print(f"{PROG}: error: {result.checkpoint_error}", file=sys.stderr)
         return EXIT_ABORT
     print_sandbox_output(result, args.details)
     print(format_verdicts(result.verdicts, args.details))
@@ -129,7 +131,7 @@ def run(argv: list[str] | None = None) -> int:
         try:
             write_report(args.parity_report, target, result.verdicts, args.impl)
         except (OutputPathError, OSError) as e:  # checked while parsing; changed since
-            print(f"python -m parity.frontends.bisect: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
             return EXIT_ABORT
     print(f"{why} (exit {code})", flush=True)
     return code
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         print(
-            f"python -m parity.frontends.bisect: internal error (exit {EXIT_ABORT} aborts git bisect run)",
+            f"{PROG}: internal error (exit {EXIT_ABORT} aborts git bisect run)",
             file=sys.stderr,
         )
         return EXIT_ABORT

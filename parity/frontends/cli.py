@@ -8,11 +8,15 @@ file replaces whatever pytest.ini or pyproject.toml the current directory has, s
 collection settings cannot leak into our run; paths on the command line stay relative to where the
 command is run. Nothing is written where the command runs: pytest's cache lives in the harness's cache
 directory ($NANOGPT_PARITY_CACHE), and the tested code is imported only in the sandbox's child process,
-which writes no bytecode.
+which writes no bytecode. `--help` lists the harness's options first, under the command's own usage line,
+then pytest's (its usage line naming this command, the harness's group left out of it).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +30,8 @@ PLUGINS = ["parity.subject.progress", "parity.frontends.pytest_frontend.plugin"]
 SUITE_INI = Path(__file__).with_name("suite.ini")
 # Options whose value is a path the user typed relative to their directory.
 PATH_OPTIONS = ("--impl", "--parity-report")
+PROG = "nanogpt-parity"
+HELP_FLAGS = ("-h", "--help")
 
 
 def absolute_path_options(args: Sequence[str], cwd: Path) -> list[str]:
@@ -86,10 +92,46 @@ def pytest_args(args: Sequence[str], cwd: Path | None = None) -> list[str]:
     ]
 
 
+def own_help() -> str:
+    """The harness's options under this command's usage line, as argparse formats them."""
+    from parity.core.errors import UsageError
+    from parity.frontends.options import PYTEST, add_options
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [options] [pytest options] [file_or_dir ...]",
+        description="Check a GPT-2 implementation against Hugging Face's: the parity suite of the installed "
+        "package, run by pytest.",
+        add_help=False,
+    )
+    add_options(parser.add_argument, PYTEST, UsageError)
+    return parser.format_help().replace("\noptions:\n", "\nnanogpt-parity options:\n", 1)
+
+
+def pytest_help(text: str) -> str:
+    """pytest's help as pytest.main prints it, its usage line naming this command, the harness's group cut."""
+    from parity.frontends.options import GROUP_TITLE
+
+    lines = text.replace("usage: pytest.main()", f"usage: {PROG}", 1).splitlines()
+    if f"{GROUP_TITLE}:" in lines:
+        start = lines.index(f"{GROUP_TITLE}:")
+        end = lines.index("", start) if "" in lines[start:] else len(lines)
+        del lines[start : end + 1]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the parity suite on the installed package; return pytest's exit status."""
-    args = sys.argv[1:] if argv is None else argv
-    return int(pytest.main(pytest_args(args)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = args[: args.index("--")] if "--" in args else args
+    if not any(a in HELP_FLAGS for a in options):
+        return int(pytest.main(pytest_args(args)))
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = int(pytest.main(pytest_args(args)))
+    print(own_help())
+    print(f"pytest's own options, passed through to pytest:\n\n{pytest_help(captured.getvalue())}", end="")
+    return code
 
 
 if __name__ == "__main__":

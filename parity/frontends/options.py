@@ -35,6 +35,7 @@ from parity.subject.targets import (
 
 PYTEST = "pytest"  # `pytest parity/` in a checkout, `nanogpt-parity` installed
 BISECT = "bisect"  # `nanogpt-parity-bisect`, `python -m parity.frontends.bisect`
+GROUP_TITLE = "GPT-2 parity harness"  # the options' group in pytest's help
 FRONT_END_TITLES = {
     PYTEST: "`pytest parity/` and `nanogpt-parity`",
     BISECT: "`nanogpt-parity-bisect` (`python -m parity.frontends.bisect`)",

@@ -25,7 +25,7 @@ from parity.core.exit_codes import decide
 from parity.core.tolerances import gradients_tolerance, logits_tolerance
 from parity.core.verdicts import Status, Verdict
 from parity.foreign.impl import Implementation, import_implementation
-from parity.frontends.options import PYTEST, add_options
+from parity.frontends.options import GROUP_TITLE, PYTEST, add_options
 from parity.frontends.pytest_frontend.child_run import (
     CHILD_RUN_KEY,
     EXIT_CANNOT_TEST,
@@ -49,7 +49,7 @@ WORKER_CHILD = "parity_child"  # key of a pytest-xdist worker's child notes and 
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("nanogpt-parity", "GPT-2 parity harness")
+    group = parser.getgroup("nanogpt-parity", GROUP_TITLE)
     add_options(group.addoption, PYTEST, pytest.UsageError)
 
 
