@@ -44,6 +44,7 @@ from parity.core.errors import ImplementationError
 from parity.foreign.adapters import ConfigMaker, adapted_class, config_maker
 from parity.foreign.definitions import DefinitionsPlan, exec_definitions, plan_definitions, summary
 from parity.foreign.discovery import PROBE_CONFIG, model_class, split_class
+from parity.foreign.mapping_file import MappingFile, apply_mapping_file, read_mapping_file
 from parity.foreign.raised import describe_exception, raised_at
 from parity.foreign.roles import RoleMap, discover_roles
 
@@ -294,6 +295,9 @@ class Implementation:
     config_cls: type | None  # None when a factory classmethod makes the config
     config_maker: ConfigMaker | None = None  # default: config_cls fed the fields it declares
     notes: list[str] = field(default_factory=list)  # how it was loaded, for the load summary
+    mapping_file: MappingFile | None = (
+        None  # --mapping: where GPT-2's tensors live, over the discovered roles
+    )
     adapted_cls: type[nn.Module] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -332,7 +336,10 @@ class Implementation:
             raise ImplementationError(
                 f"{self.gpt_cls.__name__}(config) raised {describe_exception(e, self.root)}"
             ) from e
-        record_mapping(model, discover_roles(model, config))
+        roles = discover_roles(model, config)
+        if self.mapping_file is not None:  # --mapping: the user's entries over the discovered ones
+            roles = apply_mapping_file(self.mapping_file, roles, model, config)
+        record_mapping(model, roles)
         return model, printed.getvalue()
 
 
@@ -366,13 +373,17 @@ def check_implementation_path(path: str | os.PathLike[str]) -> Path:
     return resolved
 
 
-def import_implementation(path: str | os.PathLike[str], run_module: bool = False) -> Implementation:
-    """Import a model.py file (definitions only, unless run_module) or a package directory, in isolation."""
+def import_implementation(
+    path: str | os.PathLike[str], run_module: bool = False, mapping: str | os.PathLike[str] | None = None
+) -> Implementation:
+    """Import a model.py file (definitions only, unless run_module) or a package directory, in isolation;
+    mapping: a mapping file (parity/foreign/mapping_file.py) overriding the discovered roles."""
     resolved = check_implementation_path(path)
+    mapping_file = read_mapping_file(mapping) if mapping is not None else None
     module, gpt, maker, notes = _import_classes(resolved, run_module, split_class(str(path))[1])
     if maker.how != "GPTConfig":
         notes = [*notes, f"config: {maker.how}"]
-    return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes)
+    return Implementation(str(path), resolved, module, gpt, maker.config_cls, maker, notes, mapping_file)
 
 
 def _loaded_problems(

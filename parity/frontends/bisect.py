@@ -23,8 +23,6 @@ import sys
 import traceback
 from typing import NoReturn
 
-import transformers
-
 from nanogpt.hf import CheckpointError
 from nanogpt.paths import OutputPathError
 from parity.checks.registry import CHECK_NAMES
@@ -34,6 +32,7 @@ from parity.core.verdicts import Verdict, format_verdicts
 from parity.frontends.options import BISECT, OptionError, add_options, parse_checks
 from parity.frontends.report import ParityReport, check_report_path
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
+from parity.subject.loading import silence_progress_bars
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
 from parity.subject.targets import SMALL_CONFIG, ParityTarget, resolve_targets
 
@@ -96,6 +95,7 @@ def write_report(path: str, target: ParityTarget, verdicts: list[Verdict], impl:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse, check in a sandboxed child process, print; returns the exit code for git bisect run."""
+    silence_progress_bars()  # one line per check, no loading bars
     try:
         args = build_parser().parse_args(argv)  # a bad value: OptionError; an unknown option: exits 129
         expect = dict(args.expect)
@@ -119,7 +119,14 @@ def run(argv: list[str] | None = None) -> int:
         flush=True,
     )
     result = run_checks_in_child(
-        args.impl, args.run_module, target, selected, args.tied_decay == "yes", timeout, loader=args.loader
+        args.impl,
+        args.run_module,
+        target,
+        selected,
+        args.tied_decay == "yes",
+        timeout,
+        loader=args.loader,
+        mapping=args.mapping,
     )
     if result.checkpoint_error:
         print(f"{PROG}: error: {result.checkpoint_error}", file=sys.stderr)
@@ -139,7 +146,6 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; an unexpected error of the command itself aborts the bisection instead of marking bad."""
-    transformers.utils.logging.disable_progress_bar()  # one line per check, no loading bars
     try:
         return run(argv)
     except Exception:

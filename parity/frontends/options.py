@@ -23,6 +23,7 @@ from nanogpt.paths import OutputPathError, resolve_output_file
 from parity.checks.registry import CHECK_NAMES, CHECKS
 from parity.core.errors import ImplementationError, UsageError
 from parity.foreign.impl import check_implementation_path
+from parity.foreign.mapping_file import mapping_option
 from parity.sandbox.parent import SMALL_TIMEOUT_S
 from parity.subject.targets import (
     DEVICE_CHOICES,
@@ -274,6 +275,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="MODULE:FUNCTION",
         default_text="GPT.from_pretrained when the implementation has one",
         convert=loader_spec,
+    ),
+    Option(
+        ("--mapping",),
+        "a JSON file saying where GPT-2's tensors live in --impl (checkpoint name -> parameter, rows, "
+        "layout), over the roles the harness discovers; format: the README's What --impl accepts",
+        metavar="FILE",
+        default_text="the discovered mapping",
+        convert=mapping_option,
     ),
     Option(
         ("--impl-timeout",),

@@ -102,7 +102,6 @@ def main() -> None:
     send = _sender(int(sys.argv[1]), request.pop("nonce"))  # the nonce lives on only in send's closure
     sys.stdin.close()
     import torch
-    import transformers
 
     from nanogpt.hf import CheckpointError
     from parity.checks.registry import run_checks
@@ -112,10 +111,11 @@ def main() -> None:
     from parity.sandbox import integrity
     from parity.sandbox.fingerprint import hf_fingerprint
     from parity.sandbox.witness import witness
+    from parity.subject.loading import silence_progress_bars
     from parity.subject.progress import phase, send_lines_to
     from parity.subject.subject import Subject
 
-    transformers.utils.logging.disable_progress_bar()
+    silence_progress_bars()
     send_lines_to(lambda text: send(progress=text))
 
     def stage(name: str, label: str) -> contextlib.AbstractContextManager[Any]:
@@ -140,7 +140,9 @@ def main() -> None:
             if request["impl"] is None:
                 impl = reference_implementation()
             else:
-                impl = import_implementation(request["impl"], run_module=request["run_module"])
+                impl = import_implementation(
+                    request["impl"], run_module=request["run_module"], mapping=request["mapping"]
+                )
                 impl.label = request["label"]
     except ImplementationError as e:
         verdicts = [Verdict(c, Status.CANNOT_TEST, str(e)) for c in names]

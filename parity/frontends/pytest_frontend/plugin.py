@@ -36,7 +36,7 @@ from parity.frontends.pytest_frontend.child_run import (
     worker_part,
 )
 from parity.frontends.report import ParityReport, check_report_path
-from parity.subject.loading import versions
+from parity.subject.loading import silence_progress_bars, versions
 from parity.subject.targets import ParityTarget, resolve_targets
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
@@ -54,6 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    silence_progress_bars()  # transformers' "Loading weights" bar would fill a failed test's captured stderr
     try:
         targets = resolve_targets(
             config.getoption("--model"),
@@ -73,7 +74,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The path was checked when the options were parsed (options.implementation_path); the child imports it.
     if impl and in_process:
         try:
-            config.stash[IMPL_KEY] = import_implementation(impl, run_module=run_module)
+            config.stash[IMPL_KEY] = import_implementation(
+                impl, run_module=run_module, mapping=config.getoption("--mapping")
+            )
         except ImplementationError as e:
             raise pytest.UsageError(f"--impl: {e}") from None
     elif impl:
@@ -134,7 +137,8 @@ def record_verdict(config: pytest.Config, model: str, verdict: Verdict) -> None:
 
 
 def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[str]:
-    """The verdicts as a check x model table (and each failure's reason below it, in the plain form)."""
+    """The verdicts as a check x model table; the Markdown form lists each failure's reason below it (the
+    terminal's has them once already, in the failed or skipped test's report)."""
     models = list(dict.fromkeys(c["model"] for c in checks))
     names = list(dict.fromkeys(c["check"] for c in checks))
     status = {(c["check"], c["model"]): c["status"] for c in checks}
@@ -157,9 +161,6 @@ def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[
         f"{n:<{width}}  "
         + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
         for n in names
-    ]
-    lines += [
-        f"{c['model']}: {c['status']} {c['check']}: {c['reason']}" for c in checks if c["status"] != "PASS"
     ]
     return lines
 
