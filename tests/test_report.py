@@ -66,7 +66,9 @@ def test_failing_run_reports_the_failed_check_its_cause_records_and_profile(
     profile = data["profiles"][0]
     rel = dict(zip(profile["modules"], profile["relative_difference"], strict=True))
     assert rel["transformer.h.0.attn"] < profile["noise"] < rel["transformer.h.0.mlp"], rel
-    assert "parity verdicts" in text and "tiny: FAIL logits: first divergence at transformer.h.0.mlp" in text
+    failures, table = text.split("parity verdicts")
+    assert "first divergence at transformer.h.0.mlp" in failures, "the failed test's report says why"
+    assert [line.split() for line in table.splitlines() if line.startswith("logits ")] == [["logits", "FAIL"]]
     markdown = summary.read_text()
     assert "| logits | FAIL |" in markdown and "| param-count | PASS |" in markdown, markdown
 

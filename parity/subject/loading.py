@@ -34,6 +34,15 @@ def _dtype_kwarg() -> str:
     return "dtype" if TRANSFORMERS_MAJOR >= 5 or "dtype" in params else "torch_dtype"
 
 
+def silence_progress_bars() -> None:
+    """No progress bars of transformers or the hub in this process ("Loading weights"): the harness prints
+    its own progress lines, and a bar would fill every captured stderr of a failed test."""
+    import huggingface_hub.utils
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def load_hf(checkpoint: Path, dtype: torch.dtype | str, device: str, tie_word_embeddings: bool = True) -> Any:
     """transformers' GPT2LMHeadModel from the same directory, in eval mode, eager of any network.
 
@@ -41,6 +50,7 @@ def load_hf(checkpoint: Path, dtype: torch.dtype | str, device: str, tie_word_em
     """
     from transformers import GPT2LMHeadModel
 
+    silence_progress_bars()
     kwargs: dict[str, Any] = {_dtype_kwarg(): dtype, "tie_word_embeddings": tie_word_embeddings}
     with warnings.catch_warnings():
         # Untied control loads leave lm_head missing on purpose; transformers warns about it.

@@ -1,7 +1,8 @@
 """Every registered check (parity/checks/registry.py) on every target: one test each, its id the check's name.
 
-A FAIL fails the test with the check's verdict line and its cause; a CANNOT-TEST skips it with the reason.
-Every verdict, whatever its status, reaches the JSON report and the verdict table at the end of the run.
+A FAIL fails the test with the check's verdict line and its cause (with -v, its details too); a CANNOT-TEST
+skips it with the reason. That is the one place its text is printed: every verdict, whatever its status,
+reaches the JSON report and the verdict table at the end of the run, which shows statuses only.
 The verdict comes from `verdict_of` (parity/conftest.py): the check run here, or, with --impl, read from
 the child process that ran it.
 """
@@ -31,7 +32,10 @@ def test_check(
     except CheckpointError as e:  # the user's input, not a verdict: one line, the run's usage-error status
         pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
     record_verdict(request.config, parity_target.name, verdict)
-    message = verdict.line() + (f"\n{verdict.details}" if verdict.details else "")
+    message = verdict.line()
+    if verdict.details:
+        verbose = request.config.getoption("verbose") > 0
+        message += f"\n{verdict.details}" if verbose else " (-v shows the details)"
     if verdict.status is Status.FAIL:
         pytest.fail(message, pytrace=False)
     if verdict.status is Status.CANNOT_TEST:
