@@ -3,16 +3,18 @@
 The tested code may call `sys.exit(0)` in `forward`, `os._exit` at import, hang, crash, print megabytes,
 write files, or monkeypatch transformers to hide its own bug. `run_checks_in_child` starts
 `python -m parity.sandbox.child` in its own session (process group) with a temporary working directory,
-the tested code's stdout and stderr going to a temporary file, and a pipe for messages. The parent sends
-the request and a random nonce on the child's stdin; the child reports each phase (import, build, check
-NAME) and finally the verdicts, every message carrying the nonce. Only a complete, well-formed result with
-the nonce is trusted: any other end (an exit without a result, a signal, a hang past the timeout, after
-which the whole process group is killed) makes every check CANNOT-TEST, saying what happened and in which
-phase. The parent, which never imports the tested code, also computes `hf_fingerprint` (the logits of a
-tiny seeded GPT2LMHeadModel, parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the
-target itself (parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child
-computes both again after building the model and after the checks, and a difference means the tested code
-changed transformers in its process: CANNOT-TEST.
+a pipe for the tested code's stdout and stderr, and a pipe for messages, both read within fixed bounds
+(parity/sandbox/channel.py). The parent sends the request and a random nonce on the child's stdin; the
+child reports each phase (import, build, check NAME) and finally the verdicts, every message carrying the
+nonce. Only a complete, well-formed result with the nonce, on a channel nothing else wrote to, is trusted:
+any other end (an exit without a result, a signal, a hang past the timeout) makes every check CANNOT-TEST,
+saying what happened and in which phase. When the child ends, its process group is killed, and so is
+every process it left behind, a detached daemon too (parity/sandbox/reaper.py). The parent, which never
+imports the tested code, also computes `hf_fingerprint` (the logits of a tiny seeded GPT2LMHeadModel,
+parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the target itself
+(parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both
+again after building the model and after the checks, and a difference means the tested code changed
+transformers in its process: CANNOT-TEST.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -37,7 +39,9 @@ from nanogpt.hf import CheckpointError
 from nanogpt.schema import param_count
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
+from parity.sandbox.channel import Channel, OutputTail, drain
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
+from parity.sandbox.reaper import reaping_descendants
 from parity.sandbox.relay import ProgressRelay
 from parity.sandbox.witness import clean_witness, witness_differs
 from parity.subject.targets import ParityTarget
@@ -49,8 +53,8 @@ HARNESS_ROOT = Path(__file__).resolve().parents[2]
 SMALL_TIMEOUT_S = 120.0
 TIMEOUT_S_PER_124M_PARAMS = 600.0
 SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
-# How much captured output comes back, and how much of it a CANNOT-TEST reason quotes.
-OUTPUT_TAIL_BYTES = 64 * 1024
+# How much of the captured output (its last OUTPUT_TAIL_BYTES, parity/sandbox/channel.py) a CANNOT-TEST
+# reason quotes.
 REASON_TAIL_LINES = 3
 # Lines of the tested code's captured output that -v shows (the last ones).
 OUTPUT_LINES_SHOWN = 200
@@ -69,7 +73,7 @@ class SandboxResult:
     """The verdicts from the child, or CANNOT-TEST for each check with what happened instead."""
 
     verdicts: list[Verdict]
-    output: str  # the tested code's stdout and stderr (the last OUTPUT_TAIL_BYTES of it)
+    output: str  # the tested code's stdout and stderr (their last bytes: parity/sandbox/channel.py)
     what_happened: str  # "" when the child returned a trusted result
     notes: list[str] = field(default_factory=list)  # load summary: what was left out, config, files written
     checkpoint_error: str = ""  # the checkpoint itself is bad: the caller's mistake, not the commit's
@@ -109,21 +113,15 @@ def target_message(target: ParityTarget) -> dict[str, Any]:
         "checkpoint": str(target.ensure_checkpoint().resolve()),
         "seed": target.seed,
         "dtype_reason": target.dtype_reason,
+        "hf_activation": target.hf_activation,
     }
 
 
-def _read_all(fd: int, chunks: list[bytes], relay: ProgressRelay) -> None:
+def _read_all(fd: int, chunks: Channel, relay: ProgressRelay) -> None:
     with os.fdopen(fd, "rb") as pipe:
         while chunk := pipe.read1(65536):
             chunks.append(chunk)
             relay.feed(chunk)
-
-
-def _output_tail(f: IO[bytes]) -> str:
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - OUTPUT_TAIL_BYTES))
-    text = f.read().decode("utf-8", errors="replace")
-    return text if size <= OUTPUT_TAIL_BYTES else f"[... {size - OUTPUT_TAIL_BYTES} bytes before]\n{text}"
 
 
 def _files_written(workdir: Path) -> list[str]:
@@ -137,19 +135,6 @@ def _files_written(workdir: Path) -> list[str]:
         if files
         else []
     )
-
-
-def _messages(raw: bytes, nonce: str) -> list[dict[str, Any]]:
-    """The messages that carry the nonce; anything else on the channel is ignored."""
-    out = []
-    for line in raw.split(b"\n"):
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("nonce") == nonce:
-            out.append(message)
-    return out
 
 
 def _verdicts_of(result: dict[str, Any], names: list[str]) -> list[Verdict] | None:
@@ -221,21 +206,24 @@ def run_checks_in_child(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS_ROOT), os.environ.get("PYTHONPATH")]))
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-"))
     read_fd, write_fd = os.pipe()
-    chunks: list[bytes] = []
+    chunks = Channel(nonce)  # only lines with the nonce, up to a cap (parity/sandbox/channel.py)
+    output = OutputTail()  # the last OUTPUT_TAIL_BYTES of the tested code's stdout and stderr
     relay = ProgressRelay(nonce)  # the child's progress lines, shown as they arrive
     timed_out = None
     try:
-        with tempfile.TemporaryFile() as output_file:
+        with reaping_descendants() as reaped:  # also what detached itself with setsid
             proc = subprocess.Popen(
                 [sys.executable, "-m", "parity.sandbox.child", str(write_fd)],
                 stdin=subprocess.PIPE,
-                stdout=output_file,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=(write_fd,),
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
             )
+            printer = threading.Thread(target=drain, args=(proc.stdout, output), daemon=True)
+            printer.start()
             os.close(write_fd)
             write_fd = -1
             reader = threading.Thread(target=_read_all, args=(read_fd, chunks, relay), daemon=True)
@@ -255,24 +243,26 @@ def run_checks_in_child(
             finally:  # also on Ctrl-C: the child's own session does not get the terminal's SIGINT
                 _kill_group(proc)
                 proc.wait()
-            reader.join(timeout=10)
-            relay.flush(final=True)
-            output = _output_tail(output_file)
+        reader.join(timeout=10)
+        printer.join(timeout=10)
+        relay.flush(final=True)
     finally:
         for fd in (read_fd, write_fd):
             if fd >= 0:
                 os.close(fd)
-        notes_written = _files_written(workdir)
+        notes_written = reaped + _files_written(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
+    messages, channel_problem = chunks.messages()
     return _judge(
-        _messages(b"".join(chunks), nonce),
+        messages,
         names,
         (clean, clean_model, target.device),
         proc.returncode,
         timed_out,
-        output,
+        output.text(),
         notes_written,
         limit_option,
+        channel_problem,
     )
 
 
@@ -293,6 +283,7 @@ def _judge(
     output: str,
     notes_written: list[str],
     limit_option: str,
+    channel_problem: str = "",
 ) -> SandboxResult:
     """The SandboxResult of the child's trusted messages and how it ended.
 
@@ -306,10 +297,11 @@ def _judge(
     if len(results) == 1 and results[0].get("checkpoint_error"):
         return SandboxResult([], output, "", notes_written, str(results[0]["checkpoint_error"]))
     verdicts = _verdicts_of(results[0], names) if len(results) == 1 else None
-    if verdicts is None:
+    if verdicts is None or channel_problem:  # a result beside a flood or forgery is not trusted either
         what = _describe_end(returncode, timed_out, phase, output, limit_option)
         if results:
             what = f"the tested code's process returned a malformed result during {phase}"
+        what = "; ".join(filter(None, [what if verdicts is None else "", channel_problem]))
         return SandboxResult(
             [Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what, notes_written
         )
