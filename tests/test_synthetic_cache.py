@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +21,22 @@ import torch
 from safetensors import safe_open
 
 from nanogpt.model import GPT, GPTConfig
-from parity.subject import progress
+from parity.core.exit_codes import EXIT_ABORT
+from parity.frontends.bisect import resolve_model, run
+from parity.subject import progress, synthetic
 from parity.subject.loading import load_hf, load_reference
 from parity.subject.synthetic import (
+    CACHE_ENV_VAR,
     CHECKSUM_FILE,
+    DEFAULT_SEED,
+    checkpoint_name,
     checkpoint_problem,
     ensure_synthetic_checkpoint,
     synthetic_hf_weights,
 )
 
+PARITY_DIR = Path(__file__).resolve().parents[1] / "parity"
+pytest_plugins = ["pytester"]
 TINY = GPTConfig(block_size=32, vocab_size=99, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
 
 
@@ -178,3 +189,60 @@ def test_nan_bytes_would_otherwise_reach_the_model(cached: Path) -> None:
     """The damage above is real: the loader reads the NaNs, so only the hash stands between them and a run."""
     _write_nans(cached)
     assert torch.isnan(GPT.from_pretrained(cached).transformer.wte.weight).sum() == 4
+
+
+# ------------------------------------------------------------------------------------------------------
+# the lock that serializes writers
+
+
+@pytest.fixture
+def held_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The small model's lock in a fresh cache, held by another process; the wait cut to a second."""
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "LOCK_TIMEOUT_S", 1.0)
+    lock = (
+        tmp_path / "cache" / f"{checkpoint_name(resolve_model('small', 'cpu', None).name, DEFAULT_SEED)}.lock"
+    )
+    lock.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield lock
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_LOCK = (
+    "import fcntl, sys, time\n"
+    "f = open(sys.argv[1], 'a')\n"
+    "fcntl.flock(f, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_a_held_lock_is_one_error_naming_it_in_the_bisect_command(
+    held_lock: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process holding the cache's lock made the next run hang with no output; now it waits
+    LOCK_TIMEOUT_S with a note, then stops (129 aborts git bisect run) naming the lock and the fix."""
+    start = time.monotonic()
+    assert run(["--model", "small", "--checks", "logits"]) == EXIT_ABORT
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert f"{held_lock}: another process has held this lock for 1 s" in err
+    assert f"end that process (fuser {held_lock}) or remove {held_lock}" in err
+    assert "Traceback" not in err
+
+
+def test_a_held_lock_is_one_usage_error_in_pytest_parity(held_lock: Path, pytester: pytest.Pytester) -> None:
+    start = time.monotonic()
+    result = pytester.runpytest_inprocess(
+        str(PARITY_DIR), "-q", "-p", "no:cacheprovider", "--model", "small", "-k", "logits"
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output[-3000:]
+    assert time.monotonic() - start < 60
+    assert f"{held_lock}: another process has held this lock for 1 s" in output, output[-3000:]
+    assert "Traceback" not in output

@@ -11,7 +11,8 @@ checkpoint is byte-identical across runs, processes and machines, and independen
 Unlike a fresh init, biases and LayerNorm parameters are random too: a bias that one implementation drops
 would otherwise go unnoticed because it is zero. Writes are atomic (temporary directory, then rename) and
 serialized by a file lock, so an interrupted run never leaves a half-written checkpoint under the final
-name, and parallel workers generate a checkpoint once. The safetensors file is streamed: tensors are
+name, and parallel workers generate a checkpoint once; a lock held past LOCK_TIMEOUT_S is an error that
+names the lock file. The safetensors file is streamed: tensors are
 filled in bulk on a few threads (one generator per tensor, so threads cannot change the values) and
 written as they are done, so generating gpt2-xl (6.2 GB) takes seconds and holds a few tensors in memory,
 not the whole model. A SHA256SUMS file written with the checkpoint is checked whenever the cache is
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 
 from nanogpt.atomic import atomic_directory
-from nanogpt.hf import HF_CONFIG_FILE, SAFETENSORS_FILE, hf_config_from_gpt
+from nanogpt.hf import HF_CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, hf_config_from_gpt
 from nanogpt.model import GPTConfig, gpt2_config
 from nanogpt.paths import resolve_output_dir
 from nanogpt.schema import hf_tensor_shapes
@@ -55,6 +56,10 @@ HASH_CHUNK_BYTES = 16 << 20
 OPENAI_DROPOUT = 0.1
 # Generation gets progress lines from this size on (gpt2 is 0.5 GB, a second or two).
 PROGRESS_MIN_BYTES = 100_000_000
+# How long a run waits for another process to finish writing a checkpoint (gpt2-xl takes seconds to a
+# minute on a slow disk), and how often it looks.
+LOCK_TIMEOUT_S = 300.0
+LOCK_POLL_S = 0.2
 
 
 def cache_root() -> Path:
@@ -285,10 +290,27 @@ def _no_phase() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on path; CheckpointError naming it and the fix if it is not free in time."""
+    timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        deadline, noted = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CheckpointError(
+                        f"{path}: another process has held this lock for {timeout_s:g} s (another run "
+                        "generating the synthetic checkpoint, or a stuck one); if no run is writing it, end "
+                        f"that process (fuser {path}) or remove {path}"
+                    ) from None
+                if not noted:
+                    note(f"waiting for {path}: another process is writing the synthetic checkpoint")
+                    noted = True
+                time.sleep(LOCK_POLL_S)
         try:
             yield
         finally:
