@@ -32,7 +32,7 @@ from parity.core.verdicts import Verdict, format_verdicts
 from parity.frontends.options import BISECT, OptionError, add_options, parse_checks
 from parity.frontends.report import ParityReport, check_report_path
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
-from parity.subject.loading import silence_progress_bars
+from parity.subject.loading import GPT2_ACTIVATION, silence_progress_bars
 from parity.subject.memory import available_memory, ignore_memory_check, memory_problem
 from parity.subject.targets import SMALL_CONFIG, ParityTarget, resolve_targets
 
@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_model(model: str, device: str | None, dtype: str | None) -> ParityTarget:
+def resolve_model(
+    model: str, device: str | None, dtype: str | None, hf_activation: str = GPT2_ACTIVATION
+) -> ParityTarget:
     """--model's target: the small synthetic model, a GPT-2 size (pretrained when cached), or a directory."""
-    return resolve_targets(model, "auto", device, dtype, allow_all=False)[0]
+    return resolve_targets(model, "auto", device, dtype, allow_all=False, hf_activation=hf_activation)[0]
 
 
 def check_memory(target: ParityTarget, checks: list[str]) -> None:
@@ -103,7 +105,7 @@ def run(argv: list[str] | None = None) -> int:
         selected += [c for c in expect if c not in selected]
         everything = args.checks is None or args.checks.strip() == "all"
         named = frozenset(() if everything else selected)
-        target = resolve_model(args.model, args.device, args.dtype)
+        target = resolve_model(args.model, args.device, args.dtype, args.hf_activation)
         check_memory(target, selected)
         target.ensure_checkpoint()
         if args.parity_report:  # never the --impl file or the checkpoint
@@ -113,9 +115,11 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_ABORT
     timeout = args.timeout if args.timeout is not None else default_timeout(target)
     label = args.impl if args.impl is not None else "nanogpt (reference)"
+    activation = "" if args.hf_activation == GPT2_ACTIVATION else f", HF activation {args.hf_activation}"
     print(
         f"implementation: {label}; model: {target.name} ({target.weights}), "
-        f"{target.dtype_name} on {target.device}; checked in a child process, timeout {timeout:g} s",
+        f"{target.dtype_name} on {target.device}{activation}; checked in a child process, "
+        f"timeout {timeout:g} s",
         flush=True,
     )
     result = run_checks_in_child(

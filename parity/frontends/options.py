@@ -25,6 +25,7 @@ from parity.core.errors import ImplementationError, UsageError
 from parity.foreign.impl import check_implementation_path
 from parity.foreign.mapping_file import mapping_option
 from parity.sandbox.parent import SMALL_TIMEOUT_S
+from parity.subject.loading import GPT2_ACTIVATION, HF_ACTIVATIONS
 from parity.subject.targets import (
     DEVICE_CHOICES,
     DTYPES,
@@ -267,6 +268,14 @@ OPTIONS: tuple[Option, ...] = (
         default="yes",
         default_text="yes, the reference's policy",
         convert=choice("--tied-decay", ("yes", "no")),
+    ),
+    Option(
+        ("--hf-activation",),
+        "Hugging Face's activation_function: gelu builds its GPT-2 with the exact GELU, upstream nanoGPT's "
+        "nn.GELU(), to check everything else past that known departure",
+        default=GPT2_ACTIVATION,
+        default_text=f"{GPT2_ACTIVATION}, GPT-2's tanh approximation",
+        convert=choice("--hf-activation", HF_ACTIVATIONS),
     ),
     Option(
         ("--loader",),

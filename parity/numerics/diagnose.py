@@ -6,6 +6,9 @@ comparable activations. Walking them in execution order, the first that differs 
 first diverging block or sub-module; which of its inputs still matched says what to suspect. A module
 diverges where its output fails the tolerance element-wise or differs by more than the dtype's noise in
 relative norm (the `norm` of parity/core/tolerances.py `LOGITS`), which places small systematic bugs exactly.
+A first divergence that a known departure explains (an MLP computing the other GELU than Hugging Face's,
+as upstream nanoGPT's exact `nn.GELU()` against GPT-2's tanh approximation) is named in one line, with the
+option that sets it aside (`--hf-activation gelu` builds Hugging Face's model with the same GELU).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from parity.core.compare import Comparison, compare_tensors
 from parity.core.tolerances import Tolerance, hidden_divergence
@@ -31,6 +35,16 @@ SUSPECTS = {
     "lm_head": "the output head: lm_head not tied to transformer.wte.weight (load HF with "
     "tie_word_embeddings=True), tied to another tensor, a bias added, or padded vocabulary rows "
     "in the logits",
+}
+
+
+# The GELU an MLP computes where it departs from Hugging Face's (F.gelu's `approximate`), and what to say.
+GELU_DEPARTURES = {
+    "none": "a known departure: the MLP computes the exact GELU (nn.GELU(), as upstream nanoGPT does) where "
+    "GPT-2 uses its tanh approximation; --hf-activation gelu checks everything else against Hugging Face "
+    "with the same GELU",
+    "tanh": "the MLP computes GPT-2's tanh GELU, Hugging Face's model the exact one (--hf-activation gelu): "
+    "drop --hf-activation",
 }
 
 
@@ -156,6 +170,29 @@ def profile_record(
     }
 
 
+def gelu_departure(
+    name: str, ours: torch.Tensor, hf_model: torch.nn.Module, mlp_input: torch.Tensor | None
+) -> str | None:
+    """What GELU_DEPARTURES says when the MLP `name`'s output (ours) is Hugging Face's MLP on the same input
+    with the other GELU, within the dtype's noise; None otherwise."""
+    try:
+        mlp = hf_model.get_submodule(name)
+        c_fc, c_proj, act = mlp.c_fc, mlp.c_proj, mlp.act
+    except AttributeError:
+        return None
+    if mlp_input is None:
+        return None
+    limit = hidden_divergence(ours.dtype)
+    with torch.no_grad():
+        h = c_fc(mlp_input)
+        theirs = c_proj(act(h))
+        for approximate, departure in GELU_DEPARTURES.items():
+            other = c_proj(F.gelu(h, approximate=approximate))
+            if relative_norm(other, theirs) > limit and relative_norm(ours, other) <= limit:
+                return departure
+    return None
+
+
 def first_divergence(
     model: torch.nn.Module, hf_model: torch.nn.Module, idx: torch.Tensor, n_layer: int, tol: Tolerance
 ) -> tuple[str, list[Comparison]]:
@@ -197,6 +234,14 @@ def first_divergence(
         limit = hidden_divergence(theirs[name].dtype)
         if not rec.passed or rel_norm > limit:
             norm = f"relative difference norm {rel_norm:.2e} (diverged above {limit:g})"
+            known = kind == "mlp" and gelu_departure(
+                name, ours[name], hf_model, theirs.get(f"{name.removesuffix('.mlp')}.ln_2")
+            )
+            if known:
+                return (
+                    f"first divergence at {name}: {known} (relative difference norm {rel_norm:.2e})",
+                    records,
+                )
             where = f"first divergence at {name}: {norm}; {rec.summary(norm=False)}; suspect {SUSPECTS[kind]}"
             return where + _unobserved_note(unobserved), records
     if not records:

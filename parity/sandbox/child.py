@@ -77,6 +77,7 @@ def _target(message: dict[str, Any]) -> Any:
         checkpoint=Path(message["checkpoint"]),
         seed=message["seed"],
         dtype_reason=message["dtype_reason"],
+        hf_activation=message["hf_activation"],
     )
 
 

@@ -55,7 +55,7 @@ def clean_witness(target: ParityTarget) -> list[float]:
     read_hf_config(checkpoint)
     weight_files(checkpoint)
     try:
-        hf = load_hf(checkpoint, target.dtype, target.device, tie_word_embeddings=True)
+        hf = load_hf(checkpoint, target.dtype, target.device, True, activation=target.hf_activation)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{checkpoint}: Hugging Face's GPT2LMHeadModel cannot load it: {e}") from e
     try:

@@ -21,6 +21,11 @@ from nanogpt.model import GPT
 from nanogpt.schema import is_conv1d, to_linear_layout
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# Hugging Face's activation_function values --hf-activation takes: GPT-2's own (GELU's tanh approximation),
+# and the exact GELU, upstream nanoGPT's nn.GELU() (a known departure, parity/numerics/diagnose.py).
+# Each with F.gelu's `approximate` that computes it.
+GPT2_ACTIVATION = "gelu_new"
+HF_ACTIVATIONS = {GPT2_ACTIVATION: "tanh", "gelu": "none"}
 
 
 def load_reference(checkpoint: Path, dtype: torch.dtype, device: str) -> GPT:
@@ -43,15 +48,24 @@ def silence_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def load_hf(checkpoint: Path, dtype: torch.dtype | str, device: str, tie_word_embeddings: bool = True) -> Any:
+def load_hf(
+    checkpoint: Path,
+    dtype: torch.dtype | str,
+    device: str,
+    tie_word_embeddings: bool = True,
+    activation: str = GPT2_ACTIVATION,
+) -> Any:
     """transformers' GPT2LMHeadModel from the same directory, in eval mode, eager of any network.
 
-    dtype "auto" keeps the checkpoint's own dtype (float32 tensors then map the file, read lazily).
+    dtype "auto" keeps the checkpoint's own dtype (float32 tensors then map the file, read lazily);
+    activation is the config's activation_function (--hf-activation), GPT-2's own unless asked.
     """
     from transformers import GPT2LMHeadModel
 
     silence_progress_bars()
     kwargs: dict[str, Any] = {_dtype_kwarg(): dtype, "tie_word_embeddings": tie_word_embeddings}
+    if activation != GPT2_ACTIVATION:
+        kwargs["activation_function"] = activation
     with warnings.catch_warnings():
         # Untied control loads leave lm_head missing on purpose; transformers warns about it.
         warnings.simplefilter("ignore")

@@ -149,7 +149,9 @@ class Subject:
             with self._progress(
                 f"loading Hugging Face's GPT2LMHeadModel ({self.target.name}, {self.target.dtype_name})"
             ):
-                self._hf = load_hf(self.checkpoint(), self.dtype, self.device, tie_word_embeddings=True)
+                self._hf = load_hf(
+                    self.checkpoint(), self.dtype, self.device, True, activation=self.target.hf_activation
+                )
         return self._hf
 
     @property
@@ -195,7 +197,7 @@ class Subject:
             config = twin_config(self.config)
             checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")
             model, _ = load_implementation(self.impl, checkpoint, self.dtype, self.device)
-            hf = load_hf(checkpoint, self.dtype, self.device, tie_word_embeddings=True)
+            hf = load_hf(checkpoint, self.dtype, self.device, True, activation=self.target.hf_activation)
             self._twin = Twin(config, model, hf, why, checkpoint)
         self._twin.why = why
         return self._twin

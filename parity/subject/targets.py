@@ -20,6 +20,7 @@ from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
 from nanogpt.paths import OutputPathError
 from parity.core.errors import UsageError
+from parity.subject.loading import GPT2_ACTIVATION
 from parity.subject.memory import MemoryPlan, param_bytes, plan_memory
 from parity.subject.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
 
@@ -66,6 +67,7 @@ class ParityTarget:
     seed: int = DEFAULT_SEED
     generation_seconds: float | None = field(default=None, compare=False)
     dtype_reason: str = ""
+    hf_activation: str = GPT2_ACTIVATION  # Hugging Face's activation_function (--hf-activation)
 
     @property
     def dtype_name(self) -> str:
@@ -223,11 +225,13 @@ def resolve_targets(
     dtype: str | None,
     revision: str | None = None,
     allow_all: bool = True,
+    hf_activation: str = GPT2_ACTIVATION,
 ) -> list[ParityTarget]:
     """Validate the command-line choices and return the targets, before any model is built.
 
     revision pins the cached hub snapshot of a named size (a branch, tag or commit; default refs/main);
-    allow_all=False is for a front end that checks one model, which rejects `all`.
+    allow_all=False is for a front end that checks one model, which rejects `all`; hf_activation is
+    --hf-activation, the activation_function Hugging Face's model is built with.
     """
     choices = MODEL_CHOICES if allow_all else tuple(m for m in MODEL_CHOICES if m != "all")
     if weights not in WEIGHTS_CHOICES:
@@ -256,4 +260,6 @@ def resolve_targets(
         if revision is not None:
             raise UsageError("--revision applies to named sizes; a checkpoint directory is its own weights")
         targets = [_local_target(path, device, dtype)]
+    for t in targets:
+        t.hf_activation = hf_activation
     return targets

@@ -25,7 +25,7 @@ from parity.subject.subject import Subject
 
 def test_untied_hf_control_is_detected(subject: Subject) -> None:
     target, tied = subject.target, subject.hf()
-    untied = load_hf(subject.checkpoint(), "auto", target.device, tie_word_embeddings=False)
+    untied = load_hf(subject.checkpoint(), "auto", target.device, False, activation=target.hf_activation)
     kept = share_parameters(untied, tied, convert=True)
     if HEAD not in kept:
         # The checkpoint stores lm_head equal to wte (torch.save of a tied model's state_dict): the untied

@@ -36,7 +36,7 @@ from parity.frontends.pytest_frontend.child_run import (
     worker_part,
 )
 from parity.frontends.report import ParityReport, check_report_path
-from parity.subject.loading import silence_progress_bars, versions
+from parity.subject.loading import GPT2_ACTIVATION, silence_progress_bars, versions
 from parity.subject.targets import ParityTarget, resolve_targets
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption("--device"),
             config.getoption("--dtype"),
             revision=config.getoption("--revision"),
+            hf_activation=config.getoption("--hf-activation"),
         )
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
@@ -107,6 +108,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         )
     for t in config.stash[TARGETS_KEY]:
         lines.append(f"parity model: {t.name}; weights: {t.weights} ({t.reason})")
+        if t.hf_activation != GPT2_ACTIVATION:
+            lines.append(
+                f"parity Hugging Face's model: activation_function={t.hf_activation} (--hf-activation)"
+            )
         lines.append(
             f"parity device: {t.device}; dtype: {t.dtype_name}; "
             f"tolerances: logits {logits_tolerance(t.dtype)}, gradients {gradients_tolerance(t.dtype)}"
