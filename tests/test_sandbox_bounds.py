@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,15 @@ from front_ends import run_batch
 from parity.core.exit_codes import EXIT_SKIP
 from parity.frontends.bisect import resolve_model
 from parity.sandbox.channel import MAX_JSON_DEPTH, OUTPUT_TAIL_BYTES, Channel, OutputTail, nesting_exceeds
+from parity.sandbox.files import file_hashes
+from parity.subject.synthetic import (
+    CACHE_ENV_VAR,
+    DEFAULT_SEED,
+    checkpoint_name,
+    checkpoint_problem,
+    ensure_synthetic_checkpoint,
+)
+from parity.subject.targets import SMALL_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORWARD_START = "        device = idx.device\n"
@@ -182,3 +192,56 @@ def test_the_output_tail_keeps_the_last_bytes_and_counts_the_rest() -> None:
         tail.append(b"%03d\n" % i)
     assert tail.text() == "[... 3990 bytes before]\n7\n998\n999\n"
     assert sum(map(len, tail.chunks)) < 20
+
+
+# config.json gets a trailing space; with sums, SHA256SUMS is rewritten to match (a forger's full job).
+REWRITE_CHECKPOINT = """            import hashlib, pathlib
+            root = pathlib.Path({directory!r})
+            with open(root / "config.json", "ab") as f:
+                f.write(b" ")
+            if {sums}:
+                lines = [f"{{hashlib.sha256((root / n).read_bytes()).hexdigest()}}  {{n}}"
+                         for n in ("config.json", "model.safetensors")]
+                (root / "SHA256SUMS").write_text("\\\\n".join(lines) + "\\\\n")
+"""
+
+
+def test_a_checkpoint_the_tested_code_rewrites_is_cannot_test_and_a_synthetic_one_is_written_again(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    """Tested code rewrote the user's --model checkpoint, and the synthetic cache with its SHA256SUMS, and
+    every later run of an unchanged broken model passed. The parent's own hashes see both."""
+    user = tmp_path / "user-checkpoint"
+    shutil.copytree(checkpoint, user)
+    cache = tmp_path / "cache"
+    label = resolve_model("small", "cpu", None).name
+    synthetic = cache / checkpoint_name(label, DEFAULT_SEED)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{CACHE_ENV_VAR: str(cache)})
+    env.pop("PYTEST_ADDOPTS", None)
+    for kind, directory, model in (("user", user, str(user)), ("synthetic", synthetic, "small")):
+        impl = write_impl(
+            tmp_path / f"{kind}.py",
+            REWRITE_CHECKPOINT.format(directory=str(directory), sums=kind == "synthetic"),
+        )
+        for front_end in ("pytest", "bisect"):
+            argv = ["--impl", str(impl), "--model", model]
+            argv += ["-k", "logits"] if front_end == "pytest" else ["--checks", "logits"]
+            result = run_batch(front_end, {"run": argv}, env, tmp_path / f"{kind}-{front_end}.json")["run"]
+            output = str(result["output"])
+            assert result["rc"] == EXIT_SKIP, f"{kind} {front_end}: {output[-3000:]}"
+            changed = (
+                "SHA256SUMS (changed), config.json (changed)"
+                if kind == "synthetic"
+                else "config.json (changed)"
+            )
+            assert f"the tested code changed the checkpoint {directory}: {changed}" in output, output[-3000:]
+            if kind == "synthetic":
+                assert (
+                    "SHA256SUMS is removed, so the next run writes the synthetic checkpoint again" in output
+                )
+                assert (
+                    checkpoint_problem(directory)
+                    == "no SHA256SUMS (written by an older version, or incomplete)"
+                )
+    regenerated = ensure_synthetic_checkpoint(SMALL_CONFIG, label, root=cache)[0]
+    assert file_hashes(regenerated) == file_hashes(checkpoint), "written again, byte for byte"

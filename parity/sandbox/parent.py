@@ -9,7 +9,8 @@ child reports each phase (import, build, check NAME) and finally the verdicts, e
 nonce. Only a complete, well-formed result with the nonce, on a channel nothing else wrote to, is trusted:
 any other end (an exit without a result, a signal, a hang past the timeout) makes every check CANNOT-TEST,
 saying what happened and in which phase. When the child ends, its process group is killed, and so is
-every process it left behind, a detached daemon too (parity/sandbox/reaper.py). The parent, which never
+every process it left behind, a detached daemon too (parity/sandbox/reaper.py), and the checkpoint is
+checked against hashes taken before the child started (parity/sandbox/files.py). The parent, which never
 imports the tested code, also computes `hf_fingerprint` (the logits of a tiny seeded GPT2LMHeadModel,
 parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the target itself
 (parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both
@@ -40,6 +41,7 @@ from nanogpt.schema import param_count
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
 from parity.sandbox.channel import Channel, OutputTail, drain
+from parity.sandbox.files import changed_checkpoint, file_hashes
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
 from parity.sandbox.reaper import reaping_descendants
 from parity.sandbox.relay import ProgressRelay
@@ -188,6 +190,8 @@ def run_checks_in_child(
         )  # Hugging Face's model of the target itself (parity/sandbox/witness.py)
     except CheckpointError as e:
         return SandboxResult([], "", "", [], str(e))
+    checkpoint = target.ensure_checkpoint()
+    hashes = file_hashes(checkpoint)  # held here, where the child cannot rewrite them
     nonce = secrets.token_hex(16)
     request = {
         "nonce": nonce,
@@ -253,6 +257,7 @@ def run_checks_in_child(
         notes_written = reaped + _files_written(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
     messages, channel_problem = chunks.messages()
+    changed = changed_checkpoint(checkpoint, hashes, synthetic=target.weights == "synthetic")
     return _judge(
         messages,
         names,
@@ -262,7 +267,7 @@ def run_checks_in_child(
         output.text(),
         notes_written,
         limit_option,
-        channel_problem,
+        "; ".join(filter(None, [channel_problem, changed])),
     )
 
 
@@ -283,9 +288,10 @@ def _judge(
     output: str,
     notes_written: list[str],
     limit_option: str,
-    channel_problem: str = "",
+    tampering: str = "",
 ) -> SandboxResult:
-    """The SandboxResult of the child's trusted messages and how it ended.
+    """The SandboxResult of the child's trusted messages and how it ended; tampering is what the tested code
+    did beyond its process (its result channel, the checkpoint), which makes every check CANNOT-TEST.
 
     clean: what this process computed without the tested code: the tiny fingerprint, the witness of Hugging
     Face's model of the target, and the target's device.
@@ -297,11 +303,11 @@ def _judge(
     if len(results) == 1 and results[0].get("checkpoint_error"):
         return SandboxResult([], output, "", notes_written, str(results[0]["checkpoint_error"]))
     verdicts = _verdicts_of(results[0], names) if len(results) == 1 else None
-    if verdicts is None or channel_problem:  # a result beside a flood or forgery is not trusted either
+    if verdicts is None or tampering:  # a result beside a forgery or a changed checkpoint is not trusted
         what = _describe_end(returncode, timed_out, phase, output, limit_option)
         if results:
             what = f"the tested code's process returned a malformed result during {phase}"
-        what = "; ".join(filter(None, [what if verdicts is None else "", channel_problem]))
+        what = "; ".join(filter(None, [what if verdicts is None else "", tampering]))
         return SandboxResult(
             [Verdict(c, Status.CANNOT_TEST, what) for c in names], output, what, notes_written
         )

@@ -1,0 +1,65 @@
+"""The checkpoint a sandboxed run reads, hashed before the child starts and checked after it ends.
+
+Code under test runs with the caller's file permissions, so it can rewrite the checkpoint it is given:
+the user's `--model` directory, or the synthetic checkpoint in the cache together with its SHA256SUMS (a
+sums file the child can rewrite proves nothing). Every later run of an unchanged broken model would then
+compare on weights nobody chose. The parent (parity/sandbox/parent.py) keeps `file_hashes` of the
+checkpoint in its own memory, where the child cannot reach, and `checkpoint_changes` names what differs
+after the child: a file changed, added or removed. Any change makes every verdict CANNOT-TEST; a synthetic
+checkpoint that changed loses its sums file, so the next run writes it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from pathlib import Path
+
+from parity.subject.synthetic import CHECKSUM_FILE
+
+HASH_CHUNK_BYTES = 16 << 20
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """The sha256 of every file under directory (through symlinks, as the hub cache's blobs), by relative
+    path; a file that cannot be read is recorded as such, so that a change to it still shows."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_dir():
+            continue
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as fh:
+                while chunk := fh.read(HASH_CHUNK_BYTES):
+                    digest.update(chunk)
+            out[str(path.relative_to(directory))] = digest.hexdigest()
+        except OSError as e:
+            out[str(path.relative_to(directory))] = f"unreadable: {e.strerror or e}"
+    return out
+
+
+def checkpoint_changes(directory: Path, before: dict[str, str], limit: int = 3) -> list[str]:
+    """The files of directory that differ from before (changed, added, removed); at most limit of them."""
+    now = file_hashes(directory) if directory.is_dir() else {}
+    changed = sorted(
+        f"{name} ({'removed' if name not in now else 'added' if name not in before else 'changed'})"
+        for name in before.keys() | now.keys()
+        if before.get(name) != now.get(name)
+    )
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def changed_checkpoint(directory: Path, before: dict[str, str], synthetic: bool) -> str:
+    """What changed in the checkpoint since before ("" if nothing), and for a synthetic checkpoint, that it
+    was removed to be written again."""
+    changes = checkpoint_changes(directory, before)
+    if not changes:
+        return ""
+    what = f"the tested code changed the checkpoint {directory}: {', '.join(changes)}"
+    if synthetic:  # without its sums file the cache writes it again; this run's readers still find it
+        sums = directory / CHECKSUM_FILE
+        with contextlib.suppress(OSError):
+            shutil.rmtree(sums) if sums.is_dir() and not sums.is_symlink() else sums.unlink(missing_ok=True)
+        what += f" ({CHECKSUM_FILE} is removed, so the next run writes the synthetic checkpoint again)"
+    return what
