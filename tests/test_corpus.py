@@ -3,8 +3,8 @@
 A front end is one entry of FRONT_ENDS: a function running an implementation and returning its exit code
 and the verdict of each check, read from the JSON report it writes (`--parity-report`). The bisect command
 and `pytest parity/ --impl` run every variant, hostile ones included: both run the tested code in a child
-process. With -m slow the bisect command runs the correct ones again in float32, the CUDA default. Adding
-a front end is one FRONT_ENDS entry.
+process. With -m slow the bisect command runs the correct ones (and those marked float32) again in float32,
+the CUDA default. Adding a front end is one FRONT_ENDS entry.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ FRONT_ENDS: dict[str, FrontEnd] = {
     # float32 is the CUDA default: a correct implementation must pass there too (opt-in: -m slow).
     "bisect-float32": FrontEnd(
         lambda v, impl, tmp: run_bisect(v, impl, tmp, "--dtype", "float32"),
-        lambda v: v.correct,
+        lambda v: v.correct or v.float32,
         (pytest.mark.slow,),
     ),
 }
@@ -116,6 +116,9 @@ DEFAULT_CASES = {
     ("bisect", "hang-in-forward"),
     ("bisect", "patches-transformers"),
     ("bisect", "patches-transformers-for-its-width"),
+    ("bisect", "hf-lineage-conv1d-lm-head-decoder"),
+    ("bisect", "book-style-untied"),
+    ("bisect", "rmsnorm-no-bias"),
     ("pytest", "mingpt-style-factory-config"),
     ("pytest", "exit-0-in-forward"),
     ("pytest", "forward-raises-not-applicable"),

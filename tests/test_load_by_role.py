@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bisect_fixtures.corpus import write_book_style as corpus_book_style
 from test_structure_first import subject_of, verdicts
 
 from nanogpt.model import GPT
@@ -42,15 +43,8 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_book_style(directory: Path, tie: bool) -> Path:
-    """The book-style port, its head tied to the token embedding or not."""
-    text = (CORPUS / "book_style.py").read_text()
-    if tie:
-        text = text.replace('"tie": False,', '"tie": True,').replace(
-            "n_embd, tie=False)", "n_embd, tie=True)"
-        )
-    path = directory / "book_style.py"
-    path.write_text(text)
-    return path
+    """The book-style port (tests/bisect_fixtures/corpus.py), its head tied to the token embedding or not."""
+    return corpus_book_style(tie)(directory)
 
 
 def test_identity_mapping_is_nanogpt_names() -> None:

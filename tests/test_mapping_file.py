@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_load_by_role import CORPUS, small_checkpoint  # noqa: F401  (a fixture)
+from test_load_by_role import small_checkpoint, write_book_style  # noqa: F401  (a fixture)
 from test_structure_first import verdicts
 
 from parity.core.errors import ImplementationError, UsageError
@@ -49,14 +49,12 @@ QKV_MAPPING = {
 
 def write_shuffled(directory: Path) -> Path:
     """The tied book-style port with its query/key/value as proj_c/proj_b/proj_a, value registered first."""
-    text = (CORPUS / "book_style.py").read_text()
-    text = text.replace('"tie": False,', '"tie": True,').replace("n_embd, tie=False)", "n_embd, tie=True)")
-    text = text.replace(QKV_LINES, SHUFFLED)
+    path = write_book_style(directory, tie=True)
+    text = path.read_text().replace(QKV_LINES, SHUFFLED)
     text = text.replace("(self.W_query, self.W_key, self.W_value)", "(self.proj_c, self.proj_b, self.proj_a)")
     assert "self.W_query" not in text
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "book_shuffled.py").write_text(text)
-    return directory / "book_shuffled.py"
+    path.write_text(text)
+    return path
 
 
 def write_mapping(directory: Path, data: Any) -> Path:

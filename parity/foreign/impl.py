@@ -435,6 +435,13 @@ def load_implementation(
             shown=6,
         )
         names = "GPT-2's tensors placed by role" if by_role else "nanoGPT's names"
+        departures = mapping.departures if isinstance(mapping, RoleMap) else []
+        if departures:  # the reason every check that needs the weights gives: what is not GPT-2
+            shown = "; ".join(departures[:3]) + ("; ..." if len(departures) > 3 else "")
+            raise ImplementationError(
+                f"{impl.label} departs from GPT-2's architecture ({shown}; see the architecture check), so "
+                f"the checkpoint does not load: {problems}"
+            )
         raise ImplementationError(f"{impl.label} is not GPT-2's architecture under {names}: {problems}")
     try:
         model.to(dtype=dtype)

@@ -112,6 +112,7 @@ class Variant:
     says: tuple[str, ...] = ()  # texts the bisect command's output must contain
     hostile: bool = False
     pytest_options: tuple[str, ...] = field(default=())  # the same choices for `pytest parity/ --impl`
+    float32: bool = False  # run in float32 too although a check FAILs (its verdicts do not depend on dtype)
 
     @property
     def correct(self) -> bool:
@@ -381,5 +382,92 @@ CORPUS += [
         write_absolute_package,
         _same_as("package-with-relative-imports"),
         says=("on the path while importing (the file imports its own package by name)",),
+    ),
+]
+
+
+def write_book_style(tie: bool) -> Callable[[Path], Path]:
+    """book_style.py with its head tied to the token embedding (`cfg["tie"]`) or not (the book's own)."""
+
+    def write(directory: Path) -> Path:
+        path = _copy("book_style.py")(directory)
+        if tie:
+            text = path.read_text().replace('"tie": False,', '"tie": True,')
+            path.write_text(text.replace("n_embd, tie=False)", "n_embd, tie=True)"))
+        return path
+
+    return write
+
+
+# Ports in other names and layouts, loaded by role (the mapping printed in the load summary), and models
+# that are not GPT-2 (architecture FAILs naming the departures; checks that need the weights cannot run).
+NO_OPTIMIZER = {"optimizer_once": CANNOT, "decay_groups": CANNOT}  # no configure_optimizers
+# The book's model keeps PyTorch's default init (N(0, 1) embeddings, Kaiming-uniform Linear layers).
+DEFAULT_INIT = {"init": FAIL, "init_scheme": FAIL}
+UNTIED = {
+    "grads": FAIL,
+    "tied_gradient": FAIL,
+    "tied_storage": FAIL,
+    "param_count": FAIL,
+    "checkpoint_once": FAIL,
+    "train_steps": FAIL,
+    "init": CANNOT,
+}
+NOT_LOADABLE = _all(CANNOT, architecture=FAIL, init_scheme=FAIL)
+CORPUS += [
+    Variant(
+        "hf-lineage-conv1d-lm-head-decoder",
+        _copy("hf_lineage.py"),
+        _all(PASS, **NO_DROPOUT, **NO_LOADER, **NO_OPTIMIZER),
+        says=(
+            "checkpoint tensors placed by role (Hugging Face's name -> the implementation's):",
+            "h.{i}.attn.c_proj.weight -> transformer.h.{i}.attn.c_proj.weight (transposed)",
+            "lm_head.weight: the token embedding (tied) (lm_head.decoder.weight: the same Parameter)",
+        ),
+    ),
+    Variant(
+        "book-style-tied-separate-qkv",
+        write_book_style(tie=True),
+        _all(PASS, **NO_DROPOUT, **NO_LOADER, **NO_OPTIMIZER, **DEFAULT_INIT),
+        says=(
+            "wte.weight -> tok_emb.weight",
+            "h.{i}.attn.c_attn.weight -> trf_blocks.{i}.att.W_query.weight[rows 0:64], "
+            "trf_blocks.{i}.att.W_key.weight[rows 64:128], trf_blocks.{i}.att.W_value.weight[rows 128:192]",
+            "lm_head.weight: the token embedding (tied) (out_head.weight: the same Parameter)",
+        ),
+        float32=True,
+    ),
+    Variant(
+        "book-style-untied",
+        write_book_style(tie=False),
+        _all(PASS, **{**NO_DROPOUT, **NO_LOADER, **NO_OPTIMIZER, **DEFAULT_INIT, **UNTIED}),
+        says=(
+            "wte.weight -> out_head.weight (untied head: a copy of the values)",
+            "out_head.weight (GPT-2's lm_head.weight) equals tok_emb.weight (GPT-2's "
+            "transformer.wte.weight) by value but is a separate tensor",
+        ),
+        float32=True,
+    ),
+    Variant(
+        "rmsnorm-no-bias",
+        _copy("rmsnorm_no_bias.py"),
+        {**NOT_LOADABLE, "init": PASS},
+        says=(
+            "departs from GPT-2's architecture: block {i} ln_1: no LayerNorm parameters",
+            "no biases: transformer.h.{i}.attn.c_attn.weight has none",
+            "another activation",
+            "departs from GPT-2's architecture (block {i} ln_1: no LayerNorm parameters",
+        ),
+        float32=True,
+    ),
+    Variant(
+        "rotary-untied",
+        _copy("rotary_untied.py"),
+        {**NOT_LOADABLE, "tied-storage": FAIL},
+        says=(
+            "departs from GPT-2's architecture: no position embedding (64 x 64 learned positions; rotary",
+            "(as its own __init__ builds it; its weights could not be loaded): lm_head.weight is not tied",
+        ),
+        float32=True,
     ),
 ]
