@@ -168,8 +168,8 @@ def _size_target(
     if weights == "pretrained" and cached is None:
         raise UsageError(
             f"--weights pretrained: the real {name} checkpoint is not in the local Hugging Face cache "
-            f"({hf_cache_dir()}) and cannot be downloaded here; download it where the network allows, "
-            "or use --weights synthetic"
+            f"({hf_cache_dir()}) and cannot be downloaded here; download it where the network allows "
+            f"(`hf download {HUB_REPOS[name][0]} config.json model.safetensors`), or use --weights synthetic"
         )
     if cached is not None:
         why = "requested" if weights == "pretrained" else "found in the local Hugging Face cache"
