@@ -80,9 +80,7 @@ def test_the_bisect_command_refuses_a_bad_value_while_parsing_and_aborts(
 ) -> None:
     assert run([*argv, "--model", "/no/such/checkpoint"]) == EXIT_ABORT  # refused before --model is read
     err = capsys.readouterr().err
-    assert err.startswith(f"nanogpt-parity-bisect: error: {message}") and err.count("\n") == 1, (
-        err
-    )
+    assert err.startswith(f"nanogpt-parity-bisect: error: {message}") and err.count("\n") == 1, err
 
 
 def test_parsed_values_are_converted() -> None:
