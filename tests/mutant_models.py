@@ -105,6 +105,19 @@ class HeadNotTied(GPT):
         pass
 
 
+class HeadRewrappedAsParameter(GPT):
+    """After the tie, the head is re-wrapped: lm_head.weight = nn.Parameter(wte.weight.data).
+
+    The two names then share storage as two Parameter objects: logits match, but each gets only its own
+    path's gradient and an optimizer updates the storage twice per step (and keeps two AdamW states).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        if config.tie_weights:
+            self.lm_head.weight = nn.Parameter(self.transformer.wte.weight.data)
+
+
 class TieWrongDirection(GPT):
     """Ties lm_head.weight = wte.weight after initialising, so the head's GPT-2 init is lost.
 

@@ -25,6 +25,7 @@ from mutant_models import (
     GeluConstantFiveDigits,
     HeadBias,
     HeadNotTied,
+    HeadRewrappedAsParameter,
     HeadTiedToCopy,
     HeadTiedToPositions,
     LayerNormEps6,
@@ -114,6 +115,12 @@ MUTANTS: tuple[Mutant, ...] = (
         config="square",
     ),
     Mutant("head-tied-to-copy", HeadTiedToCopy, "tied-storage", r"a copy, not a tie"),
+    Mutant(
+        "head-rewrapped-as-parameter",
+        HeadRewrappedAsParameter,
+        "tied-storage",
+        r"two Parameter objects|a copy, not a tie",
+    ),
     # the converter
     Mutant(
         "c_proj-not-transposed", CProjNotTransposed, cause=r"first divergence at transformer\.h\.0\.attn:"
