@@ -127,3 +127,15 @@ def test_nanogpt_named_code_keeps_the_identity_path(tmp_path: Path, small_checkp
     subject = subject_of(write_model(tmp_path), small_checkpoint)
     assert mapping_of(subject.model()).identity
     assert PLACED_BY_ROLE not in subject.impl.notes
+
+
+def test_a_port_shares_hugging_face_storage_by_role(tmp_path: Path, small_checkpoint: Path) -> None:
+    from parity.subject.loading import share_parameters
+
+    subject = subject_of(write_book_style(tmp_path, tie=True), small_checkpoint)
+    model, hf = subject.model(), subject.hf()
+    assert share_parameters(model, hf, source_is_hf=True) == []  # the memory plan's path: nothing kept apart
+    c_attn = hf.transformer.h[0].attn.c_attn.weight
+    value = model.trf_blocks[0].att.W_value.weight
+    assert value.untyped_storage().data_ptr() == c_attn.untyped_storage().data_ptr()
+    assert verdicts(subject, ["logits"])["logits"].status == Status.PASS

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from nanogpt.model import GPT
-from nanogpt.schema import is_conv1d, to_linear_layout
+from nanogpt.schema import TensorMapping, is_conv1d, mapping_of
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 # Hugging Face's activation_function values --hf-activation takes: GPT-2's own (GELU's tanh approximation),
@@ -90,7 +90,8 @@ def share_parameters(
     """Replace model's parameters by views of source's same-named tensors where they hold the same values.
 
     With source_is_hf, Conv1D weights are views of the transposed source tensor (nanoGPT's Linear vs HF's
-    Conv1D, nanogpt/schema.py). Only a bitwise-equal tensor of the same shape and device is shared, so
+    Conv1D, nanogpt/schema.py), and a port's tensors are views of the ones of their role (its recorded
+    mapping: rows of c_attn for a separate query, key or value). Only a bitwise-equal tensor of the same shape and device is shared, so
     whatever the model's own loader got wrong keeps its own tensor and still fails the parity checks; with
     convert, "equal" is after converting the model's tensor to the source's dtype (a float32 load shares a
     float64 model's exact upcasts), else the dtypes must match. A tied parameter gets one new Parameter under
@@ -102,13 +103,15 @@ def share_parameters(
     kept = []
     # Untransposed tensors first: a float32 loader may return them as views of its own memory map of the
     # checkpoint, which keeps every page it read resident until the last of them is gone.
-    for name in sorted(places, key=lambda n: source_is_hf and is_conv1d(n)):
+    # A port in other names and layouts shares HF's tensors as they are placed (nanogpt.schema.TensorMapping).
+    mapping = mapping_of(model) if source_is_hf else TensorMapping()
+    for name in sorted(places, key=lambda n: source_is_hf and is_conv1d(mapping.role(n))):
         module, attr = places[name][0]
-        own, other = getattr(module, attr), theirs.get(name)
+        own, other = getattr(module, attr), theirs.get(mapping.role(name))
         if other is None:
             kept.append(name)
             continue
-        view = to_linear_layout(name, other.detach()) if source_is_hf else other.detach()
+        view = mapping.hf_view(name, other.detach()) if source_is_hf else other.detach()
         same_kind = (
             view.shape == own.shape and view.device == own.device and (convert or view.dtype == own.dtype)
         )
