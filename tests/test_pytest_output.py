@@ -19,7 +19,7 @@ from front_ends import REPO_ROOT, pytest_parity_argv
 
 TIMEOUT = 300
 # Distinctive parts of two FAIL verdict lines of the exact-GELU model, and of the grads check's details.
-ARCHITECTURE = "is not c_proj(GELU-tanh(c_fc(x))) on a probe"
+ARCHITECTURE = "computes the exact GELU, not GPT-2's tanh approximation"
 TRAIN_STEPS = "the loss of step 1 differs"
 GRADS_DETAILS = "likely cause: the forward pass already differs upstream"
 
