@@ -156,3 +156,17 @@ def test_rmsnorm_with_a_bias_is_not_layernorm() -> None:
     model.transformer.ln_f = RMSNormWithBias(TINY["n_embd"]).double()
     departures = architecture_departures(model, GPTConfig(**TINY))[1]
     assert departures == ["transformer.ln_f is not LayerNorm (eps 1e-5) on a probe"]
+
+
+def test_as_many_positions_as_tokens_keeps_the_embeddings_and_the_head_apart() -> None:
+    """V == T: the position embedding has the token embedding's shape, and is never taken for the head."""
+    from nanogpt.model import GPT
+
+    square = GPTConfig(block_size=48, vocab_size=48, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(square)
+    roles = discover_roles(model, square)
+    assert roles.identity and roles.tied and roles.complete, roles.departures
+    model.lm_head.weight = model.transformer.wpe.weight  # tied to the wrong matrix
+    roles = discover_roles(model, square)
+    assert roles.placements["transformer.wpe.weight"][0].target == "transformer.wpe.weight"
+    assert roles.head == "lm_head.weight" and not roles.tied

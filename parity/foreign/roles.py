@@ -120,6 +120,11 @@ def matrix_layout(unit: Unit, attr: str = "weight") -> tuple[int, int, bool] | N
     return found[0] if len(found) == 1 else None
 
 
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same Parameter, or two over one storage."""
+    return a is b or a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _is_norm(unit: Unit, C: int) -> bool:
     """A LayerNorm-like unit: one or two (C,) vectors (a gain, then perhaps a bias), nothing else."""
     return len(unit.params) <= 2 and all(tuple(p.shape) == (C,) for p in unit.params.values())
@@ -272,14 +277,22 @@ class _Discovery:
             self.depart(f"no token embedding ({V} x {C})")
         else:
             self.put(EMBEDDING, tokens[0], "weight")
-        positions = [u for u in embeddings if tuple(u.params["weight"].shape) == (T, C)]
+        # With as many positions as tokens (V == T) the shapes agree: the position embedding is the first
+        # (T, C) matrix after the token embedding that is not its storage, and it is never the head.
+        wte = tokens[0].params["weight"] if tokens else None
+        positions = [
+            u
+            for u in embeddings
+            if tuple(u.params["weight"].shape) == (T, C)
+            and (wte is None or not _same_storage(u.params["weight"], wte))
+        ]
         if positions:
             self.put(POSITIONS, positions[0], "weight")
         else:
             self.depart(f"no position embedding ({T} x {C} learned positions; rotary or none instead)")
         norms = [u for u in outside if _is_norm(u, C) and units.index(u) > after_blocks]
         self.norm(FINAL_NORM, norms[0] if norms else None, "ln_f")
-        self.head(tokens)
+        self.head([u for u in tokens if not positions or u is not positions[0]])
         extra = [u.full(a) for u in outside for a, p in u.params.items() if id(p) not in self.used]
         if extra:
             self.depart(f"parameters with no GPT-2 counterpart: {', '.join(extra[:6])}")
@@ -290,8 +303,7 @@ class _Discovery:
         wte = tokens[0].params["weight"]
         for u in tokens[1:]:
             w = u.params["weight"]
-            same = w is wte or (w.untyped_storage().data_ptr() == wte.untyped_storage().data_ptr())
-            if same:
+            if _same_storage(w, wte):
                 self.roles.tied_head = u.full("weight")
                 self.used.add(id(w))
             else:
