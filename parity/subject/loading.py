@@ -91,12 +91,12 @@ def share_parameters(
 
     With source_is_hf, Conv1D weights are views of the transposed source tensor (nanoGPT's Linear vs HF's
     Conv1D, nanogpt/schema.py), and a port's tensors are views of the ones of their role (its recorded
-    mapping: rows of c_attn for a separate query, key or value). Only a bitwise-equal tensor of the same shape and device is shared, so
-    whatever the model's own loader got wrong keeps its own tensor and still fails the parity checks; with
-    convert, "equal" is after converting the model's tensor to the source's dtype (a float32 load shares a
-    float64 model's exact upcasts), else the dtypes must match. A tied parameter gets one new Parameter under
-    all its names, so the tie survives. Returns the names kept. The two models then must not be changed
-    independently: a test that writes a weight restores it.
+    mapping: rows of c_attn for a separate query, key or value). Only a bitwise-equal tensor of the same
+    shape and device is shared, so whatever the model's own loader got wrong keeps its own tensor and still
+    fails the parity checks; with convert, "equal" is after converting the model's tensor to the source's
+    dtype (a float32 load shares a float64 model's exact upcasts), else the dtypes must match. A tied
+    parameter gets one new Parameter under all its names, so the tie survives. Returns the names kept. The
+    two models then must not be changed independently: a test that writes a weight restores it.
     """
     theirs = dict(source.named_parameters(remove_duplicate=False))
     places = _parameter_places(model)
