@@ -1,8 +1,8 @@
 """Every registered check (parity/checks/registry.py) on every target: one test each, its id the check's name.
 
 A FAIL fails the test with the check's verdict line and its cause (with -v, its details too); a CANNOT-TEST
-skips it with the reason. That is the one place its text is printed: every verdict, whatever its status,
-reaches the JSON report and the verdict table at the end of the run, which shows statuses only.
+skips it. Every verdict, whatever its status, reaches the JSON report and the verdict table at the end of
+the run, which shows statuses and, below them, each CANNOT-TEST's reason: each text is printed once.
 The verdict comes from `verdict_of` (parity/conftest.py): the check run here, or, with --impl, read from
 the child process that ran it.
 """
@@ -39,4 +39,4 @@ def test_check(
     if verdict.status is Status.FAIL:
         pytest.fail(message, pytrace=False)
     if verdict.status is Status.CANNOT_TEST:
-        pytest.skip(f"CANNOT-TEST {check}: {verdict.reason}")
+        pytest.skip(f"CANNOT-TEST {check}: the reason is under the parity verdicts table")

@@ -142,8 +142,8 @@ def record_verdict(config: pytest.Config, model: str, verdict: Verdict) -> None:
 
 
 def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[str]:
-    """The verdicts as a check x model table; the Markdown form lists each failure's reason below it (the
-    terminal's has them once already, in the failed or skipped test's report)."""
+    """The verdicts as a check x model table, each CANNOT-TEST's reason below it; the Markdown form lists
+    each FAIL's reason too (the terminal has those once already, in the failed test's report)."""
     models = list(dict.fromkeys(c["model"] for c in checks))
     names = list(dict.fromkeys(c["check"] for c in checks))
     status = {(c["check"], c["model"]): c["status"] for c in checks}
@@ -166,6 +166,11 @@ def verdict_table(checks: list[dict[str, Any]], markdown: bool = False) -> list[
         f"{n:<{width}}  "
         + "  ".join(f"{status.get((n, m), '-'):<{w}}" for m, w in zip(models, cols, strict=True))
         for n in names
+    ]
+    lines += [
+        f"{c['model']}: {c['status']} {c['check']}: {c['reason']}"
+        for c in checks
+        if c["status"] == "CANNOT-TEST"
     ]
     return lines
 
