@@ -130,3 +130,21 @@ def test_progress_arrives_while_the_child_runs_before_the_first_verdict(
     verdict, n_verdict = _arrival(lines, "out", is_verdict)
     assert n_building < n_built < n_checked < n_verdict, "the child's phases, then the verdicts"
     assert built - building >= SLEEP_S - relay.HOLD_S - 1, "the slow build's start line showed while it ran"
+
+
+def test_the_parents_witness_model_is_announced_for_a_large_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the child starts, the parent loads Hugging Face's model of the target: seconds on gpt2-xl."""
+    from parity.sandbox import witness
+    from parity.subject import progress
+    from parity.subject.targets import resolve_targets
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "_sink", None)  # restored after the test
+    progress.send_lines_to(lines.append)
+    monkeypatch.setattr(witness, "PROGRESS_MIN_BYTES", 0)  # the small model counts as large here
+    (target,) = resolve_targets("small", "auto", "cpu", None)
+    witness.clean_witness(target)
+    assert lines[0] == f"{target.name}: Hugging Face's model in this process, the witness for the child's ..."
+    assert lines[1].startswith(
+        f"{target.name}: Hugging Face's model in this process, the witness for the child's: done"
+    )

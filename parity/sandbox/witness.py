@@ -13,6 +13,7 @@ compare with Hugging Face's GPT-2: CANNOT-TEST.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -23,7 +24,9 @@ from nanogpt.hf_files import read_hf_config, weight_files
 from parity.numerics.forward import hf_logits, loss_of
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf
-from parity.subject.memory import release_free_memory
+from parity.subject.memory import param_bytes, release_free_memory
+from parity.subject.progress import phase
+from parity.subject.subject import PROGRESS_MIN_BYTES
 from parity.subject.targets import ParityTarget
 
 # Logit entries sampled evenly across the batch, besides their sum, their sum of squares and the loss.
@@ -54,15 +57,18 @@ def clean_witness(target: ParityTarget) -> list[float]:
     checkpoint = target.ensure_checkpoint()
     read_hf_config(checkpoint)
     weight_files(checkpoint)
-    try:
-        hf = load_hf(checkpoint, target.dtype, target.device, True, activation=target.hf_activation)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{checkpoint}: Hugging Face's GPT2LMHeadModel cannot load it: {e}") from e
-    try:
-        return witness(hf, target)
-    finally:
-        del hf
-        release_free_memory()
+    big = param_bytes(target.config, target.dtype) >= PROGRESS_MIN_BYTES  # seconds of silence otherwise
+    label = f"{target.name}: Hugging Face's model in this process, the witness for the child's"
+    with phase(label) if big else contextlib.nullcontext():
+        try:
+            hf = load_hf(checkpoint, target.dtype, target.device, True, activation=target.hf_activation)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{checkpoint}: Hugging Face's GPT2LMHeadModel cannot load it: {e}") from e
+        try:
+            return witness(hf, target)
+        finally:
+            del hf
+            release_free_memory()
 
 
 def witness_differs(clean: list[float], other: Any, device: str) -> bool:
