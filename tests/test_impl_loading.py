@@ -23,7 +23,8 @@ from parity.core.errors import ImplementationError
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Status
 from parity.foreign.adapters import call_configure_optimizers
-from parity.foreign.impl import MODULE_PREFIX, import_implementation, load_implementation
+from parity.foreign.impl import MODULE_PREFIX, import_implementation
+from parity.foreign.load import load_implementation
 from parity.frontends.bisect import SMALL_CONFIG
 from parity.numerics.tie import same_storage
 from parity.subject.subject import Subject

@@ -27,7 +27,7 @@ from nanogpt.schema import (
     tensor_shapes,
 )
 from parity.core.verdicts import Status
-from parity.foreign.impl import PLACED_BY_ROLE
+from parity.foreign.load import PLACED_BY_ROLE
 from parity.frontends.bisect import SMALL_CONFIG
 from parity.numerics.tie import get_tensor
 from parity.subject.synthetic import ensure_synthetic_checkpoint

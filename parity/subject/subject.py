@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from parity.core.errors import ImplementationError
-from parity.foreign.impl import Implementation, LoadReport, load_implementation
+from parity.foreign.impl import Implementation
+from parity.foreign.load import LoadReport, load_implementation
 from parity.numerics.gradients import GradientRun, run_gradients
 from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch
