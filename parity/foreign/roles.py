@@ -321,11 +321,6 @@ def discover_roles(model: nn.Module, config: Any) -> RoleMap:
     return _Discovery(model, config).run()
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's activation: GELU's tanh approximation."""
-    return F.gelu(x, approximate="tanh")
-
-
 def probe_norm(module: nn.Module, C: int, gain: str = "weight", bias: str | None = "bias") -> bool:
     """True when a norm module computes LayerNorm (eps 1e-5) with its gain and bias on a probe."""
     g = torch.Generator().manual_seed(1)
