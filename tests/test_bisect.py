@@ -205,7 +205,8 @@ def test_the_report_holds_the_verdicts_of_a_good_a_bad_and_an_untestable_commit(
         argv = ["--impl", str(impl), "--checks", "tied-storage,logits", "--parity-report", str(report)]
         assert run(argv) == code, name
         out, data = capsys.readouterr().out, json.loads(report.read_text())
-        assert set(data) == {"schema_version", "environment", "checks", "records", "profiles", "timing"}, name
+        keys = {"schema_version", "environment", "load", "checks", "records", "profiles", "timing"}
+        assert set(data) == keys, name
         (model,) = data["environment"]["models"]
         assert model["name"] == target.name and model["weights"] == "synthetic", model
         statuses = {c["check"]: c["status"] for c in data["checks"]}

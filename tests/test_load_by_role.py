@@ -9,6 +9,7 @@ implementation's own names. nanoGPT-named code keeps the identity mapping.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ from parity.foreign.load import PLACED_BY_ROLE
 from parity.frontends.bisect import SMALL_CONFIG
 from parity.numerics.tie import get_tensor
 from parity.subject.synthetic import ensure_synthetic_checkpoint
+
+pytest_plugins = ["pytester"]
 
 CORPUS = Path(__file__).parent / "bisect_fixtures" / "corpus"
 
@@ -139,3 +142,27 @@ def test_a_port_shares_hugging_face_storage_by_role(tmp_path: Path, small_checkp
     value = model.trf_blocks[0].att.W_value.weight
     assert value.untyped_storage().data_ptr() == c_attn.untyped_storage().data_ptr()
     assert verdicts(subject, ["logits"])["logits"].status == Status.PASS
+
+
+def test_the_json_report_holds_the_mapping_through_both_front_ends(
+    pytester: pytest.Pytester, small_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The load summary, mapping included, is in the report even when architecture is not among the checks."""
+    from front_ends import run_pytest_parity
+
+    from parity.frontends.bisect import run as bisect_run
+
+    impl = write_book_style(tmp_path / "book", tie=True)
+    expected = "wte.weight -> tok_emb.weight"
+    bisect_report = tmp_path / "bisect.json"
+    code = bisect_run(
+        ["--impl", str(impl), "--model", str(small_checkpoint), "--checks", "logits"]
+        + ["--parity-report", str(bisect_report)]
+    )
+    pytest_code, output, data = run_pytest_parity(
+        pytester, impl, small_checkpoint, tmp_path / "pytest.json", "-k", "logits", in_process=False
+    )
+    assert (code, pytest_code) == (0, 0), output[-2000:]
+    for report in (json.loads(bisect_report.read_text()), data):
+        (notes,) = report["load"].values()
+        assert PLACED_BY_ROLE in notes and any(n.strip() == expected for n in notes), notes

@@ -28,7 +28,7 @@ from nanogpt.paths import OutputPathError
 from parity.checks.registry import CHECK_NAMES
 from parity.core.errors import UsageError
 from parity.core.exit_codes import EXIT_ABORT, decide
-from parity.core.verdicts import Verdict, format_verdicts
+from parity.core.verdicts import format_verdicts
 from parity.frontends.options import BISECT, OptionError, add_options, parse_checks
 from parity.frontends.report import ParityReport, check_report_path
 from parity.sandbox.parent import SandboxResult, default_timeout, output_summary, run_checks_in_child
@@ -87,9 +87,12 @@ def print_sandbox_output(result: SandboxResult, details: bool) -> None:
         print(line)
 
 
-def write_report(path: str, target: ParityTarget, verdicts: list[Verdict], impl: str | None = None) -> None:
-    """The JSON report of verdicts on target at path, in the schema of `pytest parity/ --parity-report`."""
+def write_report(path: str, target: ParityTarget, result: SandboxResult, impl: str | None = None) -> None:
+    """The JSON report of the child's verdicts and load notes on target at path, in the schema of
+    `pytest parity/ --parity-report`."""
     report = ParityReport.for_targets([target], impl)
+    report.load[target.name] = list(result.notes)
+    verdicts = result.verdicts
     for verdict in verdicts:
         report.add_verdict(target.name, verdict)
     report.write(path)
@@ -140,7 +143,7 @@ def run(argv: list[str] | None = None) -> int:
     code, why = decide(result.verdicts, expect, named)
     if args.parity_report:
         try:
-            write_report(args.parity_report, target, result.verdicts, args.impl)
+            write_report(args.parity_report, target, result, args.impl)
         except (OutputPathError, OSError) as e:  # checked while parsing; changed since
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return EXIT_ABORT

@@ -78,6 +78,8 @@ class ParityReport:
         self.checks: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}
         self.profiles: list[dict[str, Any]] = []  # per-module difference profiles of diagnosed logits
+        # Per model, the load summary of the code under test (discovery, tensor mapping, what was left out).
+        self.load: dict[str, list[str]] = {}
         # What the run read, which write never replaces (report_inputs); set by for_targets.
         self.targets: list[ParityTarget] = []
         self.impl: str | None = None
@@ -117,6 +119,7 @@ class ParityReport:
         return {
             "schema_version": SCHEMA_VERSION,
             "environment": self.environment,
+            "load": self.load,
             "checks": sorted(self.checks, key=key),
             "records": sorted(self.records, key=key),
             "profiles": self.profiles,

@@ -29,6 +29,7 @@ from parity.frontends.options import GROUP_TITLE, PYTEST, add_options
 from parity.frontends.pytest_frontend.child_run import (
     CHILD_RUN_KEY,
     EXIT_CANNOT_TEST,
+    RESULTS_KEY,
     ChildRun,
     merge_worker_part,
     parse_timeout,
@@ -259,6 +260,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         }
         config.workeroutput[WORKER_CHILD] = worker_part(config)
         return
+    for name, result in config.stash.get(RESULTS_KEY, {}).items():  # the child's load summary, per model
+        report.load[name] = list(result.notes)
     cannot_test = cannot_test_lines(report.checks)
     if cannot_test and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = EXIT_CANNOT_TEST  # pytest's main returns what this hook leaves here
