@@ -3,8 +3,8 @@
 A front end is one entry of FRONT_ENDS: a function running an implementation and returning its exit code
 and the verdict of each check, read from the JSON report it writes (`--parity-report`). The bisect command
 and `pytest parity/ --impl` run every variant, hostile ones included: both run the tested code in a child
-process. With -m slow the bisect command runs the correct ones (and those marked float32) again in float32,
-the CUDA default. Adding a front end is one FRONT_ENDS entry.
+process. With -m slow both run the correct ones (and those marked float32) again in float32, the CUDA
+default. Adding a front end is one FRONT_ENDS entry.
 """
 
 from __future__ import annotations
@@ -69,14 +69,15 @@ def run_bisect(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> Fro
     return FrontEndRun(code, variant.exit_code, report_verdicts(report), output, seconds)
 
 
-def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path) -> FrontEndRun:
-    """`python -m pytest parity/ --impl IMPL` on the bisect command's small model, from a scratch folder; the
-    verdicts from its JSON report (none when the run ended without one)."""
+def run_parity_suite(variant: Variant, impl: Path, tmp_path: Path, *extra: str) -> FrontEndRun:
+    """`python -m pytest parity/ --impl IMPL ...` on the bisect command's small model, from a scratch folder;
+    the verdicts from its JSON report (none when the run ended without one)."""
     from parity.frontends.bisect import resolve_model
 
     checkpoint = resolve_model("small", "cpu", None).ensure_checkpoint()
     report = tmp_path / "parity-report.json"
-    argv = pytest_parity_argv(impl, checkpoint, "--parity-report", str(report), *variant.pytest_options)
+    options = (*variant.pytest_options, *extra)
+    argv = pytest_parity_argv(impl, checkpoint, "--parity-report", str(report), *options)
     env = dict(_env(tmp_path), PYTHONDONTWRITEBYTECODE="1")
     code, output, seconds = _timed_run(argv, env, tmp_path)
     return FrontEndRun(code, variant.pytest_exit_code, report_verdicts(report), output, seconds)
@@ -94,9 +95,15 @@ class FrontEnd:
 FRONT_ENDS: dict[str, FrontEnd] = {
     "bisect": FrontEnd(run_bisect, lambda v: True),
     "pytest": FrontEnd(run_parity_suite, lambda v: True),
-    # float32 is the CUDA default: a correct implementation must pass there too (opt-in: -m slow).
+    # float32 is the CUDA default: a correct implementation must pass there too, and the variants marked
+    # float32 keep their verdicts (opt-in: -m slow).
     "bisect-float32": FrontEnd(
         lambda v, impl, tmp: run_bisect(v, impl, tmp, "--dtype", "float32"),
+        lambda v: v.correct or v.float32,
+        (pytest.mark.slow,),
+    ),
+    "pytest-float32": FrontEnd(
+        lambda v, impl, tmp: run_parity_suite(v, impl, tmp, "--dtype", "float32"),
         lambda v: v.correct or v.float32,
         (pytest.mark.slow,),
     ),

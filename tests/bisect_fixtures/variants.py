@@ -118,6 +118,7 @@ EDITS: dict[str, list[tuple[str, str]]] = {
             "class GPT(nn.Module):\n    def __init__(self, config):\n",
             "class GPT(nn.Module):\n    def __init__(self, config: ModelArgs):\n",
         ),
+        ("model = GPT(GPTConfig(**config_args))", "model = GPT(ModelArgs(**config_args))"),
     ],
     "forward-dict": [("        return logits, loss\n", '        return {"logits": logits, "loss": loss}\n')],
     # configure_optimizers with an extra parameter that nothing can fill: only it is named.
