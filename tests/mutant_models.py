@@ -339,6 +339,67 @@ class PaddingNotCropped(ReimplementedGPT):
     crop_padding = False
 
 
+# ----------------------------------------------------------------------------------------------------------
+# generation
+
+
+class SamplingGPT(GPT):
+    """GPT.generate re-implemented with switches, so each sampling mutant turns exactly one step off."""
+
+    multiply_temperature = False
+    top_k_keeps_only_max = False
+    crop_first_block = False
+
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        block = self.config.block_size
+        for _ in range(max_new_tokens):
+            if idx.size(1) <= block:
+                idx_cond = idx
+            else:
+                idx_cond = idx[:, :block] if self.crop_first_block else idx[:, -block:]
+            logits = self(idx_cond, last_only=True)[0][:, -1, :]
+            logits = logits * temperature if self.multiply_temperature else logits / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [0 if self.top_k_keeps_only_max else -1]]] = -float("inf")
+            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+        return idx
+
+
+def sampling_bug(name: str, switch: str, doc: str) -> type[SamplingGPT]:
+    """A SamplingGPT with one switch turned on; doc is the bug, as a mutant class's docstring says it."""
+    return type(name, (SamplingGPT,), {switch: True, "__doc__": doc})
+
+
+TemperatureMultiplied = sampling_bug(
+    "TemperatureMultiplied",
+    "multiply_temperature",
+    "generate multiplies the logits by the temperature instead of dividing: 0.7 sharpens nothing.",
+)
+TopKKeepsOnlyMax = sampling_bug(
+    "TopKKeepsOnlyMax",
+    "top_k_keeps_only_max",
+    "generate's top-k filter compares with v[:, [0]] (the largest) instead of v[:, [-1]]: top-1 sampling.",
+)
+ContextCroppedToFirstBlock = sampling_bug(
+    "ContextCroppedToFirstBlock",
+    "crop_first_block",
+    "generate crops a long context to its first block_size tokens instead of its last.",
+)
+
+
+class LastOnlyGivesFirstPosition(GPT):
+    """The no-target call for generation (last_only) returns the first position's logits, not the last's."""
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, loss = super().forward(idx, targets)
+        return (logits[:, [0], :], loss) if last_only and targets is None else (logits, loss)
+
+
 class HeadBias(GPT):
     """lm_head built with a bias (nn.Linear's default), which GPT-2 does not have.
 

@@ -16,6 +16,7 @@ from mutant_models import (
     AttnBiasDropped,
     CAttnReshapedNotTransposed,
     CFcNotTransposed,
+    ContextCroppedToFirstBlock,
     CProjNotTransposed,
     DropoutInEval,
     ExactGelu,
@@ -28,6 +29,7 @@ from mutant_models import (
     HeadRewrappedAsParameter,
     HeadTiedToCopy,
     HeadTiedToPositions,
+    LastOnlyGivesFirstPosition,
     LayerNormEps6,
     LossShiftsTargetsAgain,
     MaskMissing,
@@ -40,13 +42,16 @@ from mutant_models import (
     PositionsNotAdded,
     QKVWrongOrder,
     ReimplementedGPT,
+    SamplingGPT,
     ScaleByHeadDim,
     ScaleMissing,
     SlidingWindow64,
+    TemperatureMultiplied,
     TiedInTwoGroups,
     TiedTwiceInDecayGroup,
     TieRightDirectionAfterInit,
     TieWrongDirection,
+    TopKKeepsOnlyMax,
     gpt_with,
 )
 
@@ -201,6 +206,26 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant("padding-not-cropped", PaddingNotCropped, cause=r"padd", padded=True),
     Mutant("lm_head-bias", HeadBias, "load", r"no value from the checkpoint: lm_head\.bias"),
+    # generation: the implementation's own generate, greedy and sampled
+    Mutant(
+        "temperature-multiplied",
+        TemperatureMultiplied,
+        "inference",
+        r"step 0 differs.*temperature multiplies the logits",
+    ),
+    Mutant("top-k-keeps-only-max", TopKKeepsOnlyMax, "inference", r"keeps 1 token\(s\), not the 5.*top-k"),
+    Mutant(
+        "context-cropped-to-first-block",
+        ContextCroppedToFirstBlock,
+        "inference",
+        r"first \d+ tokens, not the last \(the crop\)",
+    ),
+    Mutant(
+        "last-only-gives-first-position",
+        LastOnlyGivesFirstPosition,
+        "inference",
+        r"greedy continuation by its own generate\(top_k=1\) differs.*no-target call",
+    ),
     # counting and the optimizer
     Mutant("parameters-count-tie-twice", ParametersCountTieTwice, "param-count", r"counted twice"),
     Mutant(
@@ -233,6 +258,7 @@ CONTROLS: tuple[Mutant, ...] = (
     Mutant("reimplemented-forward", ReimplementedGPT),
     Mutant("reimplemented-forward-padded", ReimplementedGPT, padded=True),
     Mutant("tie-right-direction-after-init", TieRightDirectionAfterInit),
+    Mutant("reimplemented-generate", SamplingGPT),
 )
 
 
