@@ -16,7 +16,7 @@ import pytest
 from nanogpt.errors import CheckpointError
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
-from parity.frontends.pytest_frontend.plugin import record_verdict
+from parity.frontends.pytest_frontend.plugin import SHORT_FAILURE_KEY, record_verdict
 from parity.subject.targets import ParityTarget
 
 
@@ -37,6 +37,7 @@ def test_check(
         verbose = request.config.getoption("verbose") > 0
         message += f"\n{verdict.details}" if verbose else " (-v shows the details)"
     if verdict.status is Status.FAIL:
+        request.node.stash[SHORT_FAILURE_KEY] = f"FAIL {check}"
         pytest.fail(message, pytrace=False)
     if verdict.status is Status.CANNOT_TEST:
         pytest.skip(f"CANNOT-TEST {check}: the reason is under the parity verdicts table")

@@ -43,6 +43,8 @@ from parity.subject.targets import ParityTarget, resolve_targets
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
 REPORT_KEY = pytest.StashKey[ParityReport]()
 IMPL_KEY = pytest.StashKey[Implementation]()  # set only with --impl --in-process
+# A failed check's short name ("FAIL logits") for pytest's short test summary, set by the test itself.
+SHORT_FAILURE_KEY = pytest.StashKey[str]()
 # Why the run exits 125 instead of 0, one line per model, found at the session's end.
 CANNOT_TEST_KEY = pytest.StashKey[list[str]]()
 WORKER_REPORT = "parity_report"  # key of a pytest-xdist worker's report part in its workeroutput
@@ -135,6 +137,21 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         if not getattr(fixturedef.func, "__module__", "").startswith("parity."):
             raise
         pytest.exit(f"cannot load the checkpoint: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed check's line in pytest's short test summary names the check, not its verdict again.
+
+    The verdict line is in the test's report already; pytest would repeat it in the summary, in full on a
+    CI runner or with -vv, details included.
+    """
+    report = yield
+    short = item.stash.get(SHORT_FAILURE_KEY, None)
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if short is not None and report.failed and crash is not None:
+        crash.message = f"{short} (its verdict is in the report above)"
+    return report
 
 
 def record_verdict(config: pytest.Config, model: str, verdict: Verdict) -> None:
