@@ -52,6 +52,7 @@ class ReimplementedGPT(GPT):
     crop_padding = True
     detach_positions = False
     shift_targets_again = False
+    ignore_index = -1
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
@@ -74,7 +75,9 @@ class ReimplementedGPT(GPT):
             scored, wanted = (
                 (logits[:, :-1], targets[:, 1:]) if self.shift_targets_again else (logits, targets)
             )
-            loss = F.cross_entropy(scored.reshape(-1, logits.size(-1)), wanted.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(
+                scored.reshape(-1, logits.size(-1)), wanted.reshape(-1), ignore_index=self.ignore_index
+            )
         return logits, loss
 
 
@@ -321,6 +324,24 @@ class LossShiftsTargetsAgain(ReimplementedGPT):
     shift_targets_again = True
 
 
+class LossIgnoresNothing(ReimplementedGPT):
+    """A hand-written cross-entropy (log_softmax, gather) without ignore_index: no target is ignored."""
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, _ = super().forward(idx)
+        if targets is None:
+            return logits, None
+        return logits, -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).mean()
+
+
+class LossIgnoresPadToken(ReimplementedGPT):
+    """The loss ignores token 0 (taken for a pad id) instead of -1: masked targets are not ignored."""
+
+    ignore_index = 0
+
+
 class PositionsNotAdded(ReimplementedGPT):
     """Position embeddings are never added to the token embeddings."""
 
@@ -462,6 +483,35 @@ class TiedTwiceInDecayGroup(GPT):
         return [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+
+class AdamNotAdamW(GPT):
+    """torch.optim.Adam instead of AdamW: the weight decay is added to the gradient (L2), not decoupled."""
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str = "cpu"
+    ) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.optimizer_groups(weight_decay), lr=learning_rate, betas=betas)
+
+
+class BetasDropped(GPT):
+    """configure_optimizers takes betas but never passes them on: AdamW runs with its default (0.9, 0.999)."""
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str = "cpu"
+    ) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.optimizer_groups(weight_decay), lr=learning_rate)
+
+
+class DecayEveryTensor(GPT):
+    """Decay by dim() >= 1: biases and LayerNorm gains are weight-decayed with the matrices."""
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        params = list(self.parameters())
+        return [
+            {"params": [p for p in params if p.dim() >= 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 1], "weight_decay": 0.0},
         ]
 
 

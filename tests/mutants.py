@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mutant_models import (
+    AdamNotAdamW,
     AttnBiasDropped,
+    BetasDropped,
     CAttnReshapedNotTransposed,
     CFcNotTransposed,
     ContextCroppedToFirstBlock,
     CProjNotTransposed,
+    DecayEveryTensor,
     DropoutInEval,
     ExactGelu,
     FinalNormMissing,
@@ -31,6 +34,8 @@ from mutant_models import (
     HeadTiedToPositions,
     LastOnlyGivesFirstPosition,
     LayerNormEps6,
+    LossIgnoresNothing,
+    LossIgnoresPadToken,
     LossShiftsTargetsAgain,
     MaskMissing,
     MaskOffByOne,
@@ -193,6 +198,10 @@ MUTANTS: tuple[Mutant, ...] = (
         r"transformer\.wpe\.weight: no gradient on the implementation side",
     ),
     Mutant("loss-shifts-targets-again", LossShiftsTargetsAgain, "loss", r"the logits match.*own loss"),
+    Mutant("loss-ignores-nothing", LossIgnoresNothing, "loss", r"ignores neither nanoGPT's -1.*out of range"),
+    Mutant(
+        "loss-ignores-pad-token", LossIgnoresPadToken, "loss", r"ignores neither.*ignore_index=-1.*Target -1"
+    ),
     Mutant(
         "attention-window-64",
         gpt_with(SlidingWindow64),
@@ -239,6 +248,14 @@ MUTANTS: tuple[Mutant, ...] = (
         TiedTwiceInDecayGroup,
         "optimizer-once",
         r"transformer\.wte\.weight.*\[0\.1, 0\.1\]",
+    ),
+    Mutant("adam-not-adamw", AdamNotAdamW, "decay-groups", r"torch\.optim\.adam\.Adam differs.*\(L2\)"),
+    Mutant("betas-dropped", BetasDropped, "decay-groups", r"betas=\(0\.9, 0\.999\).*betas=\(0\.85, 0\.97\)"),
+    Mutant(
+        "decay-every-tensor",
+        DecayEveryTensor,
+        "decay-groups",
+        r"ln_1\.weight \(a norm gain\) has weight_decay \[0\.1\].*do not decay",
     ),
     # the implementation's own loader
     Mutant(

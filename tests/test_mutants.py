@@ -53,6 +53,16 @@ REQUIRED = {
     "num-params-count-tie-twice",
     "lm_head-bias",
     "padding-not-cropped",
+    "head-rewrapped-as-parameter",
+    "temperature-multiplied",
+    "top-k-keeps-only-max",
+    "context-cropped-to-first-block",
+    "last-only-gives-first-position",
+    "loss-ignores-nothing",
+    "loss-ignores-pad-token",
+    "adam-not-adamw",
+    "betas-dropped",
+    "decay-every-tensor",
 }
 
 

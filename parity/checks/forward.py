@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from nanogpt.hf import hf_config_from_gpt
 from parity.checks.check import Check
 from parity.checks.generation import greedy_generate, near_tie, own_generate, sampled_generation
+from parity.checks.ignored_targets import ignored_targets
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
 from parity.core.errors import NotApplicable
 from parity.core.outputs import split_output
@@ -102,7 +103,8 @@ def logits_check(subject: Subject) -> Outcome:
 
 
 def loss_check(subject: Subject) -> Outcome:
-    """The implementation's own loss (its forward with targets) equals the loss of HF's logits."""
+    """The implementation's own loss (its forward with targets) equals the loss of HF's logits, also with
+    ignored targets (parity/checks/ignored_targets.py)."""
     run = subject.gradient_run()
     try:
         rec = loss_comparison(run.implementation_loss, run.hf_loss, subject.dtype)
@@ -116,7 +118,10 @@ def loss_check(subject: Subject) -> Outcome:
             "over every position, mean reduction, targets not shifted again, ignore_index=-1)"
         )
         raise ParityFailure(f"[loss] {cause}\n  {str(e).removeprefix('[loss] ')}", e.records) from None
-    return Outcome(f"loss {float(run.hf_loss):.6f} matches Hugging Face's ({rec.summary()})", records=[rec])
+    masked = ignored_targets(subject)
+    return Outcome(
+        f"loss {float(run.hf_loss):.6f} matches Hugging Face's ({rec.summary()}); {masked}", records=[rec]
+    )
 
 
 def _forward_differs(subject: Subject) -> bool:

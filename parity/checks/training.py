@@ -1,4 +1,5 @@
-"""Training checks: the decay policy of the tied matrix, AdamW steps against Hugging Face, and the init.
+"""Training checks: the optimizer against the request (parity/checks/optim_groups.py), AdamW steps against
+Hugging Face, and the init.
 
 train-steps trains copies of both models with the implementation's own parameter groups mirrored onto
 Hugging Face's model, so a different decay policy is reported once, by decay-groups. init and init-scheme
@@ -20,7 +21,14 @@ from torch import nn
 from nanogpt.hf import hf_config_from_gpt
 from nanogpt.schema import EMBEDDING, HEAD, init_spec, mapping_of, to_linear_layout
 from parity.checks.check import Check
-from parity.checks.optim_groups import BETAS, LEARNING_RATE, WEIGHT_DECAY, configured_optimizer, hf_no_decay
+from parity.checks.optim_groups import (
+    BETAS,
+    LEARNING_RATE,
+    WEIGHT_DECAY,
+    configured_optimizer,
+    decay_groups_check,
+    hf_no_decay,
+)
 from parity.core.compare import ParityFailure, without_padding_rows
 from parity.core.errors import CannotTest
 from parity.core.tolerances import (
@@ -50,36 +58,6 @@ MIRRORED_OPTIONS = (
     "dampening",
     "nesterov",
 )
-
-
-def decay_groups_check(subject: Subject) -> Outcome:
-    """The tied matrix is weight-decayed (or not) as the policy says, in every group that holds it."""
-    model = subject.model()
-    optimizer = configured_optimizer(model, subject.device)
-    emb, head = get_tensor(model, EMBEDDING), get_tensor(model, HEAD)
-    matrices = [("the tied matrix (transformer.wte.weight = lm_head.weight)", emb)]
-    if not same_storage(emb, head):
-        matrices = [(f"{EMBEDDING} (untied)", emb), (f"{HEAD} (untied)", head)]
-    want = "weight-decayed" if subject.tied_decay else "not weight-decayed"
-    problems, found = [], []
-    for what, tensor in matrices:
-        decays = [
-            g.get("weight_decay", 0.0)
-            for g in optimizer.param_groups
-            for p in g["params"]
-            if same_storage(p, tensor)
-        ]
-        found.append(f"{what}: weight_decay {decays}")
-        if not decays:
-            problems.append(f"{what} is in no optimizer group: it is never trained")
-        elif any((d > 0) != subject.tied_decay for d in decays):
-            problems.append(
-                f"{what} has weight_decay {decays}, expected {want} "
-                f"(policy: --tied-decay={'yes' if subject.tied_decay else 'no'})"
-            )
-    if problems:
-        raise ParityFailure("[decay-groups] " + "\n".join(problems))
-    return Outcome(f"{'; '.join(found)}: {want}, as the policy says")
 
 
 def _mirrored_optimizer(optimizer: Any, model: nn.Module, hf: nn.Module) -> torch.optim.Optimizer:
@@ -339,8 +317,10 @@ def init_scheme_check(subject: Subject) -> Outcome:
 TRAINING_CHECKS = (
     Check(
         "decay-groups",
-        "the tied matrix is weight-decayed as the policy says (--tied-decay, default yes)",
-        "the implementation's configure_optimizers",
+        "configure_optimizers(weight_decay, learning_rate, betas) returns AdamW (one step compared) whose "
+        "groups read back those values; matrices decay, biases and norm gains do not, the tied matrix as the "
+        "policy says (--tied-decay, default yes)",
+        "the implementation's configure_optimizers; its step on a fresh 1-layer model",
         decay_groups_check,
     ),
     Check(

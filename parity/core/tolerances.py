@@ -195,6 +195,12 @@ def train_update_tolerance(dtype: torch.dtype) -> float:
     return TRAIN_UPDATE[dtype]
 
 
+# decay-groups: one float64 step of the implementation's optimizer against torch.optim.AdamW built from the
+# same groups on the same gradients, as ||ours - AdamW|| / ||AdamW's update||. The same algorithm differs by
+# rounding only (float64 ulps of the update); decay added to the gradient (Adam's L2) moves it by ~1.
+OPTIMIZER_STEP_RTOL = 1e-9
+
+
 # init-scheme: the standard deviation of n independent normal draws estimates sigma with relative standard
 # error 1/sqrt(2n); 6 of those keeps a false alarm below 1e-8 per tensor, and 1% covers truncation and the
 # smallest tensors' shape effects. A wrong scale (1/sqrt(2 n_layer) forgotten: 3.5x at 12 layers) is far out.

@@ -126,16 +126,31 @@ def call_configure_optimizers(
     config (an object with the values as attributes); 3 or 4 leading required parameters under other
     names (none of nanoGPT's) are taken in nanoGPT's order. Anything else names the parameters it cannot fill.
     """
+    args, kwargs, _ = _configure_call(method, values)
+    return method(model, *args, **kwargs)
+
+
+def configure_arguments_taken(method: Callable[..., Any]) -> tuple[str, ...]:
+    """The OPTIMIZER_ARGUMENTS that call_configure_optimizers hands to method (a value it does not take, such
+    as betas a script fixes itself, cannot be asked of the optimizer it returns)."""
+    return _configure_call(method, dict.fromkeys(OPTIMIZER_ARGUMENTS))[2]
+
+
+def _configure_call(
+    method: Callable[..., Any], values: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[str, ...]]:
+    """(positional arguments, keyword arguments, the OPTIMIZER_ARGUMENTS they carry) for method."""
     sig = inspect.signature(method)
     params = [p for p in list(sig.parameters.values())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     known = {**EXTRA_ARGUMENTS, **{a: values[k] for a, k in ARGUMENT_ALIASES.items()}, **values}
     by_name = {p.name: known[p.name] for p in params if p.name in known}
     unfilled = [p for p in params if p.name not in known and p.default is p.empty]
     if not unfilled:
-        return method(model, **by_name)
+        carried = {ARGUMENT_ALIASES.get(n, n) for n in by_name}
+        return (), by_name, tuple(k for k in OPTIMIZER_ARGUMENTS if k in carried)
     required = [p for p in params if p.default is p.empty]
     if len(required) == 1:  # minGPT style: one training-config object with these attributes
-        return method(model, SimpleNamespace(**values))
+        return (SimpleNamespace(**values),), {}, OPTIMIZER_ARGUMENTS
     core = [p for p in required if p.name not in EXTRA_ARGUMENTS]
     # Renamed arguments (wd, lr, b): taken in nanoGPT's order, but only when no argument keeps its own name.
     renamed = (
@@ -145,7 +160,8 @@ def call_configure_optimizers(
     )
     if renamed:
         extras = {p.name: known[p.name] for p in params[len(core) :] if p.name in known}
-        return method(model, *(values[k] for k in OPTIMIZER_ARGUMENTS[: len(core)]), **extras)
+        taken = OPTIMIZER_ARGUMENTS[: len(core)]
+        return tuple(values[k] for k in taken), extras, taken
     names = ", ".join(p.name for p in unfilled)
     raise ImplementationError(
         f"configure_optimizers{sig}: cannot fill {names} (no default, and not one of "

@@ -54,6 +54,9 @@ PROBE_SHAPE = (2, 8)
 # may shift itself (labels = the input ids). A second positional parameter of another name is a target
 # too, unless it is one of NOT_TARGETS.
 TARGET_NAMES = ("targets", "target", "labels", "lm_labels")
+# An ignored target in the harness's targets (nanoGPT's convention); Hugging Face's labels use -100.
+IGNORED = -1
+HF_IGNORED = -100
 LABEL_NAMES = ("labels", "lm_labels")
 NOT_TARGETS = (
     "position_ids",
@@ -260,6 +263,7 @@ class LossConvention:
     positional: bool  # passed as the second argument, not by name
     shifted: bool | None = None  # labels shifted inside (found on a probe); None until found, or never
     notes: list[str] | None = None  # the load summary, told the convention once found
+    ignore_index: int = IGNORED  # what an ignored target is passed as (the harness's targets use IGNORED)
 
     @property
     def may_shift(self) -> bool:
@@ -285,7 +289,9 @@ class LossConvention:
     def call(
         self, forward: Callable[..., Any], model: nn.Module, idx: torch.Tensor, labels: torch.Tensor
     ) -> Any:
-        """forward(model, idx) with labels passed the implementation's way."""
+        """forward(model, idx) with labels passed the implementation's way (ignored ones as ignore_index)."""
+        if self.ignore_index != IGNORED:
+            labels = labels.masked_fill(labels == IGNORED, self.ignore_index)
         if self.positional:
             return forward(model, idx, labels)
         return forward(model, idx, **{self.parameter: labels})
@@ -343,9 +349,12 @@ class LossConvention:
             logits, loss = self._run(forward, model, idx, torch.cat([idx[:, :1], targets[:, :-1]], dim=1))
         if logits is None or logits.dim() != 3 or logits.shape[:2] != idx.shape:
             logits = full_logits()
-        if self.shifted and loss is not None:
-            last = _cross_entropy(logits[:, -1:], targets[:, -1:])
-            loss = (loss * (idx.size(1) - 1) + last) / idx.size(1)
+        if self.shifted and loss is not None:  # the mean over the kept targets, the last position's added
+            kept = int((targets[:, :-1] != IGNORED).sum())
+            last = logits[:, -1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, -1]
+            added = F.cross_entropy(last, targets[:, -1], ignore_index=IGNORED, reduction="sum")
+            total = kept + int((targets[:, -1] != IGNORED).sum())
+            loss = (loss * kept + added) / total if kept else added / max(total, 1)
         return logits, loss
 
 
