@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from nanogpt.model import gpt2_config
+from parity.numerics.tie import twin_config
 from parity.subject import memory
 from parity.subject.memory import Available, available_memory, memory_problem, plan_memory
-from parity.subject.targets import resolve_targets
+from parity.subject.targets import SMALL_CONFIG, resolve_targets
 
 GB = 1_000_000_000
 
@@ -46,6 +47,22 @@ def test_estimate_follows_the_dtype_and_the_storage() -> None:
     assert f32.estimated_peak_bytes >= memory.SHARED_PEAK_FACTOR * f32.param_bytes
     small = plan_memory(gpt2_config("gpt2"), torch.float64)
     assert small.estimated_peak_bytes >= memory.INDEPENDENT_PEAK_FACTOR * small.param_bytes
+
+
+def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() -> None:
+    """train-steps trains full-size copies only where they are small (every test config); at the GPT-2 sizes
+    it trains the narrow twin, whose two models and copies the estimate includes."""
+    small = plan_memory(SMALL_CONFIG, torch.float64)
+    assert small.train_full_size
+    without = memory._estimated_peak(SMALL_CONFIG, torch.float64, memory.INDEPENDENT_PEAK_FACTOR)
+    assert small.estimated_peak_bytes == without + memory.TRAINING_BYTES_FACTOR * small.param_bytes
+    for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        plan = plan_memory(gpt2_config(name), torch.float64)
+        assert not plan.train_full_size and "train-steps on the narrow twin" in plan.describe(), name
+        twin = memory.param_bytes(twin_config(gpt2_config(name)), torch.float64)
+        factor = memory.SHARED_PEAK_FACTOR if plan.share_weights else memory.INDEPENDENT_PEAK_FACTOR
+        base = memory._estimated_peak(gpt2_config(name), torch.float64, factor)
+        assert plan.estimated_peak_bytes == base + (memory.TRAINING_BYTES_FACTOR + 2) * twin, name
 
 
 def _meminfo(tmp_path: Path, available_kb: int) -> Path:

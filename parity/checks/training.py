@@ -4,8 +4,9 @@ Hugging Face, and the init.
 train-steps trains copies of both models with the implementation's own parameter groups mirrored onto
 Hugging Face's model, so a different decay policy is reported once, by decay-groups. init and init-scheme
 build the implementation from its own __init__, as a user's first training step sees it. Where a size
-cannot hold what a check needs (training copies and AdamW states; a fresh model beside two loaded ones),
-the check runs on the narrow twin of the same implementation (parity/subject/subject.py) and says so.
+cannot hold what a check needs (a fresh model beside two loaded ones), and for train-steps at every GPT-2
+size (the memory plan keeps full-size training copies and AdamW states to the test configs), the check runs
+on the narrow twin of the same implementation (parity/subject/subject.py) and says so.
 """
 
 from __future__ import annotations
@@ -327,7 +328,7 @@ TRAINING_CHECKS = (
         "train-steps",
         f"{TRAIN_STEPS} steps of the implementation's optimizer, mirrored onto HF, give the same "
         "losses and parameters",
-        "training copies of both models (the narrow twin where they do not fit)",
+        "training copies of both models where they are small (test configs), else of the narrow twin",
         train_steps_check,
     ),
     Check(

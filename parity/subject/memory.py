@@ -25,6 +25,7 @@ import torch
 
 from nanogpt.model import GPTConfig
 from nanogpt.schema import param_count
+from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch
 
 # Above this many bytes of parameters (one model, in the run's dtype) the reference shares Hugging Face's
@@ -49,6 +50,14 @@ LOGITS_COPIES = 3
 TIED_MATRIX_COPIES = 4
 ACTIVATION_ELEMENTS = 16
 
+# train-steps trains copies of both models with AdamW: weights, gradients and two moment buffers each, this
+# many times one model's parameter bytes on top of the loaded models.
+TRAINING_BYTES_FACTOR = 8
+# It trains copies at full size only up to this many bytes of them (every test config); above, on the
+# narrow twin (tie.twin_config). Full-size copies of gpt2 in float64 are 8 GB: they set the default run's
+# peak at 10.4 GB, twice what the rest of the run needs (docs/measurements.md).
+FULL_SIZE_TRAINING_MAX_BYTES = 256_000_000
+
 IGNORE_ENV_VAR = "NANOGPT_PARITY_IGNORE_MEMORY"
 
 
@@ -59,6 +68,7 @@ class MemoryPlan:
     param_bytes: int  # one model's parameters in the run's dtype
     share_weights: bool
     estimated_peak_bytes: int
+    train_full_size: bool = False  # train-steps trains copies of the loaded models, not of the narrow twin
 
     def describe(self, with_peak: bool = True) -> str:
         """One line for the pytest header: the storage, the parameter bytes and (with_peak) the estimate."""
@@ -68,6 +78,7 @@ class MemoryPlan:
             else "independent weights (each implementation's own loader)"
         )
         line = f"{storage}; parameters {format_bytes(self.param_bytes)} per model"
+        line += "" if self.train_full_size else "; train-steps on the narrow twin"
         return line + (f"; estimated peak {format_bytes(self.estimated_peak_bytes)}" if with_peak else "")
 
 
@@ -91,11 +102,19 @@ def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
 
 
 def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
-    """The storage plan and the estimated peak resident memory of a parity run of config in dtype."""
+    """The storage plan and the estimated peak resident memory of a parity run of config in dtype.
+
+    The estimate covers train-steps too: its training copies at full size (up to
+    FULL_SIZE_TRAINING_MAX_BYTES), else the narrow twin's two models and their training copies.
+    """
     params = param_bytes(config, dtype)
     share = params > SHARE_WEIGHTS_ABOVE_BYTES
     factor = SHARED_PEAK_FACTOR if share else INDEPENDENT_PEAK_FACTOR
-    return MemoryPlan(params, share, _estimated_peak(config, dtype, factor))
+    training = TRAINING_BYTES_FACTOR * params
+    full_size = not share and training <= FULL_SIZE_TRAINING_MAX_BYTES
+    if not full_size:
+        training = (TRAINING_BYTES_FACTOR + 2) * param_bytes(twin_config(config), dtype)
+    return MemoryPlan(params, share, _estimated_peak(config, dtype, factor) + training, full_size)
 
 
 def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int:

@@ -26,14 +26,17 @@ from parity.numerics.gradients import GradientRun, run_gradients
 from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf, load_reference, share_parameters
-from parity.subject.memory import available_memory, format_bytes, param_bytes
+from parity.subject.memory import (
+    FULL_SIZE_TRAINING_MAX_BYTES,
+    TRAINING_BYTES_FACTOR,
+    available_memory,
+    format_bytes,
+    param_bytes,
+)
 from parity.subject.progress import phase
 from parity.subject.synthetic import ensure_synthetic_checkpoint
 from parity.subject.targets import ParityTarget
 
-# A check that trains both models (AdamW: parameters, gradients and two moment buffers for each, plus the
-# copies it trains) needs this many times one model's parameter bytes on top of what the run already holds.
-TRAINING_BYTES_FACTOR = 8
 # Loading and the shared forward + backward print a progress line from this size of weights on (gpt2 in
 # float32 is 0.5 GB: seconds of silence; a tiny model's whole run takes less).
 PROGRESS_MIN_BYTES = 100_000_000
@@ -184,6 +187,11 @@ class Subject:
         if self.shares_weights:
             return "the loaded models share one copy of the weights (memory plan), so they are not trained"
         need = TRAINING_BYTES_FACTOR * param_bytes(self.config, self.dtype)
+        if not self.target.memory.train_full_size:
+            return (
+                f"training copies of both models would take ~{format_bytes(need)}, above the memory plan's "
+                f"{format_bytes(FULL_SIZE_TRAINING_MAX_BYTES)} for them"
+            )
         available = available_memory()
         if self.device == "cpu" and available is not None and need > available.bytes:
             return (
