@@ -72,6 +72,14 @@ FLOOD = """            junk = b"x" * 1023 + b"\\n"
                     pass
 """
 
+# Appends a line to the harness's own parity/__init__.py, only where the path holds the marker (a copy).
+REWRITES_HARNESS = """            import parity
+            source = os.path.join(os.path.dirname(parity.__file__), "__init__.py")
+            assert {marker!r} in source, source
+            with open(source, "a") as f:
+                f.write("# changed by the tested code\\n")
+"""
+
 
 def write_impl(path: Path, lines: str) -> Path:
     """The template with lines run at the top of its first forward."""
@@ -168,6 +176,33 @@ def test_a_flood_costs_the_parent_neither_memory_nor_disk(tmp_path: Path, checkp
     assert before and int(before.group(1)) >= 256 * 2**20 - OUTPUT_TAIL_BYTES, done.stdout[-3000:]
     assert done.stdout.count("x" * 1023) <= OUTPUT_TAIL_BYTES // 1024, "only the end of the prints"
     assert not list(scratch.iterdir()), "nothing is left in the temporary directory"
+
+
+def test_a_rewritten_harness_source_is_cannot_test_naming_it(tmp_path: Path, checkpoint: Path) -> None:
+    """The bisect command run from a copy of the harness, whose parity/__init__.py the tested code appends
+    to: every check is CANNOT-TEST naming the file and how to restore it; the real harness is untouched."""
+    copy = tmp_path / "harness"
+    for name in ("parity", "nanogpt"):
+        shutil.copytree(REPO_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    real = (REPO_ROOT / "parity" / "__init__.py").read_bytes()
+    impl = write_impl(tmp_path / "model.py", REWRITES_HARNESS.format(marker=str(copy)))
+    program = (
+        "import sys\n"
+        "from parity.frontends.bisect import main\n"
+        f"sys.exit(main(['--impl', {str(impl)!r}, '--model', {str(checkpoint)!r}, '--checks', 'logits']))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(copy))
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=copy, env=env, capture_output=True, text=True, timeout=600
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == EXIT_SKIP, output[-3000:]
+    changed = copy / "parity" / "__init__.py"
+    assert changed.read_bytes().endswith(b"# changed by the tested code\n"), "the tested code ran"
+    assert (
+        f"the tested code changed 1 source file(s) of the harness or of transformers: {changed}; " in output
+    ), output[-3000:]
+    assert (REPO_ROOT / "parity" / "__init__.py").read_bytes() == real
 
 
 def test_the_channel_keeps_only_nonce_lines_up_to_its_cap_and_names_the_rest() -> None:

@@ -6,7 +6,11 @@ sums file the child can rewrite proves nothing). Every later run of an unchanged
 compare on weights nobody chose. The parent (parity/sandbox/parent.py) keeps `file_hashes` of the
 checkpoint in its own memory, where the child cannot reach, and `checkpoint_changes` names what differs
 after the child: a file changed, added or removed. Any change makes every verdict CANNOT-TEST; a synthetic
-checkpoint that changed loses its sums file, so the next run writes it again.
+checkpoint that changed loses its sums file, so the next run writes it again. The same holds for code:
+`code_hashes` keeps the sha256 of the harness's own sources (parity/, nanogpt/) and of every transformers
+module the parent has imported (Hugging Face's GPT-2 among them), and `changed_code` names a source the
+child rewrote, with the way to get the original back. Other files (the rest of transformers, torch, cached
+bytecode) are not hashed: 0.9 s for transformers' 2,951 sources would be paid by every child.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 from parity.subject.synthetic import CHECKSUM_FILE
 
 HASH_CHUNK_BYTES = 16 << 20
+# The harness's own packages, hashed whole (about 200 small files).
+HARNESS_PACKAGES = ("parity", "nanogpt")
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -63,3 +70,42 @@ def changed_checkpoint(directory: Path, before: dict[str, str], synthetic: bool)
             shutil.rmtree(sums) if sums.is_dir() and not sums.is_symlink() else sums.unlink(missing_ok=True)
         what += f" ({CHECKSUM_FILE} is removed, so the next run writes the synthetic checkpoint again)"
     return what
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+
+
+def code_files() -> list[Path]:
+    """The harness's sources and those of every transformers module imported in this process."""
+    files: set[Path] = set()
+    for name in HARNESS_PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            files.update(Path(module.__file__).parent.rglob("*.py"))
+    for name, module in list(sys.modules.items()):
+        source = getattr(module, "__file__", None)
+        if name.split(".")[0] == "transformers" and isinstance(source, str) and source.endswith(".py"):
+            files.add(Path(source))
+    return sorted(files)
+
+
+def code_hashes() -> dict[Path, str]:
+    """The sha256 of every file of `code_files`, held by the caller (never written where a child could)."""
+    return {path: _sha256(path) for path in code_files()}
+
+
+def changed_code(before: dict[Path, str], limit: int = 3) -> str:
+    """Which of the hashed sources the tested code changed ("" if none), and how to restore them."""
+    changed = sorted(str(path) for path, digest in before.items() if _sha256(path) != digest)
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:limit]) + (f" and {len(changed) - limit} more" if len(changed) > limit else "")
+    return (
+        f"the tested code changed {len(changed)} source file(s) of the harness or of transformers: {shown}; "
+        "every later run would use them: restore them (git checkout, or pip install --force-reinstall "
+        "of the package) before trusting another run"
+    )

@@ -9,8 +9,9 @@ child reports each phase (import, build, check NAME) and finally the verdicts, e
 nonce. Only a complete, well-formed result with the nonce, on a channel nothing else wrote to, is trusted:
 any other end (an exit without a result, a signal, a hang past the timeout) makes every check CANNOT-TEST,
 saying what happened and in which phase. When the child ends, its process group is killed, and so is
-every process it left behind, a detached daemon too (parity/sandbox/reaper.py), and the checkpoint is
-checked against hashes taken before the child started (parity/sandbox/files.py). The parent, which never
+every process it left behind, a detached daemon too (parity/sandbox/reaper.py), and the checkpoint and the
+harness's and transformers' sources are checked against hashes taken before the child started
+(parity/sandbox/files.py). The parent, which never
 imports the tested code, also computes `hf_fingerprint` (the logits of a tiny seeded GPT2LMHeadModel,
 parity/sandbox/fingerprint.py) and the witness of Hugging Face's model of the target itself
 (parity/sandbox/witness.py: a patch may act at the tested model's shape only); the child computes both
@@ -41,7 +42,7 @@ from nanogpt.schema import param_count
 from parity.checks.registry import CHECK_NAMES
 from parity.core.verdicts import Status, Verdict
 from parity.sandbox.channel import Channel, OutputTail, drain
-from parity.sandbox.files import changed_checkpoint, file_hashes
+from parity.sandbox.files import changed_checkpoint, changed_code, code_hashes, file_hashes
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
 from parity.sandbox.reaper import reaping_descendants
 from parity.sandbox.relay import ProgressRelay
@@ -192,6 +193,7 @@ def run_checks_in_child(
         return SandboxResult([], "", "", [], str(e))
     checkpoint = target.ensure_checkpoint()
     hashes = file_hashes(checkpoint)  # held here, where the child cannot rewrite them
+    sources = code_hashes()  # the harness's and the imported transformers modules' files
     nonce = secrets.token_hex(16)
     request = {
         "nonce": nonce,
@@ -258,6 +260,7 @@ def run_checks_in_child(
         shutil.rmtree(workdir, ignore_errors=True)
     messages, channel_problem = chunks.messages()
     changed = changed_checkpoint(checkpoint, hashes, synthetic=target.weights == "synthetic")
+    changed = "; ".join(filter(None, [changed, changed_code(sources)]))
     return _judge(
         messages,
         names,
