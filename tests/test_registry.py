@@ -15,6 +15,7 @@ from nanogpt.model import GPT2_SIZES
 from parity.checks.architecture import ARCHITECTURE_CHECKS
 from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.counts import COUNT_CHECKS
+from parity.checks.dropout import DROPOUT_CHECKS
 from parity.checks.forward import FORWARD_CHECKS
 from parity.checks.own_loader import OWN_LOADER_CHECKS
 from parity.checks.registry import CHECK_NAMES, CHECKS, build_registry, run_checks
@@ -37,7 +38,14 @@ def test_the_registry_refuses_a_duplicate_name() -> None:
 
 
 def test_every_check_is_defined_once_with_its_meaning_and_needs() -> None:
-    modules = (ARCHITECTURE_CHECKS, FORWARD_CHECKS, BACKWARD_CHECKS, COUNT_CHECKS, TRAINING_CHECKS)
+    modules = (
+        ARCHITECTURE_CHECKS,
+        FORWARD_CHECKS,
+        DROPOUT_CHECKS,
+        BACKWARD_CHECKS,
+        COUNT_CHECKS,
+        TRAINING_CHECKS,
+    )
     assert list(CHECKS.values()) == [c for checks in (*modules, OWN_LOADER_CHECKS) for c in checks]
     for name, check in CHECKS.items():
         assert check.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name), name

@@ -1,4 +1,4 @@
-"""Forward checks: logits, the implementation's own loss, inference (generation), and where dropout acts.
+"""Forward checks: logits, the implementation's own loss, and inference (generation).
 
 Each returns an `Outcome` with its comparison records or raises `ParityFailure` naming the cause; a
 failure of the logits or the loss runs the first-divergence diagnosis (parity/numerics/diagnose.py), so
@@ -7,27 +7,20 @@ the first failure a user sees under `-x` already says which module to suspect.
 
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
-from nanogpt.hf import hf_config_from_gpt
 from parity.checks.check import Check
 from parity.checks.generation import greedy_generate, near_tie, own_generate, sampled_generation
 from parity.checks.ignored_targets import ignored_targets
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
-from parity.core.errors import NotApplicable
 from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
 from parity.numerics.forward import compare_logits, hf_logits, loss_comparison
-from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch, token_batch
 from parity.subject.subject import Subject
 
@@ -37,9 +30,6 @@ LOGITS_BATCHES = ("length_1", "full_block", "sentence")
 # Greedy continuation of the inference check: a short prompt of the sentence, then this many new tokens.
 PROMPT_TOKENS = 8
 NEW_TOKENS = 8
-# The probability the dropout-sites check configures on both sides.
-DROPOUT_P = 0.1
-SAME_CALLS_DIFFER = "outputs differ between two identical calls"
 
 
 def _diagnosed(subject: Subject, idx: torch.Tensor, label: str) -> str:
@@ -218,93 +208,6 @@ def inference_check(subject: Subject) -> Outcome:
     )
 
 
-class DropoutRecorder(TorchFunctionMode):
-    """Records every dropout a forward pass applies: ("attention" or "hidden", p) in call order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sites: list[tuple[str, float]] = []
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func in (F.dropout, torch.dropout, torch.nn.functional.dropout):
-            p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
-            train = args[2] if len(args) > 2 else kwargs.get("training", kwargs.get("train", True))
-            if train and p > 0:
-                self.sites.append(("attention" if args[0].dim() == 4 else "hidden", float(p)))
-        elif func is F.scaled_dot_product_attention:
-            p = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
-            if p > 0:
-                self.sites.append(("attention", float(p)))
-        return func(*args, **kwargs)
-
-
-def _sites(model: nn.Module, idx: torch.Tensor) -> Counter[tuple[str, float]]:
-    """One forward's dropout sites: the first hidden-state dropout before any attention is the embeddings'."""
-    recorder = DropoutRecorder()
-    with torch.no_grad(), recorder:
-        model(idx)
-    named = []
-    for i, (kind, p) in enumerate(recorder.sites):
-        before_attention = all(k != "attention" for k, _ in recorder.sites[:i])
-        first_hidden = all(k != "hidden" for k, _ in recorder.sites[:i])
-        named.append(
-            (
-                "embeddings"
-                if kind == "hidden" and before_attention and first_hidden
-                else "attention weights"
-                if kind == "attention"
-                else "residual branches",
-                round(p, 6),
-            )
-        )
-    return Counter(named)
-
-
-def dropout_sites_check(subject: Subject) -> Outcome:
-    """Train mode drops where HF drops, with the configured probability; eval mode drops nothing."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = dataclasses.replace(twin_config(subject.config), dropout=DROPOUT_P)
-    model = subject.impl.build(config)[0].to(subject.dtype).to(subject.device)
-    hf_cfg = {k: v for k, v in hf_config_from_gpt(config).items() if k != "architectures"}
-    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).to(subject.dtype).to(subject.device)
-    idx = token_batch("several_sequences", config)[:2, :16].to(subject.device)
-    with torch.no_grad():  # the adapter's first call may run forward twice to find every position's logits
-        model.eval()(idx)
-    hf.train(), model.train()
-    expected, found = _sites(hf, idx), _sites(model, idx)
-    model.eval()
-    in_eval = _sites(model, idx)
-    with torch.no_grad():
-        a, b = own_forward_logits(model, idx), own_forward_logits(model, idx)
-    if in_eval or not torch.equal(a, b):
-        raise ParityFailure(
-            f"[dropout-sites] dropout is active in eval mode ({dict(in_eval) or SAME_CALLS_DIFFER}): "
-            "eval must apply none (pass dropout_p=0 to scaled_dot_product_attention "
-            "outside training, and use nn.Dropout or training=self.training)"
-        )
-    if not found:
-        raise NotApplicable(
-            f"[dropout-sites] {subject.label} applies no dropout in train mode with dropout={DROPOUT_P} "
-            "configured "
-            "(no dropout modules, or its config has no dropout setting): nothing to compare with Hugging "
-            "Face's dropout sites"
-        )
-    if found != expected:
-        missing = expected - found
-        extra = found - expected
-        parts = [f"missing {n} x {site} (p={p})" for (site, p), n in sorted(missing.items())]
-        parts += [f"unexpected {n} x {site} (p={p})" for (site, p), n in sorted(extra.items())]
-        raise ParityFailure(
-            f"[dropout-sites] train-mode dropout differs from Hugging Face's with p={DROPOUT_P}: "
-            f"{'; '.join(parts)} (Hugging Face drops the embeddings, the attention weights and both "
-            "residual branches of each block)"
-        )
-    sites = ", ".join(f"{n} x {site}" for (site, _), n in sorted(found.items()))
-    return Outcome(f"train mode drops at Hugging Face's sites with p={DROPOUT_P} ({sites}); eval drops none")
-
-
 FORWARD_CHECKS = (
     Check(
         "logits",
@@ -327,12 +230,5 @@ FORWARD_CHECKS = (
         "top-k warpers) on a prompt longer than block_size, cropped to the last block",
         "both models",
         inference_check,
-    ),
-    Check(
-        "dropout-sites",
-        "train mode drops the embeddings, attention weights and both residual branches "
-        "with the configured p, like HF; eval drops nothing",
-        "a fresh narrow twin of each, p=0.1",
-        dropout_sites_check,
     ),
 )

@@ -3,8 +3,8 @@
 `pytest parity/` (one test per check and model, its id the check's name), the bisect command
 (`--checks NAME,...`, listed in its --help), the JSON report and the mutant catalog all take their checks
 from `CHECKS` and run them through `parity.checks.check.run_check`. Each check is defined once, in one of the
-check modules: architecture (architecture), forward (logits, loss, inference, dropout-sites), backward
-(grads, tied-gradient), counts and the tie (tied-storage, param-count, own-count, optimizer-once,
+check modules: architecture (architecture), forward (logits, loss, inference), dropout (dropout-sites),
+backward (grads, tied-gradient), counts and the tie (tied-storage, param-count, own-count, optimizer-once,
 checkpoint-once), training (decay-groups, train-steps, init, init-scheme), own_loader (own-loader).
 """
 
@@ -16,6 +16,7 @@ from parity.checks.architecture import ARCHITECTURE_CHECKS
 from parity.checks.backward import BACKWARD_CHECKS
 from parity.checks.check import Check, run_check
 from parity.checks.counts import COUNT_CHECKS
+from parity.checks.dropout import DROPOUT_CHECKS
 from parity.checks.forward import FORWARD_CHECKS
 from parity.checks.own_loader import OWN_LOADER_CHECKS
 from parity.checks.training import TRAINING_CHECKS
@@ -39,6 +40,7 @@ CHECKS: dict[str, Check] = build_registry(
     (
         *ARCHITECTURE_CHECKS,
         *FORWARD_CHECKS,
+        *DROPOUT_CHECKS,
         *BACKWARD_CHECKS,
         *COUNT_CHECKS,
         *TRAINING_CHECKS,
