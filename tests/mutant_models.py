@@ -274,6 +274,49 @@ class DropoutInEval(CausalSelfAttention):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout, is_causal=True, scale=scale)
 
 
+class AttnDropoutOnOutput(CausalSelfAttention):
+    """Attention dropout drops the attention output (B, T, C) instead of the attention weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        heads = (attention_heads(t, self.n_head) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(*heads, is_causal=True)
+        return self.resid_dropout(self.c_proj(self.attn_dropout(merge_heads(y))))
+
+
+class ResidDropoutBeforeCProj(CausalSelfAttention):
+    """The residual dropout of attention is applied before c_proj (same shape) instead of after it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        y = self.attend(*(attention_heads(t, self.n_head) for t in (q, k, v)))
+        return self.c_proj(self.resid_dropout(merge_heads(y)))
+
+
+class MlpDropoutAfterGelu(MLP):
+    """The MLP's dropout drops the hidden layer after the GELU (B, T, 4C) instead of the c_proj output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.dropout(self.gelu(self.c_fc(x))))
+
+
+class EmbDropoutTokensOnly(ReimplementedGPT):
+    """Embedding dropout drops the token embeddings only, before the position embeddings are added."""
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx)) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))[..., : self.config.output_vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
 # ----------------------------------------------------------------------------------------------------------
 # MLP and LayerNorm
 

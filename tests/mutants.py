@@ -15,6 +15,7 @@ from pathlib import Path
 from mutant_models import (
     AdamNotAdamW,
     AttnBiasDropped,
+    AttnDropoutOnOutput,
     BetasDropped,
     CAttnReshapedNotTransposed,
     CFcNotTransposed,
@@ -22,6 +23,7 @@ from mutant_models import (
     CProjNotTransposed,
     DecayEveryTensor,
     DropoutInEval,
+    EmbDropoutTokensOnly,
     ExactGelu,
     FinalNormMissing,
     FromPretrainedCountsMaskBuffers,
@@ -40,6 +42,7 @@ from mutant_models import (
     MaskMissing,
     MaskOffByOne,
     MlpBiasDropped,
+    MlpDropoutAfterGelu,
     NumParamsCountTieTwice,
     PaddingNotCropped,
     ParametersCountTieTwice,
@@ -47,6 +50,7 @@ from mutant_models import (
     PositionsNotAdded,
     QKVWrongOrder,
     ReimplementedGPT,
+    ResidDropoutBeforeCProj,
     SamplingGPT,
     ScaleByHeadDim,
     ScaleMissing,
@@ -174,6 +178,32 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "dropout-in-eval", gpt_with(DropoutInEval), "dropout-sites", r"active in eval mode.*attention weights"
+    ),
+    Mutant(
+        "attn-dropout-on-output",
+        gpt_with(AttnDropoutOnOutput),
+        "dropout-sites",
+        r"block 0 attention weights: Hugging Face drops a \(2, \d+, 16, 16\) tensor.*a \(2, 16, \d+\) tensor",
+    ),
+    Mutant(
+        "resid-dropout-before-c_proj",
+        gpt_with(ResidDropoutBeforeCProj),
+        "dropout-sites",
+        r"another tensor than Hugging Face's at the same shape.*block 0 attention output \(residual\)",
+    ),
+    Mutant(
+        "mlp-dropout-after-gelu",
+        gpt_with(MlpDropoutAfterGelu),
+        "dropout-sites",
+        r"block 0 MLP output \(residual\): Hugging Face drops a \(2, 16, \d+\) tensor"
+        r".*a \(2, 16, \d+\) tensor",
+    ),
+    Mutant(
+        "emb-dropout-tokens-only",
+        EmbDropoutTokensOnly,
+        "dropout-sites",
+        r"another tensor than Hugging Face's at the same shape.*first dropped tensor that differs is at "
+        r"embeddings",
     ),
     # MLP, LayerNorm, the forward pass
     Mutant("exact-gelu", gpt_with(ExactGelu), cause=r"first divergence at transformer\.h\.0\.mlp:.*GELU"),
