@@ -207,8 +207,9 @@ def table(rows: list[Row]) -> str:
     """The markdown table of docs/measurements.md."""
     head = (
         "| model | dtype | weights | params | peak RSS | peak / param bytes | peak / fp32 param bytes "
-        "| wall | HF fwd+bwd (1 x 1024) | wall / fwd+bwd | checkpoint generation (s) | result |\n"
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| estimated peak | estimate / peak | wall | HF fwd+bwd (1 x 1024) | wall / fwd+bwd "
+        "| checkpoint generation (s) | result |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
     lines = [head]
     for r in rows:
@@ -222,6 +223,8 @@ def table(rows: list[Row]) -> str:
             format_bytes(peak) if peak else "-",
             f"{peak / r.param_bytes:.2f}" if peak else "-",
             f"{peak / r.param_bytes_fp32:.2f}" if peak else "-",
+            format_bytes(r.estimated_peak),
+            f"{r.estimated_peak / peak:.2f}" if peak else "-",
             f"{wall:.0f} s" if wall else "-",
             f"{r.yardstick_seconds:.0f} s" if r.yardstick_seconds else "-",
             f"{wall / r.yardstick_seconds:.2f}" if wall and r.yardstick_seconds else "-",

@@ -7,6 +7,7 @@ particular size; a run that cannot fit stops at collection, and pytest-xdist wor
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from nanogpt.model import gpt2_config
+from nanogpt.model import GPTConfig, gpt2_config
 from parity.numerics.tie import twin_config
 from parity.subject import memory
 from parity.subject.memory import Available, available_memory, memory_problem, plan_memory
+from parity.subject.synthetic import write_synthetic_checkpoint
 from parity.subject.targets import SMALL_CONFIG, resolve_targets
 
 GB = 1_000_000_000
@@ -63,6 +65,42 @@ def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() ->
         factor = memory.SHARED_PEAK_FACTOR if plan.share_weights else memory.INDEPENDENT_PEAK_FACTOR
         base = memory._estimated_peak(gpt2_config(name), torch.float64, factor)
         assert plan.estimated_peak_bytes == base + (memory.TRAINING_BYTES_FACTOR + 2) * twin, name
+
+
+# The peak of a parity run in this process's child: VmHWM, its own (ru_maxrss would carry the pytest
+# process's peak across the vfork + exec that starts it).
+MEASURE_PEAK = """
+import re, sys
+import pytest
+code = pytest.main(["parity/", "--model", sys.argv[1], "-q", "-p", "no:cacheprovider", "-p", "no:randomly"])
+status = open("/proc/self/status").read()
+print("VmHWM", int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024, int(code))
+"""
+
+
+@pytest.mark.parametrize("size", ["small", "4-layers-256-channels"])
+def test_the_estimate_is_within_its_tolerance_of_the_measured_peak(size: str, tmp_path: Path) -> None:
+    """The whole default run (every check) on two small sizes, measured against the plan's estimate."""
+    model = "small"
+    if size != "small":
+        config = GPTConfig(n_layer=4, n_head=4, n_embd=256, vocab_size=8192, block_size=256)
+        model = str(write_synthetic_checkpoint(tmp_path / size, config))
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAK, model],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    peak, code = (int(x) for x in done.stdout.rsplit("VmHWM", 1)[1].split())
+    assert code == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    target = resolve_targets(model, "auto", "cpu", None)[0]
+    estimate = target.memory.estimated_peak_bytes
+    assert abs(estimate / peak - 1) <= memory.ESTIMATE_TOLERANCE, (
+        f"{size}: estimated {estimate / GB:.3f} GB, measured {peak / GB:.3f} GB"
+    )
 
 
 def _meminfo(tmp_path: Path, available_kb: int) -> Path:
