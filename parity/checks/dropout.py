@@ -13,10 +13,9 @@ nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from parity.core.errors import CannotTest, ImplementationError, NotApplicable
 from parity.core.tolerances import hidden_divergence, logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.foreign.load import load_implementation
+from parity.numerics.chunked import one_thread
 from parity.numerics.diagnose import relative_norm
 from parity.numerics.forward import hf_logits, implementation_logits
 from parity.numerics.gradients import compare_gradients
@@ -219,11 +219,11 @@ def _twins(subject: Subject) -> tuple[Any, nn.Module, Any, str]:
     try:
         loaded, _ = load_implementation(subject.impl, checkpoint, subject.dtype, subject.device)
     except ImplementationError as e:
-        config = dataclasses.replace(twin, dropout=DROPOUT_P)
+        config = replace(twin, dropout=DROPOUT_P)
         loaded, unloaded = None, str(e).splitlines()[0]
     else:
         # The loader builds from the checkpoint's config, without dropout: build with it, copy the weights.
-        config = dataclasses.replace(config_from_hf(read_hf_config(checkpoint)), dropout=DROPOUT_P)
+        config = replace(config_from_hf(read_hf_config(checkpoint)), dropout=DROPOUT_P)
         unloaded = ""
     model = subject.impl.build(config)[0]
     model = model.to(subject.dtype).to(subject.device)
@@ -256,7 +256,16 @@ def _first_differing(drops: list[Drop], outputs: list[torch.Tensor], dtype: torc
 
 
 def dropout_sites_check(subject: Subject) -> Outcome:
-    """Train mode drops the tensors HF drops (masks replayed), with the configured p; eval drops nothing."""
+    """Train mode drops the tensors HF drops (masks replayed), with the configured p; eval drops nothing.
+
+    On one thread: the twin is tiny, and its records' last bits would otherwise follow the caller's thread
+    count (LayerNorm gradients differed by an ulp between one thread and two).
+    """
+    with one_thread():
+        return _dropout_sites(subject)
+
+
+def _dropout_sites(subject: Subject) -> Outcome:
     config, model, hf, unloaded = _twins(subject)
     idx = token_batch("several_sequences", config)[:2, :16].to(subject.device)
     with torch.no_grad():  # the adapter's first call may run forward twice to find every position's logits
@@ -344,6 +353,11 @@ def dropout_sites_check(subject: Subject) -> Outcome:
     )
 
 
+def _own(records: list[Comparison]) -> list[Comparison]:
+    """The gradient comparison's records under this check's name (the grads check writes its own)."""
+    return [replace(r, check="dropout-sites") for r in records]
+
+
 def _replayed_gradients(
     model: nn.Module, hf: Any, idx: torch.Tensor, drops: list[Drop], config: Any
 ) -> list[Comparison]:
@@ -356,7 +370,7 @@ def _replayed_gradients(
     model.train(), hf.train()
     try:
         with clean_grads(model, hf), MaskReplay(drops + drops):
-            return compare_gradients(model, hf, idx, targets, config.output_vocab_size)
+            return _own(compare_gradients(model, hf, idx, targets, config.output_vocab_size))
     except ReplayMismatch as e:  # the forward with targets drops otherwise than the forward without
         raise CannotTest(
             "[dropout-sites] the masks replayed to the forward without targets give Hugging Face's logits, "
@@ -367,7 +381,7 @@ def _replayed_gradients(
         raise ParityFailure(
             "[dropout-sites] with Hugging Face's masks replayed the train-mode logits match but the "
             f"gradients differ: {str(e).removeprefix('[grads] ')}",
-            e.records,
+            _own(e.records),
         ) from None
     finally:
         model.eval(), hf.eval()
