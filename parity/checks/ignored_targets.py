@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from parity.core.compare import ParityFailure
 from parity.core.outputs import split_output
 from parity.foreign.discovery import HF_IGNORED, IGNORED
-from parity.numerics.forward import hf_logits, loss_comparison
+from parity.numerics.forward import hf_logits, loss_comparison, loss_of
 from parity.subject.batches import gradient_batch
 from parity.subject.subject import Subject
 
@@ -62,10 +61,7 @@ def ignored_targets(subject: Subject) -> str:
     idx, targets = (t.to(subject.device) for t in gradient_batch(subject.config))
     masked = masked_targets(targets)
     with torch.no_grad():
-        logits = hf_logits(hf, idx)
-        flat = logits.reshape(-1, logits.size(-1))
-        flat = flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
-        theirs = F.cross_entropy(flat, masked.reshape(-1), ignore_index=IGNORED)
+        theirs = loss_of(hf_logits(hf, idx), masked, ignore_index=IGNORED)
     labels = convention is not None and convention.may_shift
     found: dict[int, str] = {}
     n = int((masked == IGNORED).sum())

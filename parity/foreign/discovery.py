@@ -247,11 +247,16 @@ def model_class(
 # the loss
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of (B, T, V) logits against (B, T) targets, in at least float32."""
+def _cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of (B, T, V) logits against (B, T) targets, in at least float32."""
     flat = logits.reshape(-1, logits.size(-1))
     return F.cross_entropy(
-        flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat, targets.reshape(-1)
+        flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat,
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
 
 
@@ -351,8 +356,7 @@ class LossConvention:
             logits = full_logits()
         if self.shifted and loss is not None:  # the mean over the kept targets, the last position's added
             kept = int((targets[:, :-1] != IGNORED).sum())
-            last = logits[:, -1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, -1]
-            added = F.cross_entropy(last, targets[:, -1], ignore_index=IGNORED, reduction="sum")
+            added = _cross_entropy(logits[:, -1:], targets[:, -1:], ignore_index=IGNORED, reduction="sum")
             total = kept + int((targets[:, -1] != IGNORED).sum())
             loss = (loss * kept + added) / total if kept else added / max(total, 1)
         return logits, loss

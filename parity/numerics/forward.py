@@ -64,12 +64,12 @@ def compare_logits(
     return rec
 
 
-def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy, computed the same way for both sides."""
+def loss_of(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy, computed the same way for both sides, ignoring ignore_index targets."""
     flat = logits.reshape(-1, logits.size(-1))
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()  # softmax over 50k classes in half precision loses the loss's low bits
-    return F.cross_entropy(flat, targets.reshape(-1))
+    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=ignore_index)
 
 
 def logits_and_own_loss(
