@@ -28,22 +28,26 @@ HASH_CHUNK_BYTES = 16 << 20
 HARNESS_PACKAGES = ("parity", "nanogpt")
 
 
+def _sha256(path: Path) -> str:
+    """path's sha256, read in chunks; "unreadable: why" for a file that cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    return digest.hexdigest()
+
+
 def file_hashes(directory: Path) -> dict[str, str]:
     """The sha256 of every file under directory (through symlinks, as the hub cache's blobs), by relative
     path; a file that cannot be read is recorded as such, so that a change to it still shows."""
-    out = {}
-    for path in sorted(directory.rglob("*")):
-        if path.is_dir():
-            continue
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as fh:
-                while chunk := fh.read(HASH_CHUNK_BYTES):
-                    digest.update(chunk)
-            out[str(path.relative_to(directory))] = digest.hexdigest()
-        except OSError as e:
-            out[str(path.relative_to(directory))] = f"unreadable: {e.strerror or e}"
-    return out
+    return {
+        str(path.relative_to(directory)): _sha256(path)
+        for path in sorted(directory.rglob("*"))
+        if not path.is_dir()
+    }
 
 
 def checkpoint_changes(directory: Path, before: dict[str, str], limit: int = 3) -> list[str]:
@@ -70,13 +74,6 @@ def changed_checkpoint(directory: Path, before: dict[str, str], synthetic: bool)
             shutil.rmtree(sums) if sums.is_dir() and not sums.is_symlink() else sums.unlink(missing_ok=True)
         what += f" ({CHECKSUM_FILE} is removed, so the next run writes the synthetic checkpoint again)"
     return what
-
-
-def _sha256(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as e:
-        return f"unreadable: {e.strerror or e}"
 
 
 def code_files() -> list[Path]:
