@@ -45,10 +45,10 @@ def test_estimate_follows_the_dtype_and_the_storage() -> None:
     f32, f64 = plan_memory(xl, torch.float32), plan_memory(xl, torch.float64)
     assert f64.param_bytes == 2 * f32.param_bytes
     assert f64.estimated_peak_bytes > f32.estimated_peak_bytes
-    # Shared storage: Hugging Face's weights plus one set of gradients, plus transients.
-    assert f32.estimated_peak_bytes >= memory.SHARED_PEAK_FACTOR * f32.param_bytes
+    # Shared storage: Hugging Face's weights plus one set of gradients (or another model), plus transients.
+    assert f32.estimated_peak_bytes >= (memory.SHARED_WEIGHTS + 1) * f32.param_bytes + memory.BASE_BYTES
     small = plan_memory(gpt2_config("gpt2"), torch.float64)
-    assert small.estimated_peak_bytes >= memory.INDEPENDENT_PEAK_FACTOR * small.param_bytes
+    assert small.estimated_peak_bytes >= (memory.INDEPENDENT_WEIGHTS + 1) * small.param_bytes
 
 
 def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() -> None:
@@ -56,15 +56,20 @@ def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() ->
     it trains the narrow twin, whose two models and copies the estimate includes."""
     small = plan_memory(SMALL_CONFIG, torch.float64)
     assert small.train_full_size
-    without = memory._estimated_peak(SMALL_CONFIG, torch.float64, memory.INDEPENDENT_PEAK_FACTOR)
-    assert small.estimated_peak_bytes == without + memory.TRAINING_BYTES_FACTOR * small.param_bytes
+    weights = memory.INDEPENDENT_WEIGHTS * small.param_bytes
+    training = memory.TRAINING_BYTES_FACTOR * small.param_bytes
+    phases = memory.phase_bytes(SMALL_CONFIG, torch.float64, False, training)
+    assert phases["train-steps"] == weights + training
+    assert small.estimated_peak_bytes == max(phases.values()) + memory.BASE_BYTES >= weights + training
     for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
         plan = plan_memory(gpt2_config(name), torch.float64)
         assert not plan.train_full_size and "train-steps on the narrow twin" in plan.describe(), name
-        twin = memory.param_bytes(twin_config(gpt2_config(name)), torch.float64)
-        factor = memory.SHARED_PEAK_FACTOR if plan.share_weights else memory.INDEPENDENT_PEAK_FACTOR
-        base = memory._estimated_peak(gpt2_config(name), torch.float64, factor)
-        assert plan.estimated_peak_bytes == base + (memory.TRAINING_BYTES_FACTOR + 2) * twin, name
+        twin = (memory.TRAINING_BYTES_FACTOR + 2) * memory.param_bytes(
+            twin_config(gpt2_config(name)), torch.float64
+        )
+        phases = memory.phase_bytes(gpt2_config(name), torch.float64, plan.share_weights, twin)
+        assert plan.estimated_peak_bytes == max(phases.values()) + memory.BASE_BYTES, name
+        assert phases["train-steps"] < max(phases.values()), f"{name}: the twin's training is not the peak"
 
 
 # The peak of a parity run in this process's child: VmHWM, its own (ru_maxrss would carry the pytest

@@ -19,7 +19,7 @@ from nanogpt.schema import CONV1D_SUFFIXES, to_linear_layout
 from parity.core.compare import ParityFailure, compare_tensors, without_padding_rows
 from parity.core.tolerances import gradients_tolerance
 from parity.numerics.forward import compare_logits, hf_logits, implementation_logits, loss_of
-from parity.numerics.gradients import compare_gradients
+from parity.numerics.gradients import compare_gradients, run_gradients
 from parity.numerics.tie import EMBEDDING, HEAD, get_tensor, same_storage
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf, load_reference, share_parameters
@@ -108,3 +108,51 @@ def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[
     with pytest.raises(ParityFailure, match=r"\[grads\] \d+ of \d+ parameter gradients differ"):
         compare_gradients(ref, hf, idx, targets, TINY.vocab_size)
     assert fc.weight.grad is not None and hf.transformer.h[1].mlp.c_fc.weight.grad is not None
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "independent"])
+def test_the_tied_matrix_apart_gives_the_same_comparison(tiny_checkpoint: Path, shared: bool) -> None:
+    """run_gradients(tied_apart=True), as a Subject runs it: the tied matrix's gradient in its own backward of
+    each model (HF's through its untied twin) gives the records of one backward, and restores every flag."""
+    idx, targets = gradient_batch(TINY)
+    runs = []
+    for tied_apart in (False, True):
+        ref = load_reference(tiny_checkpoint, torch.float64, "cpu")
+        hf = load_hf(tiny_checkpoint, torch.float64, "cpu")
+        if shared:
+            assert share_parameters(ref, hf, source_is_hf=True) == []
+        ref.transformer.wpe.weight.requires_grad_(False)  # a flag of the implementation's own: kept as it is
+        runs.append(run_gradients(ref, hf, idx, targets, TINY.vocab_size, True, tied_apart=tied_apart))
+        assert not ref.transformer.wpe.weight.requires_grad and hf.transformer.wpe.weight.requires_grad
+        assert all(p.requires_grad for n, p in ref.named_parameters() if n != "transformer.wpe.weight")
+        assert hf.lm_head.weight is hf.transformer.wte.weight, "HF's untied twin is tied again"
+        assert all(p.grad is None for p in ref.parameters() if p.requires_grad), "matching pairs are freed"
+    one, apart = runs
+    assert [r.tensor for r in apart.records] == [r.tensor for r in one.records]
+    assert all(r.passed for r in apart.records)
+    assert [r.max_abs for r in apart.records] == pytest.approx([r.max_abs for r in one.records], abs=1e-15)
+    torch.testing.assert_close(apart.tied_gradient, one.tied_gradient, rtol=0, atol=1e-15)
+    assert float(apart.hf_loss) == float(one.hf_loss) and float(apart.implementation_loss) == float(
+        one.implementation_loss
+    )
+    for run in runs:  # the frozen position embedding has no gradient: named, on the implementation's side
+        assert (
+            run.failure is not None
+            and "transformer.wpe.weight: no gradient on the implementation side" in str(run.failure)
+        )
+
+
+def test_a_lost_embedding_path_fails_with_the_tied_matrix_apart(tiny_checkpoint: Path) -> None:
+    """The tie broken in forward (the head reads a detached copy): only the tied matrix's gradient differs."""
+    ref = load_reference(tiny_checkpoint, torch.float64, "cpu")
+    hf = load_hf(tiny_checkpoint, torch.float64, "cpu")
+    head = ref.lm_head
+    head.forward = lambda x: torch.nn.functional.linear(x, head.weight)  # still tied: the control
+    idx, targets = gradient_batch(TINY)
+    assert run_gradients(ref, hf, idx, targets, TINY.vocab_size, tied_apart=True).failure is None
+    ref.transformer.wte.forward = lambda i: torch.nn.functional.embedding(
+        i, ref.transformer.wte.weight.detach()
+    )
+    run = run_gradients(ref, hf, idx, targets, TINY.vocab_size, tied_apart=True)
+    assert run.failure is not None
+    assert [r.tensor for r in run.records if not r.passed] == ["transformer.wte.weight"], str(run.failure)

@@ -98,7 +98,7 @@ BACKWARD_CHECKS = (
     Check(
         "tied-gradient",
         "the tied gradient is the sum of its embedding path and its head path",
-        "the implementation; one more backward of an untied twin (one V x C copy)",
+        "the implementation; one more backward of an untied twin (a second Parameter over the tied storage)",
         tied_gradient_check,
     ),
 )

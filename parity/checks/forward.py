@@ -16,6 +16,7 @@ from parity.checks.check import Check
 from parity.checks.generation import greedy_generate, near_tie, own_generate, sampled_generation
 from parity.checks.ignored_targets import ignored_targets
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
+from parity.core.errors import CannotTest, ImplementationError
 from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
@@ -140,6 +141,30 @@ def _greedy(model: nn.Module, prompt: torch.Tensor, new: int) -> tuple[torch.Ten
     return idx, "a greedy loop over its forward"
 
 
+def _sampled(subject: Subject, model: nn.Module, hf: Any) -> tuple[list[Comparison], str]:
+    """sampled_generation on the loaded models, or on the narrow twin where the memory plan keeps long extra
+    passes there: each sampled step is a forward of a whole block, and the crop, the temperature and the top-k
+    are the same code at any width."""
+    why = subject.full_size_extras()
+    if why is None:
+        return sampled_generation(model, hf, subject.config, subject.dtype)
+    try:
+        twin = subject.twin(why)
+    except ImplementationError as e:
+        raise CannotTest(
+            f"[inference] greedy decoding passed; sampling not compared: the narrow twin ({why}) could not "
+            f"be built: {e}"
+        ) from e
+    where = f"on the narrow twin (1 layer, {twin.config.n_embd} channels: {why})"
+    try:
+        records, summary = sampled_generation(twin.model, twin.hf, twin.config, subject.dtype)
+    except ParityFailure as e:
+        raise ParityFailure(str(e).replace("[inference] ", f"[inference] {where}: ", 1), e.records) from e
+    except CannotTest as e:
+        raise CannotTest(str(e).replace("[inference] ", f"[inference] {where}: ", 1)) from e
+    return records, f"{summary}, {where}"
+
+
 def inference_check(subject: Subject) -> Outcome:
     """Called without targets: HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
     model, hf = subject.model(), subject.hf()
@@ -199,7 +224,7 @@ def inference_check(subject: Subject) -> Outcome:
             )
     sampled, sampling = [], "it has no generate: no sampling to compare"
     if own_generate(model) is not None:
-        sampled, sampling = sampled_generation(model, hf, subject.config, subject.dtype)
+        sampled, sampling = _sampled(subject, model, hf)
     return Outcome(
         f"last-position logits without targets match, and {new} greedy tokens by {how} equal Hugging Face's "
         f"generate with its KV cache; {sampling}",
@@ -228,7 +253,7 @@ FORWARD_CHECKS = (
         "the call without targets gives HF's last-position logits; greedy decoding equals "
         "HF's generate with its KV cache; its own generate samples from HF's distribution (temperature, "
         "top-k warpers) on a prompt longer than block_size, cropped to the last block",
-        "both models",
+        "both models; the sampling on the narrow twin at GPT-2 sizes",
         inference_check,
     ),
 )

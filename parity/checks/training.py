@@ -214,12 +214,10 @@ def train_steps_check(subject: Subject) -> Outcome:
 def _fresh(subject: Subject) -> tuple[nn.Module, Any, str]:
     """The implementation from its own __init__ (seed 0, dropout off), its config, and where it runs."""
     config, where = subject.config, ""
-    if subject.shares_weights:
+    why = subject.full_size_extras()
+    if why is not None:
         config = twin_config(subject.config)
-        where = (
-            f" (narrow twin, 1 layer, {config.n_embd} channels: a fresh {subject.target.name} beside two "
-            "loaded ones does not fit)"
-        )
+        where = f" (narrow twin, 1 layer, {config.n_embd} channels: {why})"
     config = dataclasses.replace(config, dropout=0.0)
     torch.manual_seed(0)
     model = subject.impl.build(config)[0].to(subject.dtype).to(subject.device).eval()
@@ -335,14 +333,14 @@ TRAINING_CHECKS = (
         "init",
         "built from scratch, the loss at init matches GPT-2's init (about ln(vocab)) and the tied matrix "
         "has an output projection's scale",
-        "a fresh model from its own __init__ (twin at shared sizes)",
+        "a fresh model from its own __init__ (the narrow twin at GPT-2 sizes)",
         init_check,
     ),
     Check(
         "init-scheme",
         "every parameter's init follows GPT-2's scheme (N(0, 0.02), residual projections / "
         "sqrt(2 n_layer), zero biases, unit LayerNorm gains)",
-        "a fresh model (twin at shared sizes)",
+        "a fresh model (the narrow twin at GPT-2 sizes)",
         init_scheme_check,
     ),
 )

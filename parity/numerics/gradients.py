@@ -77,6 +77,7 @@ def run_gradients(
     targets: torch.Tensor,
     vocab: int,
     keep_tied_gradient: bool = False,
+    tied_apart: bool = False,
 ) -> GradientRun:
     """Backward of the same loss in both models; every gradient compared with its HF counterpart.
 
@@ -89,29 +90,43 @@ def run_gradients(
     runs its forward with targets, so that the same pass also gives its own loss; the backward is of
     loss_of(its logits), the loss HF's side uses, so that an implementation whose own loss is wrong fails the
     loss check, not this one. The two forwards' logits are compared as well (`logits`), which makes this batch
-    one of the logits checks at no extra cost. keep_tied_gradient: keep a copy of the implementation's
-    gradient of the tied matrix (the decomposition check's "actual").
+    one of the logits checks at no extra cost. keep_tied_gradient: keep the implementation's gradient of the
+    tied matrix (the decomposition check's "actual").
+
+    tied_apart: compare the tied matrix's gradient in a forward + backward of its own (`_tied_group_apart`)
+    after the other parameters' (in which it does not require a gradient). A tied backward ends by adding its
+    two paths' V x C gradients into a third: with every other gradient of HF's alive too, that end of HF's
+    backward set the run's peak (gpt2 in float64: 4.2 GB of 4.7).
     """
     mapping = mapping_of(model)  # HF's gradients are compared in the implementation's names and layouts
     our_params = dict(model.named_parameters())
     theirs_params = dict(hf_model.named_parameters())
     roles = {n: mapping.role(n) for n in our_params}
-    waiting = {r: sum(1 for x in roles.values() if x == r) for r in set(roles.values())}  # split q/k/v: 3
+    common, problems = compared_parameters(roles, theirs_params)
+    groups = [(common, False)]  # (names, in the tied matrix's own pass)
+    if tied_apart:
+        tied_names = [n for n in common if roles[n] in (EMBEDDING, HEAD)]
+        rest = [n for n in common if n not in tied_names]
+        groups = [(g, apart) for g, apart in ((rest, False), (tied_names, bool(rest))) if g] or groups
     tied = None
     if keep_tied_gradient:  # a model without the name still gets its gradient comparison
         with contextlib.suppress(AttributeError):
             tied = get_tensor(model, EMBEDDING)
     tol = gradients_tolerance(get_tensor(hf_model, EMBEDDING).dtype)
-    common, problems = compared_parameters(roles, theirs_params)
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []
+    logits: Comparison | ParityFailure | None = None
+    own_loss = hf_loss = None  # from the first forward + backward (the tied matrix's pass computes no loss)
+    waiting: dict[str, int] = {}  # HF tensor -> implementation tensors still to compare (split q/k/v: 3)
+    for n in common:
+        waiting[roles[n]] = waiting.get(roles[n], 0) + 1
 
     def compare(name: str) -> None:
         role = roles[name]
         g_ours, g_hf = our_params[name].grad, theirs_params[role].grad
         if tied is not None and our_params[name] is tied and g_ours is not None:
-            kept.append(g_ours.detach().clone())
+            kept.append(g_ours.detach())  # no copy: a compared gradient is dropped, never changed in place
         if g_ours is None or g_hf is None:
             return  # reported after backward, with the side that has none
         g_ours_cropped = without_padding_rows(role, g_ours, vocab)
@@ -129,28 +144,49 @@ def run_gradients(
             if not waiting[role]:  # every implementation tensor of this HF tensor compared
                 theirs_params[role].grad = None
 
-    theirs = hf_logits(hf_model, idx)
-    hf_loss = loss_of(theirs, targets)
-    hf_loss.backward()
-    theirs = theirs.detach()
-    handles = [our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n)) for n in common]
-    try:
-        own_logits, own_loss = logits_and_own_loss(model, idx, targets)
-        try:
-            logits: Comparison | ParityFailure = compare_chunked(
-                "logits",
-                "logits[gradient batch]",
-                own_logits.detach(),
-                theirs,
-                logits_tolerance(theirs.dtype),
-            )
-        except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
-            logits = e
-        del theirs
-        loss_of(own_logits, targets).backward()
-    finally:
-        for h in handles:
-            h.remove()
+    for group, apart in groups:
+        if apart:
+            _tied_group_apart(model, hf_model, idx, targets, [our_params[n] for n in group])
+            for name in group:
+                compare(name)
+            continue
+        only = contextlib.ExitStack()
+        if tied_apart:  # the group's parameters that required a gradient still do; no other does
+            only.enter_context(requires_grad_only(model, (our_params[n] for n in group)))
+            only.enter_context(requires_grad_only(hf_model, (theirs_params[roles[n]] for n in group)))
+        with only:
+            theirs = hf_logits(hf_model, idx)
+            loss = loss_of(theirs, targets)
+            if loss.requires_grad:  # else none of the group's parameters does: "no gradient", below
+                loss.backward()
+            theirs = theirs.detach()
+            hf_loss = loss.detach()
+            handles = [  # a frozen parameter takes no hook: "no gradient on the implementation side", below
+                our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n))
+                for n in group
+                if our_params[n].requires_grad
+            ]
+            try:
+                own_logits, loss = logits_and_own_loss(model, idx, targets)
+                own_loss = loss.detach()
+                try:
+                    logits = compare_chunked(
+                        "logits",
+                        "logits[gradient batch]",
+                        own_logits.detach(),
+                        theirs,
+                        logits_tolerance(theirs.dtype),
+                    )
+                except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
+                    logits = e
+                del theirs
+                loss = loss_of(own_logits, targets)
+                if loss.requires_grad:
+                    loss.backward()
+                del own_logits, loss
+            finally:
+                for h in handles:
+                    h.remove()
     for name in common:
         if name not in records and (our_params[name].grad is None or theirs_params[roles[name]].grad is None):
             side = "implementation" if our_params[name].grad is None else "HF"
@@ -163,16 +199,62 @@ def run_gradients(
     failure = None
     if problems or not all(r.passed for r in ordered):
         failure = ParityFailure(gradient_failure_message(ordered, problems))
-    return GradientRun(
-        logits, own_loss.detach(), hf_loss.detach(), ordered, failure, kept[0] if kept else None
-    )
+    assert logits is not None and own_loss is not None and hf_loss is not None
+    return GradientRun(logits, own_loss, hf_loss, ordered, failure, kept[0] if kept else None)
+
+
+def _tied_group_apart(
+    model: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, ours: list[torch.Tensor]
+) -> None:
+    """Both models' gradients of the tied matrix alone, left in .grad for run_gradients to compare.
+
+    The implementation's backward first, with only its tied matrix requiring a gradient; then Hugging Face's,
+    through its untied twin (its head a second Parameter over the same storage), whose two paths' gradients
+    are added in place into the embedding's .grad: that is HF's tied gradient. At most three V x C matrices
+    are alive at once (a tied backward that adds its two paths holds three by itself, and would then
+    need a fourth for the other side's gradient).
+    """
+    with requires_grad_only(model, ours):
+        own_logits, _ = logits_and_own_loss(model, idx, targets)
+        loss = loss_of(own_logits, targets)
+        del own_logits
+        if loss.requires_grad:
+            loss.backward()
+        del loss
+    embedding = get_tensor(hf_model, EMBEDDING)
+    with requires_grad_only(hf_model, [embedding]), untied_twin(hf_model, own_storage=False) as twin:
+        loss_of(hf_logits(twin, idx), targets).backward()
+        head = get_tensor(twin, HEAD)
+        if embedding.grad is not None and head.grad is not None:
+            embedding.grad.add_(head.grad)
+        head.grad = None
 
 
 @contextlib.contextmanager
-def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The same model with lm_head given its own copy of the tied matrix; re-tied on exit.
+def requires_grad_only(model: torch.nn.Module, wanted: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Only the wanted parameters that require a gradient still do for the duration; flags restored after.
 
-    Every other parameter stays shared, so the twin costs one V x C matrix, not a second model.
+    Backward still runs through every module (the wanted parameters' paths need it) but computes no weight
+    gradient elsewhere.
+    """
+    keep = {id(p) for p in wanted if p.requires_grad}
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for p in saved:
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def untied_twin(model: torch.nn.Module, own_storage: bool = True) -> Iterator[torch.nn.Module]:
+    """The same model with lm_head given a Parameter of its own for the tied matrix; re-tied on exit.
+
+    Every other parameter stays shared, so the twin costs one V x C matrix, not a second model. Without
+    own_storage the head's Parameter is a view of the tied matrix's storage (for a twin nothing writes to:
+    its gradients are still the head path's alone) and costs nothing.
     """
     mapping = mapping_of(model)
     owner, _, attr = mapping.target(HEAD).rpartition(".")
@@ -187,29 +269,11 @@ def untied_twin(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         raise ParityFailure(
             f"[grads] the model is not tied, so it has no untied twin to compare with ({HEAD})"
         )
-    setattr(head_module, attr, torch.nn.Parameter(tied.detach().clone()))
+    setattr(head_module, attr, torch.nn.Parameter(tied.detach().clone() if own_storage else tied.detach()))
     try:
         yield model
     finally:
         setattr(head_module, attr, tied)
-
-
-@contextlib.contextmanager
-def only_tied_matrix_requires_grad(model: torch.nn.Module) -> Iterator[None]:
-    """Freeze every parameter but the tied matrix (and a twin's head) for the duration; restore after.
-
-    Backward still runs through every block (the embedding path needs it) but computes no weight gradient
-    there: the decomposition check then costs three V x C matrices of memory instead of a set of gradients.
-    """
-    tied = get_tensor(model, EMBEDDING)
-    saved = {p: p.requires_grad for p in model.parameters()}
-    for p in saved:
-        p.requires_grad_(p is tied)
-    try:
-        yield
-    finally:
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
 
 
 def compare_gradient_decomposition(
@@ -224,12 +288,19 @@ def compare_gradient_decomposition(
     backward already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
     """
     model.zero_grad(set_to_none=True)
-    with only_tied_matrix_requires_grad(model):
+    if not get_tensor(model, EMBEDDING).requires_grad:
+        raise ParityFailure(
+            "[grads] the tied matrix does not require a gradient (requires_grad=False): training never "
+            "updates it"
+        )
+    # Only the tied matrix (and the twin's head) requires a gradient: three V x C matrices of memory, not a
+    # set of gradients.
+    with requires_grad_only(model, [get_tensor(model, EMBEDDING)]):
         if tied_gradient is None:
             loss_of(implementation_logits(model, idx), targets).backward()
             tied_gradient = get_tensor(model, EMBEDDING).grad.detach().clone()
             model.zero_grad(set_to_none=True)
-        with untied_twin(model) as twin:
+        with untied_twin(model, own_storage=False) as twin:
             loss_of(implementation_logits(twin, idx), targets).backward()
             emb_grad = get_tensor(twin, EMBEDDING).grad
             head_grad = get_tensor(twin, HEAD).grad

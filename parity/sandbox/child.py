@@ -87,7 +87,7 @@ def _load_notes(subject: Any) -> list[str]:
     report = subject.report
     if report is not None:
         buffers = ", ".join(report.kept_buffers[:4]) + (" ..." if len(report.kept_buffers) > 4 else "")
-        mode = type(subject.loaded_model).__dict__.get("_parity_logits_mode")
+        mode = subject.logits_mode
         notes.append(
             f"loaded {report.checkpoint} with the nanoGPT converter; buffers left as built: "
             f"{buffers or 'none'}" + (f"; every position's logits by: {mode}" if mode else "")
@@ -113,10 +113,12 @@ def main() -> None:
     from parity.sandbox.fingerprint import hf_fingerprint
     from parity.sandbox.witness import witness
     from parity.subject.loading import silence_progress_bars
+    from parity.subject.memory import fixed_mmap_threshold
     from parity.subject.progress import phase, send_lines_to
     from parity.subject.subject import Subject
 
     silence_progress_bars()
+    fixed_mmap_threshold()
     send_lines_to(lambda text: send(progress=text))
 
     def stage(name: str, label: str) -> contextlib.AbstractContextManager[Any]:

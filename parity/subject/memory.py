@@ -5,9 +5,10 @@ gradients. For gpt2-xl in float32 two independent models plus their gradients ar
 fit a 24 GiB machine. Above `SHARE_WEIGHTS_ABOVE_BYTES` the harness therefore lets the reference share
 Hugging Face's weight storage (after checking that it loaded bitwise the same values), compares gradients
 as Hugging Face's backward produces them, and frees each pair at once. `plan_memory` says which storage a
-target gets and estimates the run's peak resident memory; `memory_problem` compares that estimate with the
-memory this machine (or its cgroup) has available, so that a run that cannot fit stops with a usage error
-and the estimate before any model is built, instead of being killed by the OOM killer halfway through.
+target gets and estimates the run's peak resident memory, phase by phase (`phase_bytes`); `memory_problem`
+compares that estimate with the memory this machine (or its cgroup) has available, so that a run that cannot
+fit stops with a usage error and the estimate before any model is built, instead of being killed by the OOM
+killer halfway through.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,24 +36,23 @@ from parity.subject.batches import gradient_batch
 # weights its own loader produced, so their matmuls also run on different layouts (the stronger check).
 SHARE_WEIGHTS_ABOVE_BYTES = 3_000_000_000
 
-# Peak resident memory in units of one model's parameter bytes (see `plan_memory`):
-# shared: Hugging Face's weights + one set of gradients (or, while loading, the reference's own copy before
-# it is replaced by views); independent: two models + one set of gradients.
-SHARED_PEAK_FACTOR = 2.0
-INDEPENDENT_PEAK_FACTOR = 3.0
+# The weights a run holds, in units of one model's parameter bytes: shared, Hugging Face's (the reference's
+# are views of them); independent, both models'.
+SHARED_WEIGHTS = 1
+INDEPENDENT_WEIGHTS = 2
 # The interpreter with torch and transformers, allocator slack, the tokenizer: the whole run of the small
 # model peaks at 0.47 GB (docs/measurements.md).
 BASE_BYTES = 470_000_000
-# The estimate is within this fraction of the measured peak at every size it was calibrated on (small, a
-# 4-layer 256-channel model, gpt2: +2% to +9%); tests/test_memory_plan.py measures the small sizes.
+# The estimate is within this fraction of the measured peak at every size it was calibrated on (the small
+# sizes and the four GPT-2 sizes, docs/measurements.md); tests/test_memory_plan.py measures the small ones.
 ESTIMATE_TOLERANCE = 0.15
-# On top of the weights (and the gradients): the full-block forward holds its logits (T x V, once per
-# implementation, plus a float64 chunk); the gradient check holds copies of the tied matrix (V x C: its
-# head-path and embedding-path gradients, their sum, the twin's head) and the reference's activations for
-# the gradient batch (elements per layer, token and channel). Calibrated on the four sizes (the figures:
-# docs/measurements.md).
-LOGITS_COPIES = 3
-TIED_MATRIX_COPIES = 4
+# Transient tensors of the phases (`phase_bytes`): the full-block forward holds both implementations' logits
+# (T x V each); the tied matrix's own backward ends with three V x C matrices (its two paths' gradients and
+# their sum, or the other side's kept gradient); activations of the gradient batch in elements per layer,
+# token and channel: Hugging Face's (its GELU keeps several 4 x n_embd intermediates), and nanoGPT's.
+LOGITS_COPIES = 2
+TIED_MATRIX_COPIES = 3
+HF_ACTIVATION_ELEMENTS = 36
 ACTIVATION_ELEMENTS = 16
 
 # train-steps trains copies of both models with AdamW: weights, gradients and two moment buffers each, this
@@ -96,34 +97,46 @@ def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
     return param_count(config) * torch.empty((), dtype=dtype).element_size()
 
 
-def transient_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
-    """Memory on top of the weights and gradients: the full-block logits, or the gradient check's extras."""
+def phase_bytes(config: GPTConfig, dtype: torch.dtype, share: bool, training: int) -> dict[str, int]:
+    """Resident bytes of each memory-heavy phase of a parity run, above the interpreter's base.
+
+    training: the bytes train-steps adds to the loaded models (its copies, or the narrow twin and its copies).
+    """
     size = torch.empty((), dtype=dtype).element_size()
-    logits = LOGITS_COPIES * config.block_size * config.output_vocab_size * size
+    params = param_bytes(config, dtype)
+    weights = (SHARED_WEIGHTS if share else INDEPENDENT_WEIGHTS) * params
+    tied = config.vocab_size * config.n_embd * size
     tokens = gradient_batch(config)[0].numel()
-    activations = ACTIVATION_ELEMENTS * config.n_layer * tokens * config.n_embd * size
-    return max(logits, TIED_MATRIX_COPIES * config.vocab_size * config.n_embd * size + activations)
+    per_layer = config.n_layer * tokens * config.n_embd * size
+    return {
+        # the implementation's own copy before it becomes views; own-loader's model and the Hugging Face
+        # model an upstream-style from_pretrained copies from (the implementation's loaded model dropped)
+        "loading": weights + params,
+        # HF's backward, then the implementation's with HF's gradients waiting (the tied matrix's apart)
+        "gradients": weights
+        + max(HF_ACTIVATION_ELEMENTS * per_layer, params - tied + ACTIVATION_ELEMENTS * per_layer),
+        "tied gradient": weights + TIED_MATRIX_COPIES * tied + HF_ACTIVATION_ELEMENTS * per_layer,
+        # the kept tied gradient waits for tied-gradient meanwhile
+        "full block": weights + tied + LOGITS_COPIES * config.block_size * config.output_vocab_size * size,
+        "train-steps": weights + training,
+    }
 
 
 def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
-    """The storage plan and the estimated peak resident memory of a parity run of config in dtype.
+    """The storage plan and the estimated peak resident memory of a parity run of config in dtype: its
+    heaviest phase (`phase_bytes`) and the interpreter's base.
 
     The estimate covers train-steps too: its training copies at full size (up to
     FULL_SIZE_TRAINING_MAX_BYTES), else the narrow twin's two models and their training copies.
     """
     params = param_bytes(config, dtype)
     share = params > SHARE_WEIGHTS_ABOVE_BYTES
-    factor = SHARED_PEAK_FACTOR if share else INDEPENDENT_PEAK_FACTOR
     training = TRAINING_BYTES_FACTOR * params
     full_size = not share and training <= FULL_SIZE_TRAINING_MAX_BYTES
     if not full_size:
         training = (TRAINING_BYTES_FACTOR + 2) * param_bytes(twin_config(config), dtype)
-    return MemoryPlan(params, share, _estimated_peak(config, dtype, factor) + training, full_size)
-
-
-def _estimated_peak(config: GPTConfig, dtype: torch.dtype, factor: float) -> int:
-    """factor x one model's parameter bytes, plus the transient tensors and the interpreter's base."""
-    return int(factor * param_bytes(config, dtype)) + transient_bytes(config, dtype) + BASE_BYTES
+    peak = max(phase_bytes(config, dtype, share, training).values()) + BASE_BYTES
+    return MemoryPlan(params, share, peak, full_size)
 
 
 @dataclass(frozen=True)
@@ -204,17 +217,38 @@ def peak_rss_bytes(children: bool = False) -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+# glibc's malloc serves allocations under its mmap threshold from its heap, and raises the threshold (up to
+# 32 MB) whenever it frees a larger mmapped block; per-layer gradients and activations (5-19 MB at gpt2) then
+# come from the heap, and freed ones stay resident between live ones. A fixed threshold hands every freed
+# tensor of 1 MB or more back at once: gpt2's float64 gradient run peaked at 3.5 GB, not 3.9.
+MMAP_THRESHOLD_BYTES = 1 << 20
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def _glibc_function(name: str) -> Any:
+    """The C library's function `name`, or None without glibc (macOS, musl)."""
+    library = ctypes.util.find_library("c")
+    if not library:
+        return None
+    try:
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def fixed_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at MMAP_THRESHOLD_BYTES for this process; a no-op without glibc."""
+    mallopt = _glibc_function("mallopt")
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def release_free_memory() -> None:
     """Return the C allocator's free pages to the OS (glibc's malloc_trim); a no-op without glibc.
 
     Freed tensors below glibc's mmap threshold (up to 32 MB: most per-layer gradients) go back to its heap
     and stay resident (2 GB after gpt2-medium's float64 gradient check), under every later test's peak.
     """
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
+    trim = _glibc_function("malloc_trim")
+    if trim is not None:
+        trim(0)

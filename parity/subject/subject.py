@@ -2,11 +2,12 @@
 
 A `Subject` loads each model once, lazily, and keeps what several checks share: the one forward + backward
 of both models on the gradient batch (read by the logits, loss, grads and tied-gradient checks), and the
-narrow twins that checks needing more memory than a size leaves run on. Every front end (the tests in
-parity/, the bisect command, the mutant catalog) builds a Subject and hands it to the registry
-(parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and gpt2-xl on their defaults),
-the implementation's parameters become views of Hugging Face's after a bitwise check, so one copy of the
-weights serves both; checks that train or re-initialise then use the twin, never the shared models.
+narrow twin. Every front end (the tests in parity/, the bisect command, the mutant catalog) builds a Subject
+and hands it to the registry (parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and
+gpt2-xl on their defaults), the implementation's parameters become views of Hugging Face's after a bitwise
+check, so one copy of the weights serves both. At every GPT-2 size, checks that train, build fresh models or
+sample over whole blocks run on the narrow twin (`full_size_extras`): the same classes, one layer, few
+channels.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Subject:
     report: LoadReport | None = None
     unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
     diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label
+    logits_mode: str | None = None  # how the adapted class reads every position's logits, once loaded
     _model: nn.Module | None = field(default=None, repr=False)
     _load_error: ImplementationError | None = field(default=None, repr=False)
     _built: nn.Module | ImplementationError | None = field(default=None, repr=False)
@@ -119,6 +121,7 @@ class Subject:
             if self.shares_weights:
                 self.unshared = share_parameters(model, self.hf(), source_is_hf=True)
             self._model = model
+            self.logits_mode = type(model).__dict__.get("_parity_logits_mode")
         return self._model
 
     @property
@@ -173,7 +176,13 @@ class Subject:
                 self._progress(f"{self.target.name}: forward + backward of both models"),
             ):
                 self._gradient_run = run_gradients(
-                    model, hf, idx, targets, self.config.output_vocab_size, keep_tied_gradient=True
+                    model,
+                    hf,
+                    idx,
+                    targets,
+                    self.config.output_vocab_size,
+                    keep_tied_gradient=True,
+                    tied_apart=True,
                 )
         return self._gradient_run
 
@@ -181,6 +190,30 @@ class Subject:
         """A progress line for work on a model of PROGRESS_MIN_BYTES or more (small ones take no time)."""
         big = param_bytes(self.config, self.dtype) >= PROGRESS_MIN_BYTES
         return phase(label) if big else contextlib.nullcontext()
+
+    def full_size_extras(self) -> str | None:
+        """None when checks may build fresh models or run passes beyond the shared ones at full size, else why
+        they run on the narrow twin: the memory plan trains full-size copies only of models up to
+        FULL_SIZE_TRAINING_MAX_BYTES of training state, and the same models are the ones whose extra
+        full-block passes take no time (gpt2's sampled generation took 30 s at full size)."""
+        if self.target.memory.train_full_size:
+            return None
+        return (
+            f"{self.target.name} has {format_bytes(param_bytes(self.config, self.dtype))} of parameters; "
+            "the memory plan keeps fresh models and long extra passes to the narrow twin"
+        )
+
+    def free_for_another_model(self) -> None:
+        """Drop the loaded models a check no longer needs before it builds another full-size one.
+
+        The implementation's model goes (and the gradient run with it); Hugging Face's too when the memory
+        plan shares its weights, for then it is the only copy that holds memory. Either is loaded again if
+        asked for.
+        """
+        self._model = self._gradient_run = None
+        if self.shares_weights:
+            self._hf = None
+        self.diagnoses.clear()
 
     def training_fits(self) -> str | None:
         """None when training copies of both loaded models fits in memory, else why the twin is used."""

@@ -38,6 +38,7 @@ from parity.frontends.pytest_frontend.child_run import (
 )
 from parity.frontends.report import ParityReport, check_report_path
 from parity.subject.loading import GPT2_ACTIVATION, silence_progress_bars, versions
+from parity.subject.memory import fixed_mmap_threshold
 from parity.subject.targets import ParityTarget, resolve_targets
 
 TARGETS_KEY = pytest.StashKey[list[ParityTarget]]()
@@ -58,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     silence_progress_bars()  # transformers' "Loading weights" bar would fill a failed test's captured stderr
+    fixed_mmap_threshold()  # freed tensors leave the process at once (the peaks the memory plan predicts)
     try:
         targets = resolve_targets(
             config.getoption("--model"),
