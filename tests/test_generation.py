@@ -9,19 +9,31 @@ the recorder answers the most probable token; the model's class is restored even
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from mutant_models import ContextCroppedToFirstBlock, SamplingGPT, TemperatureMultiplied
+from mutants import MUTANTS, implementation_file
 from transformers import GPT2LMHeadModel
 
 from nanogpt.hf import nanogpt_to_hf_state_dict
 from nanogpt.model import GPT
+from parity.checks.check import run_check
 from parity.checks.generation import SamplingRecorder, _sampling_kwargs, sampled_generation, users_class
+from parity.checks.registry import CHECKS
 from parity.core.compare import ParityFailure
-from parity.core.errors import CannotTest
+from parity.core.errors import CannotTest, ImplementationError
+from parity.core.verdicts import Status
 from parity.foreign.adapters import adapted_class
+from parity.foreign.impl import import_implementation, reference_implementation
+from parity.frontends.bisect import resolve_model
+from parity.subject import memory
+from parity.subject.subject import Subject
+from parity.subject.targets import ParityTarget
+
+MUTANTS_BY_NAME = {m.name: m for m in MUTANTS}
 
 
 def _pair(
@@ -117,3 +129,40 @@ def test_users_class_is_restored_when_generate_raises(make_gpt: Callable[..., GP
         assert type(own) is GPT
         raise RuntimeError("inside generate")
     assert type(model) is adapted
+
+
+@pytest.fixture
+def extras_on_twin(monkeypatch: pytest.MonkeyPatch) -> ParityTarget:
+    """The bisect command's small model, with the memory plan keeping long extra passes to the narrow twin
+    (as at every GPT-2 size)."""
+    monkeypatch.setattr(memory, "FULL_SIZE_TRAINING_MAX_BYTES", 0)
+    target = resolve_model("small", "cpu", None)
+    target.ensure_checkpoint()
+    assert not target.memory.train_full_size
+    return target
+
+
+def test_sampling_runs_on_the_narrow_twin_where_the_plan_says(extras_on_twin: ParityTarget) -> None:
+    subject = Subject(reference_implementation(), extras_on_twin)
+    verdict = run_check(CHECKS["inference"], subject)
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "sampled steps of its own generate" in verdict.reason and "on the narrow twin" in verdict.reason
+
+
+def test_a_sampling_bug_on_the_twin_fails_saying_where(extras_on_twin: ParityTarget, tmp_path: Path) -> None:
+    impl = import_implementation(implementation_file(MUTANTS_BY_NAME["temperature-multiplied"], tmp_path))
+    verdict = run_check(CHECKS["inference"], Subject(impl, extras_on_twin))
+    assert verdict.status is Status.FAIL
+    assert "on the narrow twin" in verdict.reason and "multiplies the logits" in verdict.reason
+
+
+def test_sampling_falls_back_to_the_loaded_models_without_a_twin(
+    extras_on_twin: ParityTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_twin(self: Subject, why: str) -> None:
+        raise ImplementationError("its config cannot be narrowed")
+
+    monkeypatch.setattr(Subject, "twin", no_twin)
+    verdict = run_check(CHECKS["inference"], Subject(reference_implementation(), extras_on_twin))
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "sampled steps of its own generate" in verdict.reason and "narrow twin" not in verdict.reason
