@@ -220,7 +220,8 @@ def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
     """Ctrl-C reaches only the command (the child has its own session): the command must kill the child."""
     pid_file = tmp_path / "child.pid"
     hang = (
-        f'        open({str(pid_file)!r}, "w").write(str(__import__("os").getpid()))\n'
+        # its PID outside the child's PID namespace: /proc/self of the harness's /proc
+        f'        open({str(pid_file)!r}, "w").write(__import__("os").readlink("/proc/self"))\n'
         '        __import__("time").sleep(3600)\n'
     )
     impl = tmp_path / "model.py"

@@ -25,6 +25,7 @@ from parity.core.exit_codes import EXIT_SKIP
 from parity.frontends.bisect import resolve_model
 from parity.sandbox.channel import MAX_JSON_DEPTH, OUTPUT_TAIL_BYTES, Channel, OutputTail, nesting_exceeds
 from parity.sandbox.files import file_hashes
+from parity.sandbox.isolation import pid_namespace
 from parity.subject.synthetic import (
     CACHE_ENV_VAR,
     DEFAULT_SEED,
@@ -47,13 +48,14 @@ DEEP_LINE = """            for fd in range(3, 256):
                 except OSError:
                     pass
 """
-# A daemon: fork, setsid in the child, fork again, the grandchild writes its pid and sleeps for an hour.
+# A daemon: fork, setsid in the child, fork again, the grandchild writes its pid (as the harness's /proc
+# names it, outside the child's PID namespace) and sleeps for an hour.
 DAEMON = """            first = os.fork()
             if first == 0:
                 os.setsid()
                 if os.fork() == 0:
                     with open({pid_file!r}, "w") as f:
-                        f.write(str(os.getpid()))
+                        f.write(os.readlink("/proc/self"))
                     __import__("time").sleep(3600)
                 os._exit(0)
             os.waitpid(first, 0)
@@ -72,6 +74,14 @@ FLOOD = """            junk = b"x" * 1023 + b"\\n"
                     pass
 """
 
+# SIGSTOP to its parent, then to the parent's process group (where there is none, the call fails quietly).
+STOPS_PARENT = """            import signal
+            for kill in (os.kill, os.killpg):
+                try:
+                    kill(os.getppid(), signal.SIGSTOP)
+                except OSError:
+                    pass
+"""
 # Appends a line to the harness's own parity/__init__.py, only where the path holds the marker (a copy).
 REWRITES_HARNESS = """            import parity
             source = os.path.join(os.path.dirname(parity.__file__), "__init__.py")
@@ -144,6 +154,21 @@ def test_a_daemon_the_tested_code_starts_ends_with_the_run(tmp_path: Path, check
         daemon = int(pid_files[name].read_text())
         assert not running(daemon), f"{name}: the daemon {daemon} outlived the run"
         assert time.monotonic() - start < 120, "the daemon held the pipes open: the run waited for it"
+
+
+@pytest.mark.skipif(
+    bool(pid_namespace().problem), reason="no PID namespace here: SIGSTOP of the parent hangs"
+)
+def test_the_tested_code_cannot_stop_the_harness(tmp_path: Path, checkpoint: Path) -> None:
+    """In its PID namespace the child's parent is process 1, which ignores a SIGSTOP sent from inside; the
+    harness's processes have no PID there. Without the namespace this run hung for good."""
+    impl = write_impl(tmp_path / "model.py", STOPS_PARENT)
+    start = time.monotonic()
+    for front_end, result in both_front_ends(impl, checkpoint, tmp_path).items():
+        output = str(result["output"])
+        assert result["rc"] == 0, f"{front_end}: {output[-3000:]}"
+        assert "logits" in output and "PASS" in output, f"{front_end}: {output[-3000:]}"
+    assert time.monotonic() - start < 300
 
 
 def test_a_flood_costs_the_parent_neither_memory_nor_disk(tmp_path: Path, checkpoint: Path) -> None:

@@ -44,7 +44,8 @@ from parity.core.verdicts import Status, Verdict
 from parity.sandbox.channel import Channel, OutputTail, drain
 from parity.sandbox.files import changed_checkpoint, changed_code, code_hashes, file_hashes
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
-from parity.sandbox.reaper import reaping_descendants
+from parity.sandbox.isolation import parse_status, pid_namespace
+from parity.sandbox.reaper import killed_note, reaping_descendants
 from parity.sandbox.relay import ProgressRelay
 from parity.sandbox.witness import clean_witness, witness_differs
 from parity.subject.targets import ParityTarget
@@ -59,6 +60,7 @@ SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
 # How much of the captured output (its last OUTPUT_TAIL_BYTES, parity/sandbox/channel.py) a CANNOT-TEST
 # reason quotes.
 REASON_TAIL_LINES = 3
+STATUS_BYTES = 64  # "exit N" or "signal N" from parity/sandbox/pid1.py
 # Lines of the tested code's captured output that -v shows (the last ones).
 OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (
@@ -212,26 +214,33 @@ def run_checks_in_child(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS_ROOT), os.environ.get("PYTHONPATH")]))
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-"))
     read_fd, write_fd = os.pipe()
+    namespace = pid_namespace()
+    status_read, status_write = os.pipe() if namespace.prefix else (-1, -1)  # process 1's report
+    child = [sys.executable, "-m", "parity.sandbox.child", str(write_fd)]
+    if namespace.prefix:
+        child = [*namespace.prefix, sys.executable, "-m", "parity.sandbox.pid1", str(status_write), *child]
     chunks = Channel(nonce)  # only lines with the nonce, up to a cap (parity/sandbox/channel.py)
     output = OutputTail()  # the last OUTPUT_TAIL_BYTES of the tested code's stdout and stderr
     relay = ProgressRelay(nonce)  # the child's progress lines, shown as they arrive
-    timed_out = None
+    timed_out, left = None, 0
     try:
         with reaping_descendants() as reaped:  # also what detached itself with setsid
             proc = subprocess.Popen(
-                [sys.executable, "-m", "parity.sandbox.child", str(write_fd)],
+                child,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd,) if status_write < 0 else (write_fd, status_write),
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
             )
             printer = threading.Thread(target=drain, args=(proc.stdout, output), daemon=True)
             printer.start()
-            os.close(write_fd)
-            write_fd = -1
+            for fd in (write_fd, status_write):
+                if fd >= 0:
+                    os.close(fd)
+            write_fd = status_write = -1
             reader = threading.Thread(target=_read_all, args=(read_fd, chunks, relay), daemon=True)
             reader.start()
             read_fd = -1  # the reader owns it now
@@ -252,11 +261,21 @@ def run_checks_in_child(
         reader.join(timeout=10)
         printer.join(timeout=10)
         relay.flush(final=True)
+        returncode = proc.returncode
+        if status_read >= 0:  # how the child itself ended, not process 1 or unshare
+            reported = parse_status(os.read(status_read, STATUS_BYTES).decode(errors="replace"))
+            returncode, left = (returncode, 0) if reported is None else reported
     finally:
-        for fd in (read_fd, write_fd):
+        for fd in (read_fd, write_fd, status_read, status_write):
             if fd >= 0:
                 os.close(fd)
         notes_written = reaped + _files_written(workdir)
+        if left:
+            notes_written.insert(0, killed_note(left))
+        if namespace.problem:
+            notes_written.append(
+                f"the tested code ran without a PID namespace of its own ({namespace.problem})"
+            )
         shutil.rmtree(workdir, ignore_errors=True)
     messages, channel_problem = chunks.messages()
     changed = changed_checkpoint(checkpoint, hashes, synthetic=target.weights == "synthetic")
@@ -265,7 +284,7 @@ def run_checks_in_child(
         messages,
         names,
         (clean, clean_model, target.device),
-        proc.returncode,
+        returncode,
         timed_out,
         output.text(),
         notes_written,

@@ -63,6 +63,11 @@ def children() -> set[int]:
     return out
 
 
+def killed_note(killed: int) -> str:
+    """The note of a run whose tested code left processes running, killed when it ended."""
+    return f"killed {killed} process(es) the tested code left running after its process ended"
+
+
 def sweep(keep: set[int], deadline_s: float = SWEEP_S) -> int:
     """SIGKILL and reap this process's children that are not in keep, until none is left; how many."""
     killed: set[int] = set()
@@ -96,6 +101,4 @@ def reaping_descendants() -> Iterator[list[str]]:
             if not previous:
                 set_subreaper(False)
             if killed:
-                notes.append(
-                    f"killed {killed} process(es) the tested code left running after its process ended"
-                )
+                notes.append(killed_note(killed))
