@@ -164,13 +164,14 @@ def test_two_implementations_named_model_live_side_by_side(
         (tmp_path / tag / "model.py").write_text(source)
         paths.append(tmp_path / tag / "model.py")
     path_before, modules_before = list(sys.path), set(sys.modules)
+    model_before = sys.modules.get("model")  # another test's module of that name, if one was left behind
     first, second = (import_implementation(p) for p in paths)
     assert first.gpt_cls is not second.gpt_cls and first.config_cls is not second.config_cls
     assert (first.module.TAG, second.module.TAG) == ("first", "second")
     assert sys.path == path_before
     added = set(sys.modules) - modules_before
     assert added and all(name.startswith(MODULE_PREFIX) for name in added), added
-    assert sys.modules["helpers"] is outsider and "model" not in sys.modules
+    assert sys.modules["helpers"] is outsider and sys.modules.get("model") is model_before
     assert import_implementation(paths[0]).gpt_cls is first.gpt_cls  # same sources: the same module
     paths[0].write_text(paths[0].read_text() + "\n# edited\n")
     assert import_implementation(paths[0]).gpt_cls is not first.gpt_cls  # changed sources: imported anew
