@@ -24,7 +24,7 @@ from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
 from parity.numerics.forward import compare_logits, hf_logits, loss_comparison
 from parity.subject.batches import gradient_batch, token_batch
-from parity.subject.subject import Subject
+from parity.subject.subject import Subject, twin_clause
 
 # Batches compared by the logits check besides the gradient batch, whose logits the shared forward +
 # backward already compared (parity/numerics/gradients.py): one token, a full block, the GPT-2 sentence.
@@ -153,7 +153,7 @@ def _sampled(subject: Subject, model: nn.Module, hf: Any) -> tuple[list[Comparis
             twin = subject.twin(why)
     if twin is None:
         return sampled_generation(model, hf, subject.config, subject.dtype)
-    where = f"on the narrow twin (1 layer, {twin.config.n_embd} channels: {why})"
+    where = twin_clause(twin.config, why)
     try:
         records, summary = sampled_generation(twin.model, twin.hf, twin.config, subject.dtype)
     except ParityFailure as e:

@@ -43,7 +43,7 @@ from parity.core.verdicts import Outcome
 from parity.numerics.forward import hf_logits, implementation_logits, logits_and_own_loss, loss_of
 from parity.numerics.tie import get_tensor, same_storage, tie_problem, twin_config
 from parity.subject.batches import gradient_batch
-from parity.subject.subject import Subject
+from parity.subject.subject import Subject, twin_clause
 
 TRAIN_STEPS = 3
 # Hyper-parameters of AdamW groups that torch.optim accepts; anything else an implementation keeps in its
@@ -135,7 +135,7 @@ def train_steps_check(subject: Subject) -> Outcome:
         twin = subject.twin(why)
         model, hf, config = subject.fresh_implementation(twin.checkpoint), copy.deepcopy(twin.hf), twin.config
         before = dict(twin.hf.named_parameters())
-        where = f" on the narrow twin (1 layer, {config.n_embd} channels: {why})"
+        where = f" {twin_clause(config, why)}"
     if callable(getattr(type(model), "configure_optimizers", None)) and subject.impl.has_configure_optimizers:
         optimizer = configured_optimizer(model, subject.device)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -217,7 +217,7 @@ def _fresh(subject: Subject) -> tuple[nn.Module, Any, str]:
     why = subject.full_size_extras()
     if why is not None:
         config = twin_config(subject.config)
-        where = f" (narrow twin, 1 layer, {config.n_embd} channels: {why})"
+        where = f" {twin_clause(config, why)}"
     config = dataclasses.replace(config, dropout=0.0)
     torch.manual_seed(0)
     model = subject.impl.build(config)[0].to(subject.dtype).to(subject.device).eval()

@@ -107,7 +107,8 @@ def run_gradients(
     if tied_apart:
         tied_names = [n for n in common if roles[n] in (EMBEDDING, HEAD)]
         rest = [n for n in common if n not in tied_names]
-        groups = [(g, apart) for g, apart in ((rest, False), (tied_names, bool(rest))) if g] or groups
+        if tied_names and rest:
+            groups = [(rest, False), (tied_names, True)]
     tied = None
     if keep_tied_gradient:  # a model without the name still gets its gradient comparison
         with contextlib.suppress(AttributeError):
@@ -288,17 +289,18 @@ def compare_gradient_decomposition(
     backward already produced it (`GradientRun.tied_gradient`); otherwise a backward computes it here.
     """
     model.zero_grad(set_to_none=True)
-    if not get_tensor(model, EMBEDDING).requires_grad:
+    tied_matrix = get_tensor(model, EMBEDDING)
+    if not tied_matrix.requires_grad:
         raise ParityFailure(
             "[grads] the tied matrix does not require a gradient (requires_grad=False): training never "
             "updates it"
         )
     # Only the tied matrix (and the twin's head) requires a gradient: three V x C matrices of memory, not a
     # set of gradients.
-    with requires_grad_only(model, [get_tensor(model, EMBEDDING)]):
+    with requires_grad_only(model, [tied_matrix]):
         if tied_gradient is None:
             loss_of(implementation_logits(model, idx), targets).backward()
-            tied_gradient = get_tensor(model, EMBEDDING).grad.detach().clone()
+            tied_gradient = tied_matrix.grad.detach().clone()
             model.zero_grad(set_to_none=True)
         with untied_twin(model, own_storage=False) as twin:
             loss_of(implementation_logits(twin, idx), targets).backward()

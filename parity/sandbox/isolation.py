@@ -5,7 +5,7 @@ which runs the sandbox child as process 2: the child cannot see or signal the ha
 `SIGSTOP` to its parent reaches only process 1, which ignores it), and everything it starts dies with the
 namespace when the child ends, whatever session it moved to. As root this needs nothing else; otherwise a
 user namespace (`--user --map-root-user`) where the system allows unprivileged ones. Where neither works
-(no unshare, no Linux, namespaces disabled), `namespace_prefix` says why, and the child runs without one
+(no unshare, no Linux, namespaces disabled), `pid_namespace` says why, and the child runs without one
 (the subreaper of parity/sandbox/reaper.py still ends its daemons).
 """
 

@@ -60,7 +60,7 @@ SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
 # How much of the captured output (its last OUTPUT_TAIL_BYTES, parity/sandbox/channel.py) a CANNOT-TEST
 # reason quotes.
 REASON_TAIL_LINES = 3
-STATUS_BYTES = 64  # "exit N" or "signal N" from parity/sandbox/pid1.py
+STATUS_BYTES = 64  # "exit N left K" or "signal N left K" from parity/sandbox/pid1.py
 # Lines of the tested code's captured output that -v shows (the last ones).
 OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (

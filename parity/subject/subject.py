@@ -43,6 +43,11 @@ from parity.subject.targets import ParityTarget
 PROGRESS_MIN_BYTES = 100_000_000
 
 
+def twin_clause(config: Any, why: str) -> str:
+    """How a verdict says it ran on the narrow twin of config (a tie.twin_config), and why."""
+    return f"on the narrow twin (1 layer, {config.n_embd} channels: {why})"
+
+
 @dataclass
 class Twin:
     """Implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
