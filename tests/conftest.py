@@ -100,6 +100,20 @@ def one_thread() -> None:
 TINY_WORDS = "a tiny corpus of words that repeat so the model has something to learn from".split()
 
 
+@pytest.fixture
+def extras_on_twin(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The bisect command's small model (a ParityTarget), with the memory plan keeping long extra passes to
+    the narrow twin (as at every GPT-2 size)."""
+    from parity.frontends.bisect import resolve_model
+    from parity.subject import memory
+
+    monkeypatch.setattr(memory, "FULL_SIZE_TRAINING_MAX_BYTES", 0)
+    target = resolve_model("small", "cpu", None)
+    target.ensure_checkpoint()
+    assert not target.memory.train_full_size
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_train_config() -> Callable[..., TrainConfig]:
     """Factory: the tiny run's TrainConfig with keyword overrides (Path values become strings)."""

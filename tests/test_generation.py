@@ -28,8 +28,6 @@ from parity.core.errors import CannotTest, ImplementationError
 from parity.core.verdicts import Status
 from parity.foreign.adapters import adapted_class
 from parity.foreign.impl import import_implementation, reference_implementation
-from parity.frontends.bisect import resolve_model
-from parity.subject import memory
 from parity.subject.subject import Subject
 from parity.subject.targets import ParityTarget
 
@@ -129,17 +127,6 @@ def test_users_class_is_restored_when_generate_raises(make_gpt: Callable[..., GP
         assert type(own) is GPT
         raise RuntimeError("inside generate")
     assert type(model) is adapted
-
-
-@pytest.fixture
-def extras_on_twin(monkeypatch: pytest.MonkeyPatch) -> ParityTarget:
-    """The bisect command's small model, with the memory plan keeping long extra passes to the narrow twin
-    (as at every GPT-2 size)."""
-    monkeypatch.setattr(memory, "FULL_SIZE_TRAINING_MAX_BYTES", 0)
-    target = resolve_model("small", "cpu", None)
-    target.ensure_checkpoint()
-    assert not target.memory.train_full_size
-    return target
 
 
 def test_sampling_runs_on_the_narrow_twin_where_the_plan_says(extras_on_twin: ParityTarget) -> None:
