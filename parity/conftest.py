@@ -130,6 +130,7 @@ def subject(request: pytest.FixtureRequest, parity_target: ParityTarget) -> Iter
         tied_decay=request.config.getoption("--tied-decay") == "yes",
         reference_loader=impl is None,
         loader=request.config.getoption("--loader"),
+        profiles=bool(request.config.getoption("--parity-report")),
     )
     yield s
     request.config.stash.setdefault(UNSHARED_KEY, {})[parity_target.name] = s.unshared

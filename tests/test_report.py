@@ -111,3 +111,19 @@ def test_the_package_version_falls_back_to_pyproject(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(report.metadata, "version", not_installed)
     assert report.package_version() == tomllib.loads(report.PYPROJECT.read_text())["project"]["version"]
+
+
+@pytest.mark.parametrize("profiles", [True, False])
+def test_logits_profiles_are_computed_only_for_a_report(profiles: bool) -> None:
+    """The per-module profiles (two hooked forwards of both models) go only into a report: a front end that
+    writes none asks for none, and the verdict is the same."""
+    from parity.checks.check import run_check
+    from parity.checks.registry import CHECKS
+    from parity.foreign.impl import reference_implementation
+    from parity.subject.subject import Subject
+
+    target = bisect.resolve_model("small", "cpu", None)
+    subject = Subject(reference_implementation(), target, profiles=profiles)
+    verdict = run_check(CHECKS["logits"], subject)
+    assert verdict.status is Status.PASS, verdict.reason
+    assert [p["comparison"] for p in verdict.profiles] == (["logits[gradient batch]"] if profiles else [])

@@ -53,11 +53,14 @@ def _diagnosed(subject: Subject, idx: torch.Tensor, label: str) -> str:
 
 
 def _profile(
-    models: tuple[nn.Module, Any, int], dtype: torch.dtype, idx: torch.Tensor, label: str, passed: bool
+    subject: Subject, models: tuple[nn.Module, Any, int], idx: torch.Tensor, label: str, passed: bool
 ) -> list[dict[str, Any]]:
     """The per-module difference profile of one batch on (implementation, HF, n_layer), for the report
-    (empty when the shapes differ)."""
+    (empty when the shapes differ, or when no report asks for profiles)."""
+    if not subject.profiles:
+        return []
     model, hf, n_layer = models
+    dtype = subject.dtype
     try:
         profile = difference_profile(model, hf, idx, n_layer)
     except Exception:  # noqa: BLE001 - a profile is a picture of a comparison, never a verdict
@@ -90,7 +93,7 @@ def logits_check(subject: Subject) -> Outcome:
     idx = gradient_batch(subject.config)[0].to(subject.device)
     passed = not isinstance(found, ParityFailure) and found.passed
     loaded = (model, hf, subject.config.n_layer)
-    profiles = _profile(loaded, subject.dtype, idx, "logits[gradient batch]", passed)
+    profiles = _profile(subject, loaded, idx, "logits[gradient batch]", passed)
     if not passed:
         diagnosis = _diagnosed(subject, idx, "gradient batch")
         summary = (
@@ -110,7 +113,7 @@ def logits_check(subject: Subject) -> Outcome:
         try:
             records.append(compare_logits(on[0], on[1], idx, on[2], kind))
         except ParityFailure as e:
-            more = _profile(on, subject.dtype, idx, f"logits[{kind}]", False)
+            more = _profile(subject, on, idx, f"logits[{kind}]", False)
             message = str(e) if narrow is None else _on_twin(str(e), narrow, "logits")
             raise ParityFailure(message, records + e.records, profiles + more) from None
         if narrow is not None:

@@ -134,6 +134,7 @@ def run(argv: list[str] | None = None) -> int:
         timeout,
         loader=args.loader,
         mapping=args.mapping,
+        profiles=bool(args.parity_report),
     )
     if result.checkpoint_error:
         print(f"{PROG}: error: {result.checkpoint_error}", file=sys.stderr)

@@ -157,7 +157,11 @@ def main() -> None:
         )
         exit_now()
     subject = Subject(
-        impl, _target(request["target"]), tied_decay=request["tied_decay"], loader=request["loader"]
+        impl,
+        _target(request["target"]),
+        tied_decay=request["tied_decay"],
+        loader=request["loader"],
+        profiles=request["profiles"],
     )
     checkpoint_error = ""
     try:

@@ -178,12 +178,14 @@ def run_checks_in_child(
     limit_option: str = "--timeout",
     loader: str | None = None,
     mapping: str | None = None,
+    profiles: bool = True,
 ) -> SandboxResult:
     """The named checks' verdicts on the implementation at impl_path (None: the reference), run in a child.
 
     limit_option is the caller's option that sets timeout, for the message of a child that ran past it;
     loader is --loader (MODULE:FUNCTION), the implementation's own loader that the own-loader check runs;
-    mapping is --mapping FILE, where GPT-2's tensors live in the implementation (foreign/mapping_file.py).
+    mapping is --mapping FILE, where GPT-2's tensors live in the implementation (foreign/mapping_file.py);
+    profiles: whether the logits check computes its difference profiles (only a report keeps them).
     """
     names = [c for c in CHECK_NAMES if c in names]
     clean = hf_fingerprint()  # in this process, which never imports the tested code
@@ -207,6 +209,7 @@ def run_checks_in_child(
         "tied_decay": tied_decay,
         "loader": loader,
         "mapping": None if mapping is None else str(Path(mapping).expanduser().resolve()),
+        "profiles": profiles,
         # The caller's thread count: CPU reductions split by threads round differently in the last bit.
         "num_threads": torch.get_num_threads(),
     }

@@ -68,6 +68,9 @@ class Subject:
     tied_decay: bool = True  # the expected answer of decay-groups: is the tied matrix weight-decayed?
     reference_loader: bool = False  # load through GPT.from_pretrained (the reference's own path)
     loader: str | None = None  # --loader MODULE:FUNCTION: own-loader runs it (default: GPT.from_pretrained)
+    # Per-module difference profiles of the logits (two hooked forwards of both models each): only a report
+    # keeps them, so the front ends ask for them only when they write one.
+    profiles: bool = True
     report: LoadReport | None = None
     unshared: list[str] = field(default_factory=list)  # parameters kept apart although the plan shares
     diagnoses: dict[str, str] = field(default_factory=dict)  # first-divergence diagnosis per batch label

@@ -89,6 +89,7 @@ def run_child(config: pytest.Config, target: ParityTarget, checks: list[str]) ->
         limit_option=TIMEOUT_OPTION,
         loader=config.getoption("--loader"),
         mapping=config.getoption("--mapping"),
+        profiles=bool(config.getoption("--parity-report")),
     )
     if result.checkpoint_error:  # the user's input, not a verdict: as test_check does in this process
         pytest.exit(
