@@ -22,7 +22,7 @@ from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
-from parity.numerics.forward import compare_logits, hf_logits, loss_comparison
+from parity.numerics.forward import compare_logits, hf_last_logits, loss_comparison
 from parity.subject.batches import gradient_batch, token_batch
 from parity.subject.subject import Subject, Twin, twin_clause
 
@@ -206,7 +206,7 @@ def inference_check(subject: Subject) -> Outcome:
     with torch.no_grad():
         last = own_forward_logits(model, prompt)
         rec = compare_tensors(
-            "inference", "last-position logits without targets", last, hf_logits(hf, prompt)[:, -1, :], tol
+            "inference", "last-position logits without targets", last, hf_last_logits(hf, prompt), tol
         )
     if not rec.passed:
         # Outside no_grad: whether the forward pass differs is read from the shared forward + backward.
@@ -235,7 +235,7 @@ def inference_check(subject: Subject) -> Outcome:
                 "inference",
                 f"logits before token {k}",
                 own_forward_logits(model, prefix),
-                hf_logits(hf, prefix)[:, -1, :],
+                hf_last_logits(hf, prefix),
                 tol,
             )
             # A difference is rounding only where HF's two largest logits are closer than the tolerance.

@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
 from parity.core.errors import CannotTest
 from parity.core.tolerances import logits_tolerance, sampling_tolerance
-from parity.numerics.forward import hf_logits
+from parity.numerics.forward import hf_last_logits
 from parity.subject.batches import token_batch
 
 # The sampled run: nanoGPT's sample.py defaults are temperature 0.8, top_k 200; a temperature under 1 and a
@@ -116,7 +116,7 @@ def hf_sampling_probs(hf: Any, context: torch.Tensor, temperature: float, top_k:
     """HF's next-token probabilities for context: its own temperature and top-k warpers, then a softmax."""
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper
 
-    scores = hf_logits(hf, context)[:, -1, :]
+    scores = hf_last_logits(hf, context)
     scores = TemperatureLogitsWarper(temperature)(context, scores)
     scores = TopKLogitsWarper(top_k)(context, scores)
     return torch.softmax(scores, dim=-1)
@@ -124,7 +124,7 @@ def hf_sampling_probs(hf: Any, context: torch.Tensor, temperature: float, top_k:
 
 def near_tie(hf: Any, context: torch.Tensor, top_k: int, dtype: torch.dtype) -> bool:
     """True when HF's k-th and (k+1)-th next-token logits are closer than rounding: either top-k is right."""
-    logits = hf_logits(hf, context)[:, -1, :]
+    logits = hf_last_logits(hf, context)
     if top_k >= logits.size(-1):
         return False  # every token is kept: no boundary to fall on either side of
     values = logits.topk(top_k + 1, dim=-1).values
@@ -142,7 +142,7 @@ def _tie_explains(
     differ = (probs > 0) != (theirs > 0)
     if not differ.any():
         return False
-    logits = hf_logits(hf, context)[:, -1, :]
+    logits = hf_last_logits(hf, context)
     kth = logits.topk(top_k, dim=-1).values[:, -1:]
     tol = logits_tolerance(dtype)
     close = (logits - kth).abs() <= 2 * (tol.atol + tol.rtol * kth.abs())

@@ -6,6 +6,7 @@ first.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -26,6 +27,15 @@ def implementation_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Te
 def hf_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
     """Logits of a transformers causal LM."""
     return model(idx, use_cache=False).logits
+
+
+def hf_last_logits(model: Any, idx: torch.Tensor) -> torch.Tensor:
+    """A transformers causal LM's logits at the last position, (B, V): the head of the last position only,
+    where its forward takes `logits_to_keep` (transformers >= 4.50), so that a whole block's context does not
+    cost a (T, V) logits tensor (411 MB for 1024 tokens of GPT-2's vocabulary in float64)."""
+    if "logits_to_keep" in inspect.signature(type(model).forward).parameters:
+        return model(idx, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+    return hf_logits(model, idx)[:, -1, :]
 
 
 def compare_logits(
