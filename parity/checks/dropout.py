@@ -38,7 +38,6 @@ from parity.numerics.tie import twin_config
 from parity.subject.batches import token_batch
 from parity.subject.loading import load_hf
 from parity.subject.subject import Subject, clean_grads
-from parity.subject.synthetic import ensure_synthetic_checkpoint
 
 # The probability the dropout-sites check configures on both sides.
 DROPOUT_P = 0.1
@@ -215,7 +214,7 @@ def _twins(subject: Subject) -> tuple[Any, nn.Module, Any, str]:
     and the last item says why (the replay then checks the order, shapes and p of the dropouts only).
     """
     twin = twin_config(subject.config)
-    checkpoint, _ = ensure_synthetic_checkpoint(twin, f"{subject.target.name}-twin")
+    checkpoint = subject.target.ensure_twin_checkpoint()
     try:
         loaded, _ = load_implementation(subject.impl, checkpoint, subject.dtype, subject.device)
     except ImplementationError as e:

@@ -78,6 +78,7 @@ def _target(message: dict[str, Any]) -> Any:
         seed=message["seed"],
         dtype_reason=message["dtype_reason"],
         hf_activation=message["hf_activation"],
+        twin_checkpoint=Path(message["twin_checkpoint"]),
     )
 
 

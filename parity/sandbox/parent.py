@@ -119,6 +119,8 @@ def target_message(target: ParityTarget) -> dict[str, Any]:
         "seed": target.seed,
         "dtype_reason": target.dtype_reason,
         "hf_activation": target.hf_activation,
+        # Made here: the child's view of the synthetic cache is read-only (parity/sandbox/view.py).
+        "twin_checkpoint": str(target.ensure_twin_checkpoint().resolve()),
     }
 
 

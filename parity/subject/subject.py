@@ -35,7 +35,6 @@ from parity.subject.memory import (
     param_bytes,
 )
 from parity.subject.progress import phase
-from parity.subject.synthetic import ensure_synthetic_checkpoint
 from parity.subject.targets import ParityTarget
 
 # Loading and the shared forward + backward print a progress line from this size of weights on (gpt2 in
@@ -245,7 +244,7 @@ class Subject:
         """Implementation and Hugging Face's model at the narrow twin config, from a synthetic checkpoint."""
         if self._twin is None:
             config = twin_config(self.config)
-            checkpoint, _ = ensure_synthetic_checkpoint(config, f"{self.target.name}-twin")
+            checkpoint = self.target.ensure_twin_checkpoint()
             model, _ = load_implementation(self.impl, checkpoint, self.dtype, self.device)
             hf = load_hf(checkpoint, self.dtype, self.device, True, activation=self.target.hf_activation)
             self._twin = Twin(config, model, hf, why, checkpoint)

@@ -20,6 +20,7 @@ from nanogpt.hub import HUB_REPOS, find_cached_snapshot, hf_cache_dir
 from nanogpt.model import GPT2_SIZES, GPTConfig, gpt2_config
 from nanogpt.paths import OutputPathError
 from parity.core.errors import UsageError
+from parity.numerics.tie import twin_config
 from parity.subject.loading import GPT2_ACTIVATION
 from parity.subject.memory import MemoryPlan, param_bytes, plan_memory
 from parity.subject.synthetic import DEFAULT_SEED, cache_root, checkpoint_name, ensure_synthetic_checkpoint
@@ -68,6 +69,7 @@ class ParityTarget:
     generation_seconds: float | None = field(default=None, compare=False)
     dtype_reason: str = ""
     hf_activation: str = GPT2_ACTIVATION  # Hugging Face's activation_function (--hf-activation)
+    twin_checkpoint: Path | None = field(default=None, compare=False)  # None until first used
 
     @property
     def dtype_name(self) -> str:
@@ -86,6 +88,15 @@ class ParityTarget:
                 self.config, self.name, self.seed
             )
         return self.checkpoint
+
+    def ensure_twin_checkpoint(self) -> Path:
+        """The synthetic checkpoint of the narrow twin (parity/numerics/tie.py), generated on first use. The
+        sandbox's parent makes it before the child starts: the child's view of the cache is read-only."""
+        if self.twin_checkpoint is None:
+            self.twin_checkpoint, _ = ensure_synthetic_checkpoint(
+                twin_config(self.config), f"{self.name}-twin"
+            )
+        return self.twin_checkpoint
 
 
 def default_device() -> str:
