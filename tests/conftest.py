@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,21 @@ from nanogpt.model import GPT, GPTConfig
 from nanogpt.train_config import TrainConfig
 
 TINY = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory the tested code may write in from the sandbox's read-only view of the disk (one under
+    /dev/shm, removed afterwards), for the files a test reads back from it; tmp_path where there is no
+    /dev/shm."""
+    if not os.path.isdir("/dev/shm"):
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(prefix="nanogpt-parity-test-", dir="/dev/shm"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

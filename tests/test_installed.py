@@ -35,10 +35,8 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "nanogpt", "parity", "bench
 TINY = GPTConfig(block_size=128, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
 # An implementation under test that leaves a trace when its definitions are loaded, so the run proves it
 # used this file (a class body runs when defined; module-level statements would be left out as a script's).
-IMPL_TRACE = (
-    "\nclass _Trace:\n    import pathlib\n\n"
-    "    pathlib.Path(__file__).with_name('imported-by-parity').touch()\n"
-)
+# The trace goes where the sandbox's read-only view of the disk lets it write (the shared_dir fixture).
+IMPL_TRACE = "\nclass _Trace:\n    import pathlib\n\n    pathlib.Path({marker!r}).touch()\n"
 USER_CONFTEST = """
 def pytest_addoption(parser):
     parser.addoption("--model", default="mine", help="the user's own option")
@@ -154,10 +152,15 @@ def test_the_wheel_ships_no_benchmarks_and_needs_no_pytest_benchmark(installed: 
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
 
 
-def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(installed: dict[str, Path]) -> None:
+def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(
+    installed: dict[str, Path], shared_dir: Path
+) -> None:
     user = installed["user"]
     write_synthetic_checkpoint(user / "tiny-checkpoint", TINY)
-    (user / "my_model.py").write_text((REPO / "nanogpt" / "model.py").read_text() + IMPL_TRACE)
+    trace = shared_dir / "imported-by-parity"
+    (user / "my_model.py").write_text(
+        (REPO / "nanogpt" / "model.py").read_text() + IMPL_TRACE.format(marker=str(trace))
+    )
     # A settings file of the user's that would break our run if it were read.
     (user / "pytest.ini").write_text("[pytest]\naddopts = --option-of-the-users-own-plugin\n")
     out = _run(
@@ -180,7 +183,7 @@ def test_nanogpt_parity_runs_from_any_directory_with_impl_relative_to_it(install
     assert " passed" in out.stdout and "failed" not in out.stdout and "error" not in out.stdout
     # The installed harness starts its child process from the wheel too.
     assert "checked in a child process, timeout 300 s" in out.stdout, out.stdout[-4000:]
-    assert (user / "imported-by-parity").exists(), "--impl my_model.py was not imported"
+    assert trace.exists(), "--impl my_model.py was not imported"
     assert (user / "report.json").is_file(), "--parity-report is relative to where the command runs"
     assert not (user / ".benchmarks").exists(), "nothing but what the user asked for is written there"
     # The report of this tiny run, drawn by the installed plot command (once reports carry profiles).

@@ -216,9 +216,9 @@ def test_the_end_of_a_child_is_described_with_its_phase_and_last_output() -> Non
     assert EXIT_SKIP == 125
 
 
-def test_interrupting_the_command_kills_the_child(tmp_path: Path) -> None:
+def test_interrupting_the_command_kills_the_child(tmp_path: Path, shared_dir: Path) -> None:
     """Ctrl-C reaches only the command (the child has its own session): the command must kill the child."""
-    pid_file = tmp_path / "child.pid"
+    pid_file = shared_dir / "child.pid"
     hang = (
         # its PID outside the child's PID namespace: /proc/self of the harness's /proc
         f'        open({str(pid_file)!r}, "w").write(__import__("os").readlink("/proc/self"))\n'

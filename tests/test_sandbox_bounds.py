@@ -25,7 +25,7 @@ from parity.core.exit_codes import EXIT_SKIP
 from parity.frontends.bisect import resolve_model
 from parity.sandbox.channel import MAX_JSON_DEPTH, OUTPUT_TAIL_BYTES, Channel, OutputTail, nesting_exceeds
 from parity.sandbox.files import file_hashes
-from parity.sandbox.isolation import pid_namespace
+from parity.sandbox.isolation import READ_ONLY_ENV_VAR, pid_namespace
 from parity.subject.synthetic import (
     CACHE_ENV_VAR,
     DEFAULT_SEED,
@@ -36,6 +36,17 @@ from parity.subject.synthetic import (
 from parity.subject.targets import SMALL_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The two lines of defence against a write outside the child's directories: the read-only view of the disk
+# refuses it (EROFS: the code crashed), and without the view the parent's hashes find what changed.
+VIEWS = [
+    pytest.param(
+        "read-only",
+        marks=pytest.mark.skipif(not pid_namespace().view, reason="no read-only view of the disk here"),
+    ),
+    "hashes",
+]
+REFUSED = "crashed: OSError: [Errno 30] Read-only file system"
+VIEW_OFF = f"ran without a read-only view of the disk (turned off by {READ_ONLY_ENV_VAR}=0)"
 FORWARD_START = "        device = idx.device\n"
 ONCE = """        import os
         if not getattr(os, "_parity_test_done", False):
@@ -137,8 +148,10 @@ def test_a_million_brackets_on_the_result_pipe_is_cannot_test_naming_it(
         ), f"{front_end}: {output[-3000:]}"
 
 
-def test_a_daemon_the_tested_code_starts_ends_with_the_run(tmp_path: Path, checkpoint: Path) -> None:
-    pid_files = {name: tmp_path / f"{name}.pid" for name in ("pytest", "bisect")}
+def test_a_daemon_the_tested_code_starts_ends_with_the_run(
+    tmp_path: Path, checkpoint: Path, shared_dir: Path
+) -> None:
+    pid_files = {name: shared_dir / f"{name}.pid" for name in ("pytest", "bisect")}
     for name, pid_file in pid_files.items():
         write_impl(tmp_path / f"{name}.py", DAEMON.format(pid_file=str(pid_file)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -203,9 +216,14 @@ def test_a_flood_costs_the_parent_neither_memory_nor_disk(tmp_path: Path, checkp
     assert not list(scratch.iterdir()), "nothing is left in the temporary directory"
 
 
-def test_a_rewritten_harness_source_is_cannot_test_naming_it(tmp_path: Path, checkpoint: Path) -> None:
+@pytest.mark.parametrize("view", VIEWS)
+def test_a_rewritten_harness_source_is_cannot_test_naming_it(
+    tmp_path: Path, checkpoint: Path, view: str
+) -> None:
     """The bisect command run from a copy of the harness, whose parity/__init__.py the tested code appends
-    to: every check is CANNOT-TEST naming the file and how to restore it; the real harness is untouched."""
+    to: in the read-only view the write fails (the code crashed: CANNOT-TEST) and the file is unchanged;
+    without it every check is CANNOT-TEST naming the file and how to restore it. The real harness is
+    untouched either way."""
     copy = tmp_path / "harness"
     for name in ("parity", "nanogpt"):
         shutil.copytree(REPO_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -217,17 +235,26 @@ def test_a_rewritten_harness_source_is_cannot_test_naming_it(tmp_path: Path, che
         f"sys.exit(main(['--impl', {str(impl)!r}, '--model', {str(checkpoint)!r}, '--checks', 'logits']))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(copy))
+    if view == "hashes":
+        env[READ_ONLY_ENV_VAR] = "0"
+    changed = copy / "parity" / "__init__.py"
+    before = file_hashes(copy)
     done = subprocess.run(
         [sys.executable, "-c", program], cwd=copy, env=env, capture_output=True, text=True, timeout=600
     )
     output = done.stdout + done.stderr
     assert done.returncode == EXIT_SKIP, output[-3000:]
-    changed = copy / "parity" / "__init__.py"
+    assert (REPO_ROOT / "parity" / "__init__.py").read_bytes() == real
+    if view == "read-only":
+        assert f"{REFUSED}: {str(changed)!r}" in output, output[-3000:]
+        assert file_hashes(copy) == before, "the write was refused: nothing changed"
+        assert "source file(s) of the harness" not in output
+        return
+    assert VIEW_OFF in output, output[-3000:]
     assert changed.read_bytes().endswith(b"# changed by the tested code\n"), "the tested code ran"
     assert (
         f"the tested code changed 1 source file(s) of the harness or of transformers: {changed}; " in output
     ), output[-3000:]
-    assert (REPO_ROOT / "parity" / "__init__.py").read_bytes() == real
 
 
 def test_the_channel_keeps_only_nonce_lines_up_to_its_cap_and_names_the_rest() -> None:
@@ -269,17 +296,21 @@ REWRITE_CHECKPOINT = """            import hashlib, pathlib
 """
 
 
+@pytest.mark.parametrize("view", VIEWS)
 def test_a_checkpoint_the_tested_code_rewrites_is_cannot_test_and_a_synthetic_one_is_written_again(
-    tmp_path: Path, checkpoint: Path
+    tmp_path: Path, checkpoint: Path, view: str
 ) -> None:
     """Tested code rewrote the user's --model checkpoint, and the synthetic cache with its SHA256SUMS, and
-    every later run of an unchanged broken model passed. The parent's own hashes see both."""
+    every later run of an unchanged broken model passed. In the read-only view the write fails (the code
+    crashed: CANNOT-TEST) and every file is unchanged; without it the parent's own hashes see both."""
     user = tmp_path / "user-checkpoint"
     shutil.copytree(checkpoint, user)
     cache = tmp_path / "cache"
     label = resolve_model("small", "cpu", None).name
     synthetic = cache / checkpoint_name(label, DEFAULT_SEED)
     env = dict(os.environ, OMP_NUM_THREADS="1", **{CACHE_ENV_VAR: str(cache)})
+    if view == "hashes":
+        env[READ_ONLY_ENV_VAR] = "0"
     env.pop("PYTEST_ADDOPTS", None)
     for kind, directory, model in (("user", user, str(user)), ("synthetic", synthetic, "small")):
         impl = write_impl(
@@ -292,6 +323,13 @@ def test_a_checkpoint_the_tested_code_rewrites_is_cannot_test_and_a_synthetic_on
             result = run_batch(front_end, {"run": argv}, env, tmp_path / f"{kind}-{front_end}.json")["run"]
             output = str(result["output"])
             assert result["rc"] == EXIT_SKIP, f"{kind} {front_end}: {output[-3000:]}"
+            if view == "read-only":
+                written = directory / "config.json"
+                assert f"{REFUSED}: {str(written)!r}" in output, output[-3000:]
+                assert "the tested code changed the checkpoint" not in output
+                assert file_hashes(directory) == file_hashes(checkpoint), "the write was refused: unchanged"
+                continue
+            assert VIEW_OFF in output, output[-3000:]
             changed = (
                 "SHA256SUMS (changed), config.json (changed)"
                 if kind == "synthetic"

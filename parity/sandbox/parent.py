@@ -44,7 +44,7 @@ from parity.core.verdicts import Status, Verdict
 from parity.sandbox.channel import Channel, OutputTail, drain
 from parity.sandbox.files import changed_checkpoint, changed_code, code_hashes, file_hashes
 from parity.sandbox.fingerprint import fingerprint_differs, hf_fingerprint
-from parity.sandbox.isolation import parse_status, pid_namespace
+from parity.sandbox.isolation import parse_report, pid_namespace
 from parity.sandbox.reaper import killed_note, reaping_descendants
 from parity.sandbox.relay import ProgressRelay
 from parity.sandbox.witness import clean_witness, witness_differs
@@ -60,7 +60,7 @@ SMALL_PARAMS = 10_000_000  # below this, SMALL_TIMEOUT_S
 # How much of the captured output (its last OUTPUT_TAIL_BYTES, parity/sandbox/channel.py) a CANNOT-TEST
 # reason quotes.
 REASON_TAIL_LINES = 3
-STATUS_BYTES = 64  # "exit N left K" or "signal N left K" from parity/sandbox/pid1.py
+STATUS_BYTES = 4096  # "exit N left K" or "signal N left K" from parity/sandbox/pid1.py, after a "view" line
 # Lines of the tested code's captured output that -v shows (the last ones).
 OUTPUT_LINES_SHOWN = 200
 CHANGED_TRANSFORMERS = (
@@ -218,12 +218,17 @@ def run_checks_in_child(
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS_ROOT), os.environ.get("PYTHONPATH")]))
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-"))
+    tmpdir = Path(tempfile.mkdtemp(prefix="nanogpt-parity-sandbox-tmp-"))  # its TMPDIR: writable in the view
+    env["TMPDIR"] = str(tmpdir)
     read_fd, write_fd = os.pipe()
     namespace = pid_namespace()
     status_read, status_write = os.pipe() if namespace.prefix else (-1, -1)  # process 1's report
-    child = [sys.executable, "-m", "parity.sandbox.child", str(write_fd)]
-    if namespace.prefix:
-        child = [*namespace.prefix, sys.executable, "-m", "parity.sandbox.pid1", str(status_write), *child]
+    child = namespace.command(
+        status_write,
+        [sys.executable, "-m", "parity.sandbox.child", str(write_fd)],
+        [str(workdir), str(tmpdir)],
+    )
+    view_problem = namespace.view_problem
     chunks = Channel(nonce)  # only lines with the nonce, up to a cap (parity/sandbox/channel.py)
     output = OutputTail()  # the last OUTPUT_TAIL_BYTES of the tested code's stdout and stderr
     relay = ProgressRelay(nonce)  # the child's progress lines, shown as they arrive
@@ -268,8 +273,9 @@ def run_checks_in_child(
         relay.flush(final=True)
         returncode = proc.returncode
         if status_read >= 0:  # how the child itself ended, not process 1 or unshare
-            reported = parse_status(os.read(status_read, STATUS_BYTES).decode(errors="replace"))
+            reported, view_problem = parse_report(_read_report(status_read))
             returncode, left = (returncode, 0) if reported is None else reported
+            view_problem = view_problem or namespace.view_problem
     finally:
         for fd in (read_fd, write_fd, status_read, status_write):
             if fd >= 0:
@@ -279,9 +285,13 @@ def run_checks_in_child(
             notes_written.insert(0, killed_note(left))
         if namespace.problem:
             notes_written.append(
-                f"the tested code ran without a PID namespace of its own ({namespace.problem})"
+                "the tested code ran without a PID namespace of its own or a read-only view of the disk "
+                f"({namespace.problem})"
             )
+        elif view_problem:
+            notes_written.append(f"the tested code ran without a read-only view of the disk ({view_problem})")
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
     messages, channel_problem = chunks.messages()
     changed = changed_checkpoint(checkpoint, hashes, synthetic=target.weights == "synthetic")
     changed = "; ".join(filter(None, [changed, changed_code(sources)]))
@@ -296,6 +306,14 @@ def run_checks_in_child(
         limit_option,
         "; ".join(filter(None, [channel_problem, changed])),
     )
+
+
+def _read_report(fd: int) -> str:
+    """Process 1's report (parity/sandbox/pid1.py), read to its end, at most STATUS_BYTES."""
+    data = b""
+    while len(data) < STATUS_BYTES and (chunk := os.read(fd, STATUS_BYTES - len(data))):
+        data += chunk
+    return data.decode(errors="replace")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

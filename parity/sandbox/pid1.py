@@ -1,7 +1,10 @@
 """Process 1 of the tested code's PID namespace: starts the child, reaps, and says how the child ended.
 
 Started by `unshare --pid --fork` (parity/sandbox/isolation.py) as `python -m parity.sandbox.pid1 STATUS_FD
-COMMAND...`. The tested code runs as process 2, in a session of its own, so signals behave as they do outside
+[--outside-mount-namespace NS --writable DIR...] COMMAND...`. With those options, and `unshare --mount`, it
+first makes the namespace's view of the disk read-only except each DIR (parity/sandbox/view.py); where that
+fails it writes `view PROBLEM` on a line of its own to STATUS_FD, and the command runs all the same. The
+tested code runs as process 2, in a session of its own, so signals behave as they do outside
 a namespace (process 1 ignores every signal it has no handler for, even a SIGKILL it sends itself, and
 unshare reports a signal as an exit status). Nothing the tested code does reaches a process outside: the
 harness's processes have no PID in here, and the signals it may send this process (its parent) are ignored.
@@ -16,10 +19,30 @@ import os
 import signal
 import sys
 
+from parity.sandbox.view import make_read_only_view
+
+
+def parse_options(args: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """(the harness's mount namespace or None, the writable directories, the command) of the arguments
+    after STATUS_FD."""
+    outside, writable = None, []
+    while len(args) >= 2 and args[0] in ("--outside-mount-namespace", "--writable"):
+        if args[0] == "--writable":
+            writable.append(args[1])
+        else:
+            outside = args[1]
+        args = args[2:]
+    return outside, writable, args
+
 
 def main() -> None:
-    """Run sys.argv[2:] as process 2; report its end on the file descriptor sys.argv[1]."""
-    status_fd, command = int(sys.argv[1]), sys.argv[2:]
+    """Run the command as process 2; report its end on the file descriptor sys.argv[1]."""
+    status_fd = int(sys.argv[1])
+    outside, writable, command = parse_options(sys.argv[2:])
+    if outside is not None:
+        problem = make_read_only_view(writable, outside)
+        if problem:
+            os.write(status_fd, f"view {' '.join(problem.split())}\n".encode())
     pid = os.fork()
     if pid == 0:
         os.close(status_fd)
