@@ -131,6 +131,18 @@ def extras_on_twin(monkeypatch: pytest.MonkeyPatch) -> Any:
     return target
 
 
+@pytest.fixture
+def twin_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subject.twin raises ImplementationError, as for an implementation whose config cannot be narrowed."""
+    from parity.core.errors import ImplementationError
+    from parity.subject.subject import Subject
+
+    def no_twin(self: Subject, why: str) -> None:
+        raise ImplementationError("its config cannot be narrowed")
+
+    monkeypatch.setattr(Subject, "twin", no_twin)
+
+
 @pytest.fixture(scope="session")
 def tiny_train_config() -> Callable[..., TrainConfig]:
     """Factory: the tiny run's TrainConfig with keyword overrides (Path values become strings)."""

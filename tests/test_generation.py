@@ -24,7 +24,7 @@ from parity.checks.check import run_check
 from parity.checks.generation import SamplingRecorder, _sampling_kwargs, sampled_generation, users_class
 from parity.checks.registry import CHECKS
 from parity.core.compare import ParityFailure
-from parity.core.errors import CannotTest, ImplementationError
+from parity.core.errors import CannotTest
 from parity.core.verdicts import Status
 from parity.foreign.adapters import adapted_class
 from parity.foreign.impl import import_implementation, reference_implementation
@@ -143,13 +143,8 @@ def test_a_sampling_bug_on_the_twin_fails_saying_where(extras_on_twin: ParityTar
     assert "on the narrow twin" in verdict.reason and "multiplies the logits" in verdict.reason
 
 
-def test_sampling_falls_back_to_the_loaded_models_without_a_twin(
-    extras_on_twin: ParityTarget, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_twin(self: Subject, why: str) -> None:
-        raise ImplementationError("its config cannot be narrowed")
-
-    monkeypatch.setattr(Subject, "twin", no_twin)
+@pytest.mark.usefixtures("twin_cannot_be_built")
+def test_sampling_falls_back_to_the_loaded_models_without_a_twin(extras_on_twin: ParityTarget) -> None:
     verdict = run_check(CHECKS["inference"], Subject(reference_implementation(), extras_on_twin))
     assert verdict.status is Status.PASS, verdict.reason
     assert "sampled steps of its own generate" in verdict.reason and "narrow twin" not in verdict.reason

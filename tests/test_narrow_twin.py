@@ -76,3 +76,11 @@ def test_a_bug_only_the_full_block_shows_fails_on_the_twin_saying_where(
     assert verdict.reason.startswith("on the narrow twin (1 layer"), verdict.reason
     assert "first divergence at transformer.h.0.attn" in verdict.reason, verdict.reason
     assert "logits[full_block]" in verdict.details, verdict.details
+
+
+@pytest.mark.usefixtures("twin_cannot_be_built")
+def test_the_full_block_falls_back_to_the_loaded_models_without_a_twin(extras_on_twin: ParityTarget) -> None:
+    verdict = run_check(CHECKS["logits"], Subject(reference_implementation(), extras_on_twin))
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "narrow twin" not in verdict.reason
+    assert "logits[full_block]" in [r.tensor for r in verdict.records]

@@ -103,15 +103,14 @@ def logits_check(subject: Subject) -> Outcome:
             f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
         )
     records.append(found)
-    twin, on_twin = None, []
+    twin, on_twin = _extras_twin(subject), []
     for kind in LOGITS_BATCHES:
-        if kind in TWIN_BATCHES and twin is None:
-            twin = _extras_twin(subject)
         narrow = twin if kind in TWIN_BATCHES else None
         on = loaded if narrow is None else (narrow.model, narrow.hf, narrow.config.n_layer)
+        ours, theirs, n_layer = on
         idx = token_batch(kind, subject.config if narrow is None else narrow.config).to(subject.device)
         try:
-            records.append(compare_logits(on[0], on[1], idx, on[2], kind))
+            records.append(compare_logits(ours, theirs, idx, n_layer, kind))
         except ParityFailure as e:
             more = _profile(subject, on, idx, f"logits[{kind}]", False)
             message = str(e) if narrow is None else _on_twin(str(e), narrow, "logits")

@@ -5,9 +5,9 @@ of both models on the gradient batch (read by the logits, loss, grads and tied-g
 narrow twin. Every front end (the tests in parity/, the bisect command, the mutant catalog) builds a Subject
 and hands it to the registry (parity/checks/registry.py). For sizes whose memory plan says so (gpt2-large and
 gpt2-xl on their defaults), the implementation's parameters become views of Hugging Face's after a bitwise
-check, so one copy of the weights serves both. At every GPT-2 size, checks that train, build fresh models or
-sample over whole blocks run on the narrow twin (`full_size_extras`): the same classes, one layer, few
-channels.
+check, so one copy of the weights serves both. At every GPT-2 size, checks that train, build fresh models,
+sample over whole blocks or compare the logits of a full block run on the narrow twin (`full_size_extras`):
+the same classes, one layer, few channels.
 """
 
 from __future__ import annotations
