@@ -119,9 +119,11 @@ def test_nanogpt_names_are_the_identity_mapping(tiny_gpt: nn.Module) -> None:
     assert roles.identity and roles.tied and roles.complete
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["book_style", "hf_lineage", "llmc_style"])
-def test_faithful_ports_have_no_departures(name: str) -> None:
-    assert architecture_departures(_build(name), GPTConfig(**TINY))[1] == []
+def test_faithful_ports_have_no_departures(name: str, dtype: torch.dtype) -> None:
+    """In float64, and as built (float32): the probes bring their own float64 tensors."""
+    assert architecture_departures(_build(name).to(dtype), GPTConfig(**TINY))[1] == []
 
 
 def test_rmsnorm_without_biases_departs_by_name() -> None:

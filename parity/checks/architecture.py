@@ -67,6 +67,7 @@ def activation_departure(
     module = model.get_submodule(mlp)
     if type(module).forward is nn.Module.forward:
         return None  # a container (minGPT's ModuleDict) has no forward of its own: the logits check judges it
+    module.to(PROBE_DTYPE)  # the probe runs in float64; the rest of the model keeps the dtype it was built in
     x = torch.randn(2, 3, C, generator=torch.Generator().manual_seed(2), dtype=PROBE_DTYPE)
     with torch.no_grad():
         y = module(x)
@@ -91,8 +92,8 @@ def activation_departure(
 def architecture_departures(
     model: nn.Module, config: Any, hf_activation: str = GPT2_ACTIVATION
 ) -> tuple[RoleMap, list[str]]:
-    """The role map of a freshly built float64 model and every way it departs from GPT-2's architecture
-    (its MLP's GELU judged against hf_activation's)."""
+    """The role map of a freshly built model and every way it departs from GPT-2's architecture (its MLP's
+    GELU judged against hf_activation's, with the MLP converted to float64 for the probe)."""
     roles = discover_roles(model, config)
     departures = list(roles.departures)
     C = config.n_embd
@@ -114,7 +115,7 @@ def architecture_departures(
 def check_architecture(subject: Subject) -> Outcome:
     """PASS when a model built by the implementation's __init__ has GPT-2's roles, shapes and functions."""
     model, _ = subject.impl.build(subject.config)
-    model.to(PROBE_DTYPE).eval()
+    model.eval()  # not converted: the probes bring float64 tensors (a full-size copy took 0.4 s at gpt2)
     roles, departures = architecture_departures(model, subject.config, subject.target.hf_activation)
     if departures:
         shown = "; ".join(departures[:8]) + (
