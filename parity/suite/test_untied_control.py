@@ -41,9 +41,9 @@ def test_untied_hf_control_is_detected(subject: Subject) -> None:
     untied.lm_head.to(target.dtype)
     problem = tie_problem(untied, "Hugging Face", is_hf=True)
     assert problem is not None and "tie_word_embeddings" in problem, problem
-    # The short sentence batch: a random head shows on any batch, and a failing compare_logits runs the
-    # models several times (the check, the divergence search, a repeat).
-    idx = token_batch("sentence", target.config).to(target.device)
+    # The one-token batch: a random head shows on any batch, and a failing compare_logits runs the models
+    # several times (the check, the divergence search, a repeat); on the sentence it took 2 s at gpt2.
+    idx = token_batch("length_1", target.config).to(target.device)
     with pytest.raises(ParityFailure, match="tie_word_embeddings=True"):
         compare_logits(tied, untied, idx, target.config.n_layer, "untied control")
 
