@@ -18,7 +18,7 @@ from torch import nn
 from parity.core.compare import ParityFailure
 from parity.core.outputs import split_output
 from parity.foreign.discovery import HF_IGNORED, IGNORED
-from parity.numerics.forward import hf_logits, loss_comparison, loss_of
+from parity.numerics.forward import loss_comparison, loss_of
 from parity.subject.batches import gradient_batch
 from parity.subject.subject import Subject
 
@@ -52,7 +52,7 @@ def _own_loss(model: nn.Module, idx: torch.Tensor, masked: torch.Tensor, value: 
 
 def ignored_targets(subject: Subject) -> str:
     """What the implementation's loss ignores, in words; ParityFailure when it is not the kept mean."""
-    model, hf = subject.model(), subject.hf()
+    model = subject.model()
     convention = getattr(type(model), "_parity_loss", None)
     if convention is not None and convention.parameter is None:
         return "forward computes no loss of its own: ignored targets are the harness's"
@@ -61,7 +61,7 @@ def ignored_targets(subject: Subject) -> str:
     idx, targets = (t.to(subject.device) for t in gradient_batch(subject.config))
     masked = masked_targets(targets)
     with torch.no_grad():
-        theirs = loss_of(hf_logits(hf, idx), masked, ignore_index=IGNORED)
+        theirs = loss_of(subject.hf_gradient_logits(), masked, ignore_index=IGNORED)
     labels = convention is not None and convention.may_shift
     found: dict[int, str] = {}
     n = int((masked == IGNORED).sum())

@@ -35,7 +35,7 @@ from parity.foreign.adapters import adapted_class
 from parity.foreign.raised import describe_exception
 from parity.foreign.roles import discover_roles
 from parity.numerics.chunked import compare_chunked
-from parity.numerics.forward import compare_logits, hf_logits, implementation_logits
+from parity.numerics.forward import compare_logits, implementation_logits
 from parity.numerics.tie import tie_problem
 from parity.subject.batches import gradient_batch
 from parity.subject.hub_cache import build_hub_cache, hub_model_name, offline_hub
@@ -128,8 +128,7 @@ def own_loader_check(subject: Subject) -> Outcome:
     name, fallback = hub_model_name(subject.config)
     call = f"{how}({name!r})"
     idx, _ = (t.to(subject.device) for t in gradient_batch(subject.config))
-    with torch.no_grad():
-        expected = hf_logits(subject.hf(), idx)
+    expected = subject.hf_gradient_logits()
     # The loader builds a full-size model (upstream nanoGPT's builds Hugging Face's as well, to copy from):
     # without the loaded models beside it, gpt2-xl peaked at 3.07x its parameter bytes, not 2.5x.
     subject.free_for_another_model()

@@ -36,6 +36,7 @@ class GradientRun:
     records: list[Comparison]  # every compared gradient pair, in parameter-name order
     failure: ParityFailure | None  # what compare_gradients raises, or None
     tied_gradient: torch.Tensor | None = None  # a copy of the implementation's tied gradient, when kept
+    hf_logits: torch.Tensor | None = None  # Hugging Face's logits of the batch, detached (B x T x V)
 
     def take_tied_gradient(self) -> torch.Tensor | None:
         """The kept tied gradient, handed over once (the run stops holding its memory)."""
@@ -118,7 +119,7 @@ def run_gradients(
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []
     logits: Comparison | ParityFailure | None = None
-    own_loss = hf_loss = None  # from the first forward + backward (the tied matrix's pass computes no loss)
+    own_loss = hf_loss = hf_out = None  # from the first forward + backward (not the tied matrix's own pass)
     waiting: dict[str, int] = {}  # HF tensor -> implementation tensors still to compare (split q/k/v: 3)
     for n in common:
         waiting[roles[n]] = waiting.get(roles[n], 0) + 1
@@ -160,7 +161,7 @@ def run_gradients(
             loss = loss_of(theirs, targets)
             if loss.requires_grad:  # else none of the group's parameters does: "no gradient", below
                 loss.backward()
-            theirs = theirs.detach()
+            theirs = hf_out = theirs.detach()
             hf_loss = loss.detach()
             handles = [  # a frozen parameter takes no hook: "no gradient on the implementation side", below
                 our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n))
@@ -201,7 +202,7 @@ def run_gradients(
     if problems or not all(r.passed for r in ordered):
         failure = ParityFailure(gradient_failure_message(ordered, problems))
     assert logits is not None and own_loss is not None and hf_loss is not None
-    return GradientRun(logits, own_loss, hf_loss, ordered, failure, kept[0] if kept else None)
+    return GradientRun(logits, own_loss, hf_loss, ordered, failure, kept[0] if kept else None, hf_out)
 
 
 def _tied_group_apart(

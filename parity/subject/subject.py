@@ -23,6 +23,7 @@ from torch import nn
 from parity.core.errors import ImplementationError
 from parity.foreign.impl import Implementation
 from parity.foreign.load import LoadReport, load_implementation
+from parity.numerics.forward import hf_logits
 from parity.numerics.gradients import GradientRun, run_gradients
 from parity.numerics.tie import twin_config
 from parity.subject.batches import gradient_batch
@@ -192,6 +193,15 @@ class Subject:
                     tied_apart=True,
                 )
         return self._gradient_run
+
+    def hf_gradient_logits(self) -> torch.Tensor:
+        """Hugging Face's logits of the gradient batch: the shared forward + backward's, when it has run (its
+        forward is the same function of the same weights), else a forward of their own."""
+        if self._gradient_run is not None and self._gradient_run.hf_logits is not None:
+            return self._gradient_run.hf_logits
+        idx = gradient_batch(self.config)[0].to(self.device)
+        with torch.no_grad():
+            return hf_logits(self.hf(), idx)
 
     def _progress(self, label: str) -> contextlib.AbstractContextManager[Any]:
         """A progress line for work on a model of PROGRESS_MIN_BYTES or more (small ones take no time)."""
