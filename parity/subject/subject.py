@@ -34,6 +34,7 @@ from parity.subject.memory import (
     available_memory,
     format_bytes,
     param_bytes,
+    release_free_memory,
 )
 from parity.subject.progress import phase
 from parity.subject.targets import ParityTarget
@@ -192,6 +193,7 @@ class Subject:
                     keep_tied_gradient=True,
                     tied_apart=True,
                 )
+            release_free_memory()  # the backward passes' freed activations, before the next check's peak
         return self._gradient_run
 
     def hf_gradient_logits(self) -> torch.Tensor:
