@@ -56,7 +56,8 @@ def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() ->
     it trains the narrow twin, whose two models and copies the estimate includes."""
     small = plan_memory(SMALL_CONFIG, torch.float64)
     assert small.train_full_size
-    weights = memory.INDEPENDENT_WEIGHTS * small.param_bytes
+    tied = SMALL_CONFIG.vocab_size * SMALL_CONFIG.n_embd * 8  # one V x C float64 matrix, shared
+    weights = memory.INDEPENDENT_WEIGHTS * small.param_bytes - tied
     training = memory.TRAINING_BYTES_FACTOR * small.param_bytes
     phases = memory.phase_bytes(SMALL_CONFIG, torch.float64, False, training)
     assert phases["train-steps"] == weights + training

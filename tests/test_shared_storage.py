@@ -111,48 +111,81 @@ def test_a_differing_gradient_fails_and_keeps_both_gradients(shared_pair: tuple[
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "independent"])
-def test_the_tied_matrix_apart_gives_the_same_comparison(tiny_checkpoint: Path, shared: bool) -> None:
-    """run_gradients(tied_apart=True), as a Subject runs it: the tied matrix's gradient in its own backward of
-    each model (HF's through its untied twin) gives the records of one backward, and restores every flag."""
+def test_hf_tied_gradient_summed_in_place_is_a_tied_backward(tiny_checkpoint: Path, shared: bool) -> None:
+    """run_gradients runs HF's backward through its untied twin and adds the head path into the embedding's
+    gradient: every comparison is the one against HF's plain tied backward, and every flag is restored."""
     idx, targets = gradient_batch(TINY)
-    runs = []
-    for tied_apart in (False, True):
-        ref = load_reference(tiny_checkpoint, torch.float64, "cpu")
-        hf = load_hf(tiny_checkpoint, torch.float64, "cpu")
-        if shared:
-            assert share_parameters(ref, hf, source_is_hf=True) == []
-        ref.transformer.wpe.weight.requires_grad_(False)  # a flag of the implementation's own: kept as it is
-        runs.append(run_gradients(ref, hf, idx, targets, TINY.vocab_size, True, tied_apart=tied_apart))
-        assert not ref.transformer.wpe.weight.requires_grad and hf.transformer.wpe.weight.requires_grad
-        assert all(p.requires_grad for n, p in ref.named_parameters() if n != "transformer.wpe.weight")
-        assert hf.lm_head.weight is hf.transformer.wte.weight, "HF's untied twin is tied again"
-        assert all(p.grad is None for p in ref.parameters() if p.requires_grad), "matching pairs are freed"
-    one, apart = runs
-    assert [r.tensor for r in apart.records] == [r.tensor for r in one.records]
-    assert all(r.passed for r in apart.records)
-    assert [r.max_abs for r in apart.records] == pytest.approx([r.max_abs for r in one.records], abs=1e-15)
-    torch.testing.assert_close(apart.tied_gradient, one.tied_gradient, rtol=0, atol=1e-15)
-    assert float(apart.hf_loss) == float(one.hf_loss) and float(apart.implementation_loss) == float(
-        one.implementation_loss
-    )
-    for run in runs:  # the frozen position embedding has no gradient: named, on the implementation's side
-        assert (
-            run.failure is not None
-            and "transformer.wpe.weight: no gradient on the implementation side" in str(run.failure)
-        )
+    ref = load_reference(tiny_checkpoint, torch.float64, "cpu")
+    hf = load_hf(tiny_checkpoint, torch.float64, "cpu")
+    if shared:
+        assert share_parameters(ref, hf, source_is_hf=True) == []
+    loss_of(hf_logits(hf, idx), targets).backward()  # HF's own tied backward: the expected gradients
+    expected = {n: p.grad.clone() for n, p in hf.named_parameters()}
+    hf.zero_grad(set_to_none=True)
+    ref.transformer.wpe.weight.requires_grad_(False)  # a flag of the implementation's own: kept as it is
+    run = run_gradients(ref, hf, idx, targets, TINY.vocab_size, True)
+    assert not ref.transformer.wpe.weight.requires_grad and hf.transformer.wpe.weight.requires_grad
+    assert all(p.requires_grad for n, p in ref.named_parameters() if n != "transformer.wpe.weight")
+    assert hf.lm_head.weight is hf.transformer.wte.weight, "HF's untied twin is tied again"
+    assert all(p.grad is None for p in ref.parameters() if p.requires_grad), "matching pairs are freed"
+    assert all(r.passed for r in run.records) and len(run.records) == len(expected) - 1
+    # The frozen position embedding has no gradient: named, on the implementation's side; HF kept its own.
+    assert run.failure is not None
+    assert "transformer.wpe.weight: no gradient on the implementation side" in str(run.failure)
+    torch.testing.assert_close(hf.transformer.wpe.weight.grad, expected["transformer.wpe.weight"])
+    torch.testing.assert_close(run.tied_gradient, expected[EMBEDDING], rtol=0, atol=1e-15)
+    with torch.no_grad():
+        assert float(run.hf_loss) == float(loss_of(hf_logits(hf, idx), targets))
 
 
-def test_a_lost_embedding_path_fails_with_the_tied_matrix_apart(tiny_checkpoint: Path) -> None:
+def test_a_lost_embedding_path_fails_on_the_tied_matrix_alone(tiny_checkpoint: Path) -> None:
     """The tie broken in forward (the head reads a detached copy): only the tied matrix's gradient differs."""
     ref = load_reference(tiny_checkpoint, torch.float64, "cpu")
     hf = load_hf(tiny_checkpoint, torch.float64, "cpu")
     head = ref.lm_head
     head.forward = lambda x: torch.nn.functional.linear(x, head.weight)  # still tied: the control
     idx, targets = gradient_batch(TINY)
-    assert run_gradients(ref, hf, idx, targets, TINY.vocab_size, tied_apart=True).failure is None
+    assert run_gradients(ref, hf, idx, targets, TINY.vocab_size).failure is None
     ref.transformer.wte.forward = lambda i: torch.nn.functional.embedding(
         i, ref.transformer.wte.weight.detach()
     )
-    run = run_gradients(ref, hf, idx, targets, TINY.vocab_size, tied_apart=True)
+    run = run_gradients(ref, hf, idx, targets, TINY.vocab_size)
     assert run.failure is not None
     assert [r.tensor for r in run.records if not r.passed] == ["transformer.wte.weight"], str(run.failure)
+
+
+def _storages(model: torch.nn.Module) -> dict[str, int]:
+    return {n: p.untyped_storage().data_ptr() for n, p in model.named_parameters()}
+
+
+def test_the_independent_plan_shares_the_tied_matrix_alone() -> None:
+    """Below SHARE_WEIGHTS_ABOVE_BYTES each model keeps the weights its loader produced, but the tied matrix,
+    which has one layout in both, is Hugging Face's storage; each model keeps its own Parameter and tie."""
+    from parity.foreign.impl import reference_implementation
+    from parity.frontends.bisect import resolve_model
+    from parity.subject.subject import Subject
+
+    target = resolve_model("small", "cpu", None)
+    assert not target.memory.share_weights
+    subject = Subject(reference_implementation(), target)
+    model, hf = subject.model(), subject.hf()
+    assert get_tensor(model, HEAD) is get_tensor(model, EMBEDDING), "the implementation's own tie"
+    assert get_tensor(model, EMBEDDING) is not get_tensor(hf, EMBEDDING)
+    assert same_storage(get_tensor(model, EMBEDDING), get_tensor(hf, EMBEDDING))
+    theirs = set(_storages(hf).values())
+    assert [n for n, ptr in _storages(model).items() if ptr in theirs] == [EMBEDDING]
+
+
+def test_an_untied_implementation_keeps_both_matrices_of_its_own(tmp_path: Path) -> None:
+    from bisect_fixtures.variants import write_model
+
+    from parity.foreign.impl import import_implementation
+    from parity.frontends.bisect import resolve_model
+    from parity.subject.subject import Subject
+
+    subject = Subject(
+        import_implementation(write_model(tmp_path, "untied")), resolve_model("small", "cpu", None)
+    )
+    model, hf = subject.model(), subject.hf()
+    assert get_tensor(model, HEAD) is not get_tensor(model, EMBEDDING)
+    assert not set(_storages(model).values()) & set(_storages(hf).values())

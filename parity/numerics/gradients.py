@@ -78,7 +78,6 @@ def run_gradients(
     targets: torch.Tensor,
     vocab: int,
     keep_tied_gradient: bool = False,
-    tied_apart: bool = False,
 ) -> GradientRun:
     """Backward of the same loss in both models; every gradient compared with its HF counterpart.
 
@@ -94,22 +93,15 @@ def run_gradients(
     one of the logits checks at no extra cost. keep_tied_gradient: keep the implementation's gradient of the
     tied matrix (the decomposition check's "actual").
 
-    tied_apart: compare the tied matrix's gradient in a forward + backward of its own (`_tied_group_apart`)
-    after the other parameters' (in which it does not require a gradient). A tied backward ends by adding its
-    two paths' V x C gradients into a third: with every other gradient of HF's alive too, that end of HF's
-    backward set the run's peak (gpt2 in float64: 4.2 GB of 4.7).
+    HF's backward runs through its untied twin (`_hf_paths_apart`), and its tied gradient is the two paths'
+    gradients added in place: that end of its backward, with every other gradient of HF's alive, holds two
+    V x C matrices, where a tied backward holds three (its two paths' and their sum).
     """
     mapping = mapping_of(model)  # HF's gradients are compared in the implementation's names and layouts
     our_params = dict(model.named_parameters())
     theirs_params = dict(hf_model.named_parameters())
     roles = {n: mapping.role(n) for n in our_params}
     common, problems = compared_parameters(roles, theirs_params)
-    groups = [(common, False)]  # (names, in the tied matrix's own pass)
-    if tied_apart:
-        tied_names = [n for n in common if roles[n] in (EMBEDDING, HEAD)]
-        rest = [n for n in common if n not in tied_names]
-        if tied_names and rest:
-            groups = [(rest, False), (tied_names, True)]
     tied = None
     if keep_tied_gradient:  # a model without the name still gets its gradient comparison
         with contextlib.suppress(AttributeError):
@@ -118,8 +110,7 @@ def run_gradients(
     records: dict[str, Comparison] = {}
     padding_leaks: set[str] = set()
     kept: list[torch.Tensor] = []
-    logits: Comparison | ParityFailure | None = None
-    own_loss = hf_loss = hf_out = None  # from the first forward + backward (not the tied matrix's own pass)
+    logits: Comparison | ParityFailure
     waiting: dict[str, int] = {}  # HF tensor -> implementation tensors still to compare (split q/k/v: 3)
     for n in common:
         waiting[roles[n]] = waiting.get(roles[n], 0) + 1
@@ -146,49 +137,33 @@ def run_gradients(
             if not waiting[role]:  # every implementation tensor of this HF tensor compared
                 theirs_params[role].grad = None
 
-    for group, apart in groups:
-        if apart:
-            _tied_group_apart(model, hf_model, idx, targets, [our_params[n] for n in group])
-            for name in group:
-                compare(name)
-            continue
-        only = contextlib.ExitStack()
-        if tied_apart:  # the group's parameters that required a gradient still do; no other does
-            only.enter_context(requires_grad_only(model, (our_params[n] for n in group)))
-            only.enter_context(requires_grad_only(hf_model, (theirs_params[roles[n]] for n in group)))
-        with only:
-            theirs = hf_logits(hf_model, idx)
-            loss = loss_of(theirs, targets)
-            if loss.requires_grad:  # else none of the group's parameters does: "no gradient", below
-                loss.backward()
-            theirs = hf_out = theirs.detach()
-            hf_loss = loss.detach()
-            handles = [  # a frozen parameter takes no hook: "no gradient on the implementation side", below
-                our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n))
-                for n in group
-                if our_params[n].requires_grad
-            ]
-            try:
-                own_logits, loss = logits_and_own_loss(model, idx, targets)
-                own_loss = loss.detach()
-                try:
-                    logits = compare_chunked(
-                        "logits",
-                        "logits[gradient batch]",
-                        own_logits.detach(),
-                        theirs,
-                        logits_tolerance(theirs.dtype),
-                    )
-                except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
-                    logits = e
-                del theirs
-                loss = loss_of(own_logits, targets)
-                if loss.requires_grad:
-                    loss.backward()
-                del own_logits, loss
-            finally:
-                for h in handles:
-                    h.remove()
+    with _hf_paths_apart(hf_model) as hf_twin:
+        theirs = hf_logits(hf_twin, idx)
+        loss = loss_of(theirs, targets)
+        if loss.requires_grad:
+            loss.backward()
+    theirs = theirs.detach()
+    hf_loss = loss.detach()
+    handles = [  # a frozen parameter takes no hook: "no gradient on the implementation side", below
+        our_params[n].register_post_accumulate_grad_hook(lambda _p, n=n: compare(n))
+        for n in common
+        if our_params[n].requires_grad
+    ]
+    try:
+        own_logits, loss = logits_and_own_loss(model, idx, targets)
+        own_loss = loss.detach()
+        try:
+            bound = logits_tolerance(theirs.dtype)
+            logits = compare_chunked("logits", "logits[gradient batch]", own_logits.detach(), theirs, bound)
+        except ParityFailure as e:  # shapes differ; the loss and gradient checks still run
+            logits = e
+        loss = loss_of(own_logits, targets)
+        if loss.requires_grad:
+            loss.backward()
+        del own_logits, loss
+    finally:
+        for h in handles:
+            h.remove()
     for name in common:
         if name not in records and (our_params[name].grad is None or theirs_params[roles[name]].grad is None):
             side = "implementation" if our_params[name].grad is None else "HF"
@@ -201,35 +176,29 @@ def run_gradients(
     failure = None
     if problems or not all(r.passed for r in ordered):
         failure = ParityFailure(gradient_failure_message(ordered, problems))
-    assert logits is not None and own_loss is not None and hf_loss is not None
-    return GradientRun(logits, own_loss, hf_loss, ordered, failure, kept[0] if kept else None, hf_out)
+    return GradientRun(logits, own_loss, hf_loss, ordered, failure, kept[0] if kept else None, theirs)
 
 
-def _tied_group_apart(
-    model: torch.nn.Module, hf_model: Any, idx: torch.Tensor, targets: torch.Tensor, ours: list[torch.Tensor]
-) -> None:
-    """Both models' gradients of the tied matrix alone, left in .grad for run_gradients to compare.
-
-    The implementation's backward first, with only its tied matrix requiring a gradient; then Hugging Face's,
-    through its untied twin (its head a second Parameter over the same storage), whose two paths' gradients
-    are added in place into the embedding's .grad: that is HF's tied gradient. At most three V x C matrices
-    are alive at once (a tied backward that adds its two paths holds three by itself, and would then
-    need a fourth for the other side's gradient).
-    """
-    with requires_grad_only(model, ours):
-        own_logits, _ = logits_and_own_loss(model, idx, targets)
-        loss = loss_of(own_logits, targets)
-        del own_logits
-        if loss.requires_grad:
-            loss.backward()
-        del loss
+@contextlib.contextmanager
+def _hf_paths_apart(hf_model: Any) -> Iterator[Any]:
+    """HF's model for a backward whose tied gradient is summed in place: its untied twin (the head a second
+    Parameter over the same storage), and on exit the head path's gradient added into the embedding's .grad,
+    which then is HF's tied gradient. A model that is not tied is used as it is."""
     embedding = get_tensor(hf_model, EMBEDDING)
-    with requires_grad_only(hf_model, [embedding]), untied_twin(hf_model, own_storage=False) as twin:
-        loss_of(hf_logits(twin, idx), targets).backward()
+    if get_tensor(hf_model, HEAD) is not embedding:
+        yield hf_model
+        return
+    with untied_twin(hf_model, own_storage=False) as twin:
         head = get_tensor(twin, HEAD)
-        if embedding.grad is not None and head.grad is not None:
-            embedding.grad.add_(head.grad)
-        head.grad = None
+        head.requires_grad_(embedding.requires_grad)
+        try:
+            yield twin
+        finally:
+            if embedding.grad is not None and head.grad is not None:
+                embedding.grad.add_(head.grad)
+            elif head.grad is not None:
+                embedding.grad = head.grad  # no embedding path: the tied gradient is the head's alone
+            head.grad = None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,11 @@ def _parameter_places(model: torch.nn.Module) -> dict[str, list[tuple[torch.nn.M
 
 
 def share_parameters(
-    model: torch.nn.Module, source: torch.nn.Module, source_is_hf: bool = False, convert: bool = False
+    model: torch.nn.Module,
+    source: torch.nn.Module,
+    source_is_hf: bool = False,
+    convert: bool = False,
+    roles: Collection[str] | None = None,
 ) -> list[str]:
     """Replace model's parameters by views of source's same-named tensors where they hold the same values.
 
@@ -96,7 +101,9 @@ def share_parameters(
     fails the parity checks; with convert, "equal" is after converting the model's tensor to the source's
     dtype (a float32 load shares a float64 model's exact upcasts), else the dtypes must match. A tied
     parameter gets one new Parameter under all its names, so the tie survives. Returns the names kept. The
-    two models then must not be changed independently: a test that writes a weight restores it.
+    two models then must not be changed independently: a test that writes a weight restores it. roles: only
+    the model's parameters of these roles (HF names, with source_is_hf) are considered; the rest are neither
+    shared nor returned.
     """
     theirs = dict(source.named_parameters(remove_duplicate=False))
     places = _parameter_places(model)
@@ -106,6 +113,8 @@ def share_parameters(
     # A port in other names and layouts shares HF's tensors as they are placed (nanogpt.schema.TensorMapping).
     mapping = mapping_of(model) if source_is_hf else TensorMapping()
     for name in sorted(places, key=lambda n: source_is_hf and is_conv1d(mapping.role(n))):
+        if roles is not None and mapping.role(name) not in roles:
+            continue
         module, attr = places[name][0]
         own, other = getattr(module, attr), theirs.get(mapping.role(name))
         if other is None:

@@ -37,7 +37,8 @@ from parity.subject.batches import gradient_batch
 SHARE_WEIGHTS_ABOVE_BYTES = 3_000_000_000
 
 # The weights a run holds, in units of one model's parameter bytes: shared, Hugging Face's (the reference's
-# are views of them); independent, both models'.
+# are views of them); independent, both models' but one tied matrix, which has one layout in both and is
+# shared too (an untied implementation keeps its own: one V x C matrix above the estimate).
 SHARED_WEIGHTS = 1
 INDEPENDENT_WEIGHTS = 2
 # The interpreter with torch and transformers, allocator slack, the tokenizer: the whole run of the small
@@ -47,13 +48,13 @@ BASE_BYTES = 470_000_000
 # sizes and the four GPT-2 sizes, docs/measurements.md); tests/test_memory_plan.py measures the small ones.
 ESTIMATE_TOLERANCE = 0.15
 # Transient tensors of the phases (`phase_bytes`): the full-block forward holds both implementations' logits
-# (T x V each); the tied matrix's own backward ends with three V x C matrices (its two paths' gradients and
-# their sum, or the other side's kept gradient); activations of the gradient batch in elements per layer,
-# token and channel: Hugging Face's (its GELU keeps several 4 x n_embd intermediates), and nanoGPT's.
+# (T x V each); the tied-gradient check's backward of an untied twin ends with three V x C matrices (the kept
+# gradient and the twin's two paths'); activations of the gradient batch in elements per layer, token and
+# channel: Hugging Face's (its GELU keeps several 4 x n_embd intermediates), which its heap keeps resident
+# until the gradient run ends.
 LOGITS_COPIES = 2
 TIED_MATRIX_COPIES = 3
 HF_ACTIVATION_ELEMENTS = 36
-ACTIVATION_ELEMENTS = 16
 
 # train-steps trains copies of both models with AdamW: weights, gradients and two moment buffers each, this
 # many times one model's parameter bytes on top of the loaded models.
@@ -104,18 +105,19 @@ def phase_bytes(config: GPTConfig, dtype: torch.dtype, share: bool, training: in
     """
     size = torch.empty((), dtype=dtype).element_size()
     params = param_bytes(config, dtype)
-    weights = (SHARED_WEIGHTS if share else INDEPENDENT_WEIGHTS) * params
     tied = config.vocab_size * config.n_embd * size
+    loaded = (SHARED_WEIGHTS if share else INDEPENDENT_WEIGHTS) * params  # before any tensor is shared
+    weights = loaded if share else loaded - tied
     tokens = gradient_batch(config)[0].numel()
-    per_layer = config.n_layer * tokens * config.n_embd * size
+    activations = HF_ACTIVATION_ELEMENTS * config.n_layer * tokens * config.n_embd * size
     return {
         # the implementation's own copy before it becomes views; own-loader's model and the Hugging Face
         # model an upstream-style from_pretrained copies from (the implementation's loaded model dropped)
-        "loading": weights + params,
-        # HF's backward, then the implementation's with HF's gradients waiting (the tied matrix's apart)
-        "gradients": weights
-        + max(HF_ACTIVATION_ELEMENTS * per_layer, params - tied + ACTIVATION_ELEMENTS * per_layer),
-        "tied gradient": weights + TIED_MATRIX_COPIES * tied + HF_ACTIVATION_ELEMENTS * per_layer,
+        "loading": loaded + params,
+        # the end of HF's backward: its gradients, the tied matrix's two paths apart (params + tied); the
+        # implementation's backward then frees them as it goes, holding its head path's V x C meanwhile
+        "gradients": weights + params + tied + activations,
+        "tied gradient": weights + TIED_MATRIX_COPIES * tied + activations,
         # the kept tied gradient waits for tied-gradient; the narrow twin's T x V logits are as large
         "full block": weights + tied + LOGITS_COPIES * config.block_size * config.output_vocab_size * size,
         "train-steps": weights + training,

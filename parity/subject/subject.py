@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanogpt.schema import EMBEDDING, HEAD
 from parity.core.errors import ImplementationError
 from parity.foreign.impl import Implementation
 from parity.foreign.load import LoadReport, load_implementation
 from parity.numerics.forward import hf_logits
 from parity.numerics.gradients import GradientRun, run_gradients
-from parity.numerics.tie import twin_config
+from parity.numerics.tie import get_tensor, twin_config
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf, load_reference, share_parameters
 from parity.subject.memory import (
@@ -129,6 +130,10 @@ class Subject:
                 raise
             if self.shares_weights:
                 self.unshared = share_parameters(model, self.hf(), source_is_hf=True)
+            elif _is_tied(model):
+                # The tied matrix has one layout in both models, so sharing it costs the independent plan
+                # nothing of its strength and saves a V x C matrix for the whole run (0.3 GB at gpt2).
+                share_parameters(model, self.hf(), source_is_hf=True, roles=(EMBEDDING, HEAD))
             self._model = model
             self.logits_mode = type(model).__dict__.get("_parity_logits_mode")
         return self._model
@@ -191,7 +196,6 @@ class Subject:
                     targets,
                     self.config.output_vocab_size,
                     keep_tied_gradient=True,
-                    tied_apart=True,
                 )
             release_free_memory()  # the backward passes' freed activations, before the next check's peak
         return self._gradient_run
@@ -277,6 +281,14 @@ class Subject:
         """Drop both models and everything computed from them."""
         self._model = self._hf = self._gradient_run = self._twin = self._built = None
         self.diagnoses.clear()
+
+
+def _is_tied(model: nn.Module) -> bool:
+    """True when the model's head and token embedding are one Parameter object."""
+    try:
+        return get_tensor(model, HEAD) is get_tensor(model, EMBEDDING)
+    except AttributeError:  # a model without one of the two roles: judged by the checks, not shared
+        return False
 
 
 @contextlib.contextmanager
