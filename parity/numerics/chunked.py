@@ -129,8 +129,9 @@ def _finite_record(
     is not finite.
 
     In float64 (the default): the same arithmetic as compare_tensors, operation for operation (|a - e|;
-    atol + rtol * |e|; |a - e| / |e| where |e| > atol, where compare_tensors' clamp is a no-op), so every
-    field is bitwise what compare_tensors returns (tests/test_chunked_comparison.py checks it). Finiteness
+    atol + rtol * |e|, skipped when no difference exceeds atol; |a - e| / |e| where |e| > atol, where
+    compare_tensors' clamp is a no-op), so every field but the relative norm (its sums of squares are dot
+    products) is bitwise what compare_tensors returns (tests/test_chunked_comparison.py checks it). Finiteness
     comes free: a NaN or Inf on either side makes |a - e| non-finite there, and its maximum with it; the
     caller then takes compare_tensors' path.
 
@@ -146,16 +147,21 @@ def _finite_record(
     max_abs, index = diff.view(-1).max(0)  # the first maximum, as torch.argmax; NaN propagates
     if not torch.isfinite(max_abs):
         return None
-    # Sums of squares accumulated in float64 (a 64K-element float32 sum would carry ~1e-3 relative error).
-    diff_sq = float(diff.square().sum(dtype=torch.float64))
-    expected_sq = float(e.square().sum(dtype=torch.float64))
     e_abs = e.abs()
-    bound = e_abs.mul(tol.rtol).add_(tol.atol)
     if dtype == torch.float64:
-        mismatched = int(diff.gt(bound).sum())
-    elif bool(diff.gt(bound.mul_(1.0 - SCREEN_MARGIN)).any()):
-        return _finite_record(check, name, actual, expected, tol)
+        # Sums of squares as dot products: one pass each, no temporary. No element exceeds its bound
+        # atol + rtol * |e| >= atol when the largest difference does not exceed atol (the common case).
+        diff_sq = float(torch.dot(diff.view(-1), diff.view(-1)))
+        expected_sq = float(torch.dot(e.view(-1), e.view(-1)))
+        mismatched = 0
+        if float(max_abs) > tol.atol:
+            mismatched = int(diff.gt(e_abs.mul(tol.rtol).add_(tol.atol)).sum())
     else:
+        # Sums of squares accumulated in float64 (a 64K-element float32 sum would carry ~1e-3 relative error).
+        diff_sq = float(diff.square().sum(dtype=torch.float64))
+        expected_sq = float(e.square().sum(dtype=torch.float64))
+        if bool(diff.gt(e_abs.mul(tol.rtol).add_(tol.atol).mul_(1.0 - SCREEN_MARGIN)).any()):
+            return _finite_record(check, name, actual, expected, tol)
         mismatched = 0
     rel = diff.div_(e_abs).masked_fill_(e_abs <= tol.atol, 0.0)  # diff is not needed after this
     record = Comparison(
