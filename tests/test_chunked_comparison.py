@@ -38,12 +38,21 @@ def test_compare_chunked_equals_one_comparison(shape: tuple[int, ...]) -> None:
         compare_chunked("t", "x", actual, expected, tol, chunk_elements=8),
         compare_tensors("t", "x", actual, expected, tol),
     )
-    # A transposed (non-contiguous) view, as a Conv1D gradient is compared.
+    # A transposed (non-contiguous) view, as a Conv1D gradient is compared; and one side alone transposed,
+    # as an implementation's Linear gradient against HF's Conv1D one seen through its transpose.
     if len(shape) == 2:
         _same_record(
             compare_chunked("t", "x", actual.t(), expected.t(), tol, chunk_elements=8),
             compare_tensors("t", "x", actual.t(), expected.t(), tol),
         )
+        column_major = expected.t().contiguous().t()
+        for found in (0.0, 1e-3):  # every difference within atol, and one above it
+            shifted = expected.clone()
+            shifted.view(-1)[5] += found
+            _same_record(
+                compare_chunked("t", "x", shifted, column_major, tol, chunk_elements=32),  # rows of 3
+                compare_tensors("t", "x", shifted, column_major, tol),
+            )
 
 
 def _edge_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:

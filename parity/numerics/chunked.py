@@ -152,7 +152,7 @@ def _finite_record(
         # Sums of squares as dot products: one pass each, no temporary. No element exceeds its bound
         # atol + rtol * |e| >= atol when the largest difference does not exceed atol (the common case).
         diff_sq = float(torch.dot(diff.view(-1), diff.view(-1)))
-        expected_sq = float(torch.dot(e.view(-1), e.view(-1)))
+        expected_sq = float(torch.dot(e.reshape(-1), e.reshape(-1)))
         mismatched = 0
         if float(max_abs) > tol.atol:
             mismatched = int(diff.gt(e_abs.mul(tol.rtol).add_(tol.atol)).sum())
