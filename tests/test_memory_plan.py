@@ -68,7 +68,7 @@ def test_the_estimate_covers_train_steps_and_full_size_training_stays_small() ->
         twin = (memory.TRAINING_BYTES_FACTOR + 2) * memory.param_bytes(
             twin_config(gpt2_config(name)), torch.float64
         )
-        phases = memory.phase_bytes(gpt2_config(name), torch.float64, plan.share_weights, twin)
+        phases = memory.phase_bytes(gpt2_config(name), torch.float64, plan.share_weights, twin, False)
         assert plan.estimated_peak_bytes == max(phases.values()) + memory.BASE_BYTES, name
         assert phases["train-steps"] < max(phases.values()), f"{name}: the twin's training is not the peak"
 

@@ -84,3 +84,37 @@ def test_the_full_block_falls_back_to_the_loaded_models_without_a_twin(extras_on
     assert verdict.status is Status.PASS, verdict.reason
     assert "narrow twin" not in verdict.reason
     assert "logits[full_block]" in [r.tensor for r in verdict.records]
+
+
+class HeadOfADetachedCopy(nanogpt.model.GPT):
+    """The head reads a detached copy of the tied matrix: the tied gradient has the embedding path alone."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        head = self.lm_head
+        head.forward = lambda x: F.linear(x, head.weight.detach())
+
+
+def test_tied_gradient_runs_on_the_narrow_twin_where_the_plan_says(extras_on_twin: ParityTarget) -> None:
+    verdict = run_check(CHECKS["tied-gradient"], Subject(reference_implementation(), extras_on_twin))
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "on the narrow twin (1 layer" in verdict.reason
+    assert [r.tensor for r in verdict.records] == ["tied = embedding path + head path (narrow twin)"]
+
+
+def test_a_lost_head_path_fails_tied_gradient_on_the_twin_saying_where(extras_on_twin: ParityTarget) -> None:
+    impl = Implementation(
+        "detached-head", Path(nanogpt.model.__file__), nanogpt.model, HeadOfADetachedCopy, GPTConfig
+    )
+    verdict = run_check(CHECKS["tied-gradient"], Subject(impl, extras_on_twin))
+    assert verdict.status is Status.FAIL, verdict.reason
+    assert verdict.reason.startswith("[grads] on the narrow twin (1 layer"), verdict.reason
+    assert "no gradient on one of the two paths" in verdict.reason, verdict.reason
+
+
+@pytest.mark.usefixtures("twin_cannot_be_built")
+def test_tied_gradient_falls_back_to_the_loaded_models_without_a_twin(extras_on_twin: ParityTarget) -> None:
+    verdict = run_check(CHECKS["tied-gradient"], Subject(reference_implementation(), extras_on_twin))
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "narrow twin" not in verdict.reason
+    assert [r.tensor for r in verdict.records] == ["tied = embedding path + head path"]

@@ -7,7 +7,6 @@ the first failure a user sees under `-x` already says which module to suspect.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -17,14 +16,14 @@ from parity.checks.check import Check
 from parity.checks.generation import greedy_generate, near_tie, own_generate, sampled_generation
 from parity.checks.ignored_targets import ignored_targets
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
-from parity.core.errors import CannotTest, ImplementationError
+from parity.core.errors import CannotTest
 from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
 from parity.numerics.forward import compare_logits, hf_last_logits, loss_comparison
 from parity.subject.batches import gradient_batch, token_batch
-from parity.subject.subject import Subject, Twin, twin_clause
+from parity.subject.subject import Subject, on_twin, twin_clause
 
 # Batches compared by the logits check besides the gradient batch, whose logits the shared forward +
 # backward already compared (parity/numerics/gradients.py): one token, a full block, the GPT-2 sentence.
@@ -68,22 +67,6 @@ def _profile(
     return [profile_record(label, profile, dtype, logits_tolerance(dtype), passed)]
 
 
-def _extras_twin(subject: Subject) -> Twin | None:
-    """The narrow twin where the memory plan keeps long extra passes there (`full_size_extras`) and the
-    implementation can be built narrow, else None: the pass runs on the loaded models."""
-    why = subject.full_size_extras()
-    if why is None:
-        return None
-    with contextlib.suppress(ImplementationError):  # e.g. a config it cannot narrow
-        return subject.twin(why)
-    return None
-
-
-def _on_twin(message: str, twin: Twin, check: str) -> str:
-    """A verdict message of check, saying that it was found on the narrow twin and why."""
-    return message.replace(f"[{check}] ", f"[{check}] {twin_clause(twin.config, twin.why)}: ", 1)
-
-
 def logits_check(subject: Subject) -> Outcome:
     """Logits of four batches against Hugging Face's (tie_word_embeddings=True)."""
     model, hf = subject.model(), subject.hf()
@@ -103,7 +86,7 @@ def logits_check(subject: Subject) -> Outcome:
             f"[logits] {diagnosis or summary}", [] if isinstance(found, ParityFailure) else [found], profiles
         )
     records.append(found)
-    twin, on_twin = _extras_twin(subject), []
+    twin, twinned = subject.extras_twin(), []
     for kind in LOGITS_BATCHES:
         narrow = twin if kind in TWIN_BATCHES else None
         on = loaded if narrow is None else (narrow.model, narrow.hf, narrow.config.n_layer)
@@ -113,14 +96,14 @@ def logits_check(subject: Subject) -> Outcome:
             records.append(compare_logits(ours, theirs, idx, n_layer, kind))
         except ParityFailure as e:
             more = _profile(subject, on, idx, f"logits[{kind}]", False)
-            message = str(e) if narrow is None else _on_twin(str(e), narrow, "logits")
+            message = str(e) if narrow is None else on_twin(str(e), narrow, "logits")
             raise ParityFailure(message, records + e.records, profiles + more) from None
         if narrow is not None:
             records[-1].tensor += " (narrow twin)"
-            on_twin.append(kind.replace("_", " "))
+            twinned.append(kind.replace("_", " "))
     worst = max(r.max_abs for r in records)
     worst_norm = max(r.rel_norm for r in records)
-    twin_note = f"; the {', '.join(on_twin)} {twin_clause(twin.config, twin.why)}" if twin and on_twin else ""
+    twin_note = f"; the {', '.join(twinned)} {twin_clause(twin.config, twin.why)}" if twin and twinned else ""
     return Outcome(
         f"{len(records)} batches match Hugging Face (tied); max abs diff {worst:.1e}, relative difference "
         f"norm {worst_norm:.1e}, tolerance {logits_tolerance(subject.dtype)}{twin_note}",
@@ -182,15 +165,15 @@ def _sampled(subject: Subject, model: nn.Module, hf: Any) -> tuple[list[Comparis
     """sampled_generation on the narrow twin where the memory plan keeps long extra passes there (each
     sampled step is a forward of a whole block, and the crop, the temperature and the top-k are the same code
     at any width), else, or when the twin cannot be built, on the loaded models."""
-    twin = _extras_twin(subject)
+    twin = subject.extras_twin()
     if twin is None:
         return sampled_generation(model, hf, subject.config, subject.dtype)
     try:
         records, summary = sampled_generation(twin.model, twin.hf, twin.config, subject.dtype)
     except ParityFailure as e:
-        raise ParityFailure(_on_twin(str(e), twin, "inference"), e.records) from e
+        raise ParityFailure(on_twin(str(e), twin, "inference"), e.records) from e
     except CannotTest as e:
-        raise CannotTest(_on_twin(str(e), twin, "inference")) from e
+        raise CannotTest(on_twin(str(e), twin, "inference")) from e
     return records, f"{summary}, {twin_clause(twin.config, twin.why)}"
 
 

@@ -98,10 +98,14 @@ def param_bytes(config: GPTConfig, dtype: torch.dtype) -> int:
     return param_count(config) * torch.empty((), dtype=dtype).element_size()
 
 
-def phase_bytes(config: GPTConfig, dtype: torch.dtype, share: bool, training: int) -> dict[str, int]:
+def phase_bytes(
+    config: GPTConfig, dtype: torch.dtype, share: bool, training: int, full_size: bool = True
+) -> dict[str, int]:
     """Resident bytes of each memory-heavy phase of a parity run, above the interpreter's base.
 
     training: the bytes train-steps adds to the loaded models (its copies, or the narrow twin and its copies).
+    full_size: extra passes (the full block, the tied gradient's decomposition) run on the loaded models,
+    not on the narrow twin, whose tensors are small but for its T x V logits.
     """
     size = torch.empty((), dtype=dtype).element_size()
     params = param_bytes(config, dtype)
@@ -117,11 +121,12 @@ def phase_bytes(config: GPTConfig, dtype: torch.dtype, share: bool, training: in
         # the end of HF's backward: its gradients, the tied matrix's two paths apart (params + tied); the
         # implementation's backward then frees them as it goes, holding its head path's V x C meanwhile
         "gradients": weights + params + tied + activations,
-        "tied gradient": weights + TIED_MATRIX_COPIES * tied + activations,
-        # the kept tied gradient waits for tied-gradient; the narrow twin's T x V logits are as large
-        "full block": weights + tied + LOGITS_COPIES * config.block_size * config.output_vocab_size * size,
+        # at full size the kept tied gradient waits for tied-gradient; the twin's T x V logits are as large
+        "full block": weights
+        + (tied if full_size else 0)
+        + LOGITS_COPIES * config.block_size * config.output_vocab_size * size,
         "train-steps": weights + training,
-    }
+    } | ({"tied gradient": weights + TIED_MATRIX_COPIES * tied + activations} if full_size else {})
 
 
 def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
@@ -137,7 +142,7 @@ def plan_memory(config: GPTConfig, dtype: torch.dtype) -> MemoryPlan:
     full_size = not share and training <= FULL_SIZE_TRAINING_MAX_BYTES
     if not full_size:
         training = (TRAINING_BYTES_FACTOR + 2) * param_bytes(twin_config(config), dtype)
-    peak = max(phase_bytes(config, dtype, share, training).values()) + BASE_BYTES
+    peak = max(phase_bytes(config, dtype, share, training, full_size).values()) + BASE_BYTES
     return MemoryPlan(params, share, peak, full_size)
 
 

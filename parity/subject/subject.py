@@ -50,6 +50,11 @@ def twin_clause(config: Any, why: str) -> str:
     return f"on the narrow twin (1 layer, {config.n_embd} channels: {why})"
 
 
+def on_twin(message: str, twin: Twin, check: str) -> str:
+    """A verdict message tagged [check], saying that it was found on the narrow twin and why."""
+    return message.replace(f"[{check}] ", f"[{check}] {twin_clause(twin.config, twin.why)}: ", 1)
+
+
 @dataclass
 class Twin:
     """Implementation and Hugging Face's model at a narrow config (tie.twin_config), from one checkpoint."""
@@ -195,7 +200,8 @@ class Subject:
                     idx,
                     targets,
                     self.config.output_vocab_size,
-                    keep_tied_gradient=True,
+                    # tied-gradient's "actual", where it runs on the loaded models
+                    keep_tied_gradient=self.full_size_extras() is None,
                 )
             release_free_memory()  # the backward passes' freed activations, before the next check's peak
         return self._gradient_run
@@ -225,6 +231,16 @@ class Subject:
             f"{self.target.name} has {format_bytes(param_bytes(self.config, self.dtype))} of parameters; "
             "the memory plan keeps fresh models and long extra passes to the narrow twin"
         )
+
+    def extras_twin(self) -> Twin | None:
+        """The narrow twin where the memory plan keeps long extra passes there (`full_size_extras`) and the
+        implementation can be built narrow, else None: the pass runs on the loaded models."""
+        why = self.full_size_extras()
+        if why is None:
+            return None
+        with contextlib.suppress(ImplementationError):  # e.g. a config it cannot narrow
+            return self.twin(why)
+        return None
 
     def free_for_another_model(self) -> None:
         """Drop the loaded models a check no longer needs before it builds another full-size one.
