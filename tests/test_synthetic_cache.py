@@ -246,3 +246,18 @@ def test_a_held_lock_is_one_usage_error_in_pytest_parity(held_lock: Path, pytest
     assert time.monotonic() - start < 60
     assert f"{held_lock}: another process has held this lock for 1 s" in output, output[-3000:]
     assert "Traceback" not in output
+
+
+def test_a_checkpoint_is_hashed_once_per_process_until_its_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=8)
+    path, _ = synthetic.ensure_synthetic_checkpoint(config, "hashed-once", root=tmp_path)
+    hashed: list[str] = []
+    real = synthetic._file_sha256
+    monkeypatch.setattr(synthetic, "_file_sha256", lambda p: hashed.append(p.name) or real(p))
+    assert synthetic.checkpoint_problem(path) is None and synthetic.checkpoint_problem(path) is None
+    assert hashed.count(synthetic.SAFETENSORS_FILE) == 1, hashed
+    with (path / synthetic.SAFETENSORS_FILE).open("ab") as fh:
+        fh.write(b"\0")
+    assert "does not match its sha256" in (synthetic.checkpoint_problem(path) or "")
