@@ -189,9 +189,12 @@ def _vocab_and_merges(enc: Path, bpe: Path) -> tuple[dict[str, int], list[tuple[
 def _mergeable_ranks(vocab: dict[str, int], merges: list[tuple[str, str]], path: Path) -> dict[bytes, int]:
     """tiktoken ranks from GPT-2 data-gym files, as ``tiktoken.load.data_gym_to_mergeable_bpe_ranks``."""
     byte_decoder = _data_gym_byte_decoder()
+    # Each of GPT-2's 256 byte characters to the Latin-1 character of its byte: str.translate and encode
+    # then convert a token in C (a generator over its characters took 0.25 s for the 150k tokens and merges).
+    to_latin1 = {ord(ch): b for ch, b in byte_decoder.items()}
 
     def to_bytes(token: str) -> bytes:
-        return bytes(byte_decoder[ch] for ch in token)
+        return token.translate(to_latin1).encode("latin-1")
 
     # Single bytes first, in the order GPT-2 assigned them, then one rank per merge.
     ranks = {bytes([b]): i for i, b in enumerate(byte_decoder.values())}
