@@ -148,3 +148,17 @@ def test_sampling_falls_back_to_the_loaded_models_without_a_twin(extras_on_twin:
     verdict = run_check(CHECKS["inference"], Subject(reference_implementation(), extras_on_twin))
     assert verdict.status is Status.PASS, verdict.reason
     assert "sampled steps of its own generate" in verdict.reason and "narrow twin" not in verdict.reason
+
+
+def test_greedy_generation_runs_on_the_narrow_twin_where_the_plan_says(extras_on_twin: ParityTarget) -> None:
+    verdict = run_check(CHECKS["inference"], Subject(reference_implementation(), extras_on_twin))
+    assert verdict.status is Status.PASS, verdict.reason
+    assert "greedy tokens by its own generate(top_k=1) on the narrow twin equal" in verdict.reason
+
+
+def test_a_greedy_bug_on_the_twin_fails_saying_where(extras_on_twin: ParityTarget, tmp_path: Path) -> None:
+    mutant = MUTANTS_BY_NAME["last-only-gives-first-position"]
+    impl = import_implementation(implementation_file(mutant, tmp_path))
+    verdict = run_check(CHECKS["inference"], Subject(impl, extras_on_twin))
+    assert verdict.status is Status.FAIL, verdict.reason
+    assert "on the narrow twin" in verdict.reason and "greedy continuation" in verdict.reason, verdict.reason

@@ -177,6 +177,52 @@ def _sampled(subject: Subject, model: nn.Module, hf: Any) -> tuple[list[Comparis
     return records, f"{summary}, {twin_clause(twin.config, twin.why)}"
 
 
+def _greedy_matches(
+    model: nn.Module, hf: Any, prompt: torch.Tensor, new: int, dtype: torch.dtype, rec: Comparison
+) -> str:
+    """How model continued prompt greedily by new tokens, when that equals HF's generate (KV cache); else
+    ParityFailure naming the first token that differs (rec: the last-position comparison, for the record)."""
+    tol = logits_tolerance(dtype)
+    with torch.no_grad():
+        ours, how = _greedy(model, prompt, new)
+        theirs = hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
+    if ours.shape == theirs.shape and torch.equal(ours, theirs):
+        return how
+    differ = (ours[0, : theirs.size(1)] != theirs[0, : ours.size(1)]).nonzero()
+    k = int(differ[0]) if len(differ) else min(ours.size(1), theirs.size(1))
+    prefix = theirs[:, :k]
+    with torch.no_grad():
+        step = compare_tensors(
+            "inference",
+            f"logits before token {k}",
+            own_forward_logits(model, prefix),
+            hf_last_logits(hf, prefix),
+            tol,
+        )
+        # A difference is rounding only where HF's two largest logits are closer than the tolerance.
+        tie = near_tie(hf, prefix, 1, dtype)
+    if not step.passed or k >= min(ours.size(1), theirs.size(1)) or not tie:
+        cause = (
+            "; the forward without targets matches Hugging Face there and the top two logits are no tie, "
+            "so generate computes its next token differently (its no-target call, its crop or its choice)"
+            if step.passed
+            else ""
+        )
+        raise ParityFailure(
+            f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) "
+            f"at token {k}: {ours[0].tolist()} vs {theirs[0].tolist()}{cause}; {step.summary()}",
+            [rec, step],
+        )
+    return how
+
+
 def inference_check(subject: Subject) -> Outcome:
     """Called without targets: HF's last-position logits; greedy decoding equals HF's generate (KV cache)."""
     model, hf = subject.model(), subject.hf()
@@ -198,42 +244,16 @@ def inference_check(subject: Subject) -> Outcome:
             f"{forward}\n  {rec.summary()}",
             [rec],
         )
-    with torch.no_grad():
-        ours, how = _greedy(model, prompt, new)
-        theirs = hf.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=0,
-        )
-    if ours.shape != theirs.shape or not torch.equal(ours, theirs):
-        differ = (ours[0, : theirs.size(1)] != theirs[0, : ours.size(1)]).nonzero()
-        k = int(differ[0]) if len(differ) else min(ours.size(1), theirs.size(1))
-        prefix = theirs[:, :k]
-        with torch.no_grad():
-            step = compare_tensors(
-                "inference",
-                f"logits before token {k}",
-                own_forward_logits(model, prefix),
-                hf_last_logits(hf, prefix),
-                tol,
-            )
-            # A difference is rounding only where HF's two largest logits are closer than the tolerance.
-            tie = near_tie(hf, prefix, 1, subject.dtype)
-        if not step.passed or k >= min(ours.size(1), theirs.size(1)) or not tie:
-            cause = (
-                "; the forward without targets matches Hugging Face there and the top two logits are no tie, "
-                "so generate computes its next token differently (its no-target call, its crop or its choice)"
-                if step.passed
-                else ""
-            )
-            raise ParityFailure(
-                f"[inference] greedy continuation by {how} differs from Hugging Face's generate (KV cache) "
-                f"at token {k}: {ours[0].tolist()} vs {theirs[0].tolist()}{cause}; {step.summary()}",
-                [rec, step],
-            )
+    twin = subject.extras_twin()
+    on = (model, hf) if twin is None else (twin.model, twin.hf)
+    try:
+        how = _greedy_matches(*on, prompt, new, subject.dtype, rec)
+    except ParityFailure as e:
+        if twin is None:
+            raise
+        raise ParityFailure(on_twin(str(e), twin, "inference"), e.records) from e
+    if twin is not None:
+        how += " on the narrow twin"
     sampled, sampling = [], "it has no generate: no sampling to compare"
     if own_generate(model) is not None:
         sampled, sampling = _sampled(subject, model, hf)
@@ -265,7 +285,7 @@ FORWARD_CHECKS = (
         "the call without targets gives HF's last-position logits; greedy decoding equals "
         "HF's generate with its KV cache; its own generate samples from HF's distribution (temperature, "
         "top-k warpers) on a prompt longer than block_size, cropped to the last block",
-        "both models; the sampling on the narrow twin at GPT-2 sizes",
+        "both models; the greedy and sampled generation on the narrow twin at GPT-2 sizes",
         inference_check,
     ),
 )
