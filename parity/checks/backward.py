@@ -1,6 +1,8 @@
 """Backward checks: every parameter's gradient, and the tied gradient as the sum of its two paths.
 
-Both read the one forward + backward of both models that a Subject runs on the gradient batch.
+grads reads the one forward + backward of both models that a Subject runs on the gradient batch;
+tied-gradient reads the implementation's tied gradient from it, or runs on the narrow twin where the memory
+plan keeps extra passes there.
 """
 
 from __future__ import annotations
