@@ -21,7 +21,7 @@ from parity.numerics.forward import hf_logits, implementation_logits, loss_of
 from parity.numerics.gradients import compare_gradient_decomposition
 from parity.numerics.tie import get_tensor, same_storage
 from parity.subject.batches import gradient_batch
-from parity.subject.subject import Subject, clean_grads, on_twin, twin_clause
+from parity.subject.subject import Subject, clean_grads, found_on, twin_clause
 
 
 def _untied_gradient_note(model: nn.Module, hf: Any, vocab: int, subject: Subject) -> str | None:
@@ -91,13 +91,8 @@ def tied_gradient_check(subject: Subject) -> Outcome:
     else:
         model, config, tied = twin.model, twin.config, None
     idx, targets = (t.to(subject.device) for t in gradient_batch(config))
-    try:
-        with clean_grads(model):
-            rec = compare_gradient_decomposition(model, idx, targets, tied_gradient=tied)
-    except ParityFailure as e:
-        if twin is None:
-            raise
-        raise ParityFailure(on_twin(str(e), twin, "grads"), e.records) from e
+    with found_on(twin, "grads"), clean_grads(model):
+        rec = compare_gradient_decomposition(model, idx, targets, tied_gradient=tied)
     where = ""
     if twin is not None:
         rec.tensor += " (narrow twin)"

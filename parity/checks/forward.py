@@ -16,14 +16,13 @@ from parity.checks.check import Check
 from parity.checks.generation import greedy_generate, near_tie, own_generate, sampled_generation
 from parity.checks.ignored_targets import ignored_targets
 from parity.core.compare import Comparison, ParityFailure, compare_tensors
-from parity.core.errors import CannotTest
 from parity.core.outputs import split_output
 from parity.core.tolerances import logits_tolerance
 from parity.core.verdicts import Outcome
 from parity.numerics.diagnose import difference_profile, profile_record
 from parity.numerics.forward import compare_logits, hf_last_logits, loss_comparison
 from parity.subject.batches import gradient_batch, token_batch
-from parity.subject.subject import Subject, on_twin, twin_clause
+from parity.subject.subject import Subject, found_on, on_twin, twin_clause
 
 # Batches compared by the logits check besides the gradient batch, whose logits the shared forward +
 # backward already compared (parity/numerics/gradients.py): one token, a full block, the GPT-2 sentence.
@@ -168,12 +167,8 @@ def _sampled(subject: Subject, model: nn.Module, hf: Any) -> tuple[list[Comparis
     twin = subject.extras_twin()
     if twin is None:
         return sampled_generation(model, hf, subject.config, subject.dtype)
-    try:
+    with found_on(twin, "inference"):
         records, summary = sampled_generation(twin.model, twin.hf, twin.config, subject.dtype)
-    except ParityFailure as e:
-        raise ParityFailure(on_twin(str(e), twin, "inference"), e.records) from e
-    except CannotTest as e:
-        raise CannotTest(on_twin(str(e), twin, "inference")) from e
     return records, f"{summary}, {twin_clause(twin.config, twin.why)}"
 
 
@@ -246,12 +241,8 @@ def inference_check(subject: Subject) -> Outcome:
         )
     twin = subject.extras_twin()
     on = (model, hf) if twin is None else (twin.model, twin.hf)
-    try:
+    with found_on(twin, "inference"):
         how = _greedy_matches(*on, prompt, new, subject.dtype, rec)
-    except ParityFailure as e:
-        if twin is None:
-            raise
-        raise ParityFailure(on_twin(str(e), twin, "inference"), e.records) from e
     if twin is not None:
         how += " on the narrow twin"
     sampled, sampling = [], "it has no generate: no sampling to compare"

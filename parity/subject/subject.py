@@ -13,6 +13,7 @@ the same classes, one layer, few channels.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from nanogpt.schema import EMBEDDING, HEAD
-from parity.core.errors import ImplementationError
+from parity.core.compare import ParityFailure
+from parity.core.errors import CannotTest, ImplementationError
 from parity.foreign.impl import Implementation
 from parity.foreign.load import LoadReport, load_implementation
 from parity.numerics.forward import hf_logits
@@ -53,6 +55,20 @@ def twin_clause(config: Any, why: str) -> str:
 def on_twin(message: str, twin: Twin, check: str) -> str:
     """A verdict message tagged [check], saying that it was found on the narrow twin and why."""
     return message.replace(f"[{check}] ", f"[{check}] {twin_clause(twin.config, twin.why)}: ", 1)
+
+
+@contextlib.contextmanager
+def found_on(twin: Twin | None, check: str) -> Iterator[None]:
+    """A FAIL or CANNOT-TEST tagged [check] raised inside says it was found on twin (no change without)."""
+    if twin is None:
+        yield
+        return
+    try:
+        yield
+    except ParityFailure as e:
+        raise ParityFailure(on_twin(str(e), twin, check), e.records, e.profiles) from e
+    except CannotTest as e:
+        raise CannotTest(on_twin(str(e), twin, check)) from e
 
 
 @dataclass
