@@ -18,7 +18,7 @@ from parity.core.compare import Comparison, ParityFailure, without_padding_rows
 from parity.core.tolerances import decomposition_tolerance, gradients_tolerance, logits_tolerance
 from parity.numerics.chunked import compare_chunked
 from parity.numerics.forward import hf_logits, implementation_logits, logits_and_own_loss, loss_of
-from parity.numerics.tie import get_tensor, same_storage
+from parity.numerics.tie import get_tensor, is_tied, same_storage
 
 
 @dataclass
@@ -184,10 +184,10 @@ def _hf_paths_apart(hf_model: Any) -> Iterator[Any]:
     """HF's model for a backward whose tied gradient is summed in place: its untied twin (the head a second
     Parameter over the same storage), and on exit the head path's gradient added into the embedding's .grad,
     which then is HF's tied gradient. A model that is not tied is used as it is."""
-    embedding = get_tensor(hf_model, EMBEDDING)
-    if get_tensor(hf_model, HEAD) is not embedding:
+    if not is_tied(hf_model):
         yield hf_model
         return
+    embedding = get_tensor(hf_model, EMBEDDING)
     with untied_twin(hf_model, own_storage=False) as twin:
         head = get_tensor(twin, HEAD)
         head.requires_grad_(embedding.requires_grad)

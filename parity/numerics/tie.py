@@ -40,6 +40,14 @@ def get_tensor(model: torch.nn.Module, dotted: str) -> torch.Tensor:
     return obj
 
 
+def is_tied(model: torch.nn.Module) -> bool:
+    """True when the model's head and token embedding are one Parameter object (False when it lacks one)."""
+    try:
+        return get_tensor(model, HEAD) is get_tensor(model, EMBEDDING)
+    except AttributeError:  # a model without one of the two roles: the checks judge it
+        return False
+
+
 def same_storage(first: torch.Tensor, second: torch.Tensor) -> bool:
     """True when both tensors are the same memory: same storage, offset, shape and strides."""
     return (

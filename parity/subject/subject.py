@@ -28,7 +28,7 @@ from parity.foreign.impl import Implementation
 from parity.foreign.load import LoadReport, load_implementation
 from parity.numerics.forward import hf_logits
 from parity.numerics.gradients import GradientRun, run_gradients
-from parity.numerics.tie import get_tensor, twin_config
+from parity.numerics.tie import is_tied, twin_config
 from parity.subject.batches import gradient_batch
 from parity.subject.loading import load_hf, load_reference, share_parameters
 from parity.subject.memory import (
@@ -151,7 +151,7 @@ class Subject:
                 raise
             if self.shares_weights:
                 self.unshared = share_parameters(model, self.hf(), source_is_hf=True)
-            elif _is_tied(model):
+            elif is_tied(model):
                 # The tied matrix has one layout in both models, so sharing it costs the independent plan
                 # nothing of its strength and saves a V x C matrix for the whole run (0.3 GB at gpt2).
                 share_parameters(model, self.hf(), source_is_hf=True, roles=(EMBEDDING, HEAD))
@@ -313,14 +313,6 @@ class Subject:
         """Drop both models and everything computed from them."""
         self._model = self._hf = self._gradient_run = self._twin = self._built = None
         self.diagnoses.clear()
-
-
-def _is_tied(model: nn.Module) -> bool:
-    """True when the model's head and token embedding are one Parameter object."""
-    try:
-        return get_tensor(model, HEAD) is get_tensor(model, EMBEDDING)
-    except AttributeError:  # a model without one of the two roles: judged by the checks, not shared
-        return False
 
 
 @contextlib.contextmanager
